@@ -1,0 +1,212 @@
+"""
+### Welcome emails
+
+Sends every contact in a CSV file one **"Hi {name}, Welcome!"** email, at most once per contact, ever.
+
+**How to run**: trigger this DAG with the `csv_path` of a contact list (a path inside the allowed data
+roots, `WELCOME_MAILER_DATA_ROOTS`; relative paths start at the first root). From a shell:
+`airflow dags test welcome_emails -c '{"csv_path": "input.csv"}'`, or `make run CSV=input.csv`.
+Files dropped into the drop folder are picked up by `contacts_dropzone`.
+
+**What happens**
+
+1. `parse` reads the file in chunks; unique valid contacts are staged, bad rows go to a rejected-rows CSV.
+2. `claim` takes the contacts nobody has emailed (or failed to reach) into the ledger, in batches.
+3. `send_batch` (one mapped task per batch) records each attempt, then sends it with an idempotency key.
+4. `await_delivery` polls the provider until every message has an outcome (reschedule mode: no slot held).
+5. `decide` -> `resend_blocked` sends a NEW email to blocked contacts, round after round, up to
+   `max_attempts`; `close_out` marks the ones that never got through as failed. Bounced is final.
+6. `report` returns, logs and writes the run's report (`<reports dir>/<run id>/report.md` and `.json`).
+
+Connections: `esp_default` (the email provider) and `contacts_db` (the ledger). Pool: `email_provider`.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Label, Param, PokeReturnValue, TriggerRule, dag, get_current_context, task
+
+ESP_POOL = "email_provider"  # the provider's concurrency limit, shared by every run
+DELIVERY_TIMEOUT = timedelta(hours=1)  # then messages stay 'sent' for a later run to reconcile
+RESEND_POLL_SECONDS = 0.5
+POKE_SECONDS = 2.0  # overridden by WELCOME_MAILER_POKE_SECONDS (read when the DAG file is parsed)
+
+
+def _poke_seconds() -> float:
+    import os
+
+    return float(os.environ.get("WELCOME_MAILER_POKE_SECONDS", POKE_SECONDS))
+
+
+@dag(
+    dag_id="welcome_emails",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["welcome-mailer", "email"],
+    doc_md=__doc__,
+    max_active_tasks=16,
+    default_args={"retries": 3, "retry_delay": timedelta(seconds=5), "retry_exponential_backoff": True},
+    params={
+        "csv_path": Param(
+            type="string",
+            minLength=1,
+            title="Contact list (CSV path)",
+            description="Path of the CSV file on the workers, inside the allowed data roots. "
+            "Relative paths start at the first data root (the project directory by default).",
+        ),
+        "batch_size": Param(
+            500,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            title="Batch size",
+            description="Contacts per provider request (the provider takes at most 1000). Large files get "
+            "larger send tasks so that a run never maps more tasks than Airflow's max_map_length.",
+        ),
+        "max_attempts": Param(
+            5,
+            type="integer",
+            minimum=1,
+            maximum=20,
+            title="Max attempts",
+            description="Emails a blocked contact may get in this run, counting the first. "
+            "Then the contact is marked failed; bounced contacts are never retried.",
+        ),
+        "resend_backoff_seconds": Param(
+            1.0,
+            type="number",
+            minimum=0,
+            maximum=86400,
+            title="Resend backoff (seconds)",
+            description="Wait before each resend round. 1 s suits the mock provider; "
+            "with a real provider use 600 or more, so that temporary blocks can clear.",
+        ),
+    },
+)
+def welcome_emails():
+    @task(retries=0)
+    def parse(params: dict | None = None, run_id: str | None = None) -> dict:
+        """Read the CSV in chunks: stage unique valid contacts, write rejected rows to a CSV. Counts only."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from welcome_mailer.airflow_glue import LedgerHook
+        from welcome_mailer.pipeline import InvalidCsvPath, parse_file, resolve_csv_path, run_directory
+        from welcome_mailer.settings import Settings
+
+        settings = Settings.from_env()
+        try:
+            csv_path = resolve_csv_path(params["csv_path"], settings.data_roots)
+        except InvalidCsvPath as exc:
+            raise AirflowFailException(str(exc)) from None
+        ledger = LedgerHook().get_conn()
+        ledger.renew_lease(run_id)
+        rejected_csv = run_directory(settings.reports_dir, run_id) / "rejected.csv"
+        return parse_file(ledger, run_id, csv_path, rejected_csv)
+
+    @task
+    def claim(parsed: dict, params: dict | None = None, run_id: str | None = None, ti=None) -> list[dict]:
+        """Take this run's new contacts into the ledger (set-based statements) and number the batches.
+        Returns one small ref per batch; the counts go to the report under the XCom key "summary"."""
+        from welcome_mailer.airflow_glue import LedgerHook, max_mapped_batches
+        from welcome_mailer.pipeline import claim_contacts
+
+        ledger = LedgerHook().get_conn()
+        ledger.renew_lease(run_id)
+        claimed = claim_contacts(ledger, run_id, params["batch_size"], max_mapped_batches())
+        ti.xcom_push(key="summary", value=claimed)
+        return [{"batch_no": n, "batch_count": len(claimed["batches"])} for n in claimed["batches"]]
+
+    @task(pool=ESP_POOL, map_index_template="{{ batch_label }}", retries=5)
+    def send_batch(batch_no: int, batch_count: int, params: dict | None = None, run_id: str | None = None) -> dict:
+        """Record an attempt for each contact of the batch, then send them with idempotency keys."""
+        from welcome_mailer import pipeline
+        from welcome_mailer.airflow_glue import EspHook, LedgerHook
+
+        get_current_context()["batch_label"] = f"batch {batch_no + 1}/{batch_count}"
+        ledger = LedgerHook().get_conn()
+        ledger.renew_lease(run_id)
+        with EspHook().get_conn() as esp:
+            result = pipeline.send_batch(ledger, esp, run_id, batch_no, params["batch_size"])
+        pipeline.log.info(
+            "batch %s/%s: %s sent, %s refused", batch_no + 1, batch_count, result["sent"], result["refused"]
+        )
+        return result
+
+    @task.sensor(
+        poke_interval=_poke_seconds(),
+        timeout=DELIVERY_TIMEOUT.total_seconds(),
+        mode="reschedule",
+        trigger_rule=TriggerRule.NONE_FAILED,  # also when there was nothing to send
+    )
+    def await_delivery(run_id: str | None = None) -> PokeReturnValue:
+        """Poll the provider for this run's messages without an outcome, and record the outcomes."""
+        from welcome_mailer.airflow_glue import EspHook, LedgerHook
+        from welcome_mailer.pipeline import log, poll_outcomes
+
+        ledger = LedgerHook().get_conn()
+        ledger.renew_lease(run_id)
+        with EspHook().get_conn() as esp:
+            resolved, left = poll_outcomes(ledger, esp)(run_id)
+        log.info("%s messages resolved in this poke, %s still waiting for an outcome", resolved, left)
+        return PokeReturnValue(is_done=left == 0, xcom_value={"finished": time.time()})
+
+    @task.branch
+    def decide(params: dict | None = None, run_id: str | None = None) -> list[str]:
+        """Resend when blocked contacts have attempts left; always close out."""
+        from welcome_mailer.airflow_glue import LedgerHook
+
+        resendable = LedgerHook().get_conn().count_resendable(run_id, params["max_attempts"])
+        return ["resend_blocked", "close_out"] if resendable else ["close_out"]
+
+    @task(pool=ESP_POOL)
+    def resend_blocked(params: dict | None = None, run_id: str | None = None) -> dict:
+        """Round after round, a NEW email to each blocked contact with attempts left, after a backoff."""
+        from welcome_mailer import pipeline
+        from welcome_mailer.airflow_glue import EspHook, LedgerHook, max_mapped_batches
+
+        ledger = LedgerHook().get_conn()
+        with EspHook().get_conn() as esp:
+            return pipeline.resend_blocked(
+                ledger,
+                esp,
+                run_id,
+                max_attempts=params["max_attempts"],
+                batch_size=params["batch_size"],
+                max_batches=max_mapped_batches(),
+                backoff_seconds=params["resend_backoff_seconds"],
+                outcome_timeout=DELIVERY_TIMEOUT.total_seconds(),
+                poll_seconds=RESEND_POLL_SECONDS,
+            )
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    def close_out(params: dict | None = None, run_id: str | None = None) -> dict:
+        """Blocked contacts that used up their attempts become failed (a later run may try them again)."""
+        from welcome_mailer.airflow_glue import LedgerHook
+
+        return {"failed": LedgerHook().get_conn().close_out(run_id, params["max_attempts"])}
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=1)
+    def report(run_id: str | None = None, ti=None, dag_run=None) -> dict:
+        """Count outcomes, log them as a table, write report.md/.json; fail the run if a phase failed."""
+        from welcome_mailer.airflow_glue import report_run
+
+        return report_run(ti, dag_run, run_id)
+
+    parsed = parse()
+    claimed = claim(parsed)
+    sent = send_batch.expand_kwargs(claimed)
+    delivered = await_delivery()
+    branch = decide()
+    resent = resend_blocked()
+    closed = close_out()
+    sent >> delivered >> branch
+    branch >> Label("blocked contacts with attempts left") >> resent >> closed
+    branch >> Label("always") >> closed
+    closed >> report()
+
+
+welcome_emails()

@@ -1,0 +1,204 @@
+"""The mock ESP's HTTP API (contract v1), with fault injection for tests.
+
+Endpoints, status codes and field names are a fixed contract: the pipeline's client and the tests that
+audit the message log depend on them. See the README section "The mock email provider".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from email_validator import EmailNotValidError, validate_email
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from include.mock_esp.store import IdempotencyConflict, MessageStore, OutcomeSettings
+
+MAX_BATCH = 1000
+STATUSES = ("sent", "delivered", "bounced", "blocked")
+
+
+@dataclass(frozen=True)
+class FaultSettings:
+    """Faults for tests; all off by default."""
+
+    fail_rate: float = 0.0  # share of /v1 requests answered 503 before anything happens
+    lose_response_rate: float = 0.0  # share of sends accepted, then answered 503 (the client never sees the ids)
+    rate_limit_rps: float = 0.0  # /v1 requests per second before 429 + Retry-After; 0 = unlimited
+    latency_ms: float = 0.0  # added to every request
+    seed: int = 7
+
+
+class MessageIn(BaseModel):
+    to: str = Field(min_length=1, max_length=320)
+    subject: str = Field(max_length=998)
+    text: str = Field(max_length=100_000)
+
+
+class BatchItemIn(MessageIn):
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class BatchIn(BaseModel):
+    messages: list[BatchItemIn] = Field(min_length=1)
+
+
+class LookupIn(BaseModel):
+    ids: list[str] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class EspError(Exception):
+    def __init__(self, status_code: int, error: str, headers: dict[str, str] | None = None) -> None:
+        self.status_code, self.error, self.headers = status_code, error, headers
+
+
+class _TokenBucket:
+    def __init__(self, rate: float) -> None:
+        self.rate, self.tokens, self.stamp = rate, rate, time.monotonic()
+
+    def wait_needed(self) -> float:
+        """Take a token; return 0 when one was free, else the seconds until one will be."""
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+def _address_error(address: str) -> str | None:
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        return f"invalid address: {exc}"
+    return None
+
+
+def create_app(api_key: str, outcomes: OutcomeSettings | None = None, faults: FaultSettings | None = None) -> FastAPI:
+    store = MessageStore(outcomes or OutcomeSettings())
+    faults = faults or FaultSettings()
+    fault_rng = random.Random(faults.seed)
+    bucket = _TokenBucket(faults.rate_limit_rps) if faults.rate_limit_rps > 0 else None
+
+    app = FastAPI(
+        title="Mock ESP",
+        version="1",
+        description="A mock email service provider for the welcome mailer. No email ever leaves the machine.",
+    )
+    app.state.store = store
+
+    @app.exception_handler(EspError)
+    async def _esp_error(_: Request, exc: EspError) -> JSONResponse:
+        return JSONResponse({"error": exc.error}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(ValidationError)
+    async def _invalid_body(_: Request, exc: ValidationError) -> JSONResponse:
+        # The batch body is validated inside its endpoint (to answer 413 before 422): same 422 as FastAPI's.
+        return JSONResponse({"error": "invalid request body", "detail": exc.errors(include_url=False)}, 422)
+
+    async def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
+        if authorization != f"Bearer {api_key}":
+            raise EspError(401, "missing or invalid API key")
+
+    async def before_request() -> None:
+        """Latency, rate limit and up-front failures, in that order, for every /v1 request."""
+        if faults.latency_ms:
+            await asyncio.sleep(faults.latency_ms / 1000)
+        if bucket is not None:
+            wait = bucket.wait_needed()
+            if wait:
+                raise EspError(429, "rate limit exceeded", {"Retry-After": str(max(1, math.ceil(wait)))})
+        if faults.fail_rate and fault_rng.random() < faults.fail_rate:
+            raise EspError(503, "service unavailable (injected)")
+
+    def after_send() -> None:
+        if faults.lose_response_rate and fault_rng.random() < faults.lose_response_rate:
+            raise EspError(503, "service unavailable after accepting (injected)")
+
+    v1 = [Depends(authorised), Depends(before_request)]
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "messages": len(store)}
+
+    @app.post("/v1/messages", status_code=202, dependencies=v1)
+    async def send_message(
+        body: MessageIn, idempotency_key: Annotated[str | None, Header(max_length=255)] = None
+    ) -> JSONResponse:
+        error = _address_error(body.to)
+        if error:
+            raise EspError(422, error)
+        try:
+            message, created = store.accept(body.to, body.subject, body.text, idempotency_key)
+        except IdempotencyConflict:
+            raise EspError(409, "idempotency key already used with a different payload") from None
+        after_send()
+        now = store.now()
+        payload = {"id": message.id, "to": message.to, "status": message.status(now)}
+        return JSONResponse(payload, status_code=202 if created else 200)
+
+    @app.post("/v1/messages/batch", status_code=202, dependencies=v1)
+    async def send_batch(request: Request) -> dict:
+        try:
+            raw = await request.json()
+        except ValueError:
+            raise EspError(422, "request body is not JSON") from None
+        if isinstance(raw, dict) and isinstance(raw.get("messages"), list) and len(raw["messages"]) > MAX_BATCH:
+            raise EspError(413, f"a batch holds at most {MAX_BATCH} messages")
+        body = BatchIn.model_validate(raw)
+        results = []
+        for item in body.messages:
+            error = _address_error(item.to)
+            if error is None:
+                try:
+                    message, _ = store.accept(item.to, item.subject, item.text, item.idempotency_key)
+                except IdempotencyConflict:
+                    error = "idempotency key already used with a different payload"
+            if error:
+                results.append({"to": item.to, "error": error})
+            else:
+                results.append({"id": message.id, "to": message.to, "status": message.status(store.now())})
+        after_send()
+        return {"results": results}
+
+    @app.post("/v1/messages/lookup", dependencies=v1)
+    async def lookup(body: LookupIn) -> dict:
+        now = store.now()
+        found, unknown = [], []
+        for message_id in body.ids:
+            message = store.get(message_id)
+            if message is None:
+                unknown.append(message_id)
+            else:
+                found.append(message.summary(now))
+        return {"messages": found, "unknown": unknown}
+
+    @app.get("/v1/messages/{message_id}", dependencies=v1)
+    async def get_message(message_id: str) -> dict:
+        message = store.get(message_id)
+        if message is None:
+            raise EspError(404, f"no message {message_id}")
+        return message.full(store.now())
+
+    @app.get("/v1/messages", dependencies=v1)
+    async def list_messages(
+        limit: Annotated[int, Query(ge=1, le=MAX_BATCH)] = MAX_BATCH,
+        cursor: Annotated[str | None, Query(pattern=r"^\d+$")] = None,
+        to: str | None = None,
+        status: Annotated[str | None, Query(pattern="^(" + "|".join(STATUSES) + ")$")] = None,
+    ) -> dict:
+        messages, next_position = store.page(cursor=int(cursor or 0), limit=limit, to=to, status=status)
+        now = store.now()
+        return {
+            "messages": [m.full(now) for m in messages],
+            "next_cursor": None if next_position is None else str(next_position),
+        }
+
+    return app

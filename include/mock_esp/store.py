@@ -1,0 +1,164 @@
+"""In-memory message store of the mock ESP: outcomes, holds, idempotency and the audit log.
+
+Every accepted message draws its final outcome (delivered / bounced / blocked) and whether it is held
+(stays ``sent`` for a while) from one seeded random generator, in acceptance order, so the same seed and
+the same sequence of requests give the same outcomes. A message's status is derived from the clock: it is
+``sent`` until its resolve time, then its outcome, and never changes again.
+
+The store is used from one asyncio event loop (the app's endpoints are ``async def`` and never await while
+touching it), so it needs no lock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+OUTCOMES = ("delivered", "bounced", "blocked")
+
+
+@dataclass(frozen=True)
+class OutcomeSettings:
+    """How the store decides what happens to a message. Defaults reproduce the seed case study."""
+
+    seed: int = 42
+    delivered_rate: float = 0.8
+    bounced_rate: float = 0.1
+    blocked_rate: float = 0.1
+    hold_rate: float = 0.1
+    hold_min_seconds: float = 1.0
+    hold_max_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        rates = (self.delivered_rate, self.bounced_rate, self.blocked_rate)
+        if any(rate < 0 for rate in rates) or abs(sum(rates) - 1.0) > 1e-6:
+            raise ValueError(f"outcome rates must be >= 0 and add up to 1, got {rates}")
+        if not 0 <= self.hold_rate <= 1:
+            raise ValueError(f"hold_rate must be within [0, 1], got {self.hold_rate}")
+        if not 0 <= self.hold_min_seconds <= self.hold_max_seconds:
+            raise ValueError("hold seconds must satisfy 0 <= min <= max")
+
+
+@dataclass(slots=True)
+class Message:
+    seq: int
+    id: str
+    to: str
+    subject: str
+    text: str
+    idempotency_key: str | None
+    created_at: float
+    resolve_at: float
+    outcome: str
+
+    def status(self, now: float) -> str:
+        return self.outcome if now >= self.resolve_at else "sent"
+
+    def updated_at(self, now: float) -> float:
+        return self.resolve_at if now >= self.resolve_at else self.created_at
+
+    def summary(self, now: float) -> dict:
+        return {"id": self.id, "to": self.to, "status": self.status(now), "updated_at": _iso(self.updated_at(now))}
+
+    def full(self, now: float) -> dict:
+        return {
+            "id": self.id,
+            "to": self.to,
+            "subject": self.subject,
+            "text": self.text,
+            "status": self.status(now),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at(now)),
+            "idempotency_key": self.idempotency_key,
+        }
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used before with a different payload."""
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+class MessageStore:
+    def __init__(self, settings: OutcomeSettings, clock=time.time) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._rng = random.Random(settings.seed)
+        # A per-process prefix keeps ids of a restarted service from colliding with ids it gave out before.
+        self._id_prefix = f"msg_{secrets.token_hex(4)}_"
+        self._log: list[Message] = []
+        self._by_id: dict[str, Message] = {}
+        self._by_key: dict[str, Message] = {}
+        self._by_recipient: dict[str, list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._log)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def accept(self, to: str, subject: str, text: str, idempotency_key: str | None) -> tuple[Message, bool]:
+        """Accept a message, or return the one already accepted under this idempotency key.
+
+        Returns ``(message, created)``. Raises IdempotencyConflict when the key was used for another payload.
+        """
+        if idempotency_key is not None:
+            existing = self._by_key.get(idempotency_key)
+            if existing is not None:
+                if (existing.to, existing.subject, existing.text) != (to, subject, text):
+                    raise IdempotencyConflict(idempotency_key)
+                return existing, False
+        message = self._new_message(to, subject, text, idempotency_key)
+        self._log.append(message)
+        self._by_id[message.id] = message
+        self._by_recipient.setdefault(to, []).append(message.seq)
+        if idempotency_key is not None:
+            self._by_key[idempotency_key] = message
+        return message, True
+
+    def _new_message(self, to: str, subject: str, text: str, idempotency_key: str | None) -> Message:
+        s = self.settings
+        draw = self._rng.random()
+        if draw < s.delivered_rate:
+            outcome = "delivered"
+        elif draw < s.delivered_rate + s.bounced_rate:
+            outcome = "bounced"
+        else:
+            outcome = "blocked"
+        held = self._rng.random() < s.hold_rate
+        hold = self._rng.uniform(s.hold_min_seconds, s.hold_max_seconds) if held else 0.0
+        now = self.now()
+        seq = len(self._log)
+        return Message(seq, f"{self._id_prefix}{seq:09d}", to, subject, text, idempotency_key, now, now + hold, outcome)
+
+    def get(self, message_id: str) -> Message | None:
+        return self._by_id.get(message_id)
+
+    def page(
+        self, *, cursor: int, limit: int, to: str | None = None, status: str | None = None
+    ) -> tuple[list[Message], int | None]:
+        """Messages in acceptance order from position ``cursor``; returns them and the next cursor or None."""
+        now = self.now()
+        found: list[Message] = []
+        for message in self._candidates(cursor, to):
+            if status is not None and message.status(now) != status:
+                continue
+            if len(found) == limit:
+                return found, message.seq
+            found.append(message)
+        return found, None
+
+    def _candidates(self, cursor: int, to: str | None) -> Iterator[Message]:
+        if to is None:
+            yield from (self._log[i] for i in range(cursor, len(self._log)))
+            return
+        positions = self._by_recipient.get(to, [])
+        for position in positions[bisect.bisect_left(positions, cursor) :]:
+            yield self._log[position]

@@ -1,0 +1,212 @@
+"""Reading contact lists: decoding, CSV parsing, normalising and validating, in bounded chunks.
+
+The seed format is ``name, email, phone, street, city, state, zip`` with no header and ", " between fields.
+Real exports add a header row, quoted fields (names with commas), a BOM, CRLF, blank lines, short rows and
+extra columns; they are all accepted. Only name and email are used; every row ends up as exactly one of:
+a contact, a duplicate of an earlier contact (same normalised email; the first name wins), or a rejected
+row with a line number and a reason.
+
+Pure Python: nothing here imports Airflow or touches a database.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+
+MAX_NAME_LENGTH = 100
+MAX_EMAIL_LENGTH = 254
+DEFAULT_CHUNK_SIZE = 50_000
+_SNIFF_BYTES = 1 << 20
+HEADER_EMAIL_NAMES = frozenset({"email", "e-mail", "email address", "e-mail address", "mail"})
+HEADER_NAME_NAMES = frozenset({"name", "full name", "fullname", "contact", "contact name"})
+
+# The common case, plain ASCII dot-atom addresses, is checked by this expression; anything it does not
+# accept goes through email-validator (about 17 us an address, too slow for every row of a large file).
+# tests/unit/test_contacts.py proves that every address accepted here is accepted by email-validator too.
+_FAST_EMAIL = re.compile(
+    r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"
+)
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    email: str
+    name: str
+    line_no: int
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    line_no: int
+    reason: str
+    raw: str
+
+
+@dataclass
+class ParseStats:
+    """What reading one file found. Every row read is counted in exactly one of the last three."""
+
+    encoding: str = "utf-8"
+    encoding_warning: str | None = None
+    header_skipped: bool = False
+    rows_read: int = 0
+    contacts: int = 0
+    duplicates_in_file: int = 0
+    rejected: int = 0
+
+
+@dataclass
+class Chunk:
+    contacts: list[Contact] = field(default_factory=list)
+    rejected: list[RejectedRow] = field(default_factory=list)
+
+
+class InvalidEmail(ValueError):
+    pass
+
+
+def normalise_email(raw: str) -> str:
+    """Trim and lower-case an address and check its syntax (no DNS). Raises InvalidEmail."""
+    email = raw.strip().lower()
+    if not email:
+        raise InvalidEmail("missing email")
+    if len(email) > MAX_EMAIL_LENGTH:
+        raise InvalidEmail(f"email longer than {MAX_EMAIL_LENGTH} characters")
+    if _FAST_EMAIL.fullmatch(email) and len(email.partition("@")[0]) <= 64 and not _special_use(email):
+        return email
+    try:
+        return validate_email(email, check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise InvalidEmail(f"invalid email: {exc}") from None
+
+
+def _special_use(email: str) -> bool:
+    domain = email.rpartition("@")[2]
+    return any(domain == special or domain.endswith("." + special) for special in SPECIAL_USE_DOMAIN_NAMES)
+
+
+def normalise_name(raw: str) -> str:
+    """Control characters become spaces, white space folds to one space, trimmed, cut to MAX_NAME_LENGTH."""
+    return " ".join(_CONTROL_CHARACTERS.sub(" ", raw).split())[:MAX_NAME_LENGTH].rstrip()
+
+
+def detect_encoding(path: Path) -> tuple[str, str | None]:
+    """UTF-8 (with or without BOM) when the whole file decodes as UTF-8, else cp1252 with a warning."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with path.open("rb") as handle:
+        first = handle.read(_SNIFF_BYTES)
+        encoding = "utf-8-sig" if first.startswith(codecs.BOM_UTF8) else "utf-8"
+        block = first
+        try:
+            while block:
+                decoder.decode(block)
+                block = handle.read(_SNIFF_BYTES)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            return "cp1252", f"file is not valid UTF-8 ({exc.reason} at byte {exc.start}); read as cp1252"
+    return encoding, None
+
+
+class ContactReader:
+    """Streams a contact file as chunks of new contacts and rejected rows; ``stats`` fills as it goes.
+
+    Memory stays bounded by the chunk size, plus one set of the normalised emails seen so far (needed to
+    drop duplicates within the file; about 100 bytes a contact).
+    """
+
+    def __init__(self, path: str | Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+        self.path = Path(path)
+        self.chunk_size = chunk_size
+        self.stats = ParseStats()
+        self._seen: set[str] = set()
+
+    def __iter__(self) -> Iterator[Chunk]:
+        self.stats.encoding, self.stats.encoding_warning = detect_encoding(self.path)
+        errors = "replace" if self.stats.encoding == "cp1252" else "strict"
+        with self.path.open(encoding=self.stats.encoding, errors=errors, newline="") as handle:
+            yield from self._chunks(_without_nul(handle))
+
+    def _chunks(self, text: io.TextIOBase | Iterator[str]) -> Iterator[Chunk]:
+        reader = csv.reader(text, delimiter=",", skipinitialspace=True, strict=False)
+        name_col, email_col = 0, 1
+        first_record = True
+        chunk = Chunk()
+        last_line = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # e.g. a field over the csv module's size limit: reject and go on
+                line_no, last_line = last_line + 1, reader.line_num
+                self._reject(chunk, line_no, f"unreadable row: {exc}", "")
+                continue
+            line_no, last_line = last_line + 1, reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # a blank line; a row of empty fields is rejected below for its missing email
+            if first_record:
+                first_record = False
+                header = _header_columns(row)
+                if header is not None:
+                    self.stats.header_skipped = True
+                    name_col, email_col = header
+                    continue
+            self._take(chunk, row, line_no, name_col, email_col)
+            if len(chunk.contacts) + len(chunk.rejected) >= self.chunk_size:
+                yield chunk
+                chunk = Chunk()
+        if chunk.contacts or chunk.rejected:
+            yield chunk
+
+    def _take(self, chunk: Chunk, row: list[str], line_no: int, name_col: int, email_col: int) -> None:
+        self.stats.rows_read += 1
+        if len(row) <= email_col:
+            self._reject(chunk, line_no, "missing email column", row, counted=True)
+            return
+        try:
+            email = normalise_email(row[email_col])
+        except InvalidEmail as exc:
+            self._reject(chunk, line_no, str(exc), row, counted=True)
+            return
+        if email in self._seen:
+            self.stats.duplicates_in_file += 1
+            return
+        self._seen.add(email)
+        self.stats.contacts += 1
+        name = normalise_name(row[name_col]) if len(row) > name_col else ""
+        chunk.contacts.append(Contact(email, name, line_no))
+
+    def _reject(self, chunk: Chunk, line_no: int, reason: str, row: list[str] | str, counted: bool = False) -> None:
+        if not counted:
+            self.stats.rows_read += 1
+        self.stats.rejected += 1
+        raw = row if isinstance(row, str) else ", ".join(row)
+        chunk.rejected.append(RejectedRow(line_no, reason, raw[:500]))
+
+
+def _header_columns(row: list[str]) -> tuple[int, int] | None:
+    """(name column, email column) when the row is a header, else None."""
+    cells = [cell.strip().lower() for cell in row]
+    if any("@" in cell for cell in cells):
+        return None
+    email_col = next((i for i, cell in enumerate(cells) if cell in HEADER_EMAIL_NAMES), None)
+    if email_col is None:
+        return None
+    name_col = next((i for i, cell in enumerate(cells) if cell in HEADER_NAME_NAMES), 0)
+    return name_col, email_col
+
+
+def _without_nul(handle: io.TextIOBase) -> Iterator[str]:
+    # The csv module refuses NUL characters; they are control characters, so they become spaces anyway.
+    for line in handle:
+        yield line.replace("\x00", " ") if "\x00" in line else line

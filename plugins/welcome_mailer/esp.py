@@ -1,0 +1,174 @@
+"""The email service provider (ESP) as the pipeline sees it: send a batch, look up statuses.
+
+``EmailProvider`` is the whole interface; ``HttpEmailProvider`` speaks the mock ESP's contract v1 (the same
+shape as SendGrid / Postmark / Resend style APIs). Another provider, or SMTP, is one more implementation.
+
+Retries: 5xx, 429 (honouring Retry-After), timeouts and connection errors are retried with exponential
+backoff and jitter. A send is always retried with the same idempotency keys, so a retry after a lost
+response returns the messages the ESP already accepted instead of creating new ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000  # the contract's limit for one send or lookup request
+OUTCOME_STATUSES = frozenset({"delivered", "bounced", "blocked"})
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    to: str
+    subject: str
+    text: str
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class SendResult:
+    to: str
+    message_id: str | None  # None when the ESP refused this message
+    error: str | None = None
+
+
+class EmailProvider(Protocol):
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        """Send up to MAX_BATCH messages; results in request order."""
+        ...
+
+    def lookup(self, message_ids: Sequence[str]) -> dict[str, str]:
+        """Current status of up to MAX_BATCH messages: id -> sent | delivered | bounced | blocked.
+        Ids the ESP does not know are left out."""
+        ...
+
+
+class EspRequestError(RuntimeError):
+    """The ESP refused a request for a reason a retry cannot fix (4xx other than 429)."""
+
+
+class EspUnavailable(RuntimeError):
+    """A failure worth retrying: 5xx, 429, timeout, connection error."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 10
+    max_seconds: float = 300.0
+    initial_wait: float = 0.2
+    max_wait: float = 30.0
+
+
+class HttpEmailProvider:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+            transport=transport,
+        )
+        self.retry = retry or RetryPolicy()
+        self._backoff = wait_exponential_jitter(initial=self.retry.initial_wait, max=self.retry.max_wait)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> HttpEmailProvider:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        _check_size(messages)
+        body = {
+            "messages": [
+                {"to": m.to, "subject": m.subject, "text": m.text, "idempotency_key": m.idempotency_key}
+                for m in messages
+            ]
+        }
+        results = self._request("POST", "/v1/messages/batch", body)["results"]
+        if len(results) != len(messages):
+            raise EspRequestError(f"ESP answered {len(results)} results for {len(messages)} messages")
+        return [SendResult(to=r["to"], message_id=r.get("id"), error=r.get("error")) for r in results]
+
+    def lookup(self, message_ids: Sequence[str]) -> dict[str, str]:
+        _check_size(message_ids)
+        answer = self._request("POST", "/v1/messages/lookup", {"ids": list(message_ids)})
+        return {m["id"]: m["status"] for m in answer["messages"]}
+
+    def _request(self, method: str, path: str, body: dict) -> dict:
+        retrying = Retrying(
+            retry=retry_if_exception(lambda exc: isinstance(exc, EspUnavailable)),
+            wait=self._wait,
+            stop=stop_after_attempt(self.retry.attempts) | stop_after_delay(self.retry.max_seconds),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        return retrying(self._request_once, method, path, body)
+
+    def _request_once(self, method: str, path: str, body: dict) -> dict:
+        try:
+            response = self._client.request(method, path, json=body)
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise EspUnavailable(f"{method} {path}: {exc!r}") from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise EspUnavailable(
+                f"{method} {path}: HTTP {response.status_code} {response.text[:200]}",
+                retry_after=_retry_after_seconds(response),
+            )
+        if response.status_code >= 400:
+            raise EspRequestError(f"{method} {path}: HTTP {response.status_code} {response.text[:500]}")
+        return response.json()
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return min(retry_after, self.retry.max_wait)
+        return self._backoff(state)
+
+
+def _check_size(items: Sequence) -> None:
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise ValueError(f"a request takes 1 to {MAX_BATCH} items, got {len(items)}")
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning("ESP call failed (try %s), retrying in %.1fs: %s", state.attempt_number, state.upcoming_sleep, exc)

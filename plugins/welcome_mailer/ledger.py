@@ -1,0 +1,559 @@
+"""The ledger: who was emailed, with which attempt, and what came of it. Every rule of "at most one email
+per contact" lives in this module.
+
+Tables
+- ``sent_contacts``: one row per normalised email, owned by one run at a time.
+- ``send_attempts``: one row per message, written BEFORE the ESP is called, keyed by (email, attempt); the
+  idempotency key sent to the ESP is derived from the same pair, so re-sending an attempt that may already
+  have been accepted (a retried task, a lost response, a crash) never creates a second message.
+- ``ledger_runs``: the runs that own contacts, with a lease renewed by every task of the run.
+- ``staged_contacts``: a run's parsed, de-duplicated contacts, waiting to be claimed.
+
+Contact states (``sent_contacts.status``)::
+
+    claimed --start_attempts--> sending --record_sent--> sent --record_outcomes--> delivered | bounced | blocked
+    blocked --requeue_blocked--> claimed            (a NEW attempt, while claim_attempts < max_attempts)
+    blocked --close_out--> failed                   (max_attempts reached)
+    failed  --claim by a later run--> claimed       (the contact was listed again)
+
+- delivered and bounced are final: no run ever claims them again.
+- ``sending`` means an attempt is recorded but the ESP's acceptance is unconfirmed; it is only ever re-sent
+  with the same idempotency key.
+- claimed / sending / sent / blocked contacts of a run whose lease expired (or that finished without
+  closing them) are taken over by the next run that lists them, with their state and attempt as they are.
+- Every write is guarded by the owning run id, so a run that lost its contacts cannot touch them.
+
+All timestamps are naive UTC.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from welcome_mailer.contacts import Contact
+
+SCHEMA_VERSION = 1
+
+# Contact states
+CLAIMED, SENDING, SENT = "claimed", "sending", "sent"
+DELIVERED, BOUNCED, BLOCKED, FAILED = "delivered", "bounced", "blocked", "failed"
+FINAL_STATES = (DELIVERED, BOUNCED)
+IN_FLIGHT_STATES = (CLAIMED, SENDING, SENT, BLOCKED)
+# Attempt states: pending (recorded, not confirmed accepted), then sent, then the ESP's outcome;
+# refused = the ESP refused the address (the contact is closed as bounced).
+PENDING, REFUSED = "pending", "refused"
+
+metadata = MetaData()
+
+sent_contacts = Table(
+    "sent_contacts",
+    metadata,
+    Column("email", String(320), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),  # every attempt ever; numbers the next attempt
+    Column("claim_attempts", Integer, nullable=False),  # attempts under the current claim; <= max_attempts
+    Column("run_id", String(250), nullable=False),  # the owning run
+    Column("batch_no", Integer),
+    Column("provider_message_id", String(100)),  # of the latest attempt
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Index("ix_sent_contacts_run_status", "run_id", "status"),
+    Index("ix_sent_contacts_run_batch", "run_id", "batch_no"),
+)
+
+send_attempts = Table(
+    "send_attempts",
+    metadata,
+    Column("email", String(320), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("idempotency_key", String(100), nullable=False, unique=True),
+    Column("run_id", String(250), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("provider_message_id", String(100)),
+    Column("error", String(500)),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Index("ix_send_attempts_run", "run_id"),
+)
+
+ledger_runs = Table(
+    "ledger_runs",
+    metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("lease_expires_at", DateTime, nullable=False),
+    Column("finished_at", DateTime),
+    Column("created_at", DateTime, nullable=False),
+)
+
+staged_contacts = Table(
+    "staged_contacts",
+    metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("email", String(320), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("line_no", Integer, nullable=False),
+)
+
+ledger_schema = Table("ledger_schema", metadata, Column("version", Integer, primary_key=True))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def idempotency_key(email: str, attempt: int) -> str:
+    """The ESP idempotency key of one attempt: stable for (email, attempt), different for every attempt."""
+    digest = hashlib.sha256(email.encode()).hexdigest()[:40]
+    return f"welcome-{digest}-{attempt}"
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    staged: int  # unique valid contacts in the file
+    claimed_new: int  # never seen before
+    taken_over: int  # failed contacts listed again, or contacts of a dead run
+    owned: int  # contacts this run is responsible for (new + taken over + already its own)
+    to_send: int  # owned contacts waiting for their first message of this claim
+    batch_size: int  # contacts per send batch (may exceed the requested size to stay under max_batches)
+    batches: list[int]
+
+    @property
+    def skipped(self) -> int:
+        return self.staged - self.owned
+
+
+@dataclass(frozen=True)
+class OutgoingAttempt:
+    email: str
+    name: str
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        return idempotency_key(self.email, self.attempt)
+
+
+@dataclass(frozen=True)
+class AcceptedAttempt:
+    email: str
+    attempt: int
+    message_id: str | None  # None when the ESP refused the message
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingMessage:
+    email: str
+    attempt: int
+    message_id: str
+
+
+def connect(url: str) -> Engine:
+    """An engine for the ledger database; SQLite gets WAL and IMMEDIATE transactions for safe concurrency."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_connection, _record) -> None:
+            dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection) -> None:
+            # Take the write lock up front: two claimers never interleave, and never deadlock upgrading.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Ledger:
+    def __init__(self, engine: Engine, lease: timedelta = timedelta(minutes=30)) -> None:
+        self.engine = engine
+        self.lease = lease
+        self._postgres = engine.dialect.name == "postgresql"
+
+    # -- schema -------------------------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        """Create or migrate the schema; safe to call from every task, concurrently."""
+        with self.engine.begin() as conn:
+            if self._postgres:  # serialise concurrent first-time creation
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7410001)")
+            metadata.create_all(conn, checkfirst=True)
+            version = conn.execute(select(func.max(ledger_schema.c.version))).scalar()
+            if version is None:
+                conn.execute(insert(ledger_schema).values(version=SCHEMA_VERSION))
+            elif version > SCHEMA_VERSION:
+                raise RuntimeError(f"ledger schema v{version} is newer than this code (v{SCHEMA_VERSION})")
+
+    # -- runs and leases ----------------------------------------------------------------------------
+    def renew_lease(self, run_id: str) -> None:
+        """Register the run, or extend its lease. Every task of the run calls this first."""
+        now = utcnow()
+        values = {"run_id": run_id, "lease_expires_at": now + self.lease, "created_at": now}
+        stmt = self._insert(ledger_runs).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["run_id"], set_={"lease_expires_at": values["lease_expires_at"], "finished_at": None}
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def finish_run(self, run_id: str) -> None:
+        """The run is over: whatever it still holds (e.g. messages it never saw resolved) is free to take over."""
+        with self.engine.begin() as conn:
+            conn.execute(update(ledger_runs).where(ledger_runs.c.run_id == run_id).values(finished_at=utcnow()))
+            conn.execute(delete(staged_contacts).where(staged_contacts.c.run_id == run_id))
+
+    # -- staging ------------------------------------------------------------------------------------
+    def clear_stage(self, run_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(staged_contacts).where(staged_contacts.c.run_id == run_id))
+
+    def stage(self, run_id: str, contacts: Sequence[Contact]) -> None:
+        """Bulk-load one chunk of a run's contacts: COPY on Postgres, one executemany on SQLite."""
+        if not contacts:
+            return
+        with self.engine.begin() as conn:
+            if self._postgres:
+                buffer = io.StringIO()
+                writer = csv.writer(buffer)
+                writer.writerows((run_id, c.email, c.name, c.line_no) for c in contacts)
+                buffer.seek(0)
+                cursor = conn.connection.dbapi_connection.cursor()
+                cursor.copy_expert(
+                    "COPY staged_contacts (run_id, email, name, line_no) FROM STDIN WITH (FORMAT csv)", buffer
+                )
+            else:
+                conn.exec_driver_sql(
+                    "INSERT INTO staged_contacts (run_id, email, name, line_no) VALUES (?, ?, ?, ?)",
+                    [(run_id, c.email, c.name, c.line_no) for c in contacts],
+                )
+
+    # -- claiming -----------------------------------------------------------------------------------
+    def claim(self, run_id: str, batch_size: int, max_batches: int) -> ClaimResult:
+        """Take responsibility for this run's staged contacts that nobody else has, in one transaction.
+
+        New emails are inserted as claimed; failed contacts and contacts of dead runs are taken over; the
+        contacts to send are numbered into at most ``max_batches`` batches. Safe to repeat (a retried task)
+        and safe against other runs claiming at the same time: the insert skips conflicts, and the take-over
+        re-checks ownership row by row.
+        """
+        now = utcnow()
+        staged = select(staged_contacts.c.email).where(staged_contacts.c.run_id == run_id)
+        with self.engine.begin() as conn:
+            staged_count = conn.execute(select(func.count()).select_from(staged.subquery())).scalar_one()
+            new_rows = (
+                select(
+                    staged_contacts.c.email,
+                    staged_contacts.c.name,
+                    literal(CLAIMED),
+                    literal(0),
+                    literal(0),
+                    literal(run_id),
+                    literal(now),
+                    literal(now),
+                )
+                .where(staged_contacts.c.run_id == run_id)
+                .where(~exists().where(sent_contacts.c.email == staged_contacts.c.email))
+            )
+            columns = ["email", "name", "status", "attempts", "claim_attempts", "run_id", "created_at", "updated_at"]
+            inserted = conn.execute(
+                self._insert(sent_contacts).from_select(columns, new_rows).on_conflict_do_nothing()
+            ).rowcount
+
+            owner_alive = exists().where(
+                ledger_runs.c.run_id == sent_contacts.c.run_id,
+                ledger_runs.c.finished_at.is_(None),
+                ledger_runs.c.lease_expires_at >= now,
+            )
+            relisted_failed = sent_contacts.c.status == FAILED
+            taken_over = conn.execute(
+                update(sent_contacts)
+                .where(sent_contacts.c.email.in_(staged))
+                .where(sent_contacts.c.run_id != run_id)
+                .where(or_(relisted_failed, and_(sent_contacts.c.status.in_(IN_FLIGHT_STATES), ~owner_alive)))
+                .values(
+                    run_id=run_id,
+                    updated_at=now,
+                    status=case((relisted_failed, CLAIMED), else_=sent_contacts.c.status),
+                    claim_attempts=case((relisted_failed, 0), else_=sent_contacts.c.claim_attempts),
+                )
+            ).rowcount
+
+            owned = conn.execute(
+                select(func.count())
+                .select_from(sent_contacts)
+                .where(sent_contacts.c.run_id == run_id, sent_contacts.c.email.in_(staged))
+            ).scalar_one()
+            to_send, size, batches = self._number_batches(conn, run_id, (CLAIMED, SENDING), batch_size, max_batches)
+        return ClaimResult(staged_count, inserted, taken_over, owned, to_send, size, batches)
+
+    def _number_batches(
+        self, conn, run_id: str, states: Sequence[str], batch_size: int, max_batches: int
+    ) -> tuple[int, int, list[int]]:
+        selected = and_(sent_contacts.c.run_id == run_id, sent_contacts.c.status.in_(states))
+        count = conn.execute(select(func.count()).select_from(sent_contacts).where(selected)).scalar_one()
+        if count == 0:
+            return 0, batch_size, []
+        size = max(batch_size, math.ceil(count / max_batches))
+        numbered = (
+            select(
+                sent_contacts.c.email,
+                ((func.row_number().over(order_by=sent_contacts.c.email) - 1) // size).label("batch_no"),
+            )
+            .where(selected)
+            .subquery()
+        )
+        conn.execute(
+            update(sent_contacts).where(sent_contacts.c.email == numbered.c.email).values(batch_no=numbered.c.batch_no)
+        )
+        return count, size, list(range(math.ceil(count / size)))
+
+    # -- sending ------------------------------------------------------------------------------------
+    def start_attempts(self, run_id: str, batch_no: int) -> list[OutgoingAttempt]:
+        """Record a new attempt for every claimed contact of the batch, then return every attempt of the
+        batch that is recorded but not confirmed (including ones an earlier try of this task recorded)."""
+        now = utcnow()
+        in_batch = and_(sent_contacts.c.run_id == run_id, sent_contacts.c.batch_no == batch_no)
+        with self.engine.begin() as conn:
+            started = conn.execute(
+                update(sent_contacts)
+                .where(in_batch, sent_contacts.c.status == CLAIMED)
+                .values(
+                    status=SENDING,
+                    attempts=sent_contacts.c.attempts + 1,
+                    claim_attempts=sent_contacts.c.claim_attempts + 1,
+                    provider_message_id=None,
+                    updated_at=now,
+                )
+                .returning(sent_contacts.c.email, sent_contacts.c.attempts)
+            ).all()
+            if started:
+                conn.execute(
+                    insert(send_attempts),
+                    [
+                        {
+                            "email": email,
+                            "attempt": attempt,
+                            "idempotency_key": idempotency_key(email, attempt),
+                            "run_id": run_id,
+                            "status": PENDING,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for email, attempt in started
+                    ],
+                )
+            rows = conn.execute(
+                select(sent_contacts.c.email, sent_contacts.c.name, sent_contacts.c.attempts)
+                .where(in_batch, sent_contacts.c.status == SENDING)
+                .order_by(sent_contacts.c.email)
+            ).all()
+        return [OutgoingAttempt(email, name, attempt) for email, name, attempt in rows]
+
+    def record_sent(self, run_id: str, accepted: Sequence[AcceptedAttempt]) -> None:
+        """The ESP accepted (or refused) these attempts: sending -> sent (or bounced when refused)."""
+        if not accepted:
+            return
+        now = utcnow()
+        rows = [
+            {
+                "b_email": a.email,
+                "b_attempt": a.attempt,
+                "b_message_id": a.message_id,
+                "b_error": a.error,
+                "b_contact_status": SENT if a.message_id else BOUNCED,
+                "b_attempt_status": SENT if a.message_id else REFUSED,
+                "b_now": now,
+            }
+            for a in accepted
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(sent_contacts)
+                .where(
+                    sent_contacts.c.email == bindparam("b_email"),
+                    sent_contacts.c.attempts == bindparam("b_attempt"),
+                    sent_contacts.c.run_id == run_id,
+                    sent_contacts.c.status == SENDING,
+                )
+                .values(
+                    status=bindparam("b_contact_status"),
+                    provider_message_id=bindparam("b_message_id"),
+                    updated_at=bindparam("b_now"),
+                ),
+                rows,
+            )
+            conn.execute(
+                update(send_attempts)
+                .where(
+                    send_attempts.c.email == bindparam("b_email"),
+                    send_attempts.c.attempt == bindparam("b_attempt"),
+                    send_attempts.c.status == PENDING,
+                )
+                .values(
+                    status=bindparam("b_attempt_status"),
+                    provider_message_id=bindparam("b_message_id"),
+                    error=bindparam("b_error"),
+                    updated_at=bindparam("b_now"),
+                ),
+                rows,
+            )
+
+    # -- outcomes -----------------------------------------------------------------------------------
+    def pending_messages(self, run_id: str) -> list[PendingMessage]:
+        """The run's messages that the ESP accepted but has not yet reported an outcome for."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(sent_contacts.c.email, sent_contacts.c.attempts, sent_contacts.c.provider_message_id).where(
+                    sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENT
+                )
+            ).all()
+        return [PendingMessage(*row) for row in rows]
+
+    def record_outcomes(self, run_id: str, outcomes: Iterable[tuple[PendingMessage, str]]) -> int:
+        """sent -> delivered | bounced | blocked, for the messages whose outcome the ESP reported."""
+        now = utcnow()
+        rows = [
+            {"b_email": m.email, "b_attempt": m.attempt, "b_status": status, "b_now": now}
+            for m, status in outcomes
+            if status in (DELIVERED, BOUNCED, BLOCKED)
+        ]
+        if not rows:
+            return 0
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(sent_contacts)
+                .where(
+                    sent_contacts.c.email == bindparam("b_email"),
+                    sent_contacts.c.attempts == bindparam("b_attempt"),
+                    sent_contacts.c.run_id == run_id,
+                    sent_contacts.c.status == SENT,
+                )
+                .values(status=bindparam("b_status"), updated_at=bindparam("b_now")),
+                rows,
+            )
+            conn.execute(
+                update(send_attempts)
+                .where(
+                    send_attempts.c.email == bindparam("b_email"),
+                    send_attempts.c.attempt == bindparam("b_attempt"),
+                    send_attempts.c.status == SENT,
+                )
+                .values(status=bindparam("b_status"), updated_at=bindparam("b_now")),
+                rows,
+            )
+        return len(rows)
+
+    # -- resending and closing ----------------------------------------------------------------------
+    def count_resendable(self, run_id: str, max_attempts: int) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(func.count()).select_from(sent_contacts).where(self._resendable(run_id, max_attempts))
+            ).scalar_one()
+
+    def count_in_flight(self, run_id: str) -> int:
+        """The run's contacts with a message on its way: claimed, sending or sent."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(func.count())
+                .select_from(sent_contacts)
+                .where(sent_contacts.c.run_id == run_id, sent_contacts.c.status.in_((CLAIMED, SENDING, SENT)))
+            ).scalar_one()
+
+    def requeue_blocked(
+        self, run_id: str, max_attempts: int, blocked_before: datetime, batch_size: int, max_batches: int
+    ) -> list[int]:
+        """blocked contacts with attempts left, blocked before ``blocked_before`` (their backoff is over)
+        -> claimed, numbered into batches for a new attempt."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(sent_contacts)
+                .where(self._resendable(run_id, max_attempts), sent_contacts.c.updated_at <= blocked_before)
+                .values(status=CLAIMED, updated_at=utcnow())
+            )
+            _, _, batches = self._number_batches(conn, run_id, (CLAIMED, SENDING), batch_size, max_batches)
+        return batches
+
+    def close_out(self, run_id: str, max_attempts: int) -> int:
+        """blocked contacts that used up their attempts -> failed. Returns how many."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                update(sent_contacts)
+                .where(
+                    sent_contacts.c.run_id == run_id,
+                    sent_contacts.c.status == BLOCKED,
+                    sent_contacts.c.claim_attempts >= max_attempts,
+                )
+                .values(status=FAILED, updated_at=utcnow())
+            ).rowcount
+
+    @staticmethod
+    def _resendable(run_id: str, max_attempts: int):
+        return and_(
+            sent_contacts.c.run_id == run_id,
+            sent_contacts.c.status == BLOCKED,
+            sent_contacts.c.claim_attempts < max_attempts,
+        )
+
+    # -- reporting ----------------------------------------------------------------------------------
+    def run_summary(self, run_id: str) -> dict:
+        """Counts of the run's contacts by status, and a histogram of attempts per contact."""
+        owned = sent_contacts.c.run_id == run_id
+        with self.engine.connect() as conn:
+            by_status = dict(
+                conn.execute(
+                    select(sent_contacts.c.status, func.count()).where(owned).group_by(sent_contacts.c.status)
+                ).all()
+            )
+            histogram = dict(
+                conn.execute(
+                    select(sent_contacts.c.claim_attempts, func.count())
+                    .where(owned)
+                    .group_by(sent_contacts.c.claim_attempts)
+                    .order_by(sent_contacts.c.claim_attempts)
+                ).all()
+            )
+            messages = conn.execute(
+                select(func.count()).select_from(send_attempts).where(send_attempts.c.run_id == run_id)
+            ).scalar_one()
+        return {"by_status": by_status, "attempts_histogram": histogram, "messages_sent": messages}
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _insert(self, table: Table):
+        return (postgresql.insert if self._postgres else sqlite.insert)(table)

@@ -1,0 +1,193 @@
+"""The steps of one welcome run, as plain functions of a ledger and an email provider.
+
+The DAG's tasks are thin calls to these; tests call them directly. Each step is safe to run again (an
+Airflow retry, a cleared task): the ledger's state decides what is left to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import TypeVar
+
+from welcome_mailer.contacts import DEFAULT_CHUNK_SIZE, ContactReader
+from welcome_mailer.esp import MAX_BATCH, EmailProvider, OutgoingMessage
+from welcome_mailer.greeting import SUBJECT, welcome_text
+from welcome_mailer.ledger import AcceptedAttempt, Ledger, utcnow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class InvalidCsvPath(ValueError):
+    """csv_path cannot be used; the message says why and what to do."""
+
+
+class DeliveryTimeout(RuntimeError):
+    """The ESP did not report outcomes in time; the messages stay ``sent`` for a later run to reconcile."""
+
+
+def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def resolve_csv_path(raw: str, data_roots: Sequence[Path]) -> Path:
+    """The readable CSV file that ``raw`` names, inside one of the data roots (relative paths are taken
+    from the first root). Raises InvalidCsvPath with a message meant for the person who triggered the run."""
+    if not raw or not raw.strip():
+        raise InvalidCsvPath("csv_path is empty: give the path of a CSV file")
+    path = Path(raw.strip()).expanduser()
+    resolved = (path if path.is_absolute() else data_roots[0] / path).resolve()
+    if not any(resolved.is_relative_to(root) for root in data_roots):
+        roots = ", ".join(str(r) for r in data_roots)
+        raise InvalidCsvPath(
+            f"csv_path {raw!r} is outside the allowed data roots ({roots}); "
+            "move the file there or add its directory to WELCOME_MAILER_DATA_ROOTS"
+        )
+    if not resolved.exists():
+        raise InvalidCsvPath(f"csv_path {raw!r} does not exist (resolved to {resolved})")
+    if not resolved.is_file():
+        raise InvalidCsvPath(f"csv_path {raw!r} is not a regular file (resolved to {resolved})")
+    if not os.access(resolved, os.R_OK):
+        raise InvalidCsvPath(f"csv_path {raw!r} is not readable by this worker (resolved to {resolved})")
+    return resolved
+
+
+def run_directory(reports_dir: Path, run_id: str) -> Path:
+    """Where a run's report and rejected-rows CSV go: one directory per run, named after the run id."""
+    return reports_dir / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+
+
+def parse_file(
+    ledger: Ledger, run_id: str, csv_path: Path, rejected_csv: Path, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> dict:
+    """Read the file in chunks: unique valid contacts go to the run's staging area, rejected rows to a CSV."""
+    started = time.time()
+    ledger.clear_stage(run_id)  # a retried parse starts over
+    reader = ContactReader(csv_path, chunk_size)
+    rejected_csv.parent.mkdir(parents=True, exist_ok=True)
+    with rejected_csv.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["line_no", "reason", "row"])
+        for chunk in reader:
+            ledger.stage(run_id, chunk.contacts)
+            writer.writerows((r.line_no, r.reason, r.raw) for r in chunk.rejected)
+            log.info(
+                "parsed %s rows: %s contacts, %s duplicates, %s rejected",
+                reader.stats.rows_read, reader.stats.contacts, reader.stats.duplicates_in_file, reader.stats.rejected,
+            )  # fmt: skip
+    stats = reader.stats
+    if stats.encoding_warning:
+        log.warning("%s", stats.encoding_warning)
+    return {
+        "csv_path": str(csv_path),
+        "encoding": stats.encoding,
+        "encoding_warning": stats.encoding_warning,
+        "header_skipped": stats.header_skipped,
+        "rows_read": stats.rows_read,
+        "contacts": stats.contacts,
+        "duplicates_in_file": stats.duplicates_in_file,
+        "rejected": stats.rejected,
+        "rejected_csv": str(rejected_csv),
+        "seconds": round(time.time() - started, 3),
+    }
+
+
+def claim_contacts(ledger: Ledger, run_id: str, batch_size: int, max_batches: int) -> dict:
+    started = time.time()
+    result = ledger.claim(run_id, batch_size, max_batches)
+    log.info(
+        "claimed %s of %s contacts (%s new, %s taken over); %s already contacted or owned by another run; "
+        "%s to send in %s batches of up to %s",
+        result.owned, result.staged, result.claimed_new, result.taken_over, result.skipped,
+        result.to_send, len(result.batches), result.batch_size,
+    )  # fmt: skip
+    return {
+        "staged": result.staged,
+        "claimed_new": result.claimed_new,
+        "taken_over": result.taken_over,
+        "owned": result.owned,
+        "skipped": result.skipped,
+        "to_send": result.to_send,
+        "batch_size": result.batch_size,
+        "batches": result.batches,
+        "seconds": round(time.time() - started, 3),
+    }
+
+
+def send_batch(ledger: Ledger, esp: EmailProvider, run_id: str, batch_no: int, request_size: int) -> dict:
+    """Send one batch: record the attempts, then send them in ESP requests of ``request_size``."""
+    started = time.time()
+    attempts = ledger.start_attempts(run_id, batch_no)
+    accepted = refused = 0
+    for chunk in chunked(attempts, min(request_size, MAX_BATCH)):
+        messages = [OutgoingMessage(a.email, SUBJECT, welcome_text(a.name), a.idempotency_key) for a in chunk]
+        results = esp.send_batch(messages)
+        ledger.record_sent(
+            run_id,
+            [AcceptedAttempt(a.email, a.attempt, r.message_id, r.error) for a, r in zip(chunk, results, strict=True)],
+        )
+        chunk_refused = sum(1 for r in results if r.message_id is None)
+        refused += chunk_refused
+        accepted += len(results) - chunk_refused
+    return {"sent": accepted, "refused": refused, "started": started, "finished": time.time()}
+
+
+def poll_outcomes(ledger: Ledger, esp: EmailProvider) -> Callable[[str], tuple[int, int]]:
+    """Ask the ESP about the run's unresolved messages and record the outcomes; returns (resolved, left)."""
+
+    def poll(run_id: str) -> tuple[int, int]:
+        pending = ledger.pending_messages(run_id)
+        resolved = 0
+        for chunk in chunked(pending, MAX_BATCH):
+            statuses = esp.lookup([m.message_id for m in chunk])
+            resolved += ledger.record_outcomes(run_id, [(m, statuses.get(m.message_id, "sent")) for m in chunk])
+        return resolved, len(pending) - resolved
+
+    return poll
+
+
+def resend_blocked(
+    ledger: Ledger,
+    esp: EmailProvider,
+    run_id: str,
+    *,
+    max_attempts: int,
+    batch_size: int,
+    max_batches: int,
+    backoff_seconds: float,
+    outcome_timeout: float,
+    poll_seconds: float,
+    sleep=time.sleep,
+) -> dict:
+    """Send a NEW email to every blocked contact with attempts left, once its backoff (counted from when
+    it was reported blocked) is over; poll outcomes; until nothing is left to resend or waiting.
+
+    Contacts are resent one by one as their backoff ends rather than in lock-step rounds, so one slow
+    message never holds back the others."""
+    started = time.time()
+    rounds = messages = 0
+    poll = poll_outcomes(ledger, esp)
+    deadline = time.monotonic() + outcome_timeout
+    while True:
+        ledger.renew_lease(run_id)
+        poll(run_id)
+        blocked_before = utcnow() - timedelta(seconds=backoff_seconds)
+        batches = ledger.requeue_blocked(run_id, max_attempts, blocked_before, batch_size, max_batches)
+        if batches:
+            rounds += 1
+            sent = sum(send_batch(ledger, esp, run_id, b, batch_size)["sent"] for b in batches)
+            messages += sent
+            log.info("resend round %s: %s new messages to blocked contacts", rounds, sent)
+        elif not ledger.count_in_flight(run_id) and not ledger.count_resendable(run_id, max_attempts):
+            return {"rounds": rounds, "messages": messages, "seconds": round(time.time() - started, 3)}
+        if time.monotonic() >= deadline:
+            raise DeliveryTimeout(f"resending did not finish within {outcome_timeout:.0f}s; messages stay 'sent'")
+        sleep(poll_seconds)

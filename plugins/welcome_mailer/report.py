@@ -1,0 +1,67 @@
+"""A run's report: what the file held, what was sent, how it ended, how long each phase took."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+OUTCOME_ORDER = ("delivered", "bounced", "failed", "blocked", "sent", "sending", "claimed")
+
+
+def build_report(
+    *, run_id: str, parsed: dict, claimed: dict, summary: dict, resend: dict | None, phases: dict[str, float]
+) -> dict:
+    by_status = summary["by_status"]
+    return {
+        "run_id": run_id,
+        "csv_path": parsed["csv_path"],
+        "rejected_csv": parsed["rejected_csv"],
+        "encoding": parsed["encoding"],
+        "encoding_warning": parsed["encoding_warning"],
+        "rows_read": parsed["rows_read"],
+        "rejected": parsed["rejected"],
+        "duplicates_in_file": parsed["duplicates_in_file"],
+        "unique_contacts": parsed["contacts"],
+        "already_contacted_skipped": claimed["skipped"],
+        "claimed": claimed["owned"],
+        "claimed_new": claimed["claimed_new"],
+        "taken_over": claimed["taken_over"],
+        "outcomes": {status: by_status[status] for status in OUTCOME_ORDER if status in by_status},
+        "messages_sent": summary["messages_sent"],
+        "attempts_histogram": {str(k): v for k, v in summary["attempts_histogram"].items()},
+        "resend_rounds": (resend or {}).get("rounds", 0),
+        "phase_seconds": {name: round(seconds, 2) for name, seconds in phases.items()},
+    }
+
+
+def render_markdown(report: dict) -> str:
+    rows = [
+        ("run", report["run_id"]),
+        ("file", report["csv_path"]),
+        ("rows read", report["rows_read"]),
+        ("rejected rows", f"{report['rejected']} (see {report['rejected_csv']})"),
+        ("duplicates within the file", report["duplicates_in_file"]),
+        ("unique contacts", report["unique_contacts"]),
+        ("already contacted (skipped)", report["already_contacted_skipped"]),
+        ("claimed by this run", report["claimed"]),
+        *((f"outcome: {status}", count) for status, count in report["outcomes"].items()),
+        ("messages sent", report["messages_sent"]),
+        ("resend rounds", report["resend_rounds"]),
+        *((f"contacts with {n} attempt(s)", count) for n, count in report["attempts_histogram"].items()),
+        *((f"seconds: {phase}", seconds) for phase, seconds in report["phase_seconds"].items()),
+    ]
+    if report["encoding_warning"]:
+        rows.append(("warning", report["encoding_warning"]))
+    lines = ["| item | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)]
+    if report["claimed"] == 0:
+        lines.append("")
+        lines.append("Nothing was sent: every contact in the file was already contacted or is owned by another run.")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path, markdown_path = directory / "report.json", directory / "report.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    markdown_path.write_text(f"# Welcome emails: {report['run_id']}\n\n{render_markdown(report)}", encoding="utf-8")
+    return json_path, markdown_path

@@ -1,0 +1,36 @@
+"""Deployment settings, from environment variables (the same in every Airflow component).
+
+| variable | meaning | default |
+|---|---|---|
+| WELCOME_MAILER_DATA_ROOTS | directories csv_path must lie in, separated by ``:`` | the project directory |
+| WELCOME_MAILER_REPORTS_DIR | where each run's report and rejected-rows CSV go | ``<project>/data/reports`` |
+| WELCOME_MAILER_LEASE_MINUTES | how long a silent run keeps its contacts before another run may take them | 30 |
+| WELCOME_MAILER_POKE_SECONDS | how often delivery outcomes are polled | 2 |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_roots: tuple[Path, ...]
+    reports_dir: Path
+    lease: timedelta
+    poke_seconds: float
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        roots = os.environ.get("WELCOME_MAILER_DATA_ROOTS", "")
+        return cls(
+            data_roots=tuple(Path(r).resolve() for r in roots.split(os.pathsep) if r) or (PROJECT_ROOT,),
+            reports_dir=Path(os.environ.get("WELCOME_MAILER_REPORTS_DIR", PROJECT_ROOT / "data" / "reports")),
+            lease=timedelta(minutes=float(os.environ.get("WELCOME_MAILER_LEASE_MINUTES", "30"))),
+            poke_seconds=float(os.environ.get("WELCOME_MAILER_POKE_SECONDS", "2")),
+        )
