@@ -1,0 +1,161 @@
+"""Shared fixtures: a real mock ESP over HTTP, throwaway Postgres databases, ledgers on both backends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from include.run_embedded import free_port, wait_healthy
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_ADMIN_URL = os.environ.get("WELCOME_MAILER_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+API_KEY = "test-key"
+
+
+@dataclass
+class RunningEsp:
+    """A mock ESP process, and the audit-log reads the tests prove things with."""
+
+    url: str
+    api_key: str
+    process: subprocess.Popen
+    log_path: Path
+    client: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.api_key}"})
+
+    @property
+    def connection(self) -> dict:
+        host, port = self.url.removeprefix("http://").split(":")
+        return {"conn_type": "http", "host": host, "port": int(port), "password": self.api_key}
+
+    def messages(self, **filters) -> list[dict]:
+        """The whole message log, in acceptance order, paged through with the cursor."""
+        found, cursor = [], None
+        while True:
+            params = {"limit": 1000, **filters, **({"cursor": cursor} if cursor else {})}
+            page = self._get_through_faults("/v1/messages", params)
+            found.extend(page["messages"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return found
+
+    def _get_through_faults(self, path: str, params: dict) -> dict:
+        """GET, retrying the faults a test may have switched on (503, 429) for a bounded time."""
+        deadline = time.monotonic() + 60
+        while True:
+            response = self.client.get(path, params=params)
+            if response.status_code not in (429, 503) or time.monotonic() > deadline:
+                return response.raise_for_status().json()
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def launch_esp(log_dir: Path, **flags) -> RunningEsp:
+    """Start a mock ESP process with the given flags (``hold_rate=0`` -> ``--hold-rate 0``)."""
+    port = free_port()
+    args = [sys.executable, "-m", "include.mock_esp", "--port", str(port), "--api-key", API_KEY]
+    for name, value in flags.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    log_path = log_dir / f"mock_esp_{port}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(args, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    esp = RunningEsp(f"http://127.0.0.1:{port}", API_KEY, process, log_path)
+    wait_healthy(f"{esp.url}/healthz", process)
+    return esp
+
+
+@pytest.fixture
+def start_esp(tmp_path) -> Iterator:
+    """Start mock ESPs with the given flags; all stop at teardown."""
+    started: list[RunningEsp] = []
+
+    def start(**flags) -> RunningEsp:
+        started.append(launch_esp(tmp_path, **flags))
+        return started[-1]
+
+    yield start
+    for esp in started:
+        esp.stop()
+
+
+@pytest.fixture
+def esp(start_esp) -> RunningEsp:
+    """The mock ESP with default outcomes but no holds (fast tests)."""
+    return start_esp(hold_rate=0)
+
+
+def _postgres_available() -> str | None:
+    from sqlalchemy import create_engine, text
+
+    try:
+        engine = create_engine(f"{POSTGRES_ADMIN_URL}/postgres", connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # any failure means: no usable server
+        return f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc.__class__.__name__}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    reason = _postgres_available()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (required under CI=true)")
+        pytest.skip(reason)
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> Iterator[str]:
+    """A fresh database, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    name = f"wm_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{postgres_server}/{name}"
+    finally:
+        from welcome_mailer.airflow_glue import _engine
+
+        _engine.cache_clear()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def ledger_url(request, tmp_path) -> str:
+    """The ledger's SQLAlchemy URL, once on SQLite and once on Postgres."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def ledger(ledger_url):
+    from welcome_mailer.ledger import Ledger, connect
+
+    engine = connect(ledger_url)
+    ledger = Ledger(engine)
+    ledger.ensure_schema()
+    yield ledger
+    engine.dispose()

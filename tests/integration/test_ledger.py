@@ -1,0 +1,194 @@
+"""The ledger's state machine, on SQLite and on Postgres (``ledger`` runs each test on both)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from welcome_mailer.contacts import Contact
+from welcome_mailer.ledger import (
+    AcceptedAttempt,
+    Ledger,
+    PendingMessage,
+    connect,
+    idempotency_key,
+    ledger_runs,
+    send_attempts,
+    sent_contacts,
+    utcnow,
+)
+
+
+def contacts(*emails: str) -> list[Contact]:
+    return [Contact(email, f"Name {email.split('@')[0]}", line) for line, email in enumerate(emails, 1)]
+
+
+def stage_and_claim(ledger: Ledger, run_id: str, emails, batch_size: int = 500, max_batches: int = 1024):
+    ledger.renew_lease(run_id)
+    ledger.clear_stage(run_id)
+    ledger.stage(run_id, contacts(*emails))
+    return ledger.claim(run_id, batch_size, max_batches)
+
+
+def statuses(ledger: Ledger) -> dict[str, tuple[str, str, int]]:
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(
+            select(sent_contacts.c.email, sent_contacts.c.status, sent_contacts.c.run_id, sent_contacts.c.attempts)
+        )
+        return {email: (status, run_id, attempts) for email, status, run_id, attempts in rows}
+
+
+def send_everything(ledger: Ledger, run_id: str, batches, outcome: str | dict[str, str]) -> None:
+    """Play the ESP: accept every attempt, then report the given outcome(s)."""
+    for batch_no in batches:
+        attempts = ledger.start_attempts(run_id, batch_no)
+        ledger.record_sent(run_id, [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}-{a.attempt}") for a in attempts])
+    pending = ledger.pending_messages(run_id)
+    outcome_of = (lambda m: outcome) if isinstance(outcome, str) else (lambda m: outcome[m.email])
+    ledger.record_outcomes(run_id, [(m, outcome_of(m)) for m in pending])
+
+
+def test_schema_setup_is_idempotent(ledger):
+    ledger.ensure_schema()
+    ledger.ensure_schema()
+
+
+def test_claim_takes_new_contacts_in_bounded_batches(ledger):
+    claimed = stage_and_claim(ledger, "run-1", [f"u{i}@example.com" for i in range(25)], batch_size=10)
+    assert (claimed.staged, claimed.claimed_new, claimed.owned, claimed.to_send) == (25, 25, 25, 25)
+    assert claimed.batches == [0, 1, 2] and claimed.batch_size == 10
+    capped = stage_and_claim(ledger, "run-2", [f"v{i}@example.com" for i in range(25)], batch_size=1, max_batches=4)
+    assert capped.batch_size == 7 and capped.batches == [0, 1, 2, 3], "never more batches than max_batches"
+    sizes = [len(ledger.start_attempts("run-2", b)) for b in capped.batches]
+    assert sizes == [7, 7, 7, 4]
+
+
+def test_a_live_run_keeps_its_contacts(ledger):
+    stage_and_claim(ledger, "run-1", ["a@example.com", "b@example.com"])
+    second = stage_and_claim(ledger, "run-2", ["b@example.com", "c@example.com"])
+    assert (second.owned, second.skipped, second.claimed_new) == (1, 1, 1)
+    assert statuses(ledger)["b@example.com"][1] == "run-1"
+
+
+def test_claim_is_safe_to_repeat(ledger):
+    first = stage_and_claim(ledger, "run-1", ["a@example.com", "b@example.com"])
+    again = ledger.claim("run-1", 500, 1024)
+    assert (again.owned, again.claimed_new, again.to_send, again.batches) == (2, 0, 2, first.batches)
+
+
+def test_attempt_is_recorded_before_sending_and_reused_by_a_retry(ledger):
+    claimed = stage_and_claim(ledger, "run-1", ["a@example.com"])
+    first_try = ledger.start_attempts("run-1", claimed.batches[0])
+    retry = ledger.start_attempts("run-1", claimed.batches[0])  # the task died before recording the send
+    assert first_try == retry and first_try[0].attempt == 1
+    assert first_try[0].idempotency_key == idempotency_key("a@example.com", 1)
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(
+            select(send_attempts.c.attempt, send_attempts.c.status, send_attempts.c.idempotency_key)
+        ).all()
+    assert rows == [(1, "pending", idempotency_key("a@example.com", 1))]
+
+
+def test_delivered_and_bounced_are_final_forever(ledger):
+    claimed = stage_and_claim(ledger, "run-1", ["d@example.com", "b@example.com"])
+    send_everything(ledger, "run-1", claimed.batches, {"d@example.com": "delivered", "b@example.com": "bounced"})
+    ledger.finish_run("run-1")
+    later = stage_and_claim(ledger, "run-2", ["d@example.com", "b@example.com"])
+    assert (later.owned, later.skipped, later.batches) == (0, 2, [])
+    assert {e: s for e, (s, _, _) in statuses(ledger).items()} == {
+        "d@example.com": "delivered",
+        "b@example.com": "bounced",
+    }
+
+
+def test_blocked_is_resent_with_a_new_attempt_until_max_attempts_then_failed(ledger):
+    claimed = stage_and_claim(ledger, "run-1", ["x@example.com"])
+    send_everything(ledger, "run-1", claimed.batches, "blocked")
+    for attempt in (2, 3):
+        batches = ledger.requeue_blocked("run-1", 3, utcnow(), 500, 1024)
+        assert [a.attempt for a in ledger.start_attempts("run-1", batches[0])] == [attempt]
+        ledger.record_sent("run-1", [AcceptedAttempt("x@example.com", attempt, f"id-{attempt}")])
+        ledger.record_outcomes("run-1", [(PendingMessage("x@example.com", attempt, f"id-{attempt}"), "blocked")])
+    assert ledger.count_resendable("run-1", 3) == 0
+    assert ledger.requeue_blocked("run-1", 3, utcnow(), 500, 1024) == []
+    assert ledger.close_out("run-1", 3) == 1
+    assert statuses(ledger)["x@example.com"] == ("failed", "run-1", 3)
+    with ledger.engine.connect() as conn:
+        keys = conn.execute(select(send_attempts.c.idempotency_key).order_by(send_attempts.c.attempt)).scalars().all()
+    assert len(set(keys)) == 3, "every attempt has its own idempotency key"
+
+
+def test_backoff_holds_a_blocked_contact_back(ledger):
+    claimed = stage_and_claim(ledger, "run-1", ["x@example.com"])
+    send_everything(ledger, "run-1", claimed.batches, "blocked")
+    assert ledger.requeue_blocked("run-1", 3, utcnow() - timedelta(minutes=5), 500, 1024) == []
+    assert ledger.requeue_blocked("run-1", 3, utcnow(), 500, 1024) == [0]
+
+
+def test_failed_contact_listed_again_gets_a_fresh_budget(ledger):
+    claimed = stage_and_claim(ledger, "run-1", ["x@example.com"])
+    send_everything(ledger, "run-1", claimed.batches, "blocked")
+    ledger.close_out("run-1", 1)
+    ledger.finish_run("run-1")
+    again = stage_and_claim(ledger, "run-2", ["x@example.com"])
+    assert (again.owned, again.taken_over) == (1, 1)
+    [attempt] = ledger.start_attempts("run-2", again.batches[0])
+    assert attempt.attempt == 2, "attempt numbers keep counting, so the idempotency key is new"
+
+
+def test_contacts_of_a_dead_run_are_taken_over_as_they_are(ledger):
+    claimed = stage_and_claim(ledger, "dead", ["sending@example.com", "sent@example.com"], batch_size=1)
+    ledger.start_attempts("dead", 0)  # 'sending': recorded, never confirmed
+    [sent] = ledger.start_attempts("dead", 1)
+    ledger.record_sent("dead", [AcceptedAttempt(sent.email, sent.attempt, "id-sent")])
+    with ledger.engine.begin() as conn:  # the run stopped renewing its lease
+        conn.execute(update(ledger_runs).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    assert claimed.batches == [0, 1]
+    taker = stage_and_claim(ledger, "taker", ["sending@example.com", "sent@example.com"])
+    assert (taker.owned, taker.taken_over, taker.to_send) == (2, 2, 1)
+    resent = ledger.start_attempts("taker", taker.batches[0])
+    assert [(a.email, a.attempt) for a in resent] == [("sending@example.com", 1)], "same attempt, same key"
+    assert [m.message_id for m in ledger.pending_messages("taker")] == ["id-sent"], "polled, never resent blindly"
+
+
+def test_writes_of_a_run_that_lost_its_contacts_change_nothing(ledger):
+    claimed = stage_and_claim(ledger, "old", ["a@example.com"])
+    [attempt] = ledger.start_attempts("old", claimed.batches[0])
+    with ledger.engine.begin() as conn:
+        conn.execute(update(ledger_runs).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    stage_and_claim(ledger, "new", ["a@example.com"])
+    ledger.record_sent("old", [AcceptedAttempt(attempt.email, attempt.attempt, "id-late")])
+    assert statuses(ledger)["a@example.com"] == ("sending", "new", 1)
+    assert ledger.start_attempts("old", claimed.batches[0]) == []
+
+
+def _claim_in_process(url: str, run_id: str, emails: list[str], barrier, queue) -> None:
+    ledger = Ledger(connect(url))
+    ledger.renew_lease(run_id)
+    ledger.stage(run_id, contacts(*emails))
+    barrier.wait(timeout=60)  # every process claims at the same moment
+    queue.put((run_id, ledger.claim(run_id, 500, 1024).owned))
+
+
+def test_concurrent_claimers_never_claim_a_contact_twice(ledger, ledger_url):
+    runs = {f"run-{n}": [f"u{i}@example.com" for i in range(n * 300, n * 300 + 1500)] for n in range(4)}
+    context = multiprocessing.get_context("spawn")
+    queue, barrier = context.Queue(), context.Barrier(len(runs))
+    processes = [
+        context.Process(target=_claim_in_process, args=(ledger_url, run_id, emails, barrier, queue))
+        for run_id, emails in runs.items()
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    owned = dict(queue.get(timeout=5) for _ in processes)
+    ledger_rows = statuses(ledger)
+    unique = {email for emails in runs.values() for email in emails}
+    assert set(ledger_rows) == unique
+    assert sum(owned.values()) == len(unique), "every contact is owned by exactly one run"
+    for run_id, count in owned.items():
+        assert count == sum(1 for _, owner, _ in ledger_rows.values() if owner == run_id)
