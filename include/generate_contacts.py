@@ -40,11 +40,12 @@ def _ascii_slug(text: str) -> str:
     return "".join(c for c in decomposed if c.isascii() and c.isalnum()).lower()
 
 
-def generate_rows(rows: int, seed: int = 42, duplicate_rate: float = 0.1, malformed_every: int = 2000) -> Iterator[str]:
+def generate_rows(rows: int, seed: int = 42, duplicate_rate: float = 0.1) -> Iterator[str]:
     rng = random.Random(seed)
+    malformed_every = max(20, min(500, rows // 20))
     emitted: list[tuple[str, str, str]] = []  # (name, email, rest) of unique contacts written so far
     for index in range(rows):
-        if index and malformed_every and index % malformed_every == 0:
+        if index and index % malformed_every == 0:
             yield MALFORMED[(index // malformed_every) % len(MALFORMED)]
             continue
         if emitted and rng.random() < duplicate_rate:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,13 @@ import pytest
 from include.run_embedded import free_port, wait_healthy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Airflow reads its configuration on first import: point it at a throwaway home before any test imports it.
+_TEST_AIRFLOW_HOME = tempfile.mkdtemp(prefix="welcome-mailer-airflow-")
+os.environ["AIRFLOW_HOME"] = _TEST_AIRFLOW_HOME
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_TEST_AIRFLOW_HOME}/airflow.db"
 POSTGRES_ADMIN_URL = os.environ.get("WELCOME_MAILER_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 API_KEY = "test-key"
 

@@ -91,9 +91,10 @@ def max_mapped_batches() -> int:
     return conf.getint("core", "max_map_length", fallback=1024)
 
 
-# Tasks whose results the report reads, in run order; close_out's result means the run got to the end.
+# Tasks whose return values the report reads (claim's counts are under the key "summary", send_batch's
+# per map index); close_out's result means the run got to the end.
 UNFINISHED_STATES = (CLAIMED, SENDING, SENT)
-REPORTED_TASKS = ("parse", "claim", "send_batch", "await_delivery", "resend_blocked", "close_out")
+REPORTED_TASKS = ("parse", "await_delivery", "resend_blocked", "close_out")
 
 
 def report_run(ti, dag_run, run_id: str) -> dict:
@@ -116,7 +117,9 @@ def report_run(ti, dag_run, run_id: str) -> dict:
         raise AirflowFailException(
             "the run stopped before contacts were claimed: nothing was sent (see parse/claim logs)"
         )
-    batches = [b for b in (results["send_batch"] or []) if b]
+    # Explicit map indexes: a pull of a mapped task with one instance would otherwise return a bare value.
+    batch_results = ti.xcom_pull(task_ids="send_batch", map_indexes=range(len(claimed["batches"])))
+    batches = [b for b in batch_results if b]
     send_finished = max((b["finished"] for b in batches), default=time.time())
     phases = {"parse": parsed["seconds"], "claim": claimed["seconds"]}
     if batches:
