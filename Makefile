@@ -1,0 +1,48 @@
+# Welcome mailer: every command a user or CI needs. `make help` lists them.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+CSV    ?= input.csv
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test test-fast lint esp input bench lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(BIN)/python -m pip check
+	touch $@
+
+venv: $(BIN)/.installed  ## create .venv from requirements.lock (only when the lock changed)
+
+run: venv  ## run welcome_emails once on the embedded default: make run [CSV=path/to/file.csv]
+	$(BIN)/python -m include.run_embedded $(CSV)
+
+test: venv  ## the whole test suite (unit, DAG, integration, end-to-end); Postgres tests skip without a server unless CI=true
+	$(BIN)/python -m pytest tests
+
+test-fast: venv  ## everything but the end-to-end runs
+	$(BIN)/python -m pytest tests -m "not slow"
+
+lint: venv  ## ruff (including Airflow's AIR rules)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+esp: venv  ## start the mock ESP in the foreground on 127.0.0.1:8025 (flags: python -m include.mock_esp --help)
+	$(BIN)/python -m include.mock_esp
+
+input: venv  ## regenerate input.csv (deterministic)
+	$(BIN)/python -m include.generate_contacts --rows 10000 --seed 42 --output input.csv
+
+bench: venv  ## benchmark: 10k and 100k rows end to end, 1M rows parse + claim; appends to bench/results.jsonl
+	$(BIN)/python -m include.bench
+
+lock: venv  ## rewrite requirements.lock from the working venv (after changing requirements.txt)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^uv==' > requirements.lock
+
+clean:  ## remove the local Airflow home, ledger, reports and logs (not the venv)
+	rm -rf .airflow data
