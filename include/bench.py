@@ -1,0 +1,164 @@
+"""Benchmark: prints figures and appends them to bench/results.jsonl (`make bench`).
+
+- end to end: 10k and 100k rows through `airflow dags test` on the embedded default (fresh ledger each);
+- parse + claim of 1M rows, in a child process so its peak RSS is its own (SQLite ledger; add
+  ``--postgres URL`` for Postgres too);
+- the mock ESP accepting 1,000-message batches.
+
+Targets on the 2-core reference machine: 10k <= 25 s, 100k <= 60 s end to end; 1M parse + claim <= 30 s
+with peak RSS <= 1 GB; a 1,000-message batch in well under 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from include.generate_contacts import write_file
+from include.run_embedded import PROJECT_ROOT, airflow_env, ensure_metadata_db, free_port, newest_report, wait_healthy
+
+BENCH_DIR = PROJECT_ROOT / "bench"
+RESULTS = BENCH_DIR / "results.jsonl"
+
+
+def end_to_end(rows: int, workdir: Path) -> dict:
+    csv_path = write_file(BENCH_DIR / "files" / f"contacts_{rows}.csv", rows, seed=7)
+    env = airflow_env()
+    env.update(
+        {
+            "AIRFLOW_CONN_CONTACTS_DB": json.dumps({"conn_type": "sqlite", "host": str(workdir / f"ledger_{rows}.db")}),
+            "WELCOME_MAILER_REPORTS_DIR": str(workdir / "reports"),
+            "WELCOME_MAILER_DATA_ROOTS": str(csv_path.parent),
+        }
+    )
+    env.pop("AIRFLOW_CONN_ESP_DEFAULT", None)
+    ensure_metadata_db(env)
+    started = time.time()
+    completed = subprocess.run(
+        [sys.executable, "-m", "include.run_embedded", str(csv_path)],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.time() - started
+    report_path = newest_report(workdir / "reports", started)
+    report = json.loads(report_path.with_suffix(".json").read_text()) if report_path else {}
+    return {
+        "benchmark": f"end_to_end_{rows}",
+        "ok": completed.returncode == 0,
+        "seconds": round(seconds, 1),
+        "phase_seconds": report.get("phase_seconds", {}),
+        "peak_rss_mb": _children_peak_rss_mb(),
+        "contacts": report.get("claimed"),
+        "messages": report.get("messages_sent"),
+    }
+
+
+def parse_and_claim(rows: int, ledger_url: str) -> dict:
+    """Run in a child process: its own peak RSS is the figure."""
+    code = f"""
+import json, resource, time
+from pathlib import Path
+from include.generate_contacts import write_file
+from welcome_mailer.ledger import Ledger, connect
+from welcome_mailer.pipeline import claim_contacts, parse_file
+path = write_file(Path({str(BENCH_DIR / "files")!r}) / "contacts_{rows}.csv", {rows}, seed=7)
+ledger = Ledger(connect({ledger_url!r}))
+ledger.ensure_schema()
+ledger.renew_lease("bench")
+t0 = time.time()
+parsed = parse_file(ledger, "bench", path, Path({tempfile.gettempdir()!r}) / "bench_rejected.csv")
+t1 = time.time()
+claimed = claim_contacts(ledger, "bench", 1000, 1024)
+t2 = time.time()
+print(json.dumps({{"parse": round(t1 - t0, 2), "claim": round(t2 - t1, 2), "contacts": claimed["owned"],
+                  "batches": len(claimed["batches"]),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}}))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "plugins")])}
+    output = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    figures = json.loads(output.strip().splitlines()[-1])
+    backend = ledger_url.split(":", 1)[0]
+    return {
+        "benchmark": f"parse_claim_{rows}_{backend}",
+        "seconds": round(figures["parse"] + figures["claim"], 2),
+        **figures,
+    }
+
+
+def esp_batch_latency() -> dict:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "include.mock_esp", "--port", str(port), "--api-key", "bench"],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", process)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": "Bearer bench"})
+        timings = []
+        for batch in range(50):
+            messages = [
+                {
+                    "to": f"user{batch}x{i}@example.com",
+                    "subject": "Welcome!",
+                    "text": "Hi, Welcome!",
+                    "idempotency_key": f"{batch}-{i}",
+                }
+                for i in range(1000)
+            ]
+            started = time.perf_counter()
+            client.post("/v1/messages/batch", json={"messages": messages}).raise_for_status()
+            timings.append((time.perf_counter() - started) * 1000)
+        timings.sort()
+        return {"benchmark": "esp_batch_1000", "median_ms": round(timings[25], 1), "p95_ms": round(timings[47], 1)}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _children_peak_rss_mb() -> int:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000], help="end-to-end file sizes")
+    parser.add_argument("--big", type=int, default=1_000_000, help="rows for the parse + claim figure (0: skip)")
+    parser.add_argument("--postgres", help="also measure parse + claim on this SQLAlchemy URL (an empty database)")
+    args = parser.parse_args(argv)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    results = [esp_batch_latency()]
+    with tempfile.TemporaryDirectory(prefix="welcome-bench-") as tmp:
+        workdir = Path(tmp)
+        if args.big:
+            results.append(parse_and_claim(args.big, f"sqlite:///{workdir / 'big.db'}"))
+            if args.postgres:
+                results.append(parse_and_claim(args.big, args.postgres))
+        for rows in args.sizes:
+            results.append(end_to_end(rows, workdir))
+    BENCH_DIR.mkdir(exist_ok=True)
+    with RESULTS.open("a") as handle:
+        for result in results:
+            handle.write(
+                json.dumps({"at": stamp, "machine": f"{platform.node()} {os.cpu_count()} cores", **result}) + "\n"
+            )
+    for result in results:
+        print(json.dumps(result))
+    print(f"appended to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The run's steps against the real mock ESP and a real ledger: retries and crashes never double a message."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from tests.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
+from welcome_mailer import pipeline
+from welcome_mailer.esp import EspUnavailable, HttpEmailProvider, RetryPolicy
+from welcome_mailer.ledger import ledger_runs, utcnow
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+@pytest.fixture
+def contact_file(tmp_path):
+    path = tmp_path / "contacts.csv"
+    path.write_text("".join(f"User {i}, user{i}@example.com, 555\n" for i in range(120)) + "Bad Row, nope\n")
+    return path
+
+
+def parse_and_claim(ledger, run_id, path, tmp_path, batch_size=50):
+    ledger.renew_lease(run_id)
+    parsed = pipeline.parse_file(ledger, run_id, path, tmp_path / f"{run_id}-rejected.csv")
+    return parsed, pipeline.claim_contacts(ledger, run_id, batch_size, 1024)
+
+
+def finish(ledger, esp_client, run_id, max_attempts=5):
+    pipeline.resend_blocked(
+        ledger,
+        esp_client,
+        run_id,
+        max_attempts=max_attempts,
+        batch_size=50,
+        max_batches=1024,
+        backoff_seconds=0,
+        outcome_timeout=60,
+        poll_seconds=0.05,
+    )
+    ledger.close_out(run_id, max_attempts)
+
+
+def test_a_send_retried_after_lost_responses_sends_each_attempt_once(
+    ledger, ledger_url, start_esp, contact_file, tmp_path
+):
+    esp = start_esp(lose_response_rate=0.5, hold_rate=0, seed=11)
+    parsed, claimed = parse_and_claim(ledger, "run", contact_file, tmp_path)
+    assert parsed["rejected"] == 1 and claimed["to_send"] == 120
+    fragile = HttpEmailProvider(esp.url, esp.api_key, retry=NO_RETRY)  # every lost response kills the "task"
+    for batch_no in claimed["batches"]:
+        for _try in range(50):  # Airflow's task retries
+            try:
+                pipeline.send_batch(ledger, fragile, "run", batch_no, 20)
+                break
+            except EspUnavailable:
+                continue
+    with HttpEmailProvider(esp.url, esp.api_key) as client:
+        finish(ledger, client, "run")
+    messages = esp.messages()
+    assert_run_invariants(messages, expected_contacts(contact_file), max_attempts=5)
+    assert_ledger_matches(ledger_url, messages)
+
+
+def test_a_crash_between_recording_and_sending_is_recovered_by_the_next_run(
+    ledger, ledger_url, esp, contact_file, tmp_path
+):
+    _, claimed = parse_and_claim(ledger, "crashed", contact_file, tmp_path)
+    ledger.start_attempts("crashed", claimed["batches"][0])  # attempts recorded, then the worker died
+    with ledger.engine.begin() as conn:  # its lease runs out
+        conn.execute(update(ledger_runs).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+
+    _, taken = parse_and_claim(ledger, "next", contact_file, tmp_path)
+    assert taken["owned"] == 120 and taken["taken_over"] == 120
+    with HttpEmailProvider(esp.url, esp.api_key) as client:
+        for batch_no in taken["batches"]:
+            pipeline.send_batch(ledger, client, "next", batch_no, 50)
+        finish(ledger, client, "next")
+    messages = esp.messages()
+    assert_run_invariants(messages, expected_contacts(contact_file), max_attempts=5)
+    assert_ledger_matches(ledger_url, messages)
+
+
+def test_unresolved_messages_are_reconciled_never_resent(ledger, ledger_url, start_esp, contact_file, tmp_path):
+    esp = start_esp(hold_rate=1, hold_min_seconds=1.5, hold_max_seconds=2)
+    _, claimed = parse_and_claim(ledger, "timed-out", contact_file, tmp_path)
+    with HttpEmailProvider(esp.url, esp.api_key) as client:
+        for batch_no in claimed["batches"]:
+            pipeline.send_batch(ledger, client, "timed-out", batch_no, 50)
+        resolved, left = pipeline.poll_outcomes(ledger, client)("timed-out")
+        assert (resolved, left) == (0, 120), "every message is still held"
+        ledger.finish_run("timed-out")  # the run gave up (its sensor timed out)
+
+        _, later = parse_and_claim(ledger, "later", contact_file, tmp_path)
+        assert later["taken_over"] == 120 and later["to_send"] == 0
+        sent_before = len(esp.messages())
+        finish(ledger, client, "later")
+    messages = esp.messages()
+    first_messages = messages[:sent_before]
+    assert len(first_messages) == 120 and all(m["status"] != "sent" for m in messages)
+    assert_run_invariants(messages, expected_contacts(contact_file), max_attempts=5)
+    assert_ledger_matches(ledger_url, messages)
