@@ -120,7 +120,7 @@ def report_run(ti, dag_run, run_id: str) -> dict:
     # Explicit map indexes: a pull of a mapped task with one instance would otherwise return a bare value.
     batch_results = ti.xcom_pull(task_ids="send_batch", map_indexes=range(len(claimed["batches"])))
     batches = [b for b in batch_results if b]
-    send_finished = max((b["finished"] for b in batches), default=time.time())
+    send_finished = max((b["finished"] for b in batches), default=claimed["finished"])
     phases = {"parse": parsed["seconds"], "claim": claimed["seconds"]}
     if batches:
         phases["send"] = send_finished - min(b["started"] for b in batches)

@@ -119,6 +119,7 @@ def claim_contacts(ledger: Ledger, run_id: str, batch_size: int, max_batches: in
         "batch_size": result.batch_size,
         "batches": result.batches,
         "seconds": round(time.time() - started, 3),
+        "finished": time.time(),
     }
 
 

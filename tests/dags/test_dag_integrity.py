@@ -84,7 +84,7 @@ def test_join_and_report_trigger_rules(welcome):
 
 def test_params_defaults_and_bounds(welcome):
     params = welcome.params
-    assert params["batch_size"] == 500 and params["max_attempts"] == 5
+    assert (params["batch_size"], params["max_attempts"], params["max_send_tasks"]) == (500, 5, 8)
     schema = {name: params.get_param(name).schema for name in params}
     assert schema["batch_size"]["minimum"] == 1 and schema["batch_size"]["maximum"] == 1000
     assert schema["csv_path"]["type"] == "string" and schema["csv_path"]["minLength"] == 1
@@ -100,6 +100,7 @@ def test_params_defaults_and_bounds(welcome):
         ({"csv_path": "input.csv", "batch_size": 0}, False),
         ({"csv_path": "input.csv", "batch_size": 1001}, False),
         ({"csv_path": "input.csv", "max_attempts": 0}, False),
+        ({"csv_path": "input.csv", "max_send_tasks": 0}, False),
         ({"csv_path": ""}, False),
         ({}, False),
     ],
