@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CSV    ?= input.csv
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint esp input bench lock clean
+.PHONY: help venv run test test-fast lint esp input bench lock clean stack-up stack-down stack-status
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ run: venv  ## run welcome_emails once on the embedded default: make run [CSV=pat
 test: venv  ## the whole test suite (unit, DAG, integration, end-to-end); Postgres tests skip without a server unless CI=true
 	$(BIN)/python -m pytest tests
 
-test-fast: venv  ## everything but the end-to-end runs
+test-fast: venv  ## everything but the end-to-end runs (embedded and stack)
 	$(BIN)/python -m pytest tests -m "not slow"
 
 lint: venv  ## ruff (including Airflow's AIR rules)
@@ -40,9 +40,18 @@ input: venv  ## regenerate input.csv (deterministic)
 bench: venv  ## benchmark: 10k and 100k rows end to end, 1M rows parse + claim; appends to bench/results.jsonl
 	$(BIN)/python -m include.bench
 
+stack-up: venv  ## start the local Celery stack (needs PostgreSQL and Redis): UI/API on 127.0.0.1:28080
+	$(BIN)/python -m include.stack up
+
+stack-down: venv  ## stop every process stack-up started
+	$(BIN)/python -m include.stack down
+
+stack-status: venv  ## show the stack's processes and health
+	$(BIN)/python -m include.stack status
+
 lock: venv  ## rewrite requirements.lock from the working venv (after changing requirements.txt)
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^uv==' > requirements.lock
 
-clean:  ## remove the local Airflow home, ledger, reports and logs (not the venv)
-	rm -rf .airflow data
+clean:  ## remove the local Airflow homes, ledger, reports and logs (not the venv; stop the stack first)
+	rm -rf .airflow .stack data

@@ -47,16 +47,33 @@ HEALTH_CHECKED = ("scheduler", "triggerer", "dag_processor", "metadatabase")  # 
 
 @dataclass(frozen=True)
 class StackConfig:
-    home: Path = STACK_HOME
-    postgres: str = os.environ.get("STACK_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432")
-    metadata_db: str = os.environ.get("STACK_METADATA_DB", "airflow_stack")
-    ledger_db: str = os.environ.get("STACK_LEDGER_DB", "contacts_stack")
-    redis: str = os.environ.get("STACK_REDIS", "redis://127.0.0.1:6379/5")
-    api_port: int = int(os.environ.get("STACK_API_PORT", "28080"))
-    esp_port: int = int(os.environ.get("STACK_ESP_PORT", "28025"))
-    pool_slots: int = int(os.environ.get("STACK_POOL_SLOTS", "8"))
-    admin_password: str = os.environ.get("STACK_ADMIN_PASSWORD", "admin")
+    home: Path
+    postgres: str
+    metadata_db: str
+    ledger_db: str
+    redis: str
+    api_port: int
+    esp_port: int
+    pool_slots: int
+    admin_password: str
+    data_roots: str
     esp_api_key: str = "stack-esp-key"
+
+    @classmethod
+    def from_env(cls) -> StackConfig:
+        env = os.environ.get
+        return cls(
+            home=STACK_HOME,
+            postgres=env("STACK_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432"),
+            metadata_db=env("STACK_METADATA_DB", "airflow_stack"),
+            ledger_db=env("STACK_LEDGER_DB", "contacts_stack"),
+            redis=env("STACK_REDIS", "redis://127.0.0.1:6379/5"),
+            api_port=int(env("STACK_API_PORT", "28080")),
+            esp_port=int(env("STACK_ESP_PORT", "28025")),
+            pool_slots=int(env("STACK_POOL_SLOTS", "8")),
+            admin_password=env("STACK_ADMIN_PASSWORD", "admin"),
+            data_roots=env("WELCOME_MAILER_DATA_ROOTS", str(PROJECT_ROOT)),
+        )
 
     @property
     def api_url(self) -> str:
@@ -69,7 +86,7 @@ class StackConfig:
 
 class Stack:
     def __init__(self, config: StackConfig | None = None) -> None:
-        self.config = config or StackConfig()
+        self.config = config or StackConfig.from_env()
         self.logs = self.config.home / "logs"
         self.pids = self.config.home / "pids"
 
@@ -104,7 +121,7 @@ class Stack:
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
             }
         )
-        env.setdefault("WELCOME_MAILER_DATA_ROOTS", str(PROJECT_ROOT))
+        env["WELCOME_MAILER_DATA_ROOTS"] = c.data_roots
         esp = {"conn_type": "http", "host": "127.0.0.1", "port": c.esp_port, "password": c.esp_api_key}
         env.setdefault("AIRFLOW_CONN_ESP_DEFAULT", json.dumps(esp))
         ledger = {"conn_type": "postgres", "host": pg_host.split("@")[-1].split(":")[0], "port": 5432,
@@ -271,6 +288,16 @@ class Stack:
             subprocess.run(
                 [airflow, *args], env=env, cwd=PROJECT_ROOT, check=True, stdout=log, stderr=subprocess.STDOUT
             )
+
+    def drop_databases(self) -> None:
+        """Remove the stack's databases (tests; a user's `down` keeps them)."""
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(f"{self.config.postgres}/postgres", isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            for name in (self.config.metadata_db, self.config.ledger_db):
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
 
     def _create_databases(self) -> None:
         from sqlalchemy import create_engine, text

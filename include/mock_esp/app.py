@@ -35,6 +35,14 @@ class FaultSettings:
     seed: int = 7
 
 
+class FaultsIn(BaseModel):
+    fail_rate: float = Field(0.0, ge=0, le=1)
+    lose_response_rate: float = Field(0.0, ge=0, le=1)
+    rate_limit_rps: float = Field(0.0, ge=0)
+    latency_ms: float = Field(0.0, ge=0)
+    seed: int = 7
+
+
 class MessageIn(BaseModel):
     to: str = Field(min_length=1, max_length=320)
     subject: str = Field(max_length=998)
@@ -73,6 +81,16 @@ class _TokenBucket:
         return (1 - self.tokens) / self.rate
 
 
+class _LiveFaults:
+    def __init__(self, settings: FaultSettings) -> None:
+        self.replace(settings)
+
+    def replace(self, settings: FaultSettings) -> None:
+        self.settings = settings
+        self.rng = random.Random(settings.seed)
+        self.bucket = _TokenBucket(settings.rate_limit_rps) if settings.rate_limit_rps > 0 else None
+
+
 def _address_error(address: str) -> str | None:
     try:
         validate_email(address, check_deliverability=False)
@@ -83,9 +101,8 @@ def _address_error(address: str) -> str | None:
 
 def create_app(api_key: str, outcomes: OutcomeSettings | None = None, faults: FaultSettings | None = None) -> FastAPI:
     store = MessageStore(outcomes or OutcomeSettings())
-    faults = faults or FaultSettings()
-    fault_rng = random.Random(faults.seed)
-    bucket = _TokenBucket(faults.rate_limit_rps) if faults.rate_limit_rps > 0 else None
+    # Faults can be changed at runtime (PUT /admin/faults), so tests can switch them on in a running stack.
+    live = _LiveFaults(faults or FaultSettings())
 
     app = FastAPI(
         title="Mock ESP",
@@ -109,20 +126,27 @@ def create_app(api_key: str, outcomes: OutcomeSettings | None = None, faults: Fa
 
     async def before_request() -> None:
         """Latency, rate limit and up-front failures, in that order, for every /v1 request."""
+        faults = live.settings
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)
-        if bucket is not None:
-            wait = bucket.wait_needed()
+        if live.bucket is not None:
+            wait = live.bucket.wait_needed()
             if wait:
                 raise EspError(429, "rate limit exceeded", {"Retry-After": str(max(1, math.ceil(wait)))})
-        if faults.fail_rate and fault_rng.random() < faults.fail_rate:
+        if faults.fail_rate and live.rng.random() < faults.fail_rate:
             raise EspError(503, "service unavailable (injected)")
 
     def after_send() -> None:
-        if faults.lose_response_rate and fault_rng.random() < faults.lose_response_rate:
+        if live.settings.lose_response_rate and live.rng.random() < live.settings.lose_response_rate:
             raise EspError(503, "service unavailable after accepting (injected)")
 
     v1 = [Depends(authorised), Depends(before_request)]
+
+    @app.put("/admin/faults", dependencies=[Depends(authorised)])
+    async def set_faults(body: FaultsIn) -> dict:
+        """Not part of the v1 contract: switch fault injection at runtime (tests of a running stack)."""
+        live.replace(FaultSettings(**body.model_dump()))
+        return body.model_dump()
 
     @app.get("/healthz")
     async def healthz() -> dict:

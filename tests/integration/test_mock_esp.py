@@ -187,3 +187,12 @@ def test_rate_limit_answers_429_with_retry_after(start_esp):
 def test_openapi_docs_are_served(esp):
     assert httpx.get(f"{esp.url}/docs").status_code == 200
     assert "/v1/messages/batch" in httpx.get(f"{esp.url}/openapi.json").json()["paths"]
+
+
+def test_faults_can_be_switched_at_runtime(esp):
+    assert esp.client.put("/admin/faults", json={"fail_rate": 1}).status_code == 200
+    assert esp.client.post("/v1/messages", json=_message(1)).status_code == 503
+    assert esp.client.put("/admin/faults", json={}).status_code == 200
+    assert esp.client.post("/v1/messages", json=_message(1)).status_code == 202
+    assert httpx.put(f"{esp.url}/admin/faults", json={}).status_code == 401
+    assert esp.client.put("/admin/faults", json={"fail_rate": 2}).status_code == 422
