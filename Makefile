@@ -37,8 +37,8 @@ esp: venv  ## start the mock ESP in the foreground on 127.0.0.1:8025 (flags: pyt
 input: venv  ## regenerate input.csv (deterministic)
 	$(BIN)/python -m include.generate_contacts --rows 10000 --seed 42 --output input.csv
 
-bench: venv  ## benchmark: 10k and 100k rows end to end, 1M rows parse + claim; appends to bench/results.jsonl
-	$(BIN)/python -m include.bench
+bench: venv  ## benchmark: 10k/100k end to end (embedded and on the Celery stack), 1M parse + claim; appends to bench/results.jsonl
+	$(BIN)/python -m include.bench --stack
 
 stack-up: venv  ## start the local Celery stack (needs PostgreSQL and Redis): UI/API on 127.0.0.1:28080
 	$(BIN)/python -m include.stack up

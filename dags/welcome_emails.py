@@ -29,16 +29,12 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Label, Param, PokeReturnValue, TriggerRule, dag, get_current_context, task
 
+from welcome_mailer.settings import Settings
+
 ESP_POOL = "email_provider"  # the provider's concurrency limit, shared by every run
 DELIVERY_TIMEOUT = timedelta(hours=1)  # then messages stay 'sent' for a later run to reconcile
 RESEND_POLL_SECONDS = 0.25  # the resend task holds its slot anyway; polling is one cheap lookup
-POKE_SECONDS = 2.0  # overridden by WELCOME_MAILER_POKE_SECONDS (read when the DAG file is parsed)
-
-
-def _poke_seconds() -> float:
-    import os
-
-    return float(os.environ.get("WELCOME_MAILER_POKE_SECONDS", POKE_SECONDS))
+SETTINGS = Settings.from_env()  # environment only: cheap at parse time
 
 
 @dag(
@@ -106,7 +102,6 @@ def welcome_emails():
 
         from welcome_mailer.airflow_glue import LedgerHook
         from welcome_mailer.pipeline import InvalidCsvPath, parse_file, resolve_csv_path, run_directory
-        from welcome_mailer.settings import Settings
 
         settings = Settings.from_env()
         try:
@@ -149,7 +144,7 @@ def welcome_emails():
         return result
 
     @task.sensor(
-        poke_interval=_poke_seconds(),
+        poke_interval=SETTINGS.poke_seconds,
         timeout=DELIVERY_TIMEOUT.total_seconds(),
         mode="reschedule",
         trigger_rule=TriggerRule.NONE_FAILED,  # also when there was nothing to send

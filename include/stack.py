@@ -57,6 +57,8 @@ class StackConfig:
     pool_slots: int
     admin_password: str
     data_roots: str
+    dropzone: str
+    dropzone_settle_seconds: float = 10.0
     esp_api_key: str = "stack-esp-key"
 
     @classmethod
@@ -73,6 +75,7 @@ class StackConfig:
             pool_slots=int(env("STACK_POOL_SLOTS", "8")),
             admin_password=env("STACK_ADMIN_PASSWORD", "admin"),
             data_roots=env("WELCOME_MAILER_DATA_ROOTS", str(PROJECT_ROOT)),
+            dropzone=env("WELCOME_MAILER_DROPZONE", str(PROJECT_ROOT / "data" / "dropzone")),
         )
 
     @property
@@ -122,6 +125,8 @@ class Stack:
             }
         )
         env["WELCOME_MAILER_DATA_ROOTS"] = c.data_roots
+        env["WELCOME_MAILER_DROPZONE"] = c.dropzone
+        env["WELCOME_MAILER_DROPZONE_SETTLE_SECONDS"] = str(c.dropzone_settle_seconds)
         esp = {"conn_type": "http", "host": "127.0.0.1", "port": c.esp_port, "password": c.esp_api_key}
         env.setdefault("AIRFLOW_CONN_ESP_DEFAULT", json.dumps(esp))
         ledger = {"conn_type": "postgres", "host": pg_host.split("@")[-1].split(":")[0], "port": 5432,

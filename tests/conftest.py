@@ -29,6 +29,24 @@ POSTGRES_ADMIN_URL = os.environ.get("WELCOME_MAILER_TEST_POSTGRES", "postgresql+
 API_KEY = "test-key"
 
 
+def read_message_log(client: httpx.Client, **filters) -> list[dict]:
+    """An ESP's whole message log, in acceptance order, paged with the cursor; retries the faults a test
+    may have switched on (503, 429) for a bounded time."""
+    found, cursor = [], None
+    deadline = time.monotonic() + 60
+    while True:
+        params = {"limit": 1000, **filters, **({"cursor": cursor} if cursor else {})}
+        response = client.get("/v1/messages", params=params)
+        if response.status_code in (429, 503) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            continue
+        page = response.raise_for_status().json()
+        found.extend(page["messages"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return found
+
+
 @dataclass
 class RunningEsp:
     """A mock ESP process, and the audit-log reads the tests prove things with."""
@@ -48,24 +66,7 @@ class RunningEsp:
         return {"conn_type": "http", "host": host, "port": int(port), "password": self.api_key}
 
     def messages(self, **filters) -> list[dict]:
-        """The whole message log, in acceptance order, paged through with the cursor."""
-        found, cursor = [], None
-        while True:
-            params = {"limit": 1000, **filters, **({"cursor": cursor} if cursor else {})}
-            page = self._get_through_faults("/v1/messages", params)
-            found.extend(page["messages"])
-            cursor = page["next_cursor"]
-            if cursor is None:
-                return found
-
-    def _get_through_faults(self, path: str, params: dict) -> dict:
-        """GET, retrying the faults a test may have switched on (503, 429) for a bounded time."""
-        deadline = time.monotonic() + 60
-        while True:
-            response = self.client.get(path, params=params)
-            if response.status_code not in (429, 503) or time.monotonic() > deadline:
-                return response.raise_for_status().json()
-            time.sleep(0.05)
+        return read_message_log(self.client, **filters)
 
     def stop(self) -> None:
         self.client.close()

@@ -48,6 +48,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    column,
     create_engine,
     delete,
     event,
@@ -58,6 +59,7 @@ from sqlalchemy import (
     or_,
     select,
     update,
+    values,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -124,6 +126,18 @@ staged_contacts = Table(
     Column("email", String(320), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("line_no", Integer, nullable=False),
+)
+
+# The drop folder's memory of file contents (sha256), so a file dropped again is not processed twice.
+# Its rules live in welcome_mailer.dropzone.
+processed_files = Table(
+    "processed_files",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("file_name", String(500), nullable=False),
+    Column("status", String(16), nullable=False),  # processing | done | failed
+    Column("run_id", String(250)),
+    Column("updated_at", DateTime, nullable=False),
 )
 
 ledger_schema = Table("ledger_schema", metadata, Column("version", Integer, primary_key=True))
@@ -226,7 +240,7 @@ class Ledger:
         """Register the run, or extend its lease. Every task of the run calls this first."""
         now = utcnow()
         values = {"run_id": run_id, "lease_expires_at": now + self.lease, "created_at": now}
-        stmt = self._insert(ledger_runs).values(**values)
+        stmt = self.dialect_insert(ledger_runs).values(**values)
         stmt = stmt.on_conflict_do_update(
             index_elements=["run_id"], set_={"lease_expires_at": values["lease_expires_at"], "finished_at": None}
         )
@@ -293,7 +307,7 @@ class Ledger:
             )
             columns = ["email", "name", "status", "attempts", "claim_attempts", "run_id", "created_at", "updated_at"]
             inserted = conn.execute(
-                self._insert(sent_contacts).from_select(columns, new_rows).on_conflict_do_nothing()
+                self.dialect_insert(sent_contacts).from_select(columns, new_rows).on_conflict_do_nothing()
             ).rowcount
 
             owner_alive = exists().where(
@@ -390,49 +404,36 @@ class Ledger:
         """The ESP accepted (or refused) these attempts: sending -> sent (or bounced when refused)."""
         if not accepted:
             return
-        now = utcnow()
         rows = [
             {
-                "b_email": a.email,
-                "b_attempt": a.attempt,
-                "b_message_id": a.message_id,
-                "b_error": a.error,
-                "b_contact_status": SENT if a.message_id else BOUNCED,
-                "b_attempt_status": SENT if a.message_id else REFUSED,
-                "b_now": now,
+                "email": a.email,
+                "attempt": a.attempt,
+                "message_id": a.message_id,
+                "error": a.error,
+                "contact_status": SENT if a.message_id else BOUNCED,
+                "attempt_status": SENT if a.message_id else REFUSED,
             }
             for a in accepted
         ]
+        now = utcnow()
         with self.engine.begin() as conn:
-            conn.execute(
-                update(sent_contacts)
-                .where(
-                    sent_contacts.c.email == bindparam("b_email"),
-                    sent_contacts.c.attempts == bindparam("b_attempt"),
-                    sent_contacts.c.run_id == run_id,
-                    sent_contacts.c.status == SENDING,
-                )
-                .values(
-                    status=bindparam("b_contact_status"),
-                    provider_message_id=bindparam("b_message_id"),
-                    updated_at=bindparam("b_now"),
-                ),
+            self._update_rows(
+                conn,
+                sent_contacts,
                 rows,
+                match={"email": "email", "attempts": "attempt"},
+                assign={"status": "contact_status", "provider_message_id": "message_id"},
+                guards=[sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENDING],
+                constants={"updated_at": now},
             )
-            conn.execute(
-                update(send_attempts)
-                .where(
-                    send_attempts.c.email == bindparam("b_email"),
-                    send_attempts.c.attempt == bindparam("b_attempt"),
-                    send_attempts.c.status == PENDING,
-                )
-                .values(
-                    status=bindparam("b_attempt_status"),
-                    provider_message_id=bindparam("b_message_id"),
-                    error=bindparam("b_error"),
-                    updated_at=bindparam("b_now"),
-                ),
+            self._update_rows(
+                conn,
+                send_attempts,
                 rows,
+                match={"email": "email", "attempt": "attempt"},
+                assign={"status": "attempt_status", "provider_message_id": "message_id", "error": "error"},
+                guards=[send_attempts.c.status == PENDING],
+                constants={"updated_at": now},
             )
 
     # -- outcomes -----------------------------------------------------------------------------------
@@ -448,35 +449,32 @@ class Ledger:
 
     def record_outcomes(self, run_id: str, outcomes: Iterable[tuple[PendingMessage, str]]) -> int:
         """sent -> delivered | bounced | blocked, for the messages whose outcome the ESP reported."""
-        now = utcnow()
         rows = [
-            {"b_email": m.email, "b_attempt": m.attempt, "b_status": status, "b_now": now}
+            {"email": m.email, "attempt": m.attempt, "status": status}
             for m, status in outcomes
             if status in (DELIVERED, BOUNCED, BLOCKED)
         ]
         if not rows:
             return 0
+        now = utcnow()
         with self.engine.begin() as conn:
-            conn.execute(
-                update(sent_contacts)
-                .where(
-                    sent_contacts.c.email == bindparam("b_email"),
-                    sent_contacts.c.attempts == bindparam("b_attempt"),
-                    sent_contacts.c.run_id == run_id,
-                    sent_contacts.c.status == SENT,
-                )
-                .values(status=bindparam("b_status"), updated_at=bindparam("b_now")),
+            self._update_rows(
+                conn,
+                sent_contacts,
                 rows,
+                match={"email": "email", "attempts": "attempt"},
+                assign={"status": "status"},
+                guards=[sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENT],
+                constants={"updated_at": now},
             )
-            conn.execute(
-                update(send_attempts)
-                .where(
-                    send_attempts.c.email == bindparam("b_email"),
-                    send_attempts.c.attempt == bindparam("b_attempt"),
-                    send_attempts.c.status == SENT,
-                )
-                .values(status=bindparam("b_status"), updated_at=bindparam("b_now")),
+            self._update_rows(
+                conn,
+                send_attempts,
                 rows,
+                match={"email": "email", "attempt": "attempt"},
+                assign={"status": "status"},
+                guards=[send_attempts.c.status == SENT],
+                constants={"updated_at": now},
             )
         return len(rows)
 
@@ -555,5 +553,41 @@ class Ledger:
         return {"by_status": by_status, "attempts_histogram": histogram, "messages_sent": messages}
 
     # -- helpers ------------------------------------------------------------------------------------
-    def _insert(self, table: Table):
+    def _update_rows(
+        self,
+        conn,
+        table: Table,
+        rows: list[dict],
+        *,
+        match: dict[str, str],
+        assign: dict[str, str],
+        guards: Sequence,
+        constants: dict,
+    ) -> None:
+        """For every row: UPDATE table SET column = row[key] (assign) WHERE column = row[key] (match) AND
+        guards. Postgres: one set-based UPDATE ... FROM (VALUES ...) per 1000 rows, since an executemany
+        costs a round trip per row (25x slower, measured). SQLite: one executemany, cheap in-process."""
+        if not self._postgres:
+            statement = (
+                update(table)
+                .where(*(table.c[col] == bindparam(f"r_{key}") for col, key in match.items()), *guards)
+                .values({**{col: bindparam(f"r_{key}") for col, key in assign.items()}, **constants})
+            )
+            conn.execute(statement, [{f"r_{k}": v for k, v in row.items()} for row in rows])
+            return
+        keys = list(dict.fromkeys([*match.values(), *assign.values()]))
+        column_of = {key: col for col, key in (*match.items(), *assign.items())}
+        for start in range(0, len(rows), 1000):
+            chunk = rows[start : start + 1000]
+            data = values(*(column(key, table.c[column_of[key]].type) for key in keys), name="rows").data(
+                [tuple(row[key] for key in keys) for row in chunk]
+            )
+            conn.execute(
+                update(table)
+                .where(*(table.c[col] == data.c[key] for col, key in match.items()), *guards)
+                .values({**{col: data.c[key] for col, key in assign.items()}, **constants})
+            )
+
+    def dialect_insert(self, table: Table):
+        """INSERT with on_conflict_do_nothing/do_update, for the backend in use."""
         return (postgresql.insert if self._postgres else sqlite.insert)(table)

@@ -6,6 +6,9 @@
 | WELCOME_MAILER_REPORTS_DIR | where each run's report and rejected-rows CSV go | ``<project>/data/reports`` |
 | WELCOME_MAILER_LEASE_MINUTES | how long a silent run keeps its contacts before another run may take them | 30 |
 | WELCOME_MAILER_POKE_SECONDS | how often delivery outcomes are polled | 2 |
+| WELCOME_MAILER_DROPZONE | the drop folder (incoming/, processing/, archive/, failed/) | ``<project>/data/dropzone`` |
+| WELCOME_MAILER_DROPZONE_SCHEDULE | how often contacts_dropzone looks for files (cron) | every minute |
+| WELCOME_MAILER_DROPZONE_SETTLE_SECONDS | a file unchanged this long is finished | 10 |
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ class Settings:
     reports_dir: Path
     lease: timedelta
     poke_seconds: float
+    dropzone: Path
+    dropzone_settle_seconds: float
+    dropzone_schedule: str
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -33,4 +39,7 @@ class Settings:
             reports_dir=Path(os.environ.get("WELCOME_MAILER_REPORTS_DIR", PROJECT_ROOT / "data" / "reports")),
             lease=timedelta(minutes=float(os.environ.get("WELCOME_MAILER_LEASE_MINUTES", "30"))),
             poke_seconds=float(os.environ.get("WELCOME_MAILER_POKE_SECONDS", "2")),
+            dropzone=Path(os.environ.get("WELCOME_MAILER_DROPZONE", PROJECT_ROOT / "data" / "dropzone")),
+            dropzone_settle_seconds=float(os.environ.get("WELCOME_MAILER_DROPZONE_SETTLE_SECONDS", "10")),
+            dropzone_schedule=os.environ.get("WELCOME_MAILER_DROPZONE_SCHEDULE", "* * * * *"),
         )

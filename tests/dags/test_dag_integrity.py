@@ -122,3 +122,19 @@ def test_params_refuse_bad_values_before_any_task_runs(welcome, conf, valid):
     else:
         with pytest.raises(ParamValidationError):
             apply_and_validate()
+
+
+def test_contacts_dropzone_shape(dagbag):
+    dropzone = dagbag.dags["contacts_dropzone"]
+    assert dropzone.catchup is False
+    assert type(dropzone.timetable).__name__ == "CronTriggerTimetable"
+    edges = {(t.task_id, d) for t in dropzone.tasks for d in t.downstream_task_ids}
+    assert edges == {
+        ("claim_files", "per_file.prepare"),
+        ("claim_files", "per_file.file_away"),  # the mapped file itself
+        ("per_file.prepare", "per_file.trigger_welcome_emails"),
+        ("per_file.trigger_welcome_emails", "per_file.file_away"),
+    }
+    trigger = dropzone.get_task("per_file.trigger_welcome_emails")
+    assert trigger.trigger_dag_id == "welcome_emails" and trigger.wait_for_completion and trigger.deferrable
+    assert dropzone.get_task("per_file.file_away").trigger_rule == "all_done"

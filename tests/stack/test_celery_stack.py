@@ -8,107 +8,18 @@ Each test uses its own email domain, so the shared ESP log can be read per test.
 from __future__ import annotations
 
 import json
-import re
 import signal
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import httpx
 import pytest
 
 from include.generate_contacts import generate_rows
-from include.run_embedded import free_port
-from include.stack import Stack, StackConfig
 from tests.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
+from tests.stack.helpers import contact_file, ledger_url, messages_for, run_and_wait, with_domain
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 MAX_ATTEMPTS = 5
-
-
-def _redis_available() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=2).ping())
-    except redis.RedisError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def stack(postgres_server, tmp_path_factory):
-    import os
-
-    if not _redis_available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("Redis not reachable at 127.0.0.1:6379 (required under CI=true)")
-        pytest.skip("Redis not reachable at 127.0.0.1:6379")
-    tag = uuid.uuid4().hex[:8]
-    data = tmp_path_factory.mktemp("stack-data")
-    stack = Stack(
-        StackConfig(
-            home=tmp_path_factory.mktemp("stack-home"),
-            postgres=postgres_server,
-            metadata_db=f"wm_stack_meta_{tag}",
-            ledger_db=f"wm_stack_ledger_{tag}",
-            redis="redis://127.0.0.1:6379/9",
-            api_port=free_port(),
-            esp_port=free_port(),
-            pool_slots=8,
-            admin_password=f"pw-{tag}",
-            data_roots=str(data),
-        )
-    )
-    try:
-        stack.up(wait=240)
-        stack.data = data
-        stack.esp = httpx.Client(
-            base_url=stack.config.esp_url, headers={"Authorization": f"Bearer {stack.config.esp_api_key}"}
-        )
-        yield stack
-    finally:
-        stack.down()
-        stack.drop_databases()
-
-
-_GENERATED_DOMAIN = re.compile(r"@(mail\.)?example\.", re.IGNORECASE)
-
-
-def with_domain(line: str, domain: str) -> str:
-    """Move a generated row's address under ``domain`` (whatever the case the generator gave it)."""
-    return _GENERATED_DOMAIN.sub(lambda m: f"@{m.group(1) or ''}{domain}.example.", line)
-
-
-def contact_file(stack, name: str, rows: int, seed: int, domain: str) -> Path:
-    """A generated contact list whose addresses all lie under ``domain`` (one per test)."""
-    path = stack.data / f"{name}.csv"
-    path.write_text("\n".join(with_domain(line, domain) for line in generate_rows(rows, seed=seed)) + "\n")
-    return path
-
-
-def messages_for(stack, domain: str) -> list[dict]:
-    found, cursor = [], None
-    while True:
-        params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
-        response = stack.esp.get("/v1/messages", params=params)
-        if response.status_code in (429, 503):
-            time.sleep(0.1)
-            continue
-        page = response.raise_for_status().json()
-        found.extend(m for m in page["messages"] if f"{domain}.example." in m["to"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return found
-
-
-def ledger_url(stack) -> str:
-    return f"{stack.config.postgres}/{stack.config.ledger_db}"
-
-
-def run_and_wait(stack, csv_path: Path, **conf) -> tuple[str, str]:
-    run_id = stack.trigger("welcome_emails", {"csv_path": str(csv_path), **conf})
-    return run_id, stack.wait_for_run("welcome_emails", run_id, timeout=600)
 
 
 def test_a_run_triggered_through_the_rest_api(stack):
