@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from include.generate_contacts import generate_rows
 from tests.conftest import read_message_log
+from tests.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
+
+MAX_ATTEMPTS = 5  # welcome_emails' default
 
 _GENERATED_DOMAIN = re.compile(r"@(mail\.)?example\.", re.IGNORECASE)
 
@@ -35,3 +40,20 @@ def ledger_url(stack) -> str:
 def run_and_wait(stack, csv_path: Path, **conf) -> tuple[str, str]:
     run_id = stack.trigger("welcome_emails", {"csv_path": str(csv_path), **conf})
     return run_id, stack.wait_for_run("welcome_emails", run_id, timeout=600)
+
+
+@contextmanager
+def esp_faults(stack, **faults) -> Iterator[None]:
+    """Switch the stack ESP's fault injection on for the block, and off again whatever happens."""
+    stack.esp.put("/admin/faults", json=faults).raise_for_status()
+    try:
+        yield
+    finally:
+        stack.esp.put("/admin/faults", json={}).raise_for_status()
+
+
+def assert_proven_from_outside(stack, domain: str, *paths: Path) -> None:
+    """The ESP's log and the ledger show every contact of these files handled exactly as promised."""
+    messages = messages_for(stack, domain)
+    assert_run_invariants(messages, expected_contacts(*paths), MAX_ATTEMPTS)
+    assert_ledger_matches(ledger_url(stack), messages)

@@ -15,20 +15,23 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from include.generate_contacts import generate_rows
-from tests.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
-from tests.stack.helpers import contact_file, ledger_url, messages_for, run_and_wait, with_domain
+from tests.stack.helpers import (
+    assert_proven_from_outside,
+    contact_file,
+    esp_faults,
+    messages_for,
+    run_and_wait,
+    with_domain,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
-MAX_ATTEMPTS = 5
 
 
 def test_a_run_triggered_through_the_rest_api(stack):
     path = contact_file(stack, "api", rows=2000, seed=21, domain="api")
     run_id, state = run_and_wait(stack, path)
     assert state == "success"
-    messages = messages_for(stack, "api")
-    assert_run_invariants(messages, expected_contacts(path), MAX_ATTEMPTS)
-    assert_ledger_matches(ledger_url(stack), messages)
+    assert_proven_from_outside(stack, "api", path)
     tasks = stack.api("GET", f"/api/v2/dags/welcome_emails/dagRuns/{run_id}/taskInstances").json()
     labels = {t["rendered_map_index"] for t in tasks["task_instances"] if t["task_id"] == "send_batch"}
     assert labels and all(label.startswith("batch ") for label in labels), labels
@@ -45,15 +48,12 @@ def test_four_overlapping_runs_at_once(stack):
     with ThreadPoolExecutor(4) as pool:
         states = list(pool.map(lambda p: run_and_wait(stack, p)[1], paths))
     assert states == ["success"] * 4
-    messages = messages_for(stack, "overlap")
-    assert_run_invariants(messages, expected_contacts(*paths), MAX_ATTEMPTS)
-    assert_ledger_matches(ledger_url(stack), messages)
+    assert_proven_from_outside(stack, "overlap", *paths)
 
 
 def test_worker_killed_while_sending_then_restarted(stack):
     path = contact_file(stack, "crash", rows=3000, seed=23, domain="crash")
-    stack.esp.put("/admin/faults", json={"latency_ms": 150}).raise_for_status()  # slow sends: a wide window
-    try:
+    with esp_faults(stack, latency_ms=150):  # slow sends: a wide window for the kill
         run_id = stack.trigger("welcome_emails", {"csv_path": str(path), "batch_size": 25})
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -69,26 +69,16 @@ def test_worker_killed_while_sending_then_restarted(stack):
         time.sleep(2)
         stack.start("worker")
         state = stack.wait_for_run("welcome_emails", run_id, timeout=600)
-    finally:
-        stack.esp.put("/admin/faults", json={}).raise_for_status()
     assert state == "success"
-    messages = messages_for(stack, "crash")
-    assert_run_invariants(messages, expected_contacts(path), MAX_ATTEMPTS)
-    assert_ledger_matches(ledger_url(stack), messages)
+    assert_proven_from_outside(stack, "crash", path)
 
 
 def test_esp_faults_do_not_break_the_guarantees(stack):
     path = contact_file(stack, "faults", rows=2000, seed=24, domain="faults")
-    faults = {"fail_rate": 0.05, "lose_response_rate": 0.01, "rate_limit_rps": 30}
-    stack.esp.put("/admin/faults", json=faults).raise_for_status()
-    try:
+    with esp_faults(stack, fail_rate=0.05, lose_response_rate=0.01, rate_limit_rps=30):
         _, state = run_and_wait(stack, path, batch_size=100)
-    finally:
-        stack.esp.put("/admin/faults", json={}).raise_for_status()
     assert state == "success"
-    messages = messages_for(stack, "faults")
-    assert_run_invariants(messages, expected_contacts(path), MAX_ATTEMPTS)
-    assert_ledger_matches(ledger_url(stack), messages)
+    assert_proven_from_outside(stack, "faults", path)
 
 
 def test_bad_csv_path_through_the_api_fails_fast_and_sends_nothing(stack):
