@@ -25,7 +25,6 @@ from welcome_mailer.settings import Settings
 
 ESP_CONN_ID = "esp_default"
 LEDGER_CONN_ID = "contacts_db"
-ESP_POOL = "email_provider"
 
 
 class EspHook(BaseHook):

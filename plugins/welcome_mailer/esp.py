@@ -28,7 +28,6 @@ from tenacity import (
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000  # the contract's limit for one send or lookup request
-OUTCOME_STATUSES = frozenset({"delivered", "bounced", "blocked"})
 
 
 @dataclass(frozen=True)

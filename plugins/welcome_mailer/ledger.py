@@ -70,7 +70,6 @@ SCHEMA_VERSION = 1
 # Contact states
 CLAIMED, SENDING, SENT = "claimed", "sending", "sent"
 DELIVERED, BOUNCED, BLOCKED, FAILED = "delivered", "bounced", "blocked", "failed"
-FINAL_STATES = (DELIVERED, BOUNCED)
 IN_FLIGHT_STATES = (CLAIMED, SENDING, SENT, BLOCKED)
 # Attempt states: pending (recorded, not confirmed accepted), then sent, then the ESP's outcome;
 # refused = the ESP refused the address (the contact is closed as bounced).
