@@ -146,10 +146,11 @@ def poll_outcomes(ledger: Ledger, esp: EmailProvider) -> Callable[[str], tuple[i
 
     def poll(run_id: str) -> tuple[int, int]:
         pending = ledger.pending_messages(run_id)
-        resolved = 0
-        for chunk in chunked(pending, MAX_BATCH):
-            statuses = esp.lookup([m.message_id for m in chunk])
-            resolved += ledger.record_outcomes(run_id, [(m, statuses.get(m.message_id, "sent")) for m in chunk])
+        statuses: dict[str, str] = {}
+        for chunk in chunked(pending, MAX_BATCH):  # the ESP answers at most MAX_BATCH ids a request
+            statuses.update(esp.lookup([m.message_id for m in chunk]))
+        # Recorded in one go: one statement per table however many outcomes arrived.
+        resolved = ledger.record_outcomes(run_id, [(m, statuses.get(m.message_id, "sent")) for m in pending])
         return resolved, len(pending) - resolved
 
     return poll
