@@ -399,8 +399,6 @@ class Ledger:
 
     def record_sent(self, run_id: str, accepted: Sequence[AcceptedAttempt]) -> None:
         """The ESP accepted (or refused) these attempts: sending -> sent (or bounced when refused)."""
-        if not accepted:
-            return
         rows = [
             {
                 "email": a.email,
@@ -412,26 +410,14 @@ class Ledger:
             }
             for a in accepted
         ]
-        now = utcnow()
-        with self.engine.begin() as conn:
-            self._update_rows(
-                conn,
-                sent_contacts,
-                rows,
-                match={"email": "email", "attempts": "attempt"},
-                assign={"status": "contact_status", "provider_message_id": "message_id"},
-                guards=[sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENDING],
-                constants={"updated_at": now},
-            )
-            self._update_rows(
-                conn,
-                send_attempts,
-                rows,
-                match={"email": "email", "attempt": "attempt"},
-                assign={"status": "attempt_status", "provider_message_id": "message_id", "error": "error"},
-                guards=[send_attempts.c.status == PENDING],
-                constants={"updated_at": now},
-            )
+        self._advance_attempts(
+            run_id,
+            rows,
+            contact_from=SENDING,
+            contact_set={"status": "contact_status", "provider_message_id": "message_id"},
+            attempt_from=PENDING,
+            attempt_set={"status": "attempt_status", "provider_message_id": "message_id", "error": "error"},
+        )
 
     # -- outcomes -----------------------------------------------------------------------------------
     def pending_messages(self, run_id: str) -> list[PendingMessage]:
@@ -451,8 +437,31 @@ class Ledger:
             for m, status in outcomes
             if status in (DELIVERED, BOUNCED, BLOCKED)
         ]
+        self._advance_attempts(
+            run_id,
+            rows,
+            contact_from=SENT,
+            contact_set={"status": "status"},
+            attempt_from=SENT,
+            attempt_set={"status": "status"},
+        )
+        return len(rows)
+
+    def _advance_attempts(
+        self,
+        run_id: str,
+        rows: list[dict],
+        *,
+        contact_from: str,
+        contact_set: dict[str, str],
+        attempt_from: str,
+        attempt_set: dict[str, str],
+    ) -> None:
+        """Move each row's attempt (email, attempt) forward in both tables, in one transaction: the contact
+        only while this run owns it, its latest attempt is that one and it is in ``contact_from``; the
+        attempt only while it is in ``attempt_from``. ``*_set`` map columns to row keys."""
         if not rows:
-            return 0
+            return
         now = utcnow()
         with self.engine.begin() as conn:
             self._update_rows(
@@ -460,8 +469,8 @@ class Ledger:
                 sent_contacts,
                 rows,
                 match={"email": "email", "attempts": "attempt"},
-                assign={"status": "status"},
-                guards=[sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENT],
+                assign=contact_set,
+                guards=[sent_contacts.c.run_id == run_id, sent_contacts.c.status == contact_from],
                 constants={"updated_at": now},
             )
             self._update_rows(
@@ -469,11 +478,10 @@ class Ledger:
                 send_attempts,
                 rows,
                 match={"email": "email", "attempt": "attempt"},
-                assign={"status": "status"},
-                guards=[send_attempts.c.status == SENT],
+                assign=attempt_set,
+                guards=[send_attempts.c.status == attempt_from],
                 constants={"updated_at": now},
             )
-        return len(rows)
 
     # -- resending and closing ----------------------------------------------------------------------
     def count_resendable(self, run_id: str, max_attempts: int) -> int:
