@@ -103,14 +103,13 @@ def welcome_emails():
         from welcome_mailer.airflow_glue import LedgerHook
         from welcome_mailer.pipeline import InvalidCsvPath, parse_file, resolve_csv_path, run_directory
 
-        settings = Settings.from_env()
         try:
-            csv_path = resolve_csv_path(params["csv_path"], settings.data_roots)
+            csv_path = resolve_csv_path(params["csv_path"], SETTINGS.data_roots)
         except InvalidCsvPath as exc:
             raise AirflowFailException(str(exc)) from None
         ledger = LedgerHook().get_conn()
         ledger.renew_lease(run_id)
-        rejected_csv = run_directory(settings.reports_dir, run_id) / "rejected.csv"
+        rejected_csv = run_directory(SETTINGS.reports_dir, run_id) / "rejected.csv"
         return parse_file(ledger, run_id, csv_path, rejected_csv)
 
     @task

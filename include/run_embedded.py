@@ -37,8 +37,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def airflow_env(home: Path = AIRFLOW_HOME) -> dict[str, str]:
-    """The environment every Airflow command of the embedded default runs with."""
+def project_env(home: Path) -> dict[str, str]:
+    """This process's environment, with Airflow pointed at this project and the given home."""
     env = dict(os.environ)
     env.update(
         {
@@ -46,9 +46,24 @@ def airflow_env(home: Path = AIRFLOW_HOME) -> dict[str, str]:
             "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])),
+        }
+    )
+    return env
+
+
+def esp_connection(port: int, api_key: str) -> str:
+    """AIRFLOW_CONN_ESP_DEFAULT (JSON form) for a mock ESP on this machine."""
+    return json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": port, "password": api_key})
+
+
+def airflow_env(home: Path = AIRFLOW_HOME) -> dict[str, str]:
+    """The environment every Airflow command of the embedded default runs with."""
+    env = project_env(home)
+    env.update(
+        {
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])),
         }
     )
     env.setdefault("WELCOME_MAILER_POKE_SECONDS", "1")
@@ -93,9 +108,8 @@ def mock_esp(env: dict[str, str], log_dir: Path):
             stderr=subprocess.STDOUT,
         )
     try:
-        connection = {"conn_type": "http", "host": "127.0.0.1", "port": port, "password": MOCK_ESP_KEY}
         yield (
-            {**env, "AIRFLOW_CONN_ESP_DEFAULT": json.dumps(connection)},
+            {**env, "AIRFLOW_CONN_ESP_DEFAULT": esp_connection(port, MOCK_ESP_KEY)},
             lambda: wait_healthy(f"http://127.0.0.1:{port}/healthz", process),
         )
     finally:

@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from sqlalchemy.engine import make_url
 
-from include.run_embedded import PROJECT_ROOT, wait_healthy
+from include.run_embedded import PROJECT_ROOT, esp_connection, project_env, wait_healthy
 
 STACK_HOME = PROJECT_ROOT / ".stack"
 SHARED_SETTINGS = PROJECT_ROOT / "include" / "stack" / "airflow.env"
@@ -101,19 +102,16 @@ class Stack:
         if not secret_file.exists():
             home.mkdir(parents=True, exist_ok=True)
             secret_file.write_text(secrets.token_urlsafe(32))
-        pg_host = c.postgres.split("://", 1)[1]
-        env = dict(os.environ)
+        server = make_url(f"{c.postgres}/{c.metadata_db}")
+        env = project_env(home)
         env.update(
             {
-                "AIRFLOW_HOME": str(home),
-                "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-                "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
                 **shared_settings(),
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{c.api_url}/execution/",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{c.postgres}/{c.metadata_db}",
                 "AIRFLOW__CELERY__BROKER_URL": c.redis,
-                "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{pg_host}/{c.metadata_db}",
+                "AIRFLOW__CELERY__RESULT_BACKEND": server.set(drivername="db+postgresql").render_as_string(False),
                 "AIRFLOW__API__HOST": "127.0.0.1",
                 "AIRFLOW__API__PORT": str(c.api_port),
                 "AIRFLOW__API__BASE_URL": c.api_url,
@@ -121,16 +119,14 @@ class Stack:
                 "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text(),
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.logs / "tasks"),
                 "WELCOME_MAILER_REPORTS_DIR": str(home / "reports"),
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
             }
         )
         env["WELCOME_MAILER_DATA_ROOTS"] = c.data_roots
         env["WELCOME_MAILER_DROPZONE"] = c.dropzone
         env["WELCOME_MAILER_DROPZONE_SETTLE_SECONDS"] = str(c.dropzone_settle_seconds)
-        esp = {"conn_type": "http", "host": "127.0.0.1", "port": c.esp_port, "password": c.esp_api_key}
-        env.setdefault("AIRFLOW_CONN_ESP_DEFAULT", json.dumps(esp))
-        ledger = {"conn_type": "postgres", "host": pg_host.split("@")[-1].split(":")[0], "port": 5432,
-                  "login": "postgres", "schema": c.ledger_db}  # fmt: skip
+        env.setdefault("AIRFLOW_CONN_ESP_DEFAULT", esp_connection(c.esp_port, c.esp_api_key))
+        ledger = {"conn_type": "postgres", "host": server.host, "port": server.port or 5432,
+                  "login": server.username, "password": server.password, "schema": c.ledger_db}  # fmt: skip
         env.setdefault("AIRFLOW_CONN_CONTACTS_DB", json.dumps(ledger))
         return env
 
@@ -164,16 +160,13 @@ class Stack:
         print("migrating the metadata database ...", flush=True)
         self._airflow(env, "db", "migrate")
         for component in COMPONENTS:
-            if component == "mock-esp" and env["AIRFLOW_CONN_ESP_DEFAULT"] != self.env_default_esp():
+            own_esp = esp_connection(self.config.esp_port, self.config.esp_api_key)
+            if component == "mock-esp" and env["AIRFLOW_CONN_ESP_DEFAULT"] != own_esp:
                 continue  # the user's own ESP
             self.start(component, env)
         self._airflow(env, "pools", "set", "email_provider", str(self.config.pool_slots), "Concurrent calls to the ESP")
         self.wait_healthy(wait)
         print(f"stack up: {self.config.api_url} (admin / {self.config.admin_password}); logs in {self.logs}")
-
-    def env_default_esp(self) -> str:
-        c = self.config
-        return json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": c.esp_port, "password": c.esp_api_key})
 
     def start(self, component: str, env: dict[str, str] | None = None) -> int:
         if self.pid(component):
