@@ -13,9 +13,12 @@ Files dropped into the drop folder are picked up by `contacts_dropzone`.
 1. `parse` reads the file in chunks; unique valid contacts are staged, bad rows go to a rejected-rows CSV.
 2. `claim` takes the contacts nobody has emailed (or failed to reach) into the ledger, in batches.
 3. `send_batch` (one mapped task per batch) records each attempt, then sends it with an idempotency key.
-4. `await_delivery` polls the provider until every message has an outcome (reschedule mode: no slot held).
-5. `decide` -> `resend_blocked` sends a NEW email to blocked contacts, round after round, up to
-   `max_attempts`; `close_out` marks the ones that never got through as failed. Bounced is final.
+4. `await_delivery` polls the provider and records outcomes until every message has one, or until some
+   blocked contacts can be resent (reschedule mode: no slot held between pokes).
+5. `decide` -> `resend_blocked` sends a NEW email to each blocked contact once its backoff is over, up to
+   `max_attempts`, and keeps recording outcomes until none is missing (a reschedule-mode sensor too: it
+   gives its slot back whenever the next resend is more than a poke away); `close_out` marks the ones
+   that never got through as failed. Bounced is final.
 6. `report` returns, logs and writes the run's report (`<reports dir>/<run id>/report.md` and `.json`).
 
 Connections: `esp_default` (the email provider) and `contacts_db` (the ledger). Pool: `email_provider`.
@@ -33,7 +36,8 @@ from welcome_mailer.settings import Settings
 
 ESP_POOL = "email_provider"  # the provider's concurrency limit, shared by every run
 DELIVERY_TIMEOUT = timedelta(hours=1)  # then messages stay 'sent' for a later run to reconcile
-RESEND_POLL_SECONDS = 0.25  # the resend task holds its slot anyway; polling is one cheap lookup
+RESEND_TIMEOUT = timedelta(days=1)  # room for max_attempts backoffs of up to an hour each
+RESEND_POLL_SECONDS = 0.25  # within a poke: how soon to look for the outcomes of resent messages
 SETTINGS = Settings.from_env()  # environment only: cheap at parse time
 
 
@@ -82,11 +86,20 @@ SETTINGS = Settings.from_env()  # environment only: cheap at parse time
             description="Emails a blocked contact may get in this run, counting the first. "
             "Then the contact is marked failed; bounced contacts are never retried.",
         ),
+        "retry_failed_after_hours": Param(
+            24,
+            type="number",
+            minimum=0,
+            title="Retry failed contacts after (hours)",
+            description="A contact that ended failed (blocked on every attempt) is emailed again by a later "
+            "run that lists it, once this many hours have passed since it failed; until then it is skipped. "
+            "Blocks are temporary: retrying minutes later only meets the same block. 0 retries at once.",
+        ),
         "resend_backoff_seconds": Param(
             0.5,
             type="number",
             minimum=0,
-            maximum=86400,
+            maximum=3600,
             title="Resend backoff (seconds)",
             description="Wait between a contact being reported blocked and its next email. 0.5 s suits the "
             "mock provider; "
@@ -122,7 +135,8 @@ def welcome_emails():
         ledger = LedgerHook().get_conn()
         ledger.renew_lease(run_id)
         max_batches = min(params["max_send_tasks"], max_mapped_batches())
-        claimed = claim_contacts(ledger, run_id, params["batch_size"], max_batches)
+        retry_failed_after = timedelta(hours=params["retry_failed_after_hours"])
+        claimed = claim_contacts(ledger, run_id, params["batch_size"], max_batches, retry_failed_after)
         ti.xcom_push(key="summary", value=claimed)
         return [{"batch_no": n, "batch_count": len(claimed["batches"])} for n in claimed["batches"]]
 
@@ -148,8 +162,10 @@ def welcome_emails():
         mode="reschedule",
         trigger_rule=TriggerRule.NONE_FAILED,  # also when there was nothing to send
     )
-    def await_delivery(run_id: str | None = None) -> PokeReturnValue:
-        """Poll the provider for this run's messages without an outcome, and record the outcomes."""
+    def await_delivery(params: dict | None = None, run_id: str | None = None) -> PokeReturnValue:
+        """Poll the provider for this run's messages without an outcome, and record the outcomes. Done when
+        none is missing, or as soon as blocked contacts can be resent: resend_blocked then takes over the
+        waiting, so resends overlap the slow outcomes instead of queuing behind them."""
         from welcome_mailer.airflow_glue import EspHook, LedgerHook
         from welcome_mailer.pipeline import log, poll_outcomes
 
@@ -157,8 +173,9 @@ def welcome_emails():
         ledger.renew_lease(run_id)
         with EspHook().get_conn() as esp:
             resolved, left = poll_outcomes(ledger, esp)(run_id)
-        log.info("%s messages resolved in this poke, %s still waiting for an outcome", resolved, left)
-        return PokeReturnValue(is_done=left == 0, xcom_value={"finished": time.time()})
+        resendable = ledger.count_resendable(run_id, params["max_attempts"])
+        log.info("%s outcomes recorded; %s messages still without one; %s blocked contacts", resolved, left, resendable)
+        return PokeReturnValue(is_done=left == 0 or resendable > 0, xcom_value={"finished": time.time()})
 
     @task.branch
     def decide(params: dict | None = None, run_id: str | None = None) -> list[str]:
@@ -168,15 +185,21 @@ def welcome_emails():
         resendable = LedgerHook().get_conn().count_resendable(run_id, params["max_attempts"])
         return ["resend_blocked", "close_out"] if resendable else ["close_out"]
 
-    @task(pool=ESP_POOL)
-    def resend_blocked(params: dict | None = None, run_id: str | None = None) -> dict:
-        """Round after round, a NEW email to each blocked contact with attempts left, after a backoff."""
+    @task.sensor(
+        poke_interval=SETTINGS.poke_seconds,
+        timeout=RESEND_TIMEOUT.total_seconds(),
+        mode="reschedule",
+        pool=ESP_POOL,
+    )
+    def resend_blocked(params: dict | None = None, run_id: str | None = None) -> PokeReturnValue:
+        """A NEW email to each blocked contact with attempts left once its backoff is over; record outcomes
+        until none is missing. Works through a poke while resends are due within a poke interval."""
         from welcome_mailer import pipeline
         from welcome_mailer.airflow_glue import EspHook, LedgerHook, max_mapped_batches
 
         ledger = LedgerHook().get_conn()
         with EspHook().get_conn() as esp:
-            return pipeline.resend_blocked(
+            done = pipeline.resend_blocked(
                 ledger,
                 esp,
                 run_id,
@@ -184,13 +207,15 @@ def welcome_emails():
                 batch_size=params["batch_size"],
                 max_batches=max_mapped_batches(),
                 backoff_seconds=params["resend_backoff_seconds"],
-                outcome_timeout=DELIVERY_TIMEOUT.total_seconds(),
+                linger_seconds=SETTINGS.poke_seconds,
                 poll_seconds=RESEND_POLL_SECONDS,
             )
+        return PokeReturnValue(is_done=done, xcom_value={"finished": time.time()})
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def close_out(params: dict | None = None, run_id: str | None = None) -> dict:
-        """Blocked contacts that used up their attempts become failed (a later run may try them again)."""
+        """Blocked contacts that used up their attempts become failed (a later run may try them again,
+        after retry_failed_after_hours)."""
         from welcome_mailer.airflow_glue import LedgerHook
 
         return {"failed": LedgerHook().get_conn().close_out(run_id, params["max_attempts"])}

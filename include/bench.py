@@ -208,6 +208,16 @@ def overhead_by_task(task_instances: list[dict]) -> dict:
     return {"tasks": {k: {n: round(v, 2) for n, v in f.items()} for k, f in per_task.items()}}
 
 
+def machine_speed() -> dict:
+    """A fixed pure-Python workload, so figures from different machines (or busy days) can be compared:
+    Airflow's own start-up and most of our work scale with it."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return {"benchmark": "machine_speed", "python_loop_10M_s": round(time.perf_counter() - started, 2)}
+
+
 def _children_peak_rss_mb() -> int:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
 
@@ -222,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     # A stopped benchmark still stops the stack it started (its `finally`), instead of orphaning it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    results = [esp_batch_latency()]
+    results = [machine_speed(), esp_batch_latency()]
     with tempfile.TemporaryDirectory(prefix="welcome-bench-") as tmp:
         workdir = Path(tmp)
         if args.big:

@@ -125,8 +125,8 @@ def report_run(ti, dag_run, run_id: str) -> dict:
         phases["send"] = send_finished - min(b["started"] for b in batches)
     if results["await_delivery"]:
         phases["await_delivery"] = results["await_delivery"]["finished"] - send_finished
-    if results["resend_blocked"]:
-        phases["resend_blocked"] = results["resend_blocked"]["seconds"]
+        if results["resend_blocked"]:
+            phases["resend_blocked"] = results["resend_blocked"]["finished"] - results["await_delivery"]["finished"]
     if dag_run is not None and dag_run.start_date is not None:
         phases["total"] = time.time() - dag_run.start_date.timestamp()
     report = build_report(
@@ -134,7 +134,6 @@ def report_run(ti, dag_run, run_id: str) -> dict:
         parsed=parsed,
         claimed=claimed,
         summary=ledger.run_summary(run_id),
-        resend=results["resend_blocked"],
         phases=phases,
     )
     json_path, markdown_path = write_report(report, run_directory(Settings.from_env().reports_dir, run_id))

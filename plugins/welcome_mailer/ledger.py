@@ -14,7 +14,7 @@ Contact states (``sent_contacts.status``)::
     claimed --start_attempts--> sending --record_sent--> sent --record_outcomes--> delivered | bounced | blocked
     blocked --requeue_blocked--> claimed            (a NEW attempt, while claim_attempts < max_attempts)
     blocked --close_out--> failed                   (max_attempts reached)
-    failed  --claim by a later run--> claimed       (the contact was listed again)
+    failed  --claim by a later run--> claimed       (listed again, once retry_failed_after has passed)
 
 - delivered and bounced are final: no run ever claims them again.
 - ``sending`` means an attempt is recorded but the ESP's acceptance is unconfirmed; it is only ever re-sent
@@ -155,6 +155,7 @@ class ClaimResult:
     staged: int  # unique valid contacts in the file
     claimed_new: int  # never seen before
     taken_over: int  # failed contacts listed again, or contacts of a dead run
+    failed_recently: int  # failed contacts listed again too soon: left alone until retry_failed_after passed
     owned: int  # contacts this run is responsible for (new + taken over + already its own)
     to_send: int  # owned contacts waiting for their first message of this claim
     batch_size: int  # contacts per send batch (may exceed the requested size to stay under max_batches)
@@ -276,13 +277,16 @@ class Ledger:
                 )
 
     # -- claiming -----------------------------------------------------------------------------------
-    def claim(self, run_id: str, batch_size: int, max_batches: int) -> ClaimResult:
+    def claim(
+        self, run_id: str, batch_size: int, max_batches: int, retry_failed_after: timedelta = timedelta(0)
+    ) -> ClaimResult:
         """Take responsibility for this run's staged contacts that nobody else has, in one transaction.
 
-        New emails are inserted as claimed; failed contacts and contacts of dead runs are taken over; the
-        contacts to send are numbered into at most ``max_batches`` batches. Safe to repeat (a retried task)
-        and safe against other runs claiming at the same time: the insert skips conflicts, and the take-over
-        re-checks ownership row by row.
+        New emails are inserted as claimed; contacts of dead runs are taken over, and so are failed contacts
+        that failed at least ``retry_failed_after`` ago (blocks are temporary: retrying minutes later only
+        meets the same block). The contacts to send are numbered into at most ``max_batches`` batches. Safe
+        to repeat (a retried task) and safe against other runs claiming at the same time: the insert skips
+        conflicts, and the take-over re-checks ownership row by row.
         """
         now = utcnow()
         staged = select(staged_contacts.c.email).where(staged_contacts.c.run_id == run_id)
@@ -312,7 +316,9 @@ class Ledger:
                 ledger_runs.c.finished_at.is_(None),
                 ledger_runs.c.lease_expires_at >= now,
             )
-            relisted_failed = sent_contacts.c.status == FAILED
+            relisted_failed = and_(
+                sent_contacts.c.status == FAILED, sent_contacts.c.updated_at <= now - retry_failed_after
+            )
             taken_over = conn.execute(
                 update(sent_contacts)
                 .where(sent_contacts.c.email.in_(staged))
@@ -326,13 +332,14 @@ class Ledger:
                 )
             ).rowcount
 
-            owned = conn.execute(
-                select(func.count())
-                .select_from(sent_contacts)
-                .where(sent_contacts.c.run_id == run_id, sent_contacts.c.email.in_(staged))
-            ).scalar_one()
+            owned, failed_recently = conn.execute(
+                select(
+                    func.count().filter(sent_contacts.c.run_id == run_id),
+                    func.count().filter(sent_contacts.c.status == FAILED),
+                ).where(sent_contacts.c.email.in_(staged))
+            ).one()
             to_send, size, batches = self._number_batches(conn, run_id, (CLAIMED, SENDING), batch_size, max_batches)
-        return ClaimResult(staged_count, inserted, taken_over, owned, to_send, size, batches)
+        return ClaimResult(staged_count, inserted, taken_over, failed_recently, owned, to_send, size, batches)
 
     def _number_batches(
         self, conn, run_id: str, states: Sequence[str], batch_size: int, max_batches: int
@@ -490,6 +497,13 @@ class Ledger:
                 select(func.count()).select_from(sent_contacts).where(self._resendable(run_id, max_attempts))
             ).scalar_one()
 
+    def earliest_resendable(self, run_id: str, max_attempts: int) -> datetime | None:
+        """When the longest-waiting blocked contact with attempts left was reported blocked (None: none is)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(func.min(sent_contacts.c.updated_at)).where(self._resendable(run_id, max_attempts))
+            ).scalar_one()
+
     def count_in_flight(self, run_id: str) -> int:
         """The run's contacts with a message on its way: claimed, sending or sent."""
         with self.engine.connect() as conn:
@@ -552,10 +566,17 @@ class Ledger:
                     .order_by(sent_contacts.c.claim_attempts)
                 ).all()
             )
-            messages = conn.execute(
-                select(func.count()).select_from(send_attempts).where(send_attempts.c.run_id == run_id)
-            ).scalar_one()
-        return {"by_status": by_status, "attempts_histogram": histogram, "messages_sent": messages}
+            messages, recipients = conn.execute(
+                select(func.count(), func.count(send_attempts.c.email.distinct())).where(
+                    send_attempts.c.run_id == run_id
+                )
+            ).one()
+        return {
+            "by_status": by_status,
+            "attempts_histogram": histogram,
+            "messages_sent": messages,
+            "resent_after_block": messages - recipients,  # every message after a contact's first in this run
+        }
 
     # -- helpers ------------------------------------------------------------------------------------
     def _update_rows(

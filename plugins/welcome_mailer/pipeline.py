@@ -29,10 +29,6 @@ class InvalidCsvPath(ValueError):
     """csv_path cannot be used; the message says why and what to do."""
 
 
-class DeliveryTimeout(RuntimeError):
-    """The ESP did not report outcomes in time; the messages stay ``sent`` for a later run to reconcile."""
-
-
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -100,19 +96,22 @@ def parse_file(
     }
 
 
-def claim_contacts(ledger: Ledger, run_id: str, batch_size: int, max_batches: int) -> dict:
+def claim_contacts(
+    ledger: Ledger, run_id: str, batch_size: int, max_batches: int, retry_failed_after: timedelta = timedelta(0)
+) -> dict:
     started = time.time()
-    result = ledger.claim(run_id, batch_size, max_batches)
+    result = ledger.claim(run_id, batch_size, max_batches, retry_failed_after)
     log.info(
-        "claimed %s of %s contacts (%s new, %s taken over); %s already contacted or owned by another run; "
-        "%s to send in %s batches of up to %s",
+        "claimed %s of %s contacts (%s new, %s taken over); %s already contacted or owned by another run "
+        "(of them %s failed less than %s ago: retried by a later run); %s to send in %s batches of up to %s",
         result.owned, result.staged, result.claimed_new, result.taken_over, result.skipped,
-        result.to_send, len(result.batches), result.batch_size,
+        result.failed_recently, retry_failed_after, result.to_send, len(result.batches), result.batch_size,
     )  # fmt: skip
     return {
         "staged": result.staged,
         "claimed_new": result.claimed_new,
         "taken_over": result.taken_over,
+        "failed_recently": result.failed_recently,
         "owned": result.owned,
         "skipped": result.skipped,
         "to_send": result.to_send,
@@ -165,31 +164,41 @@ def resend_blocked(
     batch_size: int,
     max_batches: int,
     backoff_seconds: float,
-    outcome_timeout: float,
+    linger_seconds: float,
     poll_seconds: float,
-    sleep=time.sleep,
-) -> dict:
-    """Send a NEW email to every blocked contact with attempts left, once its backoff (counted from when
-    it was reported blocked) is over; poll outcomes; until nothing is left to resend or waiting.
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """One poke of the resend phase: record outcomes, and send a NEW email to every blocked contact with
+    attempts left whose backoff (counted from when it was reported blocked) is over. Returns True once
+    nothing is left to resend or waiting for an outcome.
 
-    Contacts are resent one by one as their backoff ends rather than in lock-step rounds, so one slow
-    message never holds back the others."""
-    started = time.time()
-    rounds = messages = 0
+    Each contact is resent as soon as its own backoff ends, with no lock-step rounds. The poke keeps going
+    while the next resend is due within ``linger_seconds`` (no longer than a reschedule would take anyway),
+    and gives the worker slot back (returns False) when only outcomes or longer backoffs are left to wait for.
+    """
     poll = poll_outcomes(ledger, esp)
-    deadline = time.monotonic() + outcome_timeout
     while True:
         ledger.renew_lease(run_id)
         poll(run_id)
-        blocked_before = utcnow() - timedelta(seconds=backoff_seconds)
-        batches = ledger.requeue_blocked(run_id, max_attempts, blocked_before, batch_size, max_batches)
+        now = utcnow()
+        batches = ledger.requeue_blocked(
+            run_id, max_attempts, now - timedelta(seconds=backoff_seconds), batch_size, max_batches
+        )
         if batches:
-            rounds += 1
             sent = sum(send_batch(ledger, esp, run_id, b, batch_size)["sent"] for b in batches)
-            messages += sent
-            log.info("resend round %s: %s new messages to blocked contacts", rounds, sent)
-        elif not ledger.count_in_flight(run_id) and not ledger.count_resendable(run_id, max_attempts):
-            return {"rounds": rounds, "messages": messages, "seconds": round(time.time() - started, 3)}
-        if time.monotonic() >= deadline:
-            raise DeliveryTimeout(f"resending did not finish within {outcome_timeout:.0f}s; messages stay 'sent'")
-        sleep(poll_seconds)
+            log.info("resent %s blocked contacts: a new email each", sent)
+            sleep(poll_seconds)  # their outcomes are often back at once
+            continue
+        earliest_blocked = ledger.earliest_resendable(run_id, max_attempts)
+        if earliest_blocked is None and not ledger.count_in_flight(run_id):
+            return True
+        if earliest_blocked is not None:
+            due_in = (earliest_blocked - now).total_seconds() + backoff_seconds
+            if due_in <= linger_seconds:
+                sleep(max(due_in, poll_seconds))
+                continue
+        log.info(
+            "waiting: %s messages without an outcome, %s blocked contacts in their backoff",
+            ledger.count_in_flight(run_id), ledger.count_resendable(run_id, max_attempts),
+        )  # fmt: skip
+        return False

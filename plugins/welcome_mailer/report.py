@@ -8,9 +8,7 @@ from pathlib import Path
 OUTCOME_ORDER = ("delivered", "bounced", "failed", "blocked", "sent", "sending", "claimed")
 
 
-def build_report(
-    *, run_id: str, parsed: dict, claimed: dict, summary: dict, resend: dict | None, phases: dict[str, float]
-) -> dict:
+def build_report(*, run_id: str, parsed: dict, claimed: dict, summary: dict, phases: dict[str, float]) -> dict:
     by_status = summary["by_status"]
     return {
         "run_id": run_id,
@@ -23,13 +21,14 @@ def build_report(
         "duplicates_in_file": parsed["duplicates_in_file"],
         "unique_contacts": parsed["contacts"],
         "already_contacted_skipped": claimed["skipped"],
+        "failed_recently_skipped": claimed["failed_recently"],
         "claimed": claimed["owned"],
         "claimed_new": claimed["claimed_new"],
         "taken_over": claimed["taken_over"],
         "outcomes": {status: by_status[status] for status in OUTCOME_ORDER if status in by_status},
         "messages_sent": summary["messages_sent"],
         "attempts_histogram": {str(k): v for k, v in summary["attempts_histogram"].items()},
-        "resend_rounds": (resend or {}).get("rounds", 0),
+        "resent_after_block": summary["resent_after_block"],
         "phase_seconds": {name: round(seconds, 2) for name, seconds in phases.items()},
     }
 
@@ -43,10 +42,11 @@ def render_markdown(report: dict) -> str:
         ("duplicates within the file", report["duplicates_in_file"]),
         ("unique contacts", report["unique_contacts"]),
         ("already contacted (skipped)", report["already_contacted_skipped"]),
+        ("  of them failed recently (retried later)", report["failed_recently_skipped"]),
         ("claimed by this run", report["claimed"]),
         *((f"outcome: {status}", count) for status, count in report["outcomes"].items()),
         ("messages sent", report["messages_sent"]),
-        ("resend rounds", report["resend_rounds"]),
+        ("  of them resent after a block", report["resent_after_block"]),
         *((f"contacts with {n} attempt(s)", count) for n, count in report["attempts_histogram"].items()),
         *((f"seconds: {phase}", seconds) for phase, seconds in report["phase_seconds"].items()),
     ]
@@ -55,7 +55,10 @@ def render_markdown(report: dict) -> str:
     lines = ["| item | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)]
     if report["claimed"] == 0:
         lines.append("")
-        lines.append("Nothing was sent: every contact in the file was already contacted or is owned by another run.")
+        lines.append(
+            "Nothing was sent: every contact in the file was already contacted, failed too recently to be "
+            "retried (retry_failed_after_hours), or is owned by another run."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -70,8 +70,9 @@ def test_send_batch_is_mapped_labelled_and_pooled(welcome):
     assert welcome.get_task("resend_blocked").pool == "email_provider"
 
 
-def test_sensor_does_not_hold_a_worker_slot(welcome):
-    sensor = welcome.get_task("await_delivery")
+@pytest.mark.parametrize("task_id", ["await_delivery", "resend_blocked"])
+def test_waiting_tasks_are_sensors_that_do_not_hold_a_worker_slot(welcome, task_id):
+    sensor = welcome.get_task(task_id)
     assert sensor.mode == "reschedule"
     assert sensor.timeout > 0
 
@@ -85,6 +86,7 @@ def test_join_and_report_trigger_rules(welcome):
 def test_params_defaults_and_bounds(welcome):
     params = welcome.params
     assert (params["batch_size"], params["max_attempts"], params["max_send_tasks"]) == (500, 5, 8)
+    assert params["retry_failed_after_hours"] == 24, "a run straight after another retries no failed contact"
     schema = {name: params.get_param(name).schema for name in params}
     assert schema["batch_size"]["minimum"] == 1 and schema["batch_size"]["maximum"] == 1000
     assert schema["csv_path"]["type"] == "string" and schema["csv_path"]["minLength"] == 1
@@ -101,6 +103,8 @@ def test_params_defaults_and_bounds(welcome):
         ({"csv_path": "input.csv", "batch_size": 1001}, False),
         ({"csv_path": "input.csv", "max_attempts": 0}, False),
         ({"csv_path": "input.csv", "max_send_tasks": 0}, False),
+        ({"csv_path": "input.csv", "retry_failed_after_hours": 0}, True),
+        ({"csv_path": "input.csv", "retry_failed_after_hours": -1}, False),
         ({"csv_path": ""}, False),
         ({}, False),
     ],

@@ -107,21 +107,35 @@ def test_two_overlapping_files_on_sqlite(migrated_airflow_home, workspace, start
     assert report["outcomes"]["failed"] == outcomes["blocked"]
     assert Path(report["rejected_csv"]).read_text().count("\n") == report["rejected"] + 1
 
+    # The second file: only its new contacts; the failed ones are cooling off (retry_failed_after_hours).
     run2 = run_welcome(migrated_airflow_home, workspace, esp, connection, str(second), batch_size=100)
     assert run2.state == "success", run2.output[-3000:]
     new_messages = esp.messages()[len(after_first) :]
     failed_before = {e for e, h in _last_status(after_first).items() if h == "blocked"}
     second_contacts = expected_contacts(first, second)
     reachable = {e: n for e, n in second_contacts.items() if e in expected_contacts(second)}
-    due = {e: n for e, n in reachable.items() if e not in first_contacts or e in failed_before}
+    due = {e: n for e, n in reachable.items() if e not in first_contacts}
     assert_run_invariants(new_messages, due, MAX_ATTEMPTS)
     assert_ledger_matches(url, esp.messages())
     assert run2.report["already_contacted_skipped"] == len(reachable) - len(due)
+    assert run2.report["failed_recently_skipped"] == len(failed_before & set(reachable))
 
+    # The first file again: everybody was contacted, so nothing is sent, and the report says so.
+    before_run3 = len(esp.messages())
     run3 = run_welcome(migrated_airflow_home, workspace, esp, connection, str(first))
     assert run3.state == "success", run3.output[-3000:]
-    resent = {m["to"] for m in esp.messages()[len(after_first) + len(new_messages) :]}
-    assert resent <= failed_before, "a third run only retries contacts that failed before"
+    assert len(esp.messages()) == before_run3, "running a file twice sends nothing"
+    assert run3.report["claimed"] == 0 and run3.report["messages_sent"] == 0
+    report_md = (Path(run3.report["rejected_csv"]).parent / "report.md").read_text()
+    assert "Nothing was sent" in report_md
+
+    # Without the cool-off, exactly the failed contacts get a new email, under a fresh attempt budget.
+    run4 = run_welcome(migrated_airflow_home, workspace, esp, connection, str(first), retry_failed_after_hours=0)
+    assert run4.state == "success", run4.output[-3000:]
+    retried = esp.messages()[before_run3:]
+    assert {m["to"] for m in retried} == failed_before, "a later run retries exactly the contacts that failed"
+    assert_run_invariants(retried, {e: first_contacts[e] for e in failed_before}, MAX_ATTEMPTS)
+    assert_ledger_matches(url, esp.messages())
 
 
 def _last_status(messages: list[dict]) -> dict[str, str]:

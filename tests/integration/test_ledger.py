@@ -25,11 +25,13 @@ def contacts(*emails: str) -> list[Contact]:
     return [Contact(email, f"Name {email.split('@')[0]}", line) for line, email in enumerate(emails, 1)]
 
 
-def stage_and_claim(ledger: Ledger, run_id: str, emails, batch_size: int = 500, max_batches: int = 1024):
+def stage_and_claim(
+    ledger: Ledger, run_id: str, emails, batch_size: int = 500, max_batches: int = 1024, **claim_options
+):
     ledger.renew_lease(run_id)
     ledger.clear_stage(run_id)
     ledger.stage(run_id, contacts(*emails))
-    return ledger.claim(run_id, batch_size, max_batches)
+    return ledger.claim(run_id, batch_size, max_batches, **claim_options)
 
 
 def statuses(ledger: Ledger) -> dict[str, tuple[str, str, int]]:
@@ -127,15 +129,25 @@ def test_backoff_holds_a_blocked_contact_back(ledger):
     assert ledger.requeue_blocked("run-1", 3, utcnow(), 500, 1024) == [0]
 
 
-def test_failed_contact_listed_again_gets_a_fresh_budget(ledger):
-    claimed = stage_and_claim(ledger, "run-1", ["x@example.com"])
-    send_everything(ledger, "run-1", claimed.batches, "blocked")
+def test_failed_contact_listed_again_gets_a_fresh_budget_once_its_cool_off_passed(ledger):
+    claimed = stage_and_claim(ledger, "run-1", ["x@example.com", "d@example.com"])
+    send_everything(ledger, "run-1", claimed.batches, {"x@example.com": "blocked", "d@example.com": "delivered"})
     ledger.close_out("run-1", 1)
     ledger.finish_run("run-1")
-    again = stage_and_claim(ledger, "run-2", ["x@example.com"])
-    assert (again.owned, again.taken_over) == (1, 1)
-    [attempt] = ledger.start_attempts("run-2", again.batches[0])
-    assert attempt.attempt == 2, "attempt numbers keep counting, so the idempotency key is new"
+
+    too_soon = stage_and_claim(
+        ledger, "run-2", ["x@example.com", "d@example.com"], retry_failed_after=timedelta(hours=1)
+    )
+    assert (too_soon.owned, too_soon.taken_over, too_soon.failed_recently, too_soon.batches) == (0, 0, 1, [])
+    assert statuses(ledger)["x@example.com"] == ("failed", "run-1", 1), "left alone while cooling off"
+    ledger.finish_run("run-2")
+
+    with ledger.engine.begin() as conn:  # an hour later
+        conn.execute(update(sent_contacts).values(updated_at=sent_contacts.c.updated_at - timedelta(hours=1)))
+    again = stage_and_claim(ledger, "run-3", ["x@example.com", "d@example.com"], retry_failed_after=timedelta(hours=1))
+    assert (again.owned, again.taken_over, again.failed_recently, again.skipped) == (1, 1, 0, 1)
+    [attempt] = ledger.start_attempts("run-3", again.batches[0])
+    assert (attempt.email, attempt.attempt) == ("x@example.com", 2), "attempts keep counting: the key is new"
 
 
 def test_contacts_of_a_dead_run_are_taken_over_as_they_are(ledger):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -28,18 +29,27 @@ def parse_and_claim(ledger, run_id, path, tmp_path, batch_size=50):
     return parsed, pipeline.claim_contacts(ledger, run_id, batch_size, 1024)
 
 
-def finish(ledger, esp_client, run_id, max_attempts=5):
-    pipeline.resend_blocked(
+def resend_poke(ledger, esp_client, run_id, *, max_attempts=5, backoff_seconds=0.0, linger_seconds=0.5, sleep=None):
+    return pipeline.resend_blocked(
         ledger,
         esp_client,
         run_id,
         max_attempts=max_attempts,
         batch_size=50,
         max_batches=1024,
-        backoff_seconds=0,
-        outcome_timeout=60,
+        backoff_seconds=backoff_seconds,
+        linger_seconds=linger_seconds,
         poll_seconds=0.05,
+        **({"sleep": sleep} if sleep else {}),
     )
+
+
+def finish(ledger, esp_client, run_id, max_attempts=5):
+    """What the resend sensor does: poke until done (the sensor's timeout is 60 s here)."""
+    deadline = time.monotonic() + 60
+    while not resend_poke(ledger, esp_client, run_id, max_attempts=max_attempts):
+        assert time.monotonic() < deadline, "the resend phase did not finish"
+        time.sleep(0.1)  # the reschedule
     ledger.close_out(run_id, max_attempts)
 
 
@@ -100,5 +110,32 @@ def test_unresolved_messages_are_reconciled_never_resent(ledger, ledger_url, sta
     messages = esp.messages()
     first_messages = messages[:sent_before]
     assert len(first_messages) == 120 and all(m["status"] != "sent" for m in messages)
+    assert_run_invariants(messages, expected_contacts(contact_file), max_attempts=5)
+    assert_ledger_matches(ledger_url, messages)
+
+
+def test_a_resend_poke_works_while_resends_are_due_and_gives_its_slot_back_otherwise(
+    ledger, ledger_url, start_esp, contact_file, tmp_path
+):
+    esp = start_esp(delivered_rate=0.5, bounced_rate=0, blocked_rate=0.5, hold_rate=0, seed=3)
+    _, claimed = parse_and_claim(ledger, "run", contact_file, tmp_path)
+    slept: list[float] = []
+    with HttpEmailProvider(esp.url, esp.api_key) as client:
+        for batch_no in claimed["batches"]:
+            pipeline.send_batch(ledger, client, "run", batch_no, 50)
+        first_wave = len(esp.messages())
+
+        # A production backoff: the poke records the outcomes, resends nothing yet and returns at once.
+        production = dict(backoff_seconds=600, linger_seconds=2, sleep=slept.append)
+        assert resend_poke(ledger, client, "run", **production) is False
+        assert len(esp.messages()) == first_wave and slept == [], "no email before the backoff, no slot held"
+        blocked = ledger.count_resendable("run", 5)
+        assert blocked > 0
+
+        # A backoff shorter than a poke: the same poke resends (each contact a new email) until done.
+        assert resend_poke(ledger, client, "run", backoff_seconds=0.2, linger_seconds=2) is True
+    assert len(esp.messages()) >= first_wave + blocked, "every blocked contact got a new email"
+    ledger.close_out("run", 5)
+    messages = esp.messages()
     assert_run_invariants(messages, expected_contacts(contact_file), max_attempts=5)
     assert_ledger_matches(ledger_url, messages)
