@@ -11,7 +11,8 @@ Files dropped into the drop folder are picked up by `contacts_dropzone`.
 **What happens**
 
 1. `parse` reads the file in chunks; unique valid contacts are staged, bad rows go to a rejected-rows CSV.
-2. `claim` takes the contacts nobody has emailed (or failed to reach) into the ledger, in batches.
+2. `claim` takes the contacts nobody has emailed into the ledger, in batches (and failed ones again, once
+   `retry_failed_after_hours` have passed).
 3. `send_batch` (one mapped task per batch) records each attempt, then sends it with an idempotency key.
 4. `await_delivery` polls the provider and records outcomes until every message has one, or until some
    blocked contacts can be resent (reschedule mode: no slot held between pokes).

@@ -276,8 +276,10 @@ class Ledger:
                     "COPY staged_contacts (run_id, email, name, line_no) FROM STDIN WITH (FORMAT csv)", buffer
                 )
             else:
-                conn.exec_driver_sql(
-                    "INSERT INTO staged_contacts (run_id, email, name, line_no) VALUES (?, ?, ?, ?)",
+                self._insert_rows(
+                    conn,
+                    staged_contacts,
+                    ("run_id", "email", "name", "line_no"),
                     [(run_id, c.email, c.name, c.line_no) for c in contacts],
                 )
 
@@ -386,22 +388,15 @@ class Ledger:
                 )
                 .returning(sent_contacts.c.email, sent_contacts.c.attempts)
             ).all()
-            if started:
-                conn.execute(
-                    insert(send_attempts),
-                    [
-                        {
-                            "email": email,
-                            "attempt": attempt,
-                            "idempotency_key": idempotency_key(email, attempt),
-                            "run_id": run_id,
-                            "status": PENDING,
-                            "created_at": now,
-                            "updated_at": now,
-                        }
-                        for email, attempt in started
-                    ],
-                )
+            self._insert_rows(
+                conn,
+                send_attempts,
+                ("email", "attempt", "idempotency_key", "run_id", "status", "created_at", "updated_at"),
+                [
+                    (email, attempt, idempotency_key(email, attempt), run_id, PENDING, now, now)
+                    for email, attempt in started
+                ],
+            )
             rows = conn.execute(
                 select(sent_contacts.c.email, sent_contacts.c.name, sent_contacts.c.attempts)
                 .where(in_batch, sent_contacts.c.status == SENDING)
@@ -584,6 +579,19 @@ class Ledger:
         }
 
     # -- helpers ------------------------------------------------------------------------------------
+    def _insert_rows(self, conn, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
+        """INSERT many rows: SQLite gets one executemany of plain SQL (SQLAlchemy's per-row parameter
+        processing cost more than SQLite's own work), Postgres SQLAlchemy's multi-row VALUES batches."""
+        if not rows:
+            return
+        if self._postgres:
+            conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
+            return
+        conn.exec_driver_sql(
+            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            [tuple(_sqlite_value(v) for v in row) for row in rows],
+        )
+
     def _update_rows(
         self,
         conn,
@@ -599,8 +607,8 @@ class Ledger:
         WHERE column = row[key] (match) AND column = value (guards).
 
         Postgres: one set-based UPDATE ... FROM unnest(arrays), since an executemany costs a round trip per
-        row (25x slower, measured). SQLite: one executemany of plain SQL, cheap in-process (SQLAlchemy's
-        per-row parameter processing cost more than SQLite's own work)."""
+        row (25x slower, measured). SQLite: one executemany of plain SQL, cheap in-process (as in
+        ``_insert_rows``)."""
         if not self._postgres:
             sets = [*(f"{col} = ?" for col in assign), *(f"{col} = ?" for col in constants)]
             conditions = [*(f"{col} = ?" for col in match), *(f"{col} = ?" for col in guards)]

@@ -11,15 +11,17 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
 from welcome_mailer.contacts import DEFAULT_CHUNK_SIZE, ContactReader
-from welcome_mailer.esp import MAX_BATCH, EmailProvider, OutgoingMessage
+from welcome_mailer.esp import MAX_BATCH, EmailProvider, OutgoingMessage, SendResult
 from welcome_mailer.greeting import SUBJECT, welcome_text
-from welcome_mailer.ledger import AcceptedAttempt, Ledger, utcnow
+from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt, utcnow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -123,13 +125,23 @@ def claim_contacts(
 
 
 def send_batch(ledger: Ledger, esp: EmailProvider, run_id: str, batch_no: int, request_size: int) -> dict:
-    """Send one batch: record the attempts, then send them in ESP requests of ``request_size``."""
+    """Send one batch: record the attempts, then send them in ESP requests of ``request_size``.
+
+    One request is in flight while the previous one's results are recorded: the ESP's work and the
+    ledger's overlap instead of taking turns. Every attempt is recorded before the first request, so a
+    request that was sent but not recorded (a failure in between) is re-sent by the retry with the same
+    idempotency key: the ESP returns the message it already accepted."""
     started = time.time()
     attempts = ledger.start_attempts(run_id, batch_no)
     accepted = refused = 0
-    for chunk in chunked(attempts, min(request_size, MAX_BATCH)):
-        messages = [OutgoingMessage(a.email, SUBJECT, welcome_text(a.name), a.idempotency_key) for a in chunk]
-        results = esp.send_batch(messages)
+
+    def send(chunk: Sequence[OutgoingAttempt]) -> list[SendResult]:
+        return esp.send_batch(
+            [OutgoingMessage(a.email, SUBJECT, welcome_text(a.name), a.idempotency_key) for a in chunk]
+        )
+
+    def record(chunk: Sequence[OutgoingAttempt], results: list[SendResult]) -> None:
+        nonlocal accepted, refused
         ledger.record_sent(
             run_id,
             [AcceptedAttempt(a.email, a.attempt, r.message_id, r.error) for a, r in zip(chunk, results, strict=True)],
@@ -137,6 +149,20 @@ def send_batch(ledger: Ledger, esp: EmailProvider, run_id: str, batch_no: int, r
         chunk_refused = sum(1 for r in results if r.message_id is None)
         refused += chunk_refused
         accepted += len(results) - chunk_refused
+
+    in_flight: deque[tuple[Sequence[OutgoingAttempt], Future]] = deque()
+    requests = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esp-send")
+    try:
+        for chunk in chunked(attempts, min(request_size, MAX_BATCH)):
+            in_flight.append((chunk, requests.submit(send, chunk)))
+            if len(in_flight) > 1:
+                chunk_sent, request = in_flight.popleft()
+                record(chunk_sent, request.result())
+        while in_flight:
+            chunk_sent, request = in_flight.popleft()
+            record(chunk_sent, request.result())
+    finally:
+        requests.shutdown(cancel_futures=True)  # after a failure, send nothing more
     return {"sent": accepted, "refused": refused, "started": started, "finished": time.time()}
 
 
