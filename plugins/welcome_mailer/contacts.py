@@ -82,7 +82,7 @@ def normalise_email(raw: str) -> str:
         raise InvalidEmail("missing email")
     if len(email) > MAX_EMAIL_LENGTH:
         raise InvalidEmail(f"email longer than {MAX_EMAIL_LENGTH} characters")
-    if _FAST_EMAIL.fullmatch(email) and len(email.partition("@")[0]) <= 64 and not _special_use(email):
+    if _FAST_EMAIL.fullmatch(email) and len(email.partition("@")[0]) <= 64 and _plain_domain(email):
         return email
     try:
         return validate_email(email, check_deliverability=False).normalized.lower()
@@ -90,9 +90,12 @@ def normalise_email(raw: str) -> str:
         raise InvalidEmail(f"invalid email: {exc}") from None
 
 
-def _special_use(email: str) -> bool:
+def _plain_domain(email: str) -> bool:
+    """No special-use domain, and no '--' (reserved in a label's 3rd-4th place, as in 'xn--'):
+    anything else goes to email-validator."""
     domain = email.rpartition("@")[2]
-    return any(domain == special or domain.endswith("." + special) for special in SPECIAL_USE_DOMAIN_NAMES)
+    special = any(domain == name or domain.endswith("." + name) for name in SPECIAL_USE_DOMAIN_NAMES)
+    return not special and "--" not in domain
 
 
 def normalise_name(raw: str) -> str:

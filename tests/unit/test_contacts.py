@@ -123,6 +123,12 @@ def test_invalid_emails(raw):
         normalise_email(raw)
 
 
+@pytest.mark.parametrize("raw", ["ann@ab--cd.com", "ann@mail.xy--z.org"])
+def test_reserved_double_dash_labels_are_refused_as_email_validator_does(raw):
+    with pytest.raises(InvalidEmail):
+        normalise_email(raw)
+
+
 def test_internationalised_email_goes_through_email_validator():
     assert normalise_email("  Zoë@Exämple.com ") == "zoë@exämple.com"
 
@@ -131,6 +137,7 @@ ascii_local = st.text(alphabet=string.ascii_letters + string.digits + ".!#$%&'*+
 ascii_domain = st.one_of(
     st.text(alphabet=string.ascii_lowercase + string.digits + ".-", min_size=1, max_size=30),
     st.from_regex(r"[a-z0-9-]{1,12}(\.[a-z0-9-]{1,12}){0,3}\.[a-z0-9-]{1,6}", fullmatch=True),
+    st.from_regex(r"([a-z0-9]{1,5}\.)?[a-z]{2}--[a-z0-9]{1,8}\.[a-z]{2,4}", fullmatch=True),  # as in xn--
 )
 
 
