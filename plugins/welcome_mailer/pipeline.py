@@ -216,15 +216,14 @@ def resend_blocked(
             sleep(poll_seconds)  # their outcomes are often back at once
             continue
         earliest_blocked = ledger.earliest_resendable(run_id, max_attempts)
-        if earliest_blocked is None and not ledger.count_in_flight(run_id):
-            return True
-        if earliest_blocked is not None:
-            due_in = (earliest_blocked - now).total_seconds() + backoff_seconds
-            if due_in <= linger_seconds:
-                sleep(max(due_in, poll_seconds))
-                continue
-        log.info(
-            "waiting: %s messages without an outcome, %s blocked contacts in their backoff",
-            ledger.count_in_flight(run_id), ledger.count_resendable(run_id, max_attempts),
-        )  # fmt: skip
-        return False
+        in_flight = ledger.count_in_flight(run_id)
+        if earliest_blocked is None:
+            if not in_flight:
+                return True
+            log.info("waiting for the outcomes of %s messages", in_flight)
+            return False
+        due_in = (earliest_blocked - now).total_seconds() + backoff_seconds
+        if due_in > linger_seconds:
+            log.info("waiting for the outcomes of %s messages; the next resend is due in %.0f s", in_flight, due_in)
+            return False
+        sleep(max(due_in, poll_seconds))
