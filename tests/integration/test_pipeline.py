@@ -29,7 +29,9 @@ def parse_and_claim(ledger, run_id, path, tmp_path, batch_size=50):
     return parsed, pipeline.claim_contacts(ledger, run_id, batch_size, 1024)
 
 
-def resend_poke(ledger, esp_client, run_id, *, max_attempts=5, backoff_seconds=0.0, linger_seconds=0.5, sleep=None):
+def resend_poke(
+    ledger, esp_client, run_id, *, max_attempts=5, backoff_seconds=0.0, linger_seconds=0.5, sleep=time.sleep
+):
     return pipeline.resend_blocked(
         ledger,
         esp_client,
@@ -40,7 +42,7 @@ def resend_poke(ledger, esp_client, run_id, *, max_attempts=5, backoff_seconds=0
         backoff_seconds=backoff_seconds,
         linger_seconds=linger_seconds,
         poll_seconds=0.05,
-        **({"sleep": sleep} if sleep else {}),
+        sleep=sleep,
     )
 
 
