@@ -98,6 +98,7 @@ class _LiveFaults:
 _PLAIN_ADDRESS = re.compile(
     r"[a-z0-9_+-]+(?:\.[a-z0-9_+-]+)*@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", re.IGNORECASE
 )
+_SPECIAL_USE_SUFFIXES = tuple("." + name for name in SPECIAL_USE_DOMAIN_NAMES)
 
 
 def _is_plain_address(address: str) -> bool:
@@ -107,7 +108,7 @@ def _is_plain_address(address: str) -> bool:
         len(address) <= 254
         and len(local) <= 64
         and _PLAIN_ADDRESS.fullmatch(address) is not None
-        and not any(domain == name or domain.endswith("." + name) for name in SPECIAL_USE_DOMAIN_NAMES)
+        and not ("." + domain).endswith(_SPECIAL_USE_SUFFIXES)  # 'local' or 'x.local', for example
         and "--" not in domain  # reserved in a label's 3rd-4th place ('xn--'): email-validator decides
     )
 

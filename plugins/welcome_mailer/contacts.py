@@ -35,6 +35,8 @@ _FAST_EMAIL = re.compile(
     r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}"
 )
+# A domain is special-use when it is one of these names or ends with "." and one of them ('x.local').
+_SPECIAL_USE_SUFFIXES = tuple("." + name for name in SPECIAL_USE_DOMAIN_NAMES)
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -94,8 +96,7 @@ def _plain_domain(email: str) -> bool:
     """No special-use domain, and no '--' (reserved in a label's 3rd-4th place, as in 'xn--'):
     anything else goes to email-validator."""
     domain = email.rpartition("@")[2]
-    special = any(domain == name or domain.endswith("." + name) for name in SPECIAL_USE_DOMAIN_NAMES)
-    return not special and "--" not in domain
+    return "--" not in domain and not ("." + domain).endswith(_SPECIAL_USE_SUFFIXES)
 
 
 def normalise_name(raw: str) -> str:
