@@ -591,9 +591,11 @@ class Ledger:
         if self._postgres:
             conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
             return
+        # Only tables with datetime columns need their values converted (staging, the big insert, has none).
+        has_datetimes = any(isinstance(table.c[name].type, DateTime) for name in columns)
         conn.exec_driver_sql(
             f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-            [tuple(map(_sqlite_value, row)) for row in rows],
+            [tuple(map(_sqlite_value, row)) for row in rows] if has_datetimes else rows,
         )
 
     def _update_rows(
