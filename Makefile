@@ -10,13 +10,14 @@ CSV    ?= input.csv
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: requirements.lock
+$(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	$(BIN)/python -m pip check
 	touch $@
 
-venv: $(BIN)/.installed  ## create .venv from requirements.lock (only when the lock changed)
+venv: $(BIN)/.installed  ## create .venv from requirements.lock, with welcome_mailer installed (editable)
 
 run: venv  ## run welcome_emails once on the embedded default: make run [CSV=path/to/file.csv]
 	$(BIN)/python -m include.run_embedded $(CSV)

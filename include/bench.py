@@ -90,7 +90,7 @@ print(json.dumps({{"parse": round(t1 - t0, 2), "claim": round(t2 - t1, 2), "cont
                   "batches": len(claimed["batches"]),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}}))
 """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "plugins")])}
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     output = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     figures = json.loads(output.strip().splitlines()[-1])
     backend = ledger_url.split(":", 1)[0]

@@ -49,6 +49,7 @@ def project_env(home: Path) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])),
         }
     )
+    env.setdefault("WELCOME_MAILER_HOME", str(PROJECT_ROOT))
     return env
 
 

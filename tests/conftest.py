@@ -24,6 +24,7 @@ _TEST_AIRFLOW_HOME = tempfile.mkdtemp(prefix="welcome-mailer-airflow-")
 os.environ["AIRFLOW_HOME"] = _TEST_AIRFLOW_HOME
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
+os.environ.setdefault("WELCOME_MAILER_HOME", str(PROJECT_ROOT))
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_TEST_AIRFLOW_HOME}/airflow.db"
 POSTGRES_ADMIN_URL = os.environ.get("WELCOME_MAILER_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 API_KEY = "test-key"
