@@ -20,7 +20,6 @@ from datetime import timedelta
 from pathlib import Path
 
 
-
 def home() -> Path:
     """The directory the defaults live under. Never the package's own location: installed code has no
     checkout around it."""
