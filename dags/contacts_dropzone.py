@@ -48,12 +48,12 @@ def contacts_dropzone():
     @task
     def claim_files() -> list[dict]:
         """Claim finished files from incoming/: not CSV -> failed/, duplicates -> archive/, others -> a run."""
-        from welcome_mailer.airflow_glue import LedgerHook
         from welcome_mailer.dropzone import Dropzone
+        from welcome_mailer.hooks.ledger import LedgerHook
         from welcome_mailer.pipeline import log
 
         dropzone = Dropzone(SETTINGS.dropzone, SETTINGS.dropzone_settle_seconds)
-        files, counts = dropzone.scan(LedgerHook().get_conn())
+        files, counts = dropzone.scan(LedgerHook().get_conn().engine)
         log.info("drop folder %s: %s files to run; %s", dropzone.incoming, len(files), counts)
         return [f.as_dict() for f in files]
 
@@ -87,8 +87,8 @@ def contacts_dropzone():
 
             from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
-            from welcome_mailer.airflow_glue import LedgerHook
             from welcome_mailer.dropzone import Dropzone, finish_file
+            from welcome_mailer.hooks.ledger import LedgerHook
 
             try:
                 state = RuntimeTaskInstance.get_dagrun_state(dag_id="welcome_emails", run_id=file["run_id"])
@@ -101,7 +101,7 @@ def contacts_dropzone():
             else:
                 reason = f"welcome_emails run {file['run_id']} ended {state}; see its task logs and report"
                 target = dropzone.fail(Path(file["path"]), reason)
-            finish_file(LedgerHook().get_conn(), file["sha256"], succeeded)
+            finish_file(LedgerHook().get_conn().engine, file["sha256"], succeeded)
             return str(target)
 
         trigger_welcome_emails >> file_away(file)

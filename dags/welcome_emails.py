@@ -114,7 +114,7 @@ def welcome_emails():
         """Read the CSV in chunks: stage unique valid contacts, write rejected rows to a CSV. Counts only."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from welcome_mailer.airflow_glue import LedgerHook
+        from welcome_mailer.hooks.ledger import LedgerHook
         from welcome_mailer.pipeline import InvalidCsvPath, parse_file, resolve_csv_path, run_directory
 
         try:
@@ -130,7 +130,8 @@ def welcome_emails():
     def claim(parsed: dict, params: dict | None = None, run_id: str | None = None, ti=None) -> list[dict]:
         """Take this run's new contacts into the ledger (set-based statements) and number the batches.
         Returns one small ref per batch; the counts go to the report under the XCom key "summary"."""
-        from welcome_mailer.airflow_glue import LedgerHook, max_mapped_batches
+        from welcome_mailer.airflow_glue import max_mapped_batches
+        from welcome_mailer.hooks.ledger import LedgerHook
         from welcome_mailer.pipeline import claim_contacts
 
         ledger = LedgerHook().get_conn()
@@ -145,13 +146,14 @@ def welcome_emails():
     def send_batch(batch_no: int, batch_count: int, params: dict | None = None, run_id: str | None = None) -> dict:
         """Record an attempt for each contact of the batch, then send them with idempotency keys."""
         from welcome_mailer import pipeline
-        from welcome_mailer.airflow_glue import EspHook, LedgerHook
+        from welcome_mailer.hooks.esp import EspHook
+        from welcome_mailer.hooks.ledger import LedgerHook
 
         get_current_context()["batch_label"] = f"batch {batch_no + 1}/{batch_count}"
         ledger = LedgerHook().get_conn()
         ledger.renew_lease(run_id)
-        with EspHook().get_conn() as esp:
-            result = pipeline.send_batch(ledger, esp, run_id, batch_no, params["batch_size"])
+        with EspHook().get_conn() as transport:
+            result = pipeline.send_batch(ledger, transport, run_id, batch_no, params["batch_size"])
         pipeline.log.info(
             "batch %s/%s: %s sent, %s refused", batch_no + 1, batch_count, result["sent"], result["refused"]
         )
@@ -164,16 +166,18 @@ def welcome_emails():
         trigger_rule=TriggerRule.NONE_FAILED,  # also when there was nothing to send
     )
     def await_delivery(params: dict | None = None, run_id: str | None = None) -> PokeReturnValue:
-        """Poll the provider for this run's messages without an outcome, and record the outcomes. Done when
-        none is missing, or as soon as blocked contacts can be resent: resend_blocked then takes over the
-        waiting, so resends overlap the slow outcomes instead of queuing behind them."""
-        from welcome_mailer.airflow_glue import EspHook, LedgerHook
-        from welcome_mailer.pipeline import log, poll_outcomes
+        """Wait on the ledger until none of this run's messages lacks an outcome, polling the provider's
+        outcome sources on the way (pushed outcomes land in the ledger by themselves). Done as soon as
+        blocked contacts can be resent too: resend_blocked then takes over the waiting, so resends overlap
+        the slow outcomes instead of queuing behind them."""
+        from welcome_mailer.hooks.esp import EspHook
+        from welcome_mailer.hooks.ledger import LedgerHook
+        from welcome_mailer.pipeline import collect_outcomes, log
 
         ledger = LedgerHook().get_conn()
         ledger.renew_lease(run_id)
-        with EspHook().get_conn() as esp:
-            resolved, left = poll_outcomes(ledger, esp)(run_id)
+        with EspHook().get_conn() as transport:
+            resolved, left = collect_outcomes(ledger, EspHook.outcome_sources(transport), run_id)
         resendable = ledger.count_resendable(run_id, params["max_attempts"])
         log.info("%s outcomes recorded; %s messages still without one; %s blocked contacts", resolved, left, resendable)
         return PokeReturnValue(is_done=left == 0 or resendable > 0, xcom_value={"finished": time.time()})
@@ -181,7 +185,7 @@ def welcome_emails():
     @task.branch
     def decide(params: dict | None = None, run_id: str | None = None) -> list[str]:
         """Resend when blocked contacts have attempts left; always close out."""
-        from welcome_mailer.airflow_glue import LedgerHook
+        from welcome_mailer.hooks.ledger import LedgerHook
 
         resendable = LedgerHook().get_conn().count_resendable(run_id, params["max_attempts"])
         return ["resend_blocked", "close_out"] if resendable else ["close_out"]
@@ -196,13 +200,16 @@ def welcome_emails():
         """A NEW email to each blocked contact with attempts left once its backoff is over; record outcomes
         until none is missing. Works through a poke while resends are due within a poke interval."""
         from welcome_mailer import pipeline
-        from welcome_mailer.airflow_glue import EspHook, LedgerHook, max_mapped_batches
+        from welcome_mailer.airflow_glue import max_mapped_batches
+        from welcome_mailer.hooks.esp import EspHook
+        from welcome_mailer.hooks.ledger import LedgerHook
 
         ledger = LedgerHook().get_conn()
-        with EspHook().get_conn() as esp:
+        with EspHook().get_conn() as transport:
             done = pipeline.resend_blocked(
                 ledger,
-                esp,
+                transport,
+                EspHook.outcome_sources(transport),
                 run_id,
                 max_attempts=params["max_attempts"],
                 batch_size=params["batch_size"],
@@ -217,7 +224,7 @@ def welcome_emails():
     def close_out(params: dict | None = None, run_id: str | None = None) -> dict:
         """Blocked contacts that used up their attempts become failed (a later run may try them again,
         after retry_failed_after_hours)."""
-        from welcome_mailer.airflow_glue import LedgerHook
+        from welcome_mailer.hooks.ledger import LedgerHook
 
         return {"failed": LedgerHook().get_conn().close_out(run_id, params["max_attempts"])}
 

@@ -85,6 +85,26 @@ def ensure_metadata_db(env: dict[str, str]) -> None:
     stamp.write_text(version)
 
 
+def migrate_ledger(env: dict[str, str]) -> None:
+    """Bring the ledger named by AIRFLOW_CONN_CONTACTS_DB to the code's schema (tasks only check it). The
+    JSON form is read here, without starting Airflow; any other form goes through `welcome-mailer db migrate`."""
+    value = env["AIRFLOW_CONN_CONTACTS_DB"]
+    if not value.lstrip().startswith("{"):
+        subprocess.run([str(Path(sys.executable).with_name("welcome-mailer")), "db", "migrate"], env=env, check=True)
+        return
+    from welcome_mailer.ledger import connect
+    from welcome_mailer.ledger.engine import url_from_connection_json
+    from welcome_mailer.ledger.migrate import upgrade
+
+    engine = connect(url_from_connection_json(value))
+    try:
+        before, after = upgrade(engine)
+    finally:
+        engine.dispose()
+    if before != after:
+        print(f"migrated the ledger's schema from {before} to {after}", flush=True)
+
+
 def _airflow() -> str:
     return str(Path(sys.executable).with_name("airflow"))
 
@@ -147,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     reports_dir = Path(env.setdefault("WELCOME_MAILER_REPORTS_DIR", str(DATA_DIR / "reports")))
     DATA_DIR.mkdir(exist_ok=True)
     ensure_metadata_db(env)
+    migrate_ledger(env)
     log_dir = AIRFLOW_HOME / "logs"
     started = time.time()
     run_log = log_dir / f"welcome_emails-{time.strftime('%Y%m%dT%H%M%S')}.log"

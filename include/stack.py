@@ -3,9 +3,10 @@
     python -m include.stack up | down | status        (make stack-up / stack-down / stack-status)
 
 For machines that already run PostgreSQL and Redis. ``up`` creates the metadata and ledger databases if
-missing, migrates, and starts api-server, scheduler, dag-processor, triggerer, a Celery worker and the
-mock ESP, each in its own process group with a PID file; creates the ``email_provider`` pool; waits until
-everything reports healthy. ``down`` stops exactly the processes it started, by PID.
+missing, migrates both (Airflow's schema and the ledger's), and starts api-server, scheduler, dag-processor,
+triggerer, a Celery worker and the mock ESP, each in its own process group with a PID file; creates the
+``email_provider`` pool; waits until everything reports healthy. ``down`` stops exactly the processes it
+started, by PID.
 
 Everything lives under ``.stack/`` in the project: airflow.cfg-free configuration (environment only),
 logs (``.stack/logs/<component>.log``, task logs under ``.stack/logs/tasks``), reports, PID files.
@@ -38,7 +39,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy.engine import make_url
 
-from include.run_embedded import PROJECT_ROOT, esp_connection, project_env, wait_healthy
+from include.run_embedded import PROJECT_ROOT, esp_connection, migrate_ledger, project_env, wait_healthy
 
 STACK_HOME = PROJECT_ROOT / ".stack"
 SHARED_SETTINGS = PROJECT_ROOT / "include" / "stack" / "airflow.env"
@@ -159,6 +160,8 @@ class Stack:
         (self.config.home / "passwords.json").write_text(json.dumps({"admin": self.config.admin_password}))
         print("migrating the metadata database ...", flush=True)
         self._airflow(env, "db", "migrate")
+        print("migrating the ledger ...", flush=True)
+        migrate_ledger(env)
         for component in COMPONENTS:
             own_esp = esp_connection(self.config.esp_port, self.config.esp_api_key)
             if component == "mock-esp" and env["AIRFLOW_CONN_ESP_DEFAULT"] != own_esp:

@@ -144,9 +144,10 @@ def postgres_url(postgres_server) -> Iterator[str]:
     try:
         yield f"{postgres_server}/{name}"
     finally:
-        from welcome_mailer.airflow_glue import _engine
+        from welcome_mailer.hooks.ledger import _check_schema_once, _engine
 
         _engine.cache_clear()
+        _check_schema_once.cache_clear()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
@@ -163,9 +164,10 @@ def ledger_url(request, tmp_path) -> str:
 @pytest.fixture
 def ledger(ledger_url):
     from welcome_mailer.ledger import Ledger, connect
+    from welcome_mailer.ledger.migrate import upgrade
 
     engine = connect(ledger_url)
+    upgrade(engine)
     ledger = Ledger(engine)
-    ledger.ensure_schema()
     yield ledger
     engine.dispose()

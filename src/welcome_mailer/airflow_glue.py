@@ -1,88 +1,15 @@
-"""Where the welcome mailer meets Airflow: Connections -> ledger and ESP client. The only module here
-that imports Airflow; DAG files import it lazily, inside tasks.
-
-Connections (any Airflow secrets backend, or environment variables in JSON form):
-
-    AIRFLOW_CONN_ESP_DEFAULT='{"conn_type": "http", "host": "127.0.0.1", "port": 8025, "password": "<api key>"}'
-    AIRFLOW_CONN_CONTACTS_DB='{"conn_type": "postgres", "host": "127.0.0.1", "port": 5432,
-                               "login": "postgres", "password": "", "schema": "contacts"}'
-    AIRFLOW_CONN_CONTACTS_DB='{"conn_type": "sqlite", "host": "/abs/path/ledger.db"}'   # embedded default
-
-The ESP connection's extra may set ``{"scheme": "https", "timeout": 30}``.
-"""
+"""Task-side helpers that need Airflow (the report task, Airflow's configuration). Connections are read
+by the hooks in ``welcome_mailer.hooks``; DAG files import both lazily, inside tasks."""
 
 from __future__ import annotations
 
 import time
-from functools import cache
-from urllib.parse import quote
 
-from airflow.sdk import BaseHook, conf
+from airflow.sdk import conf
 
-from welcome_mailer.esp import HttpEmailProvider
-from welcome_mailer.ledger import CLAIMED, SENDING, SENT, Ledger, connect
+from welcome_mailer.hooks.ledger import LedgerHook
+from welcome_mailer.ledger import CLAIMED, SENDING, SENT
 from welcome_mailer.settings import Settings
-
-ESP_CONN_ID = "esp_default"
-LEDGER_CONN_ID = "contacts_db"
-
-
-class EspHook(BaseHook):
-    """The email service provider, from an HTTP connection: host, port, password = API key."""
-
-    conn_name_attr = "esp_conn_id"
-    default_conn_name = ESP_CONN_ID
-    conn_type = "http"
-    hook_name = "Welcome mailer ESP"
-
-    def __init__(self, esp_conn_id: str = ESP_CONN_ID) -> None:
-        super().__init__()
-        self.esp_conn_id = esp_conn_id
-
-    def get_conn(self) -> HttpEmailProvider:
-        conn = self.get_connection(self.esp_conn_id)
-        extra = conn.extra_dejson
-        host = conn.host or ""
-        if "://" not in host:
-            port = f":{conn.port}" if conn.port else ""
-            host = f"{extra.get('scheme', 'http')}://{host}{port}"
-        return HttpEmailProvider(host, conn.password or "", timeout=float(extra.get("timeout", 30)))
-
-
-class LedgerHook(BaseHook):
-    """The contacts ledger, from a postgres or sqlite connection."""
-
-    conn_name_attr = "ledger_conn_id"
-    default_conn_name = LEDGER_CONN_ID
-    conn_type = "postgres"
-    hook_name = "Welcome mailer ledger"
-
-    def __init__(self, ledger_conn_id: str = LEDGER_CONN_ID) -> None:
-        super().__init__()
-        self.ledger_conn_id = ledger_conn_id
-
-    def get_conn(self) -> Ledger:
-        ledger = Ledger(_engine(self.sqlalchemy_url()), lease=Settings.from_env().lease)
-        ledger.ensure_schema()
-        return ledger
-
-    def sqlalchemy_url(self) -> str:
-        conn = self.get_connection(self.ledger_conn_id)
-        if conn.conn_type == "sqlite":
-            return f"sqlite:///{conn.host}"
-        if conn.conn_type in ("postgres", "postgresql"):
-            credentials = quote(conn.login or "postgres", safe="")
-            if conn.password:
-                credentials += ":" + quote(conn.password, safe="")
-            return f"postgresql+psycopg2://{credentials}@{conn.host}:{conn.port or 5432}/{conn.schema or 'postgres'}"
-        raise ValueError(
-            f"connection {self.ledger_conn_id!r} must be of type postgres or sqlite, not {conn.conn_type!r}"
-        )
-
-
-@cache
-def _engine(url: str):
-    return connect(url)
 
 
 def max_mapped_batches() -> int:

@@ -21,13 +21,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import Column, DateTime, Engine, String, Table, select, update
 
-from welcome_mailer.ledger import Ledger, processed_files, utcnow
+from welcome_mailer.ledger import bulk
+from welcome_mailer.ledger.rules import utcnow
+from welcome_mailer.ledger.schema import metadata
 
 NOT_READY_SUFFIXES = (".part", ".tmp")
 CSV_SUFFIXES = (".csv", ".txt")
 PROCESSING, DONE, FAILED = "processing", "done", "failed"
+
+# The drop folder's memory of file contents, in the ledger's database (its migrations create it), so a
+# file dropped again is not processed twice, whatever its name.
+processed_files = Table(
+    "processed_files",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("file_name", String(500), nullable=False),
+    Column("status", String(16), nullable=False),  # processing | done | failed
+    Column("run_id", String(250)),
+    Column("updated_at", DateTime, nullable=False),
+)
 
 
 @dataclass(frozen=True)
@@ -86,7 +100,7 @@ class Dropzone:
         target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
         return target
 
-    def scan(self, ledger: Ledger) -> tuple[list[DroppedFile], dict[str, int]]:
+    def scan(self, engine: Engine) -> tuple[list[DroppedFile], dict[str, int]]:
         """Claim every ready file: not CSV -> failed/, duplicate -> archive/, else it needs a run."""
         self.ensure_folders()
         to_run: list[DroppedFile] = []
@@ -103,7 +117,7 @@ class Dropzone:
                 continue
             digest = sha256_of(claimed)
             run_id = f"dropzone__{claimed.stem[:80]}__{digest[:12]}__{int(time.time())}"
-            if not register_file(ledger, digest, claimed.name, run_id):
+            if not register_file(engine, digest, claimed.name, run_id):
                 self.archive(claimed, note=f"duplicate: a file with the same content (sha256 {digest}) was processed")
                 counts["duplicates"] += 1
                 continue
@@ -129,12 +143,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def register_file(ledger: Ledger, digest: str, name: str, run_id: str) -> bool:
+def register_file(engine: Engine, digest: str, name: str, run_id: str) -> bool:
     """Take the file's content for this run. False when it was done or is in progress already."""
     now = utcnow()
-    with ledger.engine.begin() as conn:
+    with engine.begin() as conn:
         inserted = conn.execute(
-            ledger.dialect_insert(processed_files)
+            bulk.dialect_insert(conn, processed_files)
             .values(sha256=digest, file_name=name, status=PROCESSING, run_id=run_id, updated_at=now)
             .on_conflict_do_nothing()
         ).rowcount
@@ -148,8 +162,8 @@ def register_file(ledger: Ledger, digest: str, name: str, run_id: str) -> bool:
         return bool(retried)
 
 
-def finish_file(ledger: Ledger, digest: str, succeeded: bool) -> None:
-    with ledger.engine.begin() as conn:
+def finish_file(engine: Engine, digest: str, succeeded: bool) -> None:
+    with engine.begin() as conn:
         conn.execute(
             update(processed_files)
             .where(processed_files.c.sha256 == digest)
@@ -157,8 +171,8 @@ def finish_file(ledger: Ledger, digest: str, succeeded: bool) -> None:
         )
 
 
-def file_status(ledger: Ledger, digest: str) -> str | None:
-    with ledger.engine.connect() as conn:
+def file_status(engine: Engine, digest: str) -> str | None:
+    with engine.connect() as conn:
         return conn.execute(select(processed_files.c.status).where(processed_files.c.sha256 == digest)).scalar()
 
 

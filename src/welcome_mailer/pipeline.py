@@ -1,4 +1,4 @@
-"""The steps of one welcome run, as plain functions of a ledger and an email provider.
+"""The steps of one welcome run, as plain functions of a ledger, a transport and outcome sources.
 
 The DAG's tasks are thin calls to these; tests call them directly. Each step is safe to run again (an
 Airflow retry, a cleared task): the ledger's state decides what is left to do.
@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from welcome_mailer.contacts import DEFAULT_CHUNK_SIZE, ContactReader
-from welcome_mailer.esp import MAX_BATCH, EmailProvider, OutgoingMessage, SendResult
 from welcome_mailer.greeting import SUBJECT, welcome_text
 from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt, utcnow
+from welcome_mailer.outcomes import OutcomeSource
+from welcome_mailer.transports import EmailProvider, OutgoingMessage, SendResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -124,20 +125,23 @@ def claim_contacts(
     }
 
 
-def send_batch(ledger: Ledger, esp: EmailProvider, run_id: str, batch_no: int, request_size: int) -> dict:
-    """Send one batch: record the attempts, then send them in ESP requests of ``request_size``.
+def send_batch(ledger: Ledger, transport: EmailProvider, run_id: str, batch_no: int, request_size: int) -> dict:
+    """Send one batch: record the attempts, then send them in requests of ``request_size``.
 
-    One request is in flight while the previous one's results are recorded: the ESP's work and the
+    One request is in flight while the previous one's results are recorded: the provider's work and the
     ledger's overlap instead of taking turns. Every attempt is recorded before the first request, so a
     request that was sent but not recorded (a failure in between) is re-sent by the retry with the same
-    idempotency key: the ESP returns the message it already accepted."""
+    idempotency key, through an idempotent transport: the provider returns the message it already
+    accepted. Through a transport without idempotency such an attempt is never sent again (unconfirmed)."""
     started = time.time()
-    attempts = ledger.start_attempts(run_id, batch_no)
+    attempts = ledger.start_attempts(run_id, batch_no, resend_unconfirmed=transport.idempotent)
     accepted = refused = 0
 
     def send(chunk: Sequence[OutgoingAttempt]) -> list[SendResult]:
-        return esp.send_batch(
-            [OutgoingMessage(a.email, SUBJECT, welcome_text(a.name), a.idempotency_key) for a in chunk]
+        if not transport.idempotent:
+            ledger.mark_dispatched(chunk)  # a lost reply now parks the chunk as unconfirmed, never resent
+        return transport.send_batch(
+            [OutgoingMessage(a.email, SUBJECT, welcome_text(a.name), a.idempotency_key, a.name) for a in chunk]
         )
 
     def record(chunk: Sequence[OutgoingAttempt], results: list[SendResult]) -> None:
@@ -153,7 +157,7 @@ def send_batch(ledger: Ledger, esp: EmailProvider, run_id: str, batch_no: int, r
     in_flight: deque[tuple[Sequence[OutgoingAttempt], Future]] = deque()
     requests = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esp-send")
     try:
-        for chunk in chunked(attempts, min(request_size, MAX_BATCH)):
+        for chunk in chunked(attempts, min(request_size, transport.max_batch)):
             in_flight.append((chunk, requests.submit(send, chunk)))
             if len(in_flight) > 1:
                 chunk_sent, request = in_flight.popleft()
@@ -166,24 +170,23 @@ def send_batch(ledger: Ledger, esp: EmailProvider, run_id: str, batch_no: int, r
     return {"sent": accepted, "refused": refused, "started": started, "finished": time.time()}
 
 
-def poll_outcomes(ledger: Ledger, esp: EmailProvider) -> Callable[[str], tuple[int, int]]:
-    """Ask the ESP about the run's unresolved messages and record the outcomes; returns (resolved, left)."""
-
-    def poll(run_id: str) -> tuple[int, int]:
+def collect_outcomes(ledger: Ledger, sources: Sequence[OutcomeSource], run_id: str) -> tuple[int, int]:
+    """Poll each source about the run's messages without an outcome and record what they know, then ask
+    the ledger (where pushed outcomes land too) how many are still waiting. Returns (recorded, left)."""
+    recorded = 0
+    for source in sources:
         pending = ledger.pending_messages(run_id)
-        statuses: dict[str, str] = {}
-        for chunk in chunked(pending, MAX_BATCH):  # the ESP answers at most MAX_BATCH ids a request
-            statuses.update(esp.lookup([m.message_id for m in chunk]))
-        # Recorded in one go: one statement per table however many outcomes arrived.
-        resolved = ledger.record_outcomes(run_id, [(m, statuses.get(m.message_id, "sent")) for m in pending])
-        return resolved, len(pending) - resolved
-
-    return poll
+        if not pending:
+            break
+        # Recorded in one go: a few set-based statements however many outcomes arrived.
+        recorded += ledger.record_outcomes(source.poll(pending)).applied
+    return recorded, ledger.count_awaiting_outcome(run_id)
 
 
 def resend_blocked(
     ledger: Ledger,
-    esp: EmailProvider,
+    transport: EmailProvider,
+    sources: Sequence[OutcomeSource],
     run_id: str,
     *,
     max_attempts: int,
@@ -202,16 +205,15 @@ def resend_blocked(
     while the next resend is due within ``linger_seconds`` (no longer than a reschedule would take anyway),
     and gives the worker slot back (returns False) when only outcomes or longer backoffs are left to wait for.
     """
-    poll = poll_outcomes(ledger, esp)
     while True:
         ledger.renew_lease(run_id)
-        poll(run_id)
+        collect_outcomes(ledger, sources, run_id)
         now = utcnow()
         batches = ledger.requeue_blocked(
             run_id, max_attempts, now - timedelta(seconds=backoff_seconds), batch_size, max_batches
         )
         if batches:
-            sent = sum(send_batch(ledger, esp, run_id, b, batch_size)["sent"] for b in batches)
+            sent = sum(send_batch(ledger, transport, run_id, b, batch_size)["sent"] for b in batches)
             log.info("resent %s blocked contacts: a new email each", sent)
             sleep(poll_seconds)  # their outcomes are often back at once
             continue

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from include.generate_contacts import generate_rows, write_file
-from include.run_embedded import airflow_env, ensure_metadata_db
+from include.run_embedded import airflow_env, ensure_metadata_db, migrate_ledger
 from tests.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
 from welcome_mailer.pipeline import run_directory
 
@@ -63,6 +63,7 @@ def run_welcome(home: Path, workspace: Path, esp, ledger_connection: dict, csv_p
             "WELCOME_MAILER_POKE_SECONDS": "0.5",
         }
     )
+    migrate_ledger(env)  # as make run does
     run_conf = {"csv_path": csv_path, "max_attempts": MAX_ATTEMPTS, "resend_backoff_seconds": 0.2, **conf}
     airflow = str(Path(sys.executable).with_name("airflow"))
     completed = subprocess.run(

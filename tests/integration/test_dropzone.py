@@ -41,7 +41,7 @@ def test_scan_sorts_files_into_runs_duplicates_and_failures(dropzone, ledger):
     drop(dropzone, "first.csv", "Ann Lee, ann@example.com\n")
     drop(dropzone, "image.png", b"\x89PNG\r\n\x1a\n\x00\x00")
     drop(dropzone, "binary.csv", b"a,b\x00c")
-    to_run, counts = dropzone.scan(ledger)
+    to_run, counts = dropzone.scan(ledger.engine)
     assert [f.name for f in to_run] == ["first.csv"] and to_run[0].run_id.startswith("dropzone__first__")
     assert counts == {"claimed": 3, "not_csv": 2, "duplicates": 0}
     assert names(dropzone.processing) == ["first.csv"]
@@ -49,23 +49,23 @@ def test_scan_sorts_files_into_runs_duplicates_and_failures(dropzone, ledger):
     assert "not a CSV" in (dropzone.failed_dir / "image.png.reason.txt").read_text()
 
     drop(dropzone, "same-content-other-name.csv", "Ann Lee, ann@example.com\n")
-    again, counts = dropzone.scan(ledger)
+    again, counts = dropzone.scan(ledger.engine)
     assert again == [] and counts["duplicates"] == 1, "content in progress is not run twice"
     assert "duplicate" in (dropzone.archive_dir / "same-content-other-name.csv.note.txt").read_text()
 
 
 def test_a_failed_file_can_be_dropped_again_and_a_done_one_cannot(dropzone, ledger):
     drop(dropzone, "list.csv")
-    [first], _ = dropzone.scan(ledger)
-    finish_file(ledger, first.sha256, succeeded=False)
-    assert file_status(ledger, first.sha256) == FAILED
+    [first], _ = dropzone.scan(ledger.engine)
+    finish_file(ledger.engine, first.sha256, succeeded=False)
+    assert file_status(ledger.engine, first.sha256) == FAILED
     drop(dropzone, "list.csv")
-    [retry], _ = dropzone.scan(ledger)
+    [retry], _ = dropzone.scan(ledger.engine)
     assert retry.sha256 == first.sha256 and retry.path != first.path, "same content, its own processing copy"
-    finish_file(ledger, retry.sha256, succeeded=True)
-    assert file_status(ledger, retry.sha256) == DONE
+    finish_file(ledger.engine, retry.sha256, succeeded=True)
+    assert file_status(ledger.engine, retry.sha256) == DONE
     drop(dropzone, "list.csv")
-    assert dropzone.scan(ledger)[0] == []
+    assert dropzone.scan(ledger.engine)[0] == []
 
 
 def test_overlapping_scans_never_take_the_same_file(dropzone, ledger):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from welcome_mailer.esp import EspRequestError, EspUnavailable, HttpEmailProvider, OutgoingMessage, RetryPolicy
+from welcome_mailer.transports import OutgoingMessage
+from welcome_mailer.transports.http import EspRequestError, EspUnavailable, HttpEmailProvider, RetryPolicy
 
 FAST_RETRY = RetryPolicy(attempts=40, max_seconds=120, initial_wait=0.01, max_wait=1.0)
 

@@ -11,7 +11,6 @@ from welcome_mailer.contacts import Contact
 from welcome_mailer.ledger import (
     AcceptedAttempt,
     Ledger,
-    PendingMessage,
     connect,
     idempotency_key,
     ledger_runs,
@@ -19,6 +18,8 @@ from welcome_mailer.ledger import (
     sent_contacts,
     utcnow,
 )
+from welcome_mailer.ledger.migrate import head_revision, upgrade
+from welcome_mailer.outcomes.events import OutcomeEvent
 
 
 def contacts(*emails: str) -> list[Contact]:
@@ -49,12 +50,11 @@ def send_everything(ledger: Ledger, run_id: str, batches, outcome: str | dict[st
         ledger.record_sent(run_id, [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}-{a.attempt}") for a in attempts])
     pending = ledger.pending_messages(run_id)
     outcome_of = (lambda m: outcome) if isinstance(outcome, str) else (lambda m: outcome[m.email])
-    ledger.record_outcomes(run_id, [(m, outcome_of(m)) for m in pending])
+    ledger.record_outcomes([OutcomeEvent(outcome_of(m), provider_message_id=m.message_id) for m in pending])
 
 
-def test_schema_setup_is_idempotent(ledger):
-    ledger.ensure_schema()
-    ledger.ensure_schema()
+def test_migrating_again_changes_nothing(ledger):
+    assert upgrade(ledger.engine) == (head_revision(), head_revision())
 
 
 def test_claim_takes_new_contacts_in_bounded_batches(ledger):
@@ -112,7 +112,7 @@ def test_blocked_is_resent_with_a_new_attempt_until_max_attempts_then_failed(led
         batches = ledger.requeue_blocked("run-1", 3, utcnow(), 500, 1024)
         assert [a.attempt for a in ledger.start_attempts("run-1", batches[0])] == [attempt]
         ledger.record_sent("run-1", [AcceptedAttempt("x@example.com", attempt, f"id-{attempt}")])
-        ledger.record_outcomes("run-1", [(PendingMessage("x@example.com", attempt, f"id-{attempt}"), "blocked")])
+        ledger.record_outcomes([OutcomeEvent("blocked", provider_message_id=f"id-{attempt}")])
     assert ledger.count_resendable("run-1", 3) == 0
     assert ledger.requeue_blocked("run-1", 3, utcnow(), 500, 1024) == []
     assert ledger.close_out("run-1", 3) == 1

@@ -10,8 +10,9 @@ from sqlalchemy import update
 
 from tests.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
 from welcome_mailer import pipeline
-from welcome_mailer.esp import EspUnavailable, HttpEmailProvider, RetryPolicy
 from welcome_mailer.ledger import ledger_runs, utcnow
+from welcome_mailer.outcomes.http_lookup import HttpLookupSource
+from welcome_mailer.transports.http import EspUnavailable, HttpEmailProvider, RetryPolicy
 
 NO_RETRY = RetryPolicy(attempts=1)
 
@@ -35,6 +36,7 @@ def resend_poke(
     return pipeline.resend_blocked(
         ledger,
         esp_client,
+        [HttpLookupSource(esp_client)],
         run_id,
         max_attempts=max_attempts,
         batch_size=50,
@@ -101,7 +103,7 @@ def test_unresolved_messages_are_reconciled_never_resent(ledger, ledger_url, sta
     with HttpEmailProvider(esp.url, esp.api_key) as client:
         for batch_no in claimed["batches"]:
             pipeline.send_batch(ledger, client, "timed-out", batch_no, 50)
-        resolved, left = pipeline.poll_outcomes(ledger, client)("timed-out")
+        resolved, left = pipeline.collect_outcomes(ledger, [HttpLookupSource(client)], "timed-out")
         assert (resolved, left) == (0, 120), "every message is still held"
         ledger.finish_run("timed-out")  # the run gave up (its sensor timed out)
 
@@ -141,3 +143,43 @@ def test_a_resend_poke_works_while_resends_are_due_and_gives_its_slot_back_other
     messages = esp.messages()
     assert_run_invariants(messages, expected_contacts(contact_file), max_attempts=5)
     assert_ledger_matches(ledger_url, messages)
+
+
+class OneShotTransport:
+    """A transport without idempotency (as SMTP after DATA): it delivers, then its connection drops before
+    the reply on the chosen request. Its own log says who got a message."""
+
+    idempotent = False
+    max_batch = 1000
+
+    def __init__(self, drop_reply_on_request: int) -> None:
+        self.delivered: list[str] = []
+        self.requests = 0
+        self.drop_reply_on_request = drop_reply_on_request
+
+    def send_batch(self, messages):
+        from welcome_mailer.transports import SendResult
+
+        self.requests += 1
+        self.delivered.extend(m.to for m in messages)
+        if self.requests == self.drop_reply_on_request:
+            raise ConnectionError("connection dropped after the data was sent")
+        return [SendResult(m.to, f"id-{m.idempotency_key}") for m in messages]
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_unconfirmed_attempt_is_never_resent_through_a_transport_without_idempotency(ledger, contact_file, tmp_path):
+    _, claimed = parse_and_claim(ledger, "run", contact_file, tmp_path, batch_size=120)
+    transport = OneShotTransport(drop_reply_on_request=2)
+    with pytest.raises(ConnectionError):
+        pipeline.send_batch(ledger, transport, "run", claimed["batches"][0], 50)  # 3 requests; the 2nd drops
+    handed_over = len(transport.delivered)  # 100, or 120 when the third request was already under way
+    retried = pipeline.send_batch(ledger, transport, "run", claimed["batches"][0], 50)  # Airflow's retry
+    assert len(transport.delivered) == len(set(transport.delivered)), "nobody got two emails"
+    assert len(transport.delivered) == 120, "nobody was forgotten"
+    assert retried["sent"] == 120 - handed_over, "the retry sent exactly what was never handed over"
+    summary = ledger.run_summary("run")["by_status"]
+    unconfirmed = summary["unconfirmed"]
+    assert unconfirmed >= 50 and summary["sent"] + unconfirmed == 120, "lost replies are unconfirmed, not resent"

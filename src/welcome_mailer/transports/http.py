@@ -1,7 +1,7 @@
-"""The email service provider (ESP) as the pipeline sees it: send a batch, look up statuses.
-
-``EmailProvider`` is the whole interface; ``HttpEmailProvider`` speaks the mock ESP's contract v1 (the same
-shape as SendGrid / Postmark / Resend style APIs). Another provider, or SMTP, is one more implementation.
+"""The HTTP transport: a provider's REST API in the mock ESP's contract v1 (the same shape as SendGrid /
+Postmark / Resend style APIs). ``HttpEmailProvider`` is the API's client: it sends batches (the
+``EmailProvider`` transport) and answers status lookups (used by the outcome source
+``welcome_mailer.outcomes.http_lookup``).
 
 Retries: 5xx, 429 (honouring Retry-After), timeouts and connection errors are retried with exponential
 backoff and jitter. A send is always retried with the same idempotency keys, so a retry after a lost
@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import httpx
 from tenacity import (
@@ -25,35 +24,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from welcome_mailer.transports import OutgoingMessage, SendResult
+
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000  # the contract's limit for one send or lookup request
-
-
-@dataclass(frozen=True)
-class OutgoingMessage:
-    to: str
-    subject: str
-    text: str
-    idempotency_key: str
-
-
-@dataclass(frozen=True)
-class SendResult:
-    to: str
-    message_id: str | None  # None when the ESP refused this message
-    error: str | None = None
-
-
-class EmailProvider(Protocol):
-    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
-        """Send up to MAX_BATCH messages; results in request order."""
-        ...
-
-    def lookup(self, message_ids: Sequence[str]) -> dict[str, str]:
-        """Current status of up to MAX_BATCH messages: id -> sent | delivered | bounced | blocked.
-        Ids the ESP does not know are left out."""
-        ...
 
 
 class EspRequestError(RuntimeError):
@@ -77,6 +52,9 @@ class RetryPolicy:
 
 
 class HttpEmailProvider:
+    idempotent = True  # the contract's Idempotency-Key: the same key returns the message already accepted
+    max_batch = MAX_BATCH
+
     def __init__(
         self,
         base_url: str,
@@ -119,6 +97,8 @@ class HttpEmailProvider:
         return [SendResult(to=r["to"], message_id=r.get("id"), error=r.get("error")) for r in results]
 
     def lookup(self, message_ids: Sequence[str]) -> dict[str, str]:
+        """Current status of up to MAX_BATCH messages: id -> sent | delivered | bounced | blocked.
+        Ids the provider does not know are left out."""
         _check_size(message_ids)
         answer = self._request("POST", "/v1/messages/lookup", {"ids": list(message_ids)})
         return {m["id"]: m["status"] for m in answer["messages"]}

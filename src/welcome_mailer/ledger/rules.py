@@ -1,13 +1,5 @@
-"""The ledger: who was emailed, with which attempt, and what came of it. Every rule of "at most one email
-per contact" lives in this module.
-
-Tables
-- ``sent_contacts``: one row per normalised email, owned by one run at a time.
-- ``send_attempts``: one row per message, written BEFORE the ESP is called, keyed by (email, attempt); the
-  idempotency key sent to the ESP is derived from the same pair, so re-sending an attempt that may already
-  have been accepted (a retried task, a lost response, a crash) never creates a second message.
-- ``ledger_runs``: the runs that own contacts, with a lease renewed by every task of the run.
-- ``staged_contacts``: a run's parsed, de-duplicated contacts, waiting to be claimed.
+"""The ledger's rules: who was emailed, with which attempt, and what came of it. Every rule of "at most one
+email per contact" lives in this module; tables are in ``schema``, SQL plumbing in ``bulk``.
 
 Contact states (``sent_contacts.status``)::
 
@@ -15,135 +7,51 @@ Contact states (``sent_contacts.status``)::
     blocked --requeue_blocked--> claimed            (a NEW attempt, while claim_attempts < max_attempts)
     blocked --close_out--> failed                   (max_attempts reached)
     failed  --claim by a later run--> claimed       (listed again, once retry_failed_after has passed)
+    sending --start_attempts(resend_unconfirmed=False)--> unconfirmed   (its attempt was dispatched)
 
-- delivered and bounced are final: no run ever claims them again.
-- ``sending`` means an attempt is recorded but the ESP's acceptance is unconfirmed; it is only ever re-sent
-  with the same idempotency key.
+- delivered and bounced are final: no run ever claims them again, and no outcome event undoes them
+  (a bounce may still overrule a delivery).
+- ``sending`` means an attempt is recorded but the provider's acceptance is unconfirmed. Through an
+  idempotent transport it is only ever re-sent with the same idempotency key. Through one without
+  idempotency (SMTP after DATA without a reply) it becomes ``unconfirmed`` and is never resent
+  automatically: at most once beats at least once.
 - claimed / sending / sent / blocked contacts of a run whose lease expired (or that finished without
   closing them) are taken over by the next run that lists them, with their state and attempt as they are.
-- Every write is guarded by the owning run id, so a run that lost its contacts cannot touch them.
+- Every write of a run is guarded by the owning run id, so a run that lost its contacts cannot touch them.
+  Outcome events are not: they are matched to their message by provider message id or idempotency key,
+  whichever run sent it and however late they come (``record_outcomes``).
 
 All timestamps are naive UTC.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Engine,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    and_,
-    bindparam,
-    case,
-    create_engine,
-    delete,
-    event,
-    exists,
-    func,
-    insert,
-    literal,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine, and_, case, delete, exists, func, literal, or_, select, update
 
 from welcome_mailer.contacts import Contact
-
-SCHEMA_VERSION = 1
+from welcome_mailer.ledger import bulk
+from welcome_mailer.ledger.schema import ledger_runs, outcome_inbox, send_attempts, sent_contacts, staged_contacts
+from welcome_mailer.outcomes.events import BLOCKED, BOUNCED, DELIVERED, STRENGTH, OutcomeEvent
 
 # Contact states
-CLAIMED, SENDING, SENT = "claimed", "sending", "sent"
-DELIVERED, BOUNCED, BLOCKED, FAILED = "delivered", "bounced", "blocked", "failed"
+CLAIMED, SENDING, SENT, FAILED, UNCONFIRMED = "claimed", "sending", "sent", "failed", "unconfirmed"
 IN_FLIGHT_STATES = (CLAIMED, SENDING, SENT, BLOCKED)
-# Attempt states: pending (recorded, not confirmed accepted), then sent, then the ESP's outcome;
-# refused = the ESP refused the address (the contact is closed as bounced).
-PENDING, REFUSED = "pending", "refused"
-
-metadata = MetaData()
-
-sent_contacts = Table(
-    "sent_contacts",
-    metadata,
-    Column("email", String(320), primary_key=True),
-    Column("name", String(200), nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("attempts", Integer, nullable=False),  # every attempt ever; numbers the next attempt
-    Column("claim_attempts", Integer, nullable=False),  # attempts under the current claim; <= max_attempts
-    Column("run_id", String(250), nullable=False),  # the owning run
-    Column("batch_no", Integer),
-    Column("provider_message_id", String(100)),  # of the latest attempt
-    Column("created_at", DateTime, nullable=False),
-    Column("updated_at", DateTime, nullable=False),
-    Index("ix_sent_contacts_run_status", "run_id", "status"),
-    Index("ix_sent_contacts_run_batch", "run_id", "batch_no"),
-)
-
-send_attempts = Table(
-    "send_attempts",
-    metadata,
-    Column("email", String(320), primary_key=True),
-    Column("attempt", Integer, primary_key=True),
-    Column("idempotency_key", String(100), nullable=False, unique=True),
-    Column("run_id", String(250), nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("provider_message_id", String(100)),
-    Column("error", String(500)),
-    Column("created_at", DateTime, nullable=False),
-    Column("updated_at", DateTime, nullable=False),
-    Index("ix_send_attempts_run", "run_id"),
-)
-
-ledger_runs = Table(
-    "ledger_runs",
-    metadata,
-    Column("run_id", String(250), primary_key=True),
-    Column("lease_expires_at", DateTime, nullable=False),
-    Column("finished_at", DateTime),
-    Column("created_at", DateTime, nullable=False),
-)
-
-staged_contacts = Table(
-    "staged_contacts",
-    metadata,
-    Column("run_id", String(250), primary_key=True),
-    Column("email", String(320), primary_key=True),
-    Column("name", String(200), nullable=False),
-    Column("line_no", Integer, nullable=False),
-)
-
-# The drop folder's memory of file contents (sha256), so a file dropped again is not processed twice.
-# Its rules live in welcome_mailer.dropzone.
-processed_files = Table(
-    "processed_files",
-    metadata,
-    Column("sha256", String(64), primary_key=True),
-    Column("file_name", String(500), nullable=False),
-    Column("status", String(16), nullable=False),  # processing | done | failed
-    Column("run_id", String(250)),
-    Column("updated_at", DateTime, nullable=False),
-)
-
-ledger_schema = Table("ledger_schema", metadata, Column("version", Integer, primary_key=True))
-
-
-def _sqlite_value(value: object) -> object:
-    """A value as SQLAlchemy stores it in SQLite (datetimes as text), for plain driver SQL."""
-    return value.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(value, datetime) else value
+FINAL_STATES = (DELIVERED, BOUNCED)
+# Attempt states: pending (recorded, not confirmed accepted), then sent, then the provider's outcome;
+# refused = the provider refused the address at once (the contact is closed as bounced); dispatched =
+# handed to a transport without idempotency, reply not seen yet.
+PENDING, DISPATCHED, REFUSED = "pending", "dispatched", "refused"
+UNRECORDED_ATTEMPT_STATES = (PENDING, DISPATCHED)  # the provider's acceptance is not recorded
+MATCH_CHUNK = 1000  # ids per IN (...) lookup
+# A message the provider refused at once is as final as a bounced one.
+ATTEMPT_STRENGTH = {**STRENGTH, REFUSED: STRENGTH[BOUNCED]}
 
 
 def utcnow() -> datetime:
@@ -151,7 +59,7 @@ def utcnow() -> datetime:
 
 
 def idempotency_key(email: str, attempt: int) -> str:
-    """The ESP idempotency key of one attempt: stable for (email, attempt), different for every attempt."""
+    """The provider idempotency key of one attempt: stable for (email, attempt), different for every attempt."""
     digest = hashlib.sha256(email.encode()).hexdigest()[:40]
     return f"welcome-{digest}-{attempt}"
 
@@ -187,7 +95,7 @@ class OutgoingAttempt:
 class AcceptedAttempt:
     email: str
     attempt: int
-    message_id: str | None  # None when the ESP refused the message
+    message_id: str | None  # None when the provider refused the message
     error: str | None = None
 
 
@@ -197,59 +105,36 @@ class PendingMessage:
     attempt: int
     message_id: str
 
+    @property
+    def idempotency_key(self) -> str:
+        return idempotency_key(self.email, self.attempt)
 
-def connect(url: str) -> Engine:
-    """An engine for the ledger database; SQLite gets WAL and IMMEDIATE transactions for safe concurrency."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
-        @event.listens_for(engine, "connect")
-        def _sqlite_connect(dbapi_connection, _record) -> None:
-            dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(connection) -> None:
-            # Take the write lock up front: two claimers never interleave, and never deadlock upgrading.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+@dataclass(frozen=True)
+class OutcomeCounts:
+    applied: int  # messages whose state changed
+    unchanged: int  # duplicates, or weaker than what the ledger already knew
+    inboxed: int  # matched no recorded send (yet): kept in the inbox
 
 
 class Ledger:
     def __init__(self, engine: Engine, lease: timedelta = timedelta(minutes=30)) -> None:
         self.engine = engine
         self.lease = lease
-        self._postgres = engine.dialect.name == "postgresql"
-
-    # -- schema -------------------------------------------------------------------------------------
-    def ensure_schema(self) -> None:
-        """Create or migrate the schema; safe to call from every task, concurrently."""
-        with self.engine.begin() as conn:
-            if self._postgres:  # serialise concurrent first-time creation
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7410001)")
-            metadata.create_all(conn, checkfirst=True)
-            version = conn.execute(select(func.max(ledger_schema.c.version))).scalar()
-            if version is None:
-                conn.execute(insert(ledger_schema).values(version=SCHEMA_VERSION))
-            elif version > SCHEMA_VERSION:
-                raise RuntimeError(f"ledger schema v{version} is newer than this code (v{SCHEMA_VERSION})")
 
     # -- runs and leases ----------------------------------------------------------------------------
     def renew_lease(self, run_id: str) -> None:
         """Register the run, or extend its lease. Every task of the run calls this first."""
         now = utcnow()
         values = {"run_id": run_id, "lease_expires_at": now + self.lease, "created_at": now}
-        stmt = self.dialect_insert(ledger_runs).values(**values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["run_id"], set_={"lease_expires_at": values["lease_expires_at"], "finished_at": None}
-        )
         with self.engine.begin() as conn:
-            conn.execute(stmt)
+            stmt = bulk.dialect_insert(conn, ledger_runs).values(**values)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["run_id"],
+                    set_={"lease_expires_at": values["lease_expires_at"], "finished_at": None},
+                )
+            )
 
     def finish_run(self, run_id: str) -> None:
         """The run is over: whatever it still holds (e.g. messages it never saw resolved) is free to take over."""
@@ -263,29 +148,19 @@ class Ledger:
             conn.execute(delete(staged_contacts).where(staged_contacts.c.run_id == run_id))
 
     def stage(self, run_id: str, contacts: Sequence[Contact]) -> None:
-        """Bulk-load one chunk of a run's contacts: COPY on Postgres, one executemany on SQLite."""
+        """Bulk-load one chunk of a run's contacts."""
         if not contacts:
             return
         # In key order, consecutive rows land on neighbouring index pages: 900k random emails staged on
         # SQLite in 50k chunks took 6.9 s unsorted and 4.4 s sorted, the sort included.
         contacts = sorted(contacts, key=attrgetter("email"))
         with self.engine.begin() as conn:
-            if self._postgres:
-                buffer = io.StringIO()
-                writer = csv.writer(buffer)
-                writer.writerows((run_id, c.email, c.name, c.line_no) for c in contacts)
-                buffer.seek(0)
-                cursor = conn.connection.dbapi_connection.cursor()
-                cursor.copy_expert(
-                    "COPY staged_contacts (run_id, email, name, line_no) FROM STDIN WITH (FORMAT csv)", buffer
-                )
-            else:
-                self._insert_rows(
-                    conn,
-                    staged_contacts,
-                    ("run_id", "email", "name", "line_no"),
-                    [(run_id, c.email, c.name, c.line_no) for c in contacts],
-                )
+            bulk.load_rows(
+                conn,
+                staged_contacts,
+                ("run_id", "email", "name", "line_no"),
+                [(run_id, c.email, c.name, c.line_no) for c in contacts],
+            )
 
     # -- claiming -----------------------------------------------------------------------------------
     def claim(
@@ -319,7 +194,7 @@ class Ledger:
             )
             columns = ["email", "name", "status", "attempts", "claim_attempts", "run_id", "created_at", "updated_at"]
             inserted = conn.execute(
-                self.dialect_insert(sent_contacts).from_select(columns, new_rows).on_conflict_do_nothing()
+                bulk.dialect_insert(conn, sent_contacts).from_select(columns, new_rows).on_conflict_do_nothing()
             ).rowcount
 
             owner_alive = exists().where(
@@ -352,8 +227,9 @@ class Ledger:
             to_send, size, batches = self._number_batches(conn, run_id, (CLAIMED, SENDING), batch_size, max_batches)
         return ClaimResult(staged_count, inserted, taken_over, failed_recently, owned, to_send, size, batches)
 
+    @staticmethod
     def _number_batches(
-        self, conn, run_id: str, states: Sequence[str], batch_size: int, max_batches: int
+        conn, run_id: str, states: Sequence[str], batch_size: int, max_batches: int
     ) -> tuple[int, int, list[int]]:
         selected = and_(sent_contacts.c.run_id == run_id, sent_contacts.c.status.in_(states))
         count = conn.execute(select(func.count()).select_from(sent_contacts).where(selected)).scalar_one()
@@ -374,12 +250,19 @@ class Ledger:
         return count, size, list(range(math.ceil(count / size)))
 
     # -- sending ------------------------------------------------------------------------------------
-    def start_attempts(self, run_id: str, batch_no: int) -> list[OutgoingAttempt]:
+    def start_attempts(self, run_id: str, batch_no: int, resend_unconfirmed: bool = True) -> list[OutgoingAttempt]:
         """Record a new attempt for every claimed contact of the batch, then return every attempt of the
-        batch that is recorded but not confirmed (including ones an earlier try of this task recorded)."""
+        batch that is recorded but not confirmed.
+
+        Attempts an earlier try recorded (a retried task, a crashed run taken over) are returned again when
+        ``resend_unconfirmed`` (the transport is idempotent: the same key cannot make a second email).
+        Otherwise those that were dispatched (``mark_dispatched``) become ``unconfirmed`` and are never
+        sent again automatically; those never handed over are returned."""
         now = utcnow()
         in_batch = and_(sent_contacts.c.run_id == run_id, sent_contacts.c.batch_no == batch_no)
         with self.engine.begin() as conn:
+            if not resend_unconfirmed:
+                self._mark_unconfirmed(conn, in_batch, now)
             started = conn.execute(
                 update(sent_contacts)
                 .where(in_batch, sent_contacts.c.status == CLAIMED)
@@ -392,7 +275,7 @@ class Ledger:
                 )
                 .returning(sent_contacts.c.email, sent_contacts.c.attempts)
             ).all()
-            self._insert_rows(
+            bulk.insert_rows(
                 conn,
                 send_attempts,
                 ("email", "attempt", "idempotency_key", "run_id", "status", "created_at", "updated_at"),
@@ -408,8 +291,49 @@ class Ledger:
             ).all()
         return [OutgoingAttempt(email, name, attempt) for email, name, attempt in rows]
 
+    @staticmethod
+    def _mark_unconfirmed(conn, in_batch, now: datetime) -> None:
+        """sending -> unconfirmed, for attempts dispatched earlier whose fate the transport cannot tell."""
+        dispatched = exists().where(
+            send_attempts.c.email == sent_contacts.c.email,
+            send_attempts.c.attempt == sent_contacts.c.attempts,
+            send_attempts.c.status == DISPATCHED,
+        )
+        parked = conn.execute(
+            update(sent_contacts)
+            .where(in_batch, sent_contacts.c.status == SENDING, dispatched)
+            .values(status=UNCONFIRMED, updated_at=now)
+            .returning(sent_contacts.c.email, sent_contacts.c.attempts)
+        ).all()
+        bulk.update_rows(
+            conn,
+            send_attempts,
+            [{"email": email, "attempt": attempt, "status": UNCONFIRMED} for email, attempt in parked],
+            match={"email": "email", "attempt": "attempt"},
+            assign={"status": "status"},
+            guards={"status": DISPATCHED},
+            constants={"updated_at": now},
+        )
+
+    def mark_dispatched(self, attempts: Sequence[OutgoingAttempt]) -> None:
+        """pending -> dispatched, just before these attempts go to a transport without idempotency: from
+        here on, a failure without a reply leaves them unconfirmed instead of resending them."""
+        with self.engine.begin() as conn:
+            bulk.update_rows(
+                conn,
+                send_attempts,
+                [{"email": a.email, "attempt": a.attempt, "status": DISPATCHED} for a in attempts],
+                match={"email": "email", "attempt": "attempt"},
+                assign={"status": "status"},
+                guards={"status": PENDING},
+                constants={"updated_at": utcnow()},
+            )
+
     def record_sent(self, run_id: str, accepted: Sequence[AcceptedAttempt]) -> None:
-        """The ESP accepted (or refused) these attempts: sending -> sent (or bounced when refused)."""
+        """The provider accepted (or refused) these attempts: sending -> sent (or bounced when refused).
+        Outcome events that arrived before this (kept in the inbox) are applied right after."""
+        if not accepted:
+            return
         rows = [
             {
                 "email": a.email,
@@ -421,18 +345,32 @@ class Ledger:
             }
             for a in accepted
         ]
-        self._advance_attempts(
-            run_id,
-            rows,
-            contact_from=SENDING,
-            contact_set={"status": "contact_status", "provider_message_id": "message_id"},
-            attempt_from=PENDING,
-            attempt_set={"status": "attempt_status", "provider_message_id": "message_id", "error": "error"},
-        )
+        now = utcnow()
+        with self.engine.begin() as conn:
+            bulk.update_rows(
+                conn,
+                sent_contacts,
+                rows,
+                match={"email": "email", "attempts": "attempt"},
+                assign={"status": "contact_status", "provider_message_id": "message_id"},
+                guards={"run_id": run_id, "status": SENDING},
+                constants={"updated_at": now},
+            )
+            bulk.update_rows(
+                conn,
+                send_attempts,
+                rows,
+                match={"email": "email", "attempt": "attempt"},
+                assign={"status": "attempt_status", "provider_message_id": "message_id", "error": "error"},
+                guards={"status": UNRECORDED_ATTEMPT_STATES},
+                constants={"updated_at": now},
+            )
+            if conn.execute(select(exists().select_from(outcome_inbox))).scalar():
+                self._apply_inbox(conn, [a.message_id for a in accepted if a.message_id], now)
 
     # -- outcomes -----------------------------------------------------------------------------------
     def pending_messages(self, run_id: str) -> list[PendingMessage]:
-        """The run's messages that the ESP accepted but has not yet reported an outcome for."""
+        """The run's messages that the provider accepted but has not yet reported an outcome for."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(sent_contacts.c.email, sent_contacts.c.attempts, sent_contacts.c.provider_message_id).where(
@@ -441,58 +379,135 @@ class Ledger:
             ).all()
         return [PendingMessage(*row) for row in rows]
 
-    def record_outcomes(self, run_id: str, outcomes: Iterable[tuple[PendingMessage, str]]) -> int:
-        """sent -> delivered | bounced | blocked, for the messages whose outcome the ESP reported."""
-        rows = [
-            {"email": m.email, "attempt": m.attempt, "status": status}
-            for m, status in outcomes
-            if status in (DELIVERED, BOUNCED, BLOCKED)
-        ]
-        self._advance_attempts(
-            run_id,
-            rows,
-            contact_from=SENT,
-            contact_set={"status": "status"},
-            attempt_from=SENT,
-            attempt_set={"status": "status"},
-        )
-        return len(rows)
+    def record_outcomes(self, events: Iterable[OutcomeEvent]) -> OutcomeCounts:
+        """Apply outcome events from any source, whichever run sent the message and however late.
 
-    def _advance_attempts(
-        self,
-        run_id: str,
-        rows: list[dict],
-        *,
-        contact_from: str,
-        contact_set: dict[str, str],
-        attempt_from: str,
-        attempt_set: dict[str, str],
-    ) -> None:
-        """Move each row's attempt (email, attempt) forward in both tables, in one transaction: the contact
-        only while this run owns it, its latest attempt is that one and it is in ``contact_from``; the
-        attempt only while it is in ``attempt_from``. ``*_set`` map columns to row keys."""
-        if not rows:
-            return
+        - Matched by provider message id, else by idempotency key; never by run.
+        - Idempotent and order-tolerant: per message, the strongest outcome wins (blocked < delivered <
+          bounced); a duplicate or a weaker event changes nothing.
+        - The contact follows: delivered or bounced from any of its messages makes it final (a bounce
+          overrules a delivery); blocked only counts for its latest message while that one is in flight.
+        - An event that matches no message whose send is recorded is kept in ``outcome_inbox`` and applied
+          by ``record_sent`` when the send is recorded (or stays there, counted, when it never matches).
+        """
+        events = list(events)
+        if not events:
+            return OutcomeCounts(0, 0, 0)
         now = utcnow()
         with self.engine.begin() as conn:
-            self._update_rows(
+            applied, unchanged, unmatched = self._apply(conn, events, now)
+            bulk.insert_rows(
                 conn,
-                sent_contacts,
-                rows,
-                match={"email": "email", "attempts": "attempt"},
-                assign=contact_set,
-                guards={"run_id": run_id, "status": contact_from},
-                constants={"updated_at": now},
+                outcome_inbox,
+                ("provider_message_id", "idempotency_key", "outcome", "source", "detail", "received_at"),
+                [
+                    (e.provider_message_id, e.idempotency_key, e.outcome, e.source, (e.detail or "")[:2000], now)
+                    for e in unmatched
+                ],
             )
-            self._update_rows(
+        return OutcomeCounts(applied, unchanged, len(unmatched))
+
+    def inbox_size(self) -> int:
+        """Outcome events that matched no recorded send (yet)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(outcome_inbox)).scalar_one()
+
+    def _apply_inbox(self, conn, message_ids: Sequence[str], now: datetime) -> None:
+        """Apply the inbox's events for messages whose send was just recorded, and remove them."""
+        for chunk in _chunks(message_ids, MATCH_CHUNK):
+            # The attempts just recorded, so both of their ids are known: by message id or by key.
+            keys = conn.execute(
+                select(send_attempts.c.idempotency_key).where(send_attempts.c.provider_message_id.in_(chunk))
+            ).scalars()
+            waiting = conn.execute(
+                select(outcome_inbox).where(
+                    or_(outcome_inbox.c.provider_message_id.in_(chunk), outcome_inbox.c.idempotency_key.in_(list(keys)))
+                )
+            ).all()
+            if not waiting:
+                continue
+            events = [
+                OutcomeEvent(r.outcome, r.provider_message_id, r.idempotency_key, r.source, r.detail) for r in waiting
+            ]
+            self._apply(conn, events, now)
+            conn.execute(delete(outcome_inbox).where(outcome_inbox.c.id.in_([r.id for r in waiting])))
+
+    def _apply(self, conn, events: list[OutcomeEvent], now: datetime) -> tuple[int, int, list[OutcomeEvent]]:
+        """The rules of record_outcomes, inside the caller's transaction. Returns (applied, unchanged,
+        events that matched no recorded send)."""
+        found = self._find_attempts(conn, events)
+        strongest: dict[tuple[str, int], str] = {}  # per attempt, the strongest outcome among the events
+        unmatched = []
+        for event in events:
+            row = found.get(("id", event.provider_message_id)) or found.get(("key", event.idempotency_key))
+            if row is None or row.status in UNRECORDED_ATTEMPT_STATES:
+                unmatched.append(event)
+                continue
+            key = (row.email, row.attempt)
+            if key not in strongest or STRENGTH[event.outcome] > STRENGTH[strongest[key]]:
+                strongest[key] = event.outcome
+        rows = {(r.email, r.attempt): r for r in found.values()}
+        attempt_updates = [
+            {"email": email, "attempt": attempt, "status": outcome, "old": rows[email, attempt].status}
+            for (email, attempt), outcome in strongest.items()
+            if STRENGTH[outcome] > ATTEMPT_STRENGTH.get(rows[email, attempt].status, 0)
+        ]
+        contact_updates: dict[str, dict] = {}
+        for (email, attempt), outcome in strongest.items():
+            row = rows[email, attempt]
+            current = contact_updates.get(email, {}).get("status", row.contact_status)
+            if _contact_follows(current, row.contact_attempts, attempt, outcome):
+                contact_updates[email] = {"email": email, "status": outcome, "old": row.contact_status}
+        # Each update is guarded by the state read above (rows are locked on Postgres, the database on
+        # SQLite): nothing changes between the read and the write.
+        for old_status in {u["old"] for u in attempt_updates}:
+            bulk.update_rows(
                 conn,
                 send_attempts,
-                rows,
+                [u for u in attempt_updates if u["old"] == old_status],
                 match={"email": "email", "attempt": "attempt"},
-                assign=attempt_set,
-                guards={"status": attempt_from},
+                assign={"status": "status"},
+                guards={"status": old_status},
                 constants={"updated_at": now},
             )
+        for old_status in {u["old"] for u in contact_updates.values()}:
+            bulk.update_rows(
+                conn,
+                sent_contacts,
+                [u for u in contact_updates.values() if u["old"] == old_status],
+                match={"email": "email"},
+                assign={"status": "status"},
+                guards={"status": old_status},
+                constants={"updated_at": now},
+            )
+        matched = len(events) - len(unmatched)
+        return len(attempt_updates), matched - len(attempt_updates), unmatched
+
+    @staticmethod
+    def _find_attempts(conn, events: list[OutcomeEvent]) -> dict[tuple[str, str], object]:
+        """The attempts the events name, with their contact's state, locked for this transaction."""
+        columns = (
+            send_attempts.c.email,
+            send_attempts.c.attempt,
+            send_attempts.c.status,
+            send_attempts.c.provider_message_id,
+            send_attempts.c.idempotency_key,
+            sent_contacts.c.status.label("contact_status"),
+            sent_contacts.c.attempts.label("contact_attempts"),
+        )
+        joined = send_attempts.join(sent_contacts, sent_contacts.c.email == send_attempts.c.email)
+        found: dict[tuple[str, str], object] = {}
+        for kind, column, values in (
+            ("id", send_attempts.c.provider_message_id, {e.provider_message_id for e in events}),
+            ("key", send_attempts.c.idempotency_key, {e.idempotency_key for e in events}),
+        ):
+            for chunk in _chunks(sorted(v for v in values if v), MATCH_CHUNK):
+                query = select(*columns).select_from(joined).where(column.in_(chunk)).order_by(send_attempts.c.email)
+                if bulk.is_postgres(conn):
+                    query = query.with_for_update()
+                for row in conn.execute(query):
+                    found[kind, row.provider_message_id if kind == "id" else row.idempotency_key] = row
+        return found
 
     # -- resending and closing ----------------------------------------------------------------------
     def count_resendable(self, run_id: str, max_attempts: int) -> int:
@@ -506,6 +521,15 @@ class Ledger:
         with self.engine.connect() as conn:
             return conn.execute(
                 select(func.min(sent_contacts.c.updated_at)).where(self._resendable(run_id, max_attempts))
+            ).scalar_one()
+
+    def count_awaiting_outcome(self, run_id: str) -> int:
+        """The run's messages that were accepted and have no outcome yet."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(func.count())
+                .select_from(sent_contacts)
+                .where(sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENT)
             ).scalar_one()
 
     def count_in_flight(self, run_id: str) -> int:
@@ -582,75 +606,15 @@ class Ledger:
             "resent_after_block": messages - recipients,  # every message after a contact's first in this run
         }
 
-    # -- helpers ------------------------------------------------------------------------------------
-    def _insert_rows(self, conn, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:
-        """INSERT many rows: SQLite gets one executemany of plain SQL (SQLAlchemy's per-row parameter
-        processing cost more than SQLite's own work), Postgres SQLAlchemy's multi-row VALUES batches."""
-        if not rows:
-            return
-        if self._postgres:
-            conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
-            return
-        # Only tables with datetime columns need their values converted (staging, the big insert, has none).
-        has_datetimes = any(isinstance(table.c[name].type, DateTime) for name in columns)
-        conn.exec_driver_sql(
-            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-            [tuple(map(_sqlite_value, row)) for row in rows] if has_datetimes else rows,
-        )
 
-    def _update_rows(
-        self,
-        conn,
-        table: Table,
-        rows: list[dict],
-        *,
-        match: dict[str, str],
-        assign: dict[str, str],
-        guards: dict[str, object],
-        constants: dict[str, object],
-    ) -> None:
-        """For every row: UPDATE table SET column = row[key] (assign) and column = value (constants)
-        WHERE column = row[key] (match) AND column = value (guards).
+def _contact_follows(contact_status: str, contact_attempt: int, attempt: int, outcome: str) -> bool:
+    """Whether a message's outcome changes its contact's state (see record_outcomes)."""
+    if outcome == BLOCKED:
+        return attempt == contact_attempt and contact_status in (SENT, UNCONFIRMED)
+    current = STRENGTH[contact_status] if contact_status in FINAL_STATES else 0
+    return STRENGTH[outcome] > current
 
-        Postgres: one set-based UPDATE ... FROM unnest(arrays), since an executemany costs a round trip per
-        row (25x slower, measured). SQLite: one executemany of plain SQL, cheap in-process (as in
-        ``_insert_rows``)."""
-        if not self._postgres:
-            sets = [*(f"{col} = ?" for col in assign), *(f"{col} = ?" for col in constants)]
-            conditions = [*(f"{col} = ?" for col in match), *(f"{col} = ?" for col in guards)]
-            fixed_sets = tuple(_sqlite_value(v) for v in constants.values())
-            fixed_conditions = tuple(_sqlite_value(v) for v in guards.values())
-            conn.exec_driver_sql(
-                f"UPDATE {table.name} SET {', '.join(sets)} WHERE {' AND '.join(conditions)}",
-                [
-                    (
-                        *(row[k] for k in assign.values()),
-                        *fixed_sets,
-                        *(row[k] for k in match.values()),
-                        *fixed_conditions,
-                    )
-                    for row in rows
-                ],
-            )
-            return
-        # One statement for all rows, whatever their number: chunked updates each re-scanned the run's
-        # in-flight rows (the planner hash-joins), which grew quadratically with the run's size.
-        keys = list(dict.fromkeys([*match.values(), *assign.values()]))
-        column_of = {key: col for col, key in (*match.items(), *assign.items())}
-        arrays = [
-            bindparam(f"a_{key}", [row[key] for row in rows], type_=postgresql.ARRAY(table.c[column_of[key]].type))
-            for key in keys
-        ]
-        given = func.unnest(*arrays).table_valued(*keys).render_derived(name="given")
-        conn.execute(
-            update(table)
-            .where(
-                *(table.c[col] == given.c[key] for col, key in match.items()),
-                *(table.c[col] == value for col, value in guards.items()),
-            )
-            .values({**{col: given.c[key] for col, key in assign.items()}, **constants})
-        )
 
-    def dialect_insert(self, table: Table):
-        """INSERT with on_conflict_do_nothing/do_update, for the backend in use."""
-        return (postgresql.insert if self._postgres else sqlite.insert)(table)
+def _chunks(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,90 @@
+"""Opening the ledger database: the SQLAlchemy URL from a connection's fields, and engines with the
+settings each backend needs for safe concurrency."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL
+
+# libpq connection parameters a Postgres connection's extra may carry (sslmode, sslrootcert, ...); other
+# extra keys are Airflow's own (e.g. cursor) and are not passed to the driver.
+LIBPQ_PARAMETERS = frozenset(
+    {
+        "sslmode", "sslcert", "sslkey", "sslrootcert", "sslcrl", "sslpassword", "application_name",
+        "connect_timeout", "options", "keepalives", "keepalives_idle", "keepalives_interval",
+        "keepalives_count", "target_session_attrs", "gssencmode", "channel_binding",
+    }
+)  # fmt: skip
+POSTGRES_TYPES = ("postgres", "postgresql")
+SQLITE_TYPES = ("sqlite",)
+
+
+def ledger_url(
+    conn_type: str,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    login: str | None = None,
+    password: str | None = None,
+    schema: str | None = None,
+    extra: Mapping[str, object] | None = None,
+) -> URL:
+    """The ledger's URL from an Airflow connection's fields: ``postgres`` (schema = database; libpq
+    parameters from the extra, e.g. sslmode) or ``sqlite`` (host = the database file's path)."""
+    if conn_type in SQLITE_TYPES:
+        if not host:
+            raise ValueError("a sqlite ledger connection needs the database file's path as its host")
+        return URL.create("sqlite", database=host)
+    if conn_type in POSTGRES_TYPES:
+        query = {key: str(value) for key, value in (extra or {}).items() if key in LIBPQ_PARAMETERS}
+        return URL.create(
+            "postgresql+psycopg2",
+            username=login or "postgres",
+            password=password or None,
+            host=host or "127.0.0.1",
+            port=port or 5432,
+            database=schema or "postgres",
+            query=query,
+        )
+    raise ValueError(f"the ledger connection must be of type postgres or sqlite, not {conn_type!r}")
+
+
+def connect(url: str | URL) -> Engine:
+    """An engine for the ledger database; SQLite gets WAL and IMMEDIATE transactions for safe concurrency."""
+    if str(url).startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_connection, _record) -> None:
+            dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection) -> None:
+            # Take the write lock up front: two claimers never interleave, and never deadlock upgrading.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def url_from_connection_json(value: str) -> URL:
+    """The ledger's URL from an Airflow connection in its JSON form (as in AIRFLOW_CONN_CONTACTS_DB), for
+    tools that run before Airflow does (``make run`` migrates the ledger while Airflow starts)."""
+    fields = json.loads(value)
+    extra = fields.get("extra") or {}
+    return ledger_url(
+        fields.get("conn_type", ""),
+        host=fields.get("host"),
+        port=fields.get("port"),
+        login=fields.get("login"),
+        password=fields.get("password"),
+        schema=fields.get("schema"),
+        extra=json.loads(extra) if isinstance(extra, str) else extra,
+    )

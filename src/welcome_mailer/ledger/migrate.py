@@ -1,0 +1,90 @@
+"""The ledger's schema versions, managed by Alembic (the migration tool Airflow itself uses).
+
+- ``upgrade(engine)`` brings a ledger to the newest revision: what ``welcome-mailer db migrate`` runs, and
+  with it ``make run``, ``make stack-up`` and docker-compose's init. A ledger made by the versions before
+  Alembic (a ``ledger_schema`` table holding 1) is stamped as the baseline revision first, data kept.
+- ``check_at_head(engine)`` is what tasks call: they never change the schema, they say what to run.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, MetaData, inspect, text
+
+VERSION_TABLE = "welcome_mailer_alembic_version"
+BASELINE = "0001"  # the schema as the versions before Alembic left it (ledger_schema version 1)
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+POSTGRES_MIGRATION_LOCK = 7410001  # one migrator at a time per database
+
+
+class LedgerSchemaError(RuntimeError):
+    """The ledger's schema is not the one this code needs; the message says what to run."""
+
+
+def target_metadata() -> MetaData:
+    """Every table of the package, as the code expects them at head."""
+    from welcome_mailer import dropzone  # noqa: F401  (adds processed_files to the metadata)
+    from welcome_mailer.ledger.schema import metadata
+
+    return metadata
+
+
+def _config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+@cache
+def head_revision() -> str:
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
+    """Migrate the ledger to ``revision``; returns (revision before, revision after)."""
+    config = _config()
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # concurrent migrators wait, then find nothing to do
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": POSTGRES_MIGRATION_LOCK})
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        before = context.get_current_revision()
+        config.attributes["connection"] = conn
+        if before is None and _is_pre_alembic_v1(conn):
+            command.stamp(config, BASELINE)
+        command.upgrade(config, revision)
+        after = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+    return before, after
+
+
+def check_at_head(engine: Engine) -> None:
+    """Raise LedgerSchemaError unless the ledger is at the revision this code was written for."""
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return
+    where = engine.url.render_as_string(hide_password=True)
+    state = "has no welcome-mailer schema yet" if current is None else f"is at revision {current}"
+    raise LedgerSchemaError(
+        f"the ledger at {where} {state}, this code needs revision {head}: run `welcome-mailer db migrate` "
+        "(make run and make stack-up do it; in docker-compose, airflow-init does)"
+    )
+
+
+def _is_pre_alembic_v1(conn) -> bool:
+    inspector = inspect(conn)
+    if not inspector.has_table("ledger_schema"):
+        return False
+    version = conn.execute(text("SELECT max(version) FROM ledger_schema")).scalar()
+    if version != 1:
+        raise LedgerSchemaError(f"unknown pre-Alembic ledger schema version {version!r}; expected 1")
+    return True

@@ -1,0 +1,79 @@
+"""The ledger's tables. Alembic migrations (``welcome_mailer/migrations``) create and change them; this
+module describes the current head, for the code's queries and for ``alembic check``.
+
+- ``sent_contacts``: one row per normalised email, owned by one run at a time.
+- ``send_attempts``: one row per message, written BEFORE the provider is called, keyed by (email, attempt).
+- ``ledger_runs``: the runs that own contacts, with a lease renewed by every task of the run.
+- ``staged_contacts``: a run's parsed, de-duplicated contacts, waiting to be claimed.
+- ``outcome_inbox``: outcome events that matched no recorded send yet (too early, or unknown).
+Other modules add tables of their own to ``metadata`` (the drop folder's ``processed_files``).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, DateTime, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+sent_contacts = Table(
+    "sent_contacts",
+    metadata,
+    Column("email", String(320), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),  # every attempt ever; numbers the next attempt
+    Column("claim_attempts", Integer, nullable=False),  # attempts under the current claim; <= max_attempts
+    Column("run_id", String(250), nullable=False),  # the owning run
+    Column("batch_no", Integer),
+    Column("provider_message_id", String(100)),  # of the latest attempt
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Index("ix_sent_contacts_run_status", "run_id", "status"),
+    Index("ix_sent_contacts_run_batch", "run_id", "batch_no"),
+)
+
+send_attempts = Table(
+    "send_attempts",
+    metadata,
+    Column("email", String(320), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("idempotency_key", String(100), nullable=False, unique=True),
+    Column("run_id", String(250), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("provider_message_id", String(100)),
+    Column("error", String(500)),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Index("ix_send_attempts_run", "run_id"),
+    Index("ix_send_attempts_provider_message_id", "provider_message_id"),
+)
+
+ledger_runs = Table(
+    "ledger_runs",
+    metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("lease_expires_at", DateTime, nullable=False),
+    Column("finished_at", DateTime),
+    Column("created_at", DateTime, nullable=False),
+)
+
+staged_contacts = Table(
+    "staged_contacts",
+    metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("email", String(320), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("line_no", Integer, nullable=False),
+)
+
+outcome_inbox = Table(
+    "outcome_inbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("provider_message_id", String(100), index=True),
+    Column("idempotency_key", String(100), index=True),
+    Column("outcome", String(16), nullable=False),
+    Column("source", String(40), nullable=False),
+    Column("detail", Text),
+    Column("received_at", DateTime, nullable=False),
+)

@@ -1,0 +1,27 @@
+"""Outcomes from a provider's HTTP status lookup (the mock ESP's contract v1: POST /v1/messages/lookup)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from welcome_mailer.ledger.rules import PendingMessage
+from welcome_mailer.outcomes.events import OUTCOMES, OutcomeEvent
+from welcome_mailer.transports.http import MAX_BATCH, HttpEmailProvider
+
+
+class HttpLookupSource:
+    name = "http_lookup"
+
+    def __init__(self, client: HttpEmailProvider) -> None:
+        self.client = client
+
+    def poll(self, pending: Sequence[PendingMessage]) -> list[OutcomeEvent]:
+        events = []
+        for start in range(0, len(pending), MAX_BATCH):  # the provider answers at most MAX_BATCH ids a request
+            statuses = self.client.lookup([m.message_id for m in pending[start : start + MAX_BATCH]])
+            events.extend(
+                OutcomeEvent(status, provider_message_id=message_id, source=self.name)
+                for message_id, status in statuses.items()
+                if status in OUTCOMES  # "sent": no outcome yet
+            )
+        return events

@@ -1,0 +1,36 @@
+"""The Airflow plugin: the package's web endpoints, mounted on the api-server under /welcome-mailer.
+
+Registered through the ``airflow.plugins`` entry point (pyproject.toml), so nothing of the package lives
+in the plugins folder (Airflow imports every file there as a top-level module). Every Airflow component
+loads plugins, so this module imports nothing heavy: the FastAPI app is built on its first request.
+Airflow does not authenticate plugin apps: each endpoint checks its own callers (``welcome_mailer.web``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from airflow.plugins_manager import AirflowPlugin
+
+URL_PREFIX = "/welcome-mailer"
+
+
+class _AppOnFirstRequest:
+    """An ASGI app that builds the real one when the api-server first routes a request to it."""
+
+    def __init__(self) -> None:
+        self._app = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self._app is None:
+            from welcome_mailer.web import create_app
+
+            self._app = create_app()
+        await self._app(scope, receive, send)
+
+
+class WelcomeMailerPlugin(AirflowPlugin):
+    name = "welcome_mailer"
+    fastapi_apps: ClassVar[list[dict]] = [
+        {"app": _AppOnFirstRequest(), "url_prefix": URL_PREFIX, "name": "Welcome mailer"}
+    ]

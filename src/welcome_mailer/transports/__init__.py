@@ -1,0 +1,44 @@
+"""Transports: how a batch of attempts reaches the email provider. One module per transport.
+
+A transport only sends. What became of a message afterwards is an outcome source's business
+(``welcome_mailer.outcomes``), even when the transport learns some outcomes at once (a provider refusing
+an address at send time is reported in ``SendResult.error``).
+
+To add a transport: a class with the attributes and method of ``EmailProvider``, in a new module here,
+chosen by the ``esp_default`` connection's type in ``welcome_mailer.hooks.esp``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    to: str
+    subject: str
+    text: str
+    idempotency_key: str
+    to_name: str = ""
+
+
+@dataclass(frozen=True)
+class SendResult:
+    to: str
+    message_id: str | None  # None when the provider refused this message
+    error: str | None = None
+
+
+class EmailProvider(Protocol):
+    # True when sending the same idempotency key twice can never make a second email. The pipeline
+    # re-sends an attempt whose acceptance it never saw only through an idempotent transport.
+    idempotent: bool
+    max_batch: int  # messages per send_batch call
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        """Send up to ``max_batch`` messages; results in request order."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,87 @@
+"""The ledger's schema under Alembic: fresh ledgers, ledgers made before Alembic (stamped, data kept),
+tasks that refuse a ledger not at head, and migrations that match the code's tables. On SQLite and
+Postgres."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from welcome_mailer.ledger import Ledger, connect
+from welcome_mailer.ledger.migrate import (
+    BASELINE,
+    VERSION_TABLE,
+    LedgerSchemaError,
+    check_at_head,
+    current_revision,
+    head_revision,
+    target_metadata,
+    upgrade,
+)
+
+V1_ROWS = {
+    "sent_contacts": "INSERT INTO sent_contacts VALUES ('old@example.com', 'Old', 'sent', 1, 1, 'v1-run', 0, "
+    "'m-old', '2026-11-01 10:00:00', '2026-11-01 10:00:00')",
+    "send_attempts": "INSERT INTO send_attempts VALUES ('old@example.com', 1, 'welcome-x-1', 'v1-run', 'sent', "
+    "'m-old', NULL, '2026-11-01 10:00:00', '2026-11-01 10:00:00')",
+    "ledger_runs": "INSERT INTO ledger_runs VALUES ('v1-run', '2026-11-01 10:30:00', NULL, '2026-11-01 10:00:00')",
+    "processed_files": "INSERT INTO processed_files VALUES ('ab12', 'old.csv', 'done', 'v1-run', "
+    "'2026-11-01 10:00:00')",
+}
+
+
+@pytest.fixture
+def engine(ledger_url):
+    engine = connect(ledger_url)
+    yield engine
+    engine.dispose()
+
+
+def make_v1_ledger(engine) -> None:
+    """A ledger as the code before Alembic left it: its tables and ledger_schema = 1, no Alembic table."""
+    upgrade(engine, BASELINE)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {VERSION_TABLE}"))
+        for statement in V1_ROWS.values():
+            conn.execute(text(statement))
+
+
+def test_a_fresh_ledger_is_created_at_head(engine):
+    assert upgrade(engine) == (None, head_revision())
+    check_at_head(engine)
+    assert "ledger_schema" not in inspect(engine).get_table_names()
+
+
+def test_a_ledger_made_before_alembic_is_stamped_and_upgraded_with_its_data(engine):
+    make_v1_ledger(engine)
+    assert current_revision(engine) is None
+    assert upgrade(engine) == (None, head_revision())
+    with engine.connect() as conn:
+        for table in V1_ROWS:
+            assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 1, table
+    assert "ledger_schema" not in inspect(engine).get_table_names()
+    ledger = Ledger(engine)
+    assert [m.message_id for m in ledger.pending_messages("v1-run")] == ["m-old"], "v1's messages are still polled"
+
+
+def test_tasks_refuse_a_ledger_not_at_head_and_say_what_to_run(engine):
+    with pytest.raises(LedgerSchemaError, match=r"has no welcome-mailer schema yet.*welcome-mailer db migrate"):
+        check_at_head(engine)
+    upgrade(engine, BASELINE)
+    with pytest.raises(LedgerSchemaError, match=f"is at revision {BASELINE}, this code needs revision"):
+        check_at_head(engine)
+
+
+def test_the_migrations_build_exactly_the_tables_the_code_uses(engine):
+    upgrade(engine)
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        assert compare_metadata(context, target_metadata()) == []
+
+
+def test_events_matched_by_message_id_find_it_through_an_index(engine):
+    upgrade(engine)
+    indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("send_attempts")}
+    assert indexes["ix_send_attempts_provider_message_id"] == ["provider_message_id"]

@@ -1,0 +1,126 @@
+"""One ledger operation applies outcome events from every source: matched by provider message id or
+idempotency key (never by run), idempotent, order-tolerant, kept in an inbox until their send is
+recorded. On SQLite and Postgres (the ``ledger`` fixture)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from tests.integration.test_ledger import stage_and_claim, statuses
+from welcome_mailer.ledger import AcceptedAttempt, idempotency_key, send_attempts, utcnow
+from welcome_mailer.outcomes.events import OutcomeEvent
+
+
+def sent(ledger, run_id: str, *emails: str) -> dict[str, str]:
+    """Claim and send the contacts; returns email -> provider message id."""
+    claimed = stage_and_claim(ledger, run_id, list(emails))
+    ids = {}
+    for batch_no in claimed.batches:
+        attempts = ledger.start_attempts(run_id, batch_no)
+        ledger.record_sent(run_id, [AcceptedAttempt(a.email, a.attempt, f"m-{a.email}-{a.attempt}") for a in attempts])
+        ids.update({a.email: f"m-{a.email}-{a.attempt}" for a in attempts})
+    return ids
+
+
+def attempt_statuses(ledger) -> dict[tuple[str, int], str]:
+    with ledger.engine.connect() as conn:
+        return {(r.email, r.attempt): r.status for r in conn.execute(select(send_attempts))}
+
+
+def contact_status(ledger, email: str) -> str:
+    return statuses(ledger)[email][0]
+
+
+def test_an_event_is_matched_by_message_id_or_by_idempotency_key(ledger):
+    ids = sent(ledger, "run", "a@example.com", "b@example.com")
+    counts = ledger.record_outcomes(
+        [
+            OutcomeEvent("delivered", provider_message_id=ids["a@example.com"]),
+            OutcomeEvent("bounced", idempotency_key=idempotency_key("b@example.com", 1)),
+        ]
+    )
+    assert (counts.applied, counts.unchanged, counts.inboxed) == (2, 0, 0)
+    assert (contact_status(ledger, "a@example.com"), contact_status(ledger, "b@example.com")) == (
+        "delivered",
+        "bounced",
+    )
+
+
+def test_a_duplicate_event_changes_nothing(ledger):
+    ids = sent(ledger, "run", "a@example.com")
+    event = OutcomeEvent("delivered", provider_message_id=ids["a@example.com"], source="webhook")
+    assert ledger.record_outcomes([event]).applied == 1
+    again = ledger.record_outcomes([event, event])
+    assert (again.applied, again.unchanged, again.inboxed) == (0, 2, 0)
+    assert contact_status(ledger, "a@example.com") == "delivered"
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "final"),
+    [
+        ("delivered", "bounced", "bounced"),  # a late bounce overrules a delivery
+        ("bounced", "delivered", "bounced"),  # ...and a late delivery report never undoes a bounce
+        ("delivered", "blocked", "delivered"),  # a delivered contact is never resent
+        ("blocked", "delivered", "delivered"),
+    ],
+)
+def test_the_strongest_outcome_wins_whatever_the_order(ledger, first, then, final):
+    ids = sent(ledger, "run", "a@example.com")
+    message = ids["a@example.com"]
+    ledger.record_outcomes([OutcomeEvent(first, provider_message_id=message)])
+    ledger.record_outcomes([OutcomeEvent(then, provider_message_id=message)])
+    assert contact_status(ledger, "a@example.com") == final
+    assert attempt_statuses(ledger)[("a@example.com", 1)] == final
+    both_at_once = sent(ledger, "run-2", "b@example.com")["b@example.com"]
+    ledger.record_outcomes(
+        [OutcomeEvent(then, provider_message_id=both_at_once), OutcomeEvent(first, provider_message_id=both_at_once)]
+    )
+    assert contact_status(ledger, "b@example.com") == final
+
+
+def test_an_event_for_an_unknown_message_is_kept_and_counted(ledger):
+    counts = ledger.record_outcomes([OutcomeEvent("bounced", provider_message_id="nobody-sent-this")])
+    assert (counts.applied, counts.inboxed) == (0, 1)
+    assert ledger.inbox_size() == 1
+
+
+def test_an_event_that_arrives_before_its_send_is_recorded_waits_in_the_inbox(ledger):
+    claimed = stage_and_claim(ledger, "run", ["a@example.com"])
+    [attempt] = ledger.start_attempts("run", claimed.batches[0])  # recorded, the provider answers...
+    early = OutcomeEvent("bounced", idempotency_key=attempt.idempotency_key, source="webhook")
+    assert ledger.record_outcomes([early]).inboxed == 1, "...but its webhook is faster than record_sent"
+    assert contact_status(ledger, "a@example.com") == "sending"
+    ledger.record_sent("run", [AcceptedAttempt(attempt.email, attempt.attempt, "m-1")])
+    assert contact_status(ledger, "a@example.com") == "bounced"
+    assert ledger.inbox_size() == 0
+    by_id_first = OutcomeEvent("delivered", provider_message_id="m-2")
+    claimed = stage_and_claim(ledger, "run-2", ["b@example.com"])
+    [attempt] = ledger.start_attempts("run-2", claimed.batches[0])
+    ledger.record_outcomes([by_id_first])
+    ledger.record_sent("run-2", [AcceptedAttempt(attempt.email, attempt.attempt, "m-2")])
+    assert contact_status(ledger, "b@example.com") == "delivered"
+
+
+def test_a_late_bounce_after_the_run_ended_still_makes_the_contact_bounced(ledger):
+    ids = sent(ledger, "run", "a@example.com")
+    ledger.record_outcomes([OutcomeEvent("delivered", provider_message_id=ids["a@example.com"])])
+    ledger.finish_run("run")
+    ledger.record_outcomes([OutcomeEvent("bounced", provider_message_id=ids["a@example.com"], source="dsn")])
+    assert contact_status(ledger, "a@example.com") == "bounced"
+    later = stage_and_claim(ledger, "later", ["a@example.com"])
+    assert (later.owned, later.batches) == (0, [])
+
+
+def test_a_block_of_an_earlier_message_does_not_touch_the_contact(ledger):
+    ids = sent(ledger, "run", "a@example.com")
+    ledger.record_outcomes([OutcomeEvent("blocked", provider_message_id=ids["a@example.com"])])
+    [batch] = ledger.requeue_blocked("run", 5, utcnow() + timedelta(days=1), 500, 1024)  # backoff over
+    [second] = ledger.start_attempts("run", batch)
+    ledger.record_sent("run", [AcceptedAttempt(second.email, second.attempt, "m-second")])
+    ledger.record_outcomes([OutcomeEvent("blocked", provider_message_id=ids["a@example.com"])])  # a duplicate
+    assert contact_status(ledger, "a@example.com") == "sent", "still waiting for the second message"
+    ledger.record_outcomes([OutcomeEvent("delivered", provider_message_id=ids["a@example.com"])])
+    assert contact_status(ledger, "a@example.com") == "delivered", "the first message did get through"
