@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CSV    ?= input.csv
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint esp input bench lock clean stack-up stack-down stack-status
+.PHONY: help venv run test test-fast lint esp input bench lock clean stack-up stack-down stack-status docker-env
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,3 +58,6 @@ lock: venv  ## rewrite requirements.lock (runtime) and requirements-dev.lock fro
 
 clean:  ## remove the local Airflow homes, ledger, reports and logs (not the venv; stop the stack first)
 	rm -rf .airflow .stack data
+
+docker-env:  ## write .env for docker compose: your uid, fresh secrets, the mock ESP (keeps what .env has)
+	bash include/stack/docker-env.sh .env
