@@ -7,6 +7,7 @@ There is no Docker engine here, so the file is resolved the way `docker compose 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -206,6 +207,20 @@ def test_without_a_provider_the_mock_is_the_default_and_nobody_needs_it_otherwis
         assert dependency is None or dependency.get("required") is False, f"{name} cannot start without the mock"
 
 
+# -- 6. csv_path under compose -----------------------------------------------------------------------------
+def test_the_first_data_root_is_mounted_and_the_docs_name_it(compose):
+    doc = ast.get_docstring(ast.parse((PROJECT_ROOT / "dags" / "welcome_emails.py").read_text()))
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    for name, service in airflow_services(compose).items():
+        first_root = service["environment"]["WELCOME_MAILER_DATA_ROOTS"].split(":")[0]
+        mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in service["volumes"]}
+        assert mounts.get(first_root) == "./data", f"{name}: relative csv_paths start at {first_root}"
+        assert mounts["/opt/airflow/examples/input.csv"] == "./input.csv"
+    assert "/opt/airflow/data" in doc and "./data" in doc, "the DAG's doc says where csv_path starts under compose"
+    docker = readme.split("### With Docker")[1].split("\n### ")[0]
+    assert "./data" in docker and '"csv_path": "input.csv"' in docker
+
+
 # -- 7. secrets and ports ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("secret", SECRETS)
 def test_compose_refuses_to_start_without_secrets(secret, user_env):
@@ -218,3 +233,13 @@ def test_no_port_is_published_beyond_this_machine(compose):
     for name, service in compose["services"].items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+# -- the README's Docker section is a sequence a new user can follow ---------------------------------------
+def test_the_readme_docker_section_is_the_sequence():
+    docker = (PROJECT_ROOT / "README.md").read_text().split("### With Docker")[1].split("\n### ")[0]
+    steps = ["make docker-env", "docker compose build", "docker compose up -d"]
+    positions = [docker.find(step) for step in steps]
+    assert -1 not in positions and positions == sorted(positions), positions
+    assert 'echo "AIRFLOW_UID=$(id -u)" > .env' in docker, "the official way, for those without make"
+    assert "http://127.0.0.1:8080" in docker and "TLS" in docker and "auth manager" in docker
