@@ -5,19 +5,19 @@ BIN    := $(VENV)/bin
 CSV    ?= input.csv
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint esp input bench lock clean stack-up stack-down stack-status
+.PHONY: help venv run test test-fast lint esp input bench lock clean stack-up stack-down stack-status docker-env
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: requirements.lock pyproject.toml
+$(BIN)/.installed: requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	$(BIN)/python -m pip check
 	touch $@
 
-venv: $(BIN)/.installed  ## create .venv from requirements.lock, with welcome_mailer installed (editable)
+venv: $(BIN)/.installed  ## create .venv from requirements-dev.lock (runtime + tests), welcome_mailer installed editable
 
 run: venv  ## run welcome_emails once on the embedded default: make run [CSV=path/to/file.csv]
 	$(BIN)/python -m include.run_embedded $(CSV)
@@ -50,9 +50,14 @@ stack-down: venv  ## stop every process stack-up started
 stack-status: venv  ## show the stack's processes and health
 	$(BIN)/python -m include.stack status
 
-lock: venv  ## rewrite requirements.lock from the working venv (after changing requirements.txt)
-	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^uv==' > requirements.lock
+lock: venv  ## rewrite requirements.lock (runtime) and requirements-dev.lock from the venv (after changing requirements*.txt)
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m include.lock requirements.txt > requirements.lock.new
+	$(BIN)/python -m include.lock requirements-dev.txt > requirements-dev.lock.new
+	mv requirements.lock.new requirements.lock && mv requirements-dev.lock.new requirements-dev.lock
 
 clean:  ## remove the local Airflow homes, ledger, reports and logs (not the venv; stop the stack first)
 	rm -rf .airflow .stack data
+
+docker-env:  ## write .env for docker compose: your uid, fresh secrets, the mock ESP (keeps what .env has)
+	bash include/stack/docker-env.sh .env

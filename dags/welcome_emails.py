@@ -4,9 +4,11 @@
 Sends every contact in a CSV file one **"Hi {name}, Welcome!"** email, at most once per contact, ever.
 
 **How to run**: trigger this DAG with the `csv_path` of a contact list (a path inside the allowed data
-roots, `WELCOME_MAILER_DATA_ROOTS`; relative paths start at the first root). From a shell:
-`airflow dags test welcome_emails -c '{"csv_path": "input.csv"}'`, or `make run CSV=input.csv`.
-Files dropped into the drop folder are picked up by `contacts_dropzone`.
+roots, `WELCOME_MAILER_DATA_ROOTS`; relative paths start at the first root). That root is the project
+directory for `make run` and `make stack-up`; under docker compose it is `/opt/airflow/data`, which is
+`./data` on the host, where the first start puts `input.csv`. So `{"csv_path": "input.csv"}` works in all
+three. From a shell: `airflow dags test welcome_emails -c '{"csv_path": "input.csv"}'`, or
+`make run CSV=input.csv`. Files dropped into the drop folder are picked up by `contacts_dropzone`.
 
 **What happens**
 
@@ -57,7 +59,8 @@ SETTINGS = Settings.from_env()  # environment only: cheap at parse time
             minLength=1,
             title="Contact list (CSV path)",
             description="Path of the CSV file on the workers, inside the allowed data roots. "
-            "Relative paths start at the first data root (the project directory by default).",
+            "Relative paths start at the first data root (the project directory by default; "
+            "/opt/airflow/data, ./data on the host, under docker compose).",
         ),
         "batch_size": Param(
             500,

@@ -1,2 +1,0 @@
--- Runs once, when the compose Postgres volume is created: the ledger's own database.
-CREATE DATABASE contacts OWNER airflow;
