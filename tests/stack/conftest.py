@@ -35,7 +35,8 @@ def stack(postgres_server, tmp_path_factory):
             postgres=postgres_server,
             metadata_db=f"wm_stack_meta_{tag}",
             ledger_db=f"wm_stack_ledger_{tag}",
-            redis="redis://127.0.0.1:6379/9",
+            # Its own Redis database: two stacks on one broker database would take each other's tasks.
+            redis=f"redis://127.0.0.1:6379/{os.environ.get('WELCOME_MAILER_TEST_REDIS_DB', '9')}",
             api_port=free_port(),
             esp_port=free_port(),
             pool_slots=8,

@@ -100,3 +100,11 @@ def test_the_form_and_the_api_refuse_bad_params(stack):
     )
     assert response.status_code == 400, response.text
     assert "batch_size" in response.text
+
+
+def test_the_api_server_serves_the_packages_plugin_app(stack):
+    import httpx
+
+    answer = httpx.get(f"{stack.config.api_url}/welcome-mailer/health", timeout=10)
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "ok"
