@@ -104,10 +104,12 @@ def claim_contacts(
     started = time.time()
     result = ledger.claim(run_id, batch_size, max_batches, retry_failed_after)
     log.info(
-        "claimed %s of %s contacts (%s new, %s taken over); %s already contacted or owned by another run "
-        "(of them %s failed less than %s ago: retried by a later run); %s to send in %s batches of up to %s",
-        result.owned, result.staged, result.claimed_new, result.taken_over, result.skipped,
-        result.failed_recently, retry_failed_after, result.to_send, len(result.batches), result.batch_size,
+        "claimed %s of %s contacts (%s new, %s taken over); %s already contacted (of them %s failed less than "
+        "%s ago: retried by a later run); %s held by other runs in progress (lease until %s); %s to send in %s "
+        "batches of up to %s",
+        result.owned, result.staged, result.claimed_new, result.taken_over,
+        result.skipped - result.held_by_other_runs, result.failed_recently, retry_failed_after,
+        result.held_by_other_runs, result.held_until, result.to_send, len(result.batches), result.batch_size,
     )  # fmt: skip
     return {
         "staged": result.staged,
@@ -116,6 +118,8 @@ def claim_contacts(
         "failed_recently": result.failed_recently,
         "owned": result.owned,
         "skipped": result.skipped,
+        "held_by_other_runs": result.held_by_other_runs,
+        "held_until": result.held_until.isoformat() if result.held_until else None,  # naive UTC
         "to_send": result.to_send,
         "batch_size": result.batch_size,
         "batches": result.batches,
