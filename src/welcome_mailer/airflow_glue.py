@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import time
 from functools import cache
-from urllib.parse import quote
 
 from airflow.sdk import BaseHook, conf
 
 from welcome_mailer.esp import HttpEmailProvider
 from welcome_mailer.ledger import CLAIMED, SENDING, SENT, Ledger, connect
-from welcome_mailer.settings import Settings
+from welcome_mailer.settings import Settings, ledger_url
 
 ESP_CONN_ID = "esp_default"
 LEDGER_CONN_ID = "contacts_db"
@@ -68,16 +67,10 @@ class LedgerHook(BaseHook):
 
     def sqlalchemy_url(self) -> str:
         conn = self.get_connection(self.ledger_conn_id)
-        if conn.conn_type == "sqlite":
-            return f"sqlite:///{conn.host}"
-        if conn.conn_type in ("postgres", "postgresql"):
-            credentials = quote(conn.login or "postgres", safe="")
-            if conn.password:
-                credentials += ":" + quote(conn.password, safe="")
-            return f"postgresql+psycopg2://{credentials}@{conn.host}:{conn.port or 5432}/{conn.schema or 'postgres'}"
-        raise ValueError(
-            f"connection {self.ledger_conn_id!r} must be of type postgres or sqlite, not {conn.conn_type!r}"
-        )
+        try:
+            return ledger_url(conn.conn_type, conn.host, conn.port, conn.login, conn.password, conn.schema)
+        except ValueError as exc:
+            raise ValueError(f"connection {self.ledger_conn_id!r}: {exc}") from None
 
 
 @cache

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
 import time
 from collections import deque
@@ -27,35 +26,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class InvalidCsvPath(ValueError):
-    """csv_path cannot be used; the message says why and what to do."""
-
-
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def resolve_csv_path(raw: str, data_roots: Sequence[Path]) -> Path:
-    """The readable CSV file that ``raw`` names, inside one of the data roots (relative paths are taken
-    from the first root). Raises InvalidCsvPath with a message meant for the person who triggered the run."""
-    if not raw or not raw.strip():
-        raise InvalidCsvPath("csv_path is empty: give the path of a CSV file")
-    path = Path(raw.strip()).expanduser()
-    resolved = (path if path.is_absolute() else data_roots[0] / path).resolve()
-    if not any(resolved.is_relative_to(root) for root in data_roots):
-        roots = ", ".join(str(r) for r in data_roots)
-        raise InvalidCsvPath(
-            f"csv_path {raw!r} is outside the allowed data roots ({roots}); "
-            "move the file there or add its directory to WELCOME_MAILER_DATA_ROOTS"
-        )
-    if not resolved.exists():
-        raise InvalidCsvPath(f"csv_path {raw!r} does not exist (resolved to {resolved})")
-    if not resolved.is_file():
-        raise InvalidCsvPath(f"csv_path {raw!r} is not a regular file (resolved to {resolved})")
-    if not os.access(resolved, os.R_OK):
-        raise InvalidCsvPath(f"csv_path {raw!r} is not readable by this worker (resolved to {resolved})")
-    return resolved
 
 
 def run_directory(reports_dir: Path, run_id: str) -> Path:
