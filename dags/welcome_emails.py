@@ -118,7 +118,8 @@ def welcome_emails():
         from airflow.sdk.exceptions import AirflowFailException
 
         from welcome_mailer.hooks.ledger import LedgerHook
-        from welcome_mailer.pipeline import InvalidCsvPath, parse_file, resolve_csv_path, run_directory
+        from welcome_mailer.pipeline import parse_file, run_directory
+        from welcome_mailer.settings import InvalidCsvPath, resolve_csv_path
 
         try:
             csv_path = resolve_csv_path(params["csv_path"], SETTINGS.data_roots)

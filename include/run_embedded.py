@@ -7,7 +7,13 @@
 - Email provider: the mock ESP, started on a free port and stopped afterwards, unless
   AIRFLOW_CONN_ESP_DEFAULT names a running one.
 - Then ``airflow dags test welcome_emails -c '{"csv_path": CSV}'``; its full log goes to
-  ``.airflow/logs/``; the run's report is printed at the end. Exit code 0 only when the run succeeded.
+  ``.airflow/logs/``; the run's report is printed at the end, and when the run failed, each failed task
+  with its error. Exit code 0 only when the run succeeded.
+- A bad CSV path fails before anything starts, by the DAG's own rule (``resolve_csv_path``).
+- Ctrl-C (or SIGTERM, SIGHUP) stops everything it started within seconds (SIGTERM, then SIGKILL) and
+  releases the run's contacts in the ledger. Each `airflow dags test` it starts is recorded in
+  ``.airflow/runs/<pid>.json``; a later start releases the recorded runs whose process is gone (a crash, a
+  kill), so their unfinished contacts are taken over at once instead of after the 30-minute lease.
 """
 
 from __future__ import annotations
@@ -16,19 +22,23 @@ import argparse
 import importlib.metadata
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
-import httpx
+import psutil
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_HOME = PROJECT_ROOT / ".airflow"
 DATA_DIR = PROJECT_ROOT / "data"
 MOCK_ESP_KEY = "mock-esp-key"
+GRACE_SECONDS = 3.0  # between SIGTERM and SIGKILL when stopping what `make run` started
 
 
 def free_port() -> int:
@@ -109,36 +119,154 @@ def _airflow() -> str:
     return str(Path(sys.executable).with_name("airflow"))
 
 
-@contextmanager
-def mock_esp(env: dict[str, str], log_dir: Path):
+def start_mock_esp(env: dict[str, str], log_dir: Path) -> tuple[subprocess.Popen | None, dict[str, str], Callable]:
     """Start the mock ESP on a free port unless AIRFLOW_CONN_ESP_DEFAULT is set.
 
-    Yields the env to use and a function that waits until the ESP answers: it starts while Airflow
-    imports, so the two start-ups overlap instead of adding up."""
+    Returns the process (or None), the env to run with and a function that waits until the ESP answers: it
+    starts while Airflow imports, so the two start-ups overlap instead of adding up."""
     if env.get("AIRFLOW_CONN_ESP_DEFAULT"):
-        yield env, lambda: None
-        return
+        return None, env, lambda: None
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / "mock_esp.log").open("a") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "include.mock_esp", "--port", str(port), "--api-key", MOCK_ESP_KEY],
+            # The journal keeps the mock's messages across runs, as a real provider keeps them: a run that
+            # resumes an interrupted one finds the messages it sent (idempotency keys, outcomes).
+            [
+                sys.executable,
+                "-m",
+                "include.mock_esp",
+                "--port",
+                str(port),
+                "--api-key",
+                MOCK_ESP_KEY,
+                "--journal",
+                str(log_dir.parent / "mock_esp_messages.jsonl"),
+            ],
             cwd=PROJECT_ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    return (
+        process,
+        {**env, "AIRFLOW_CONN_ESP_DEFAULT": esp_connection(port, MOCK_ESP_KEY)},
+        lambda: wait_healthy(f"http://127.0.0.1:{port}/healthz", process),
+    )
+
+
+def stop_processes(processes: list[subprocess.Popen], grace: float = GRACE_SECONDS) -> None:
+    """Stop these processes and everything they started: SIGTERM, then SIGKILL after ``grace`` seconds
+    (`airflow dags test` ignores SIGINT and SIGTERM while a task runs)."""
+    tree: list[psutil.Process] = []
+    for process in processes:
+        with suppress(psutil.NoSuchProcess):
+            parent = psutil.Process(process.pid)
+            tree += [parent, *parent.children(recursive=True)]
+    for proc in tree:
+        with suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    for proc in alive:
+        with suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=10)
+    for process in processes:
+        process.poll()
+
+
+# -- runs started from an Airflow home, so that the next start knows which of them died -----------------
+def record_run(home: Path, process: subprocess.Popen, run_log: Path, env: dict[str, str]) -> Path:
+    """<home>/runs/<pid>.json: the `airflow dags test` process, its log (which names the run) and ledger."""
+    path = home / "runs" / f"{process.pid}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "pid": process.pid,
+        "create_time": psutil.Process(process.pid).create_time(),
+        "log": str(run_log),
+        "ledger": env["AIRFLOW_CONN_CONTACTS_DB"],
+    }
+    path.write_text(json.dumps(state))
+    return path
+
+
+def process_alive(pid: int, create_time: float) -> bool:
+    """Whether that very process (not a later one with a recycled pid) still runs."""
     try:
-        yield (
-            {**env, "AIRFLOW_CONN_ESP_DEFAULT": esp_connection(port, MOCK_ESP_KEY)},
-            lambda: wait_healthy(f"http://127.0.0.1:{port}/healthz", process),
-        )
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+        process = psutil.Process(pid)
+        return process.create_time() == create_time and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def run_id_from_log(run_log: Path) -> str | None:
+    """The id of the DAG run an `airflow dags test` log belongs to (None: it died before creating one)."""
+    with suppress(FileNotFoundError), run_log.open(errors="replace") as log:
+        for line in log:
+            found = re.search(r"creating dag run .*\brun_id=(\S+)", line)
+            if found:
+                return found.group(1)
+    return None
+
+
+def release_run(state_path: Path) -> str | None:
+    """End the lease of the run recorded in ``state_path``, whose process is gone: whatever it still holds
+    (claimed, sending, sent, blocked contacts) is taken over at once by the next run that lists it, instead
+    of after the lease (30 minutes). Returns the run id (None: the run never started, or its ledger cannot
+    be reached from here: then its contacts wait for the lease to end, as they would without this)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from welcome_mailer.ledger import Ledger, connect
+    from welcome_mailer.ledger.engine import url_from_connection_json
+
+    state = json.loads(state_path.read_text())
+    run_id = run_id_from_log(Path(state["log"]))
+    if run_id is not None:
+        try:
+            engine = connect(url_from_connection_json(state["ledger"]))
+            try:
+                Ledger(engine).finish_run(run_id)
+            finally:
+                engine.dispose()
+        except (ValueError, SQLAlchemyError) as exc:  # not JSON, not postgres/sqlite, or unreachable
+            print(f"could not release run {run_id} in its ledger ({exc}): its contacts wait for its lease to end")
+            run_id = None
+    state_path.unlink()
+    return run_id
+
+
+def release_dead_runs(home: Path) -> None:
+    """Release the runs earlier `make run`s started from this home and that died with them (killed, crashed,
+    the terminal closed). Runs whose process still runs keep their contacts."""
+    for path in sorted((home / "runs").glob("*.json")):
+        state = json.loads(path.read_text())
+        if process_alive(state["pid"], state["create_time"]):
+            print(f"another run started here is still in progress (pid {state['pid']}): it keeps its contacts")
+            continue
+        run_id = release_run(path)
+        if run_id is not None:
+            print(f"resuming the interrupted run {run_id}: its unfinished contacts are taken over now")
+
+
+# -- what a failed run says ------------------------------------------------------------------------------
+def failed_tasks(run_log: Path) -> list[str]:
+    """'task: error' for every task of the run that ended failed, in the order they failed."""
+    failures, task, error = [], None, None
+    exception_line = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Terminated|Timeout)\b.*")
+    for line in run_log.read_text(errors="replace").splitlines():
+        if found := re.search(r"\[DAG TEST\] starting task_id=(\S+) map_index=(-?\d+)", line):
+            task_id, map_index = found.groups()
+            task, error = task_id if map_index == "-1" else f"{task_id}[{map_index}]", None
+        elif exception_line.match(line):
+            error = line.strip()
+        elif "Task instance state updated" in line and "new_state=failed" in line and task:
+            failures.append(f"{task}: {error or 'failed (no exception in the log)'}")
+    return failures
 
 
 def wait_healthy(url: str, process: subprocess.Popen | None = None, timeout: float = 30) -> None:
+    import httpx  # here: a bad CSV path is refused before anything heavy is imported
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -157,46 +285,99 @@ def newest_report(reports_dir: Path, since: float) -> Path | None:
     return max(reports, key=lambda p: p.stat().st_mtime, default=None)
 
 
+class Interrupted(Exception):
+    """SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal closed) reached `make run`."""
+
+
+def _interrupted(signum, _frame) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("csv", nargs="?", default="input.csv", help="the contact list (default: input.csv)")
+    parser.add_argument("--airflow-home", type=Path, default=AIRFLOW_HOME, help="default: .airflow/ here")
     args = parser.parse_args(argv)
-    env = airflow_env()
+    home = args.airflow_home.resolve()
+    env = airflow_env(home)
     csv_path = str(Path(args.csv).resolve())
     env.setdefault("WELCOME_MAILER_DATA_ROOTS", os.pathsep.join([str(PROJECT_ROOT), str(Path(csv_path).parent)]))
+    # The DAG's own rule, before anything heavy starts: a bad path fails in a second, with the reason.
+    from welcome_mailer.settings import InvalidCsvPath, Settings, resolve_csv_path
+
+    try:
+        resolve_csv_path(csv_path, Settings.from_env(env).data_roots)
+    except InvalidCsvPath as exc:
+        print(f"welcome_emails not started: {exc}", file=sys.stderr)
+        return 2
     reports_dir = Path(env.setdefault("WELCOME_MAILER_REPORTS_DIR", str(DATA_DIR / "reports")))
     DATA_DIR.mkdir(exist_ok=True)
-    ensure_metadata_db(env)
-    migrate_ledger(env)
-    log_dir = AIRFLOW_HOME / "logs"
-    started = time.time()
+    log_dir = home / "logs"
     run_log = log_dir / f"welcome_emails-{time.strftime('%Y%m%dT%H%M%S')}.log"
-    with mock_esp(env, log_dir) as (run_env, esp_ready):
+    started = time.time()
+    processes: list[subprocess.Popen] = []
+    state_path = None
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _interrupted)
+    try:
+        release_dead_runs(home)
+        ensure_metadata_db(env)
+        migrate_ledger(env)
+        esp, run_env, esp_ready = start_mock_esp(env, log_dir)
+        processes += [esp] if esp else []
         print(f"running welcome_emails on {csv_path} (full log: {run_log}) ...", flush=True)
         with run_log.open("w") as log:
-            process = subprocess.Popen(
+            airflow = subprocess.Popen(
                 [_airflow(), "dags", "test", "welcome_emails", "-c", json.dumps({"csv_path": csv_path})],
                 env=run_env,
                 cwd=PROJECT_ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-            try:
-                esp_ready()
-            except RuntimeError:
-                process.terminate()
-                raise
-            returncode = process.wait()
-    seconds = time.time() - started
-    report = newest_report(reports_dir, started)
-    if report is not None:
-        print(report.read_text())
-    failed = returncode != 0 or "state=failed" in run_log.read_text()
-    if failed:
-        print("".join(run_log.read_text().splitlines(keepends=True)[-30:]))
-        print(f"welcome_emails FAILED after {seconds:.1f}s; full log: {run_log}")
+        processes.insert(0, airflow)
+        state_path = record_run(home, airflow, run_log, run_env)
+        esp_ready()
+        returncode = airflow.wait()
+    except Interrupted as exc:
+        for signum in STOP_SIGNALS:  # a second Ctrl-C must not cut the clean-up short (it takes seconds)
+            signal.signal(signum, signal.SIG_IGN)
+        stopping = time.monotonic()
+        stop_processes(processes)
+        run_id = release_run(state_path) if state_path else None
+        resume = "make run" + ("" if args.csv == "input.csv" else f" CSV={args.csv}")
+        print(
+            f"\ninterrupted ({exc}): stopped everything this run started in {time.monotonic() - stopping:.1f}s"
+            + (f"; run {run_id} released its unfinished contacts" if run_id else "")
+            + f".\nTo resume: {resume}. It takes over those contacts at once; what was already sent is not "
+            f"sent again (recorded attempts are re-sent with their idempotency key). Full log: {run_log}",
+            flush=True,
+        )
+        return 130
+    except RuntimeError as exc:  # the mock ESP did not start
+        print(f"welcome_emails FAILED: {exc}; full log: {run_log}")
         return 1
-    print(f"welcome_emails succeeded in {seconds:.1f}s end to end; report: {report}")
+    finally:
+        stop_processes(processes)
+        if state_path is not None and state_path.exists():
+            release_run(state_path)  # the run is over: a run that died on its own leaves nothing held
+    from welcome_mailer.pipeline import run_directory
+
+    seconds = time.time() - started
+    run_id = run_id_from_log(run_log)
+    report_path = run_directory(reports_dir, run_id) / "report.md" if run_id else None
+    if report_path is not None and report_path.exists():
+        print(report_path.read_text())
+    failures = failed_tasks(run_log)
+    if returncode != 0 or failures or "state=failed" in run_log.read_text():
+        print(f"welcome_emails FAILED after {seconds:.1f}s:")
+        for failure in failures or ["no task failed: see the end of the log"]:
+            print(f"  failed task {failure}")
+        print(f"full log: {run_log}")
+        return 1
+    print(f"welcome_emails succeeded in {seconds:.1f}s end to end; report: {report_path}")
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import uvicorn
 
@@ -30,6 +31,7 @@ OPTIONS: dict[str, tuple[str, type, object]] = {
     "lose-response-rate": ("MOCK_ESP_LOSE_RESPONSE_RATE", float, 0.0),
     "rate-limit-rps": ("MOCK_ESP_RATE_LIMIT_RPS", float, 0.0),
     "latency-ms": ("MOCK_ESP_LATENCY_MS", float, 0.0),
+    "journal": ("MOCK_ESP_JOURNAL", str, ""),  # a file that keeps the messages across restarts
 }
 
 
@@ -57,7 +59,7 @@ def build_app(args: argparse.Namespace):
         latency_ms=args.latency_ms,
         seed=args.seed,
     )
-    return create_app(args.api_key, outcomes, faults)
+    return create_app(args.api_key, outcomes, faults, Path(args.journal) if args.journal else None)
 
 
 def main(argv: list[str] | None = None) -> None:

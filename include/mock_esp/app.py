@@ -12,6 +12,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
@@ -123,8 +124,13 @@ def _address_error(address: str) -> str | None:
     return None
 
 
-def create_app(api_key: str, outcomes: OutcomeSettings | None = None, faults: FaultSettings | None = None) -> FastAPI:
-    store = MessageStore(outcomes or OutcomeSettings())
+def create_app(
+    api_key: str,
+    outcomes: OutcomeSettings | None = None,
+    faults: FaultSettings | None = None,
+    journal: Path | None = None,
+) -> FastAPI:
+    store = MessageStore(outcomes or OutcomeSettings(), journal=journal)
     # Faults can be changed at runtime (PUT /admin/faults), so tests can switch them on in a running stack.
     live = _LiveFaults(faults or FaultSettings())
 

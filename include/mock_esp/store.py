@@ -12,12 +12,14 @@ touching it), so it needs no lock.
 from __future__ import annotations
 
 import bisect
+import json
 import random
 import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 OUTCOMES = ("delivered", "bounced", "blocked")
 
@@ -87,7 +89,11 @@ def _iso(timestamp: float) -> str:
 
 
 class MessageStore:
-    def __init__(self, settings: OutcomeSettings, clock=time.time) -> None:
+    """``journal``: a file every accepted message is appended to before the request is answered, and read
+    back at start, so a restarted service still knows its messages (ids, idempotency keys, outcomes), as a
+    real provider would. Without it the memory dies with the process."""
+
+    def __init__(self, settings: OutcomeSettings, clock=time.time, journal: Path | None = None) -> None:
         self.settings = settings
         self._clock = clock
         self._rng = random.Random(settings.seed)
@@ -97,6 +103,14 @@ class MessageStore:
         self._by_id: dict[str, Message] = {}
         self._by_key: dict[str, Message] = {}
         self._by_recipient: dict[str, list[int]] = {}
+        self._journal = None
+        if journal is not None:
+            if journal.exists():
+                with journal.open(encoding="utf-8") as lines:
+                    for line in lines:
+                        if line.endswith("\n"):  # a line cut short by a crash was never acknowledged
+                            self._remember(Message(seq=len(self._log), **json.loads(line)))
+            self._journal = journal.open("a", encoding="utf-8")
 
     def __len__(self) -> int:
         return len(self._log)
@@ -116,12 +130,19 @@ class MessageStore:
                     raise IdempotencyConflict(idempotency_key)
                 return existing, False
         message = self._new_message(to, subject, text, idempotency_key)
+        self._remember(message)
+        if self._journal is not None:
+            fields = {f: getattr(message, f) for f in Message.__slots__ if f != "seq"}
+            self._journal.write(json.dumps(fields) + "\n")
+            self._journal.flush()
+        return message, True
+
+    def _remember(self, message: Message) -> None:
         self._log.append(message)
         self._by_id[message.id] = message
-        self._by_recipient.setdefault(to, []).append(message.seq)
-        if idempotency_key is not None:
-            self._by_key[idempotency_key] = message
-        return message, True
+        self._by_recipient.setdefault(message.to, []).append(message.seq)
+        if message.idempotency_key is not None:
+            self._by_key[message.idempotency_key] = message
 
     def _new_message(self, to: str, subject: str, text: str, idempotency_key: str | None) -> Message:
         s = self.settings

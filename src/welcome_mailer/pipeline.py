@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
 import time
 from collections import deque
@@ -28,35 +27,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class InvalidCsvPath(ValueError):
-    """csv_path cannot be used; the message says why and what to do."""
-
-
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def resolve_csv_path(raw: str, data_roots: Sequence[Path]) -> Path:
-    """The readable CSV file that ``raw`` names, inside one of the data roots (relative paths are taken
-    from the first root). Raises InvalidCsvPath with a message meant for the person who triggered the run."""
-    if not raw or not raw.strip():
-        raise InvalidCsvPath("csv_path is empty: give the path of a CSV file")
-    path = Path(raw.strip()).expanduser()
-    resolved = (path if path.is_absolute() else data_roots[0] / path).resolve()
-    if not any(resolved.is_relative_to(root) for root in data_roots):
-        roots = ", ".join(str(r) for r in data_roots)
-        raise InvalidCsvPath(
-            f"csv_path {raw!r} is outside the allowed data roots ({roots}); "
-            "move the file there or add its directory to WELCOME_MAILER_DATA_ROOTS"
-        )
-    if not resolved.exists():
-        raise InvalidCsvPath(f"csv_path {raw!r} does not exist (resolved to {resolved})")
-    if not resolved.is_file():
-        raise InvalidCsvPath(f"csv_path {raw!r} is not a regular file (resolved to {resolved})")
-    if not os.access(resolved, os.R_OK):
-        raise InvalidCsvPath(f"csv_path {raw!r} is not readable by this worker (resolved to {resolved})")
-    return resolved
 
 
 def run_directory(reports_dir: Path, run_id: str) -> Path:
@@ -105,10 +78,12 @@ def claim_contacts(
     started = time.time()
     result = ledger.claim(run_id, batch_size, max_batches, retry_failed_after)
     log.info(
-        "claimed %s of %s contacts (%s new, %s taken over); %s already contacted or owned by another run "
-        "(of them %s failed less than %s ago: retried by a later run); %s to send in %s batches of up to %s",
-        result.owned, result.staged, result.claimed_new, result.taken_over, result.skipped,
-        result.failed_recently, retry_failed_after, result.to_send, len(result.batches), result.batch_size,
+        "claimed %s of %s contacts (%s new, %s taken over); %s already contacted (of them %s failed less than "
+        "%s ago: retried by a later run); %s held by other runs in progress (lease until %s); %s to send in %s "
+        "batches of up to %s",
+        result.owned, result.staged, result.claimed_new, result.taken_over,
+        result.skipped - result.held_by_other_runs, result.failed_recently, retry_failed_after,
+        result.held_by_other_runs, result.held_until, result.to_send, len(result.batches), result.batch_size,
     )  # fmt: skip
     return {
         "staged": result.staged,
@@ -117,6 +92,8 @@ def claim_contacts(
         "failed_recently": result.failed_recently,
         "owned": result.owned,
         "skipped": result.skipped,
+        "held_by_other_runs": result.held_by_other_runs,
+        "held_until": result.held_until.isoformat() if result.held_until else None,  # naive UTC
         "to_send": result.to_send,
         "batch_size": result.batch_size,
         "batches": result.batches,

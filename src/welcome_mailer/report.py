@@ -20,8 +20,11 @@ def build_report(*, run_id: str, parsed: dict, claimed: dict, summary: dict, pha
         "rejected": parsed["rejected"],
         "duplicates_in_file": parsed["duplicates_in_file"],
         "unique_contacts": parsed["contacts"],
-        "already_contacted_skipped": claimed["skipped"],
+        # Skipped contacts held by another run in progress were not contacted yet: counted apart.
+        "already_contacted_skipped": claimed["skipped"] - claimed.get("held_by_other_runs", 0),
         "failed_recently_skipped": claimed["failed_recently"],
+        "held_by_other_runs": claimed.get("held_by_other_runs", 0),
+        "held_until": claimed.get("held_until"),
         "claimed": claimed["owned"],
         "claimed_new": claimed["claimed_new"],
         "taken_over": claimed["taken_over"],
@@ -43,6 +46,8 @@ def render_markdown(report: dict) -> str:
         ("unique contacts", report["unique_contacts"]),
         ("already contacted (skipped)", report["already_contacted_skipped"]),
         ("  of them failed recently (retried later)", report["failed_recently_skipped"]),
+        ("held by another run in progress (skipped)", report["held_by_other_runs"]),
+        *((("  lease of that run ends at the latest (UTC)", report["held_until"]),) if report["held_until"] else ()),
         ("claimed by this run", report["claimed"]),
         *((f"outcome: {status}", count) for status, count in report["outcomes"].items()),
         ("messages sent", report["messages_sent"]),
@@ -55,11 +60,25 @@ def render_markdown(report: dict) -> str:
     lines = ["| item | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)]
     if report["claimed"] == 0:
         lines.append("")
-        lines.append(
-            "Nothing was sent: every contact in the file was already contacted, failed too recently to be "
-            "retried (retry_failed_after_hours), or is owned by another run."
-        )
+        lines.append(nothing_sent_sentence(report))
     return "\n".join(lines) + "\n"
+
+
+def nothing_sent_sentence(report: dict) -> str:
+    """Why a run that claimed nothing sent nothing, without calling contacts held elsewhere "contacted"."""
+    held = report["held_by_other_runs"]
+    sentence = (
+        f"Nothing was sent: {report['already_contacted_skipped']} contact(s) in the file were already contacted "
+        f"(of them {report['failed_recently_skipped']} failed too recently to be retried: "
+        "retry_failed_after_hours)"
+    )
+    if not held:
+        return sentence + "."
+    return (
+        f"{sentence}, and {held} are held by another run still in progress, NOT contacted yet: that run "
+        f"sends them, or, if it is dead, the first run started after its lease ends ({report['held_until']} UTC "
+        "at the latest) takes them over."
+    )
 
 
 def write_report(report: dict, directory: Path) -> tuple[Path, Path]:

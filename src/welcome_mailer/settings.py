@@ -15,16 +15,44 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 
-def home() -> Path:
+def home(environ: Mapping[str, str] | None = None) -> Path:
     """The directory the defaults live under. Never the package's own location: installed code has no
     checkout around it."""
-    base = os.environ.get("WELCOME_MAILER_HOME") or os.environ.get("AIRFLOW_HOME") or "~/airflow"
+    env = os.environ if environ is None else environ
+    base = env.get("WELCOME_MAILER_HOME") or env.get("AIRFLOW_HOME") or "~/airflow"
     return Path(base).expanduser().resolve()
+
+
+class InvalidCsvPath(ValueError):
+    """csv_path cannot be used; the message says why and what to do."""
+
+
+def resolve_csv_path(raw: str, data_roots: Sequence[Path]) -> Path:
+    """The readable CSV file that ``raw`` names, inside one of the data roots (relative paths are taken
+    from the first root). Raises InvalidCsvPath with a message meant for the person who triggered the run."""
+    if not raw or not raw.strip():
+        raise InvalidCsvPath("csv_path is empty: give the path of a CSV file")
+    path = Path(raw.strip()).expanduser()
+    resolved = (path if path.is_absolute() else data_roots[0] / path).resolve()
+    if not any(resolved.is_relative_to(root) for root in data_roots):
+        roots = ", ".join(str(r) for r in data_roots)
+        raise InvalidCsvPath(
+            f"csv_path {raw!r} is outside the allowed data roots ({roots}); "
+            "move the file there or add its directory to WELCOME_MAILER_DATA_ROOTS"
+        )
+    if not resolved.exists():
+        raise InvalidCsvPath(f"csv_path {raw!r} does not exist (resolved to {resolved})")
+    if not resolved.is_file():
+        raise InvalidCsvPath(f"csv_path {raw!r} is not a regular file (resolved to {resolved})")
+    if not os.access(resolved, os.R_OK):
+        raise InvalidCsvPath(f"csv_path {raw!r} is not readable by this worker (resolved to {resolved})")
+    return resolved
 
 
 @dataclass(frozen=True)
@@ -38,15 +66,17 @@ class Settings:
     dropzone_schedule: str
 
     @classmethod
-    def from_env(cls) -> Settings:
-        roots = os.environ.get("WELCOME_MAILER_DATA_ROOTS", "")
-        base = home()
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """From this process's environment, or from ``environ`` (the one a child process will get)."""
+        env = os.environ if environ is None else environ
+        roots = env.get("WELCOME_MAILER_DATA_ROOTS", "")
+        base = home(env)
         return cls(
             data_roots=tuple(Path(r).resolve() for r in roots.split(os.pathsep) if r) or (base,),
-            reports_dir=Path(os.environ.get("WELCOME_MAILER_REPORTS_DIR", base / "data" / "reports")),
-            lease=timedelta(minutes=float(os.environ.get("WELCOME_MAILER_LEASE_MINUTES", "30"))),
-            poke_seconds=float(os.environ.get("WELCOME_MAILER_POKE_SECONDS", "2")),
-            dropzone=Path(os.environ.get("WELCOME_MAILER_DROPZONE", base / "data" / "dropzone")),
-            dropzone_settle_seconds=float(os.environ.get("WELCOME_MAILER_DROPZONE_SETTLE_SECONDS", "10")),
-            dropzone_schedule=os.environ.get("WELCOME_MAILER_DROPZONE_SCHEDULE", "* * * * *"),
+            reports_dir=Path(env.get("WELCOME_MAILER_REPORTS_DIR", base / "data" / "reports")),
+            lease=timedelta(minutes=float(env.get("WELCOME_MAILER_LEASE_MINUTES", "30"))),
+            poke_seconds=float(env.get("WELCOME_MAILER_POKE_SECONDS", "2")),
+            dropzone=Path(env.get("WELCOME_MAILER_DROPZONE", base / "data" / "dropzone")),
+            dropzone_settle_seconds=float(env.get("WELCOME_MAILER_DROPZONE_SETTLE_SECONDS", "10")),
+            dropzone_schedule=env.get("WELCOME_MAILER_DROPZONE_SCHEDULE", "* * * * *"),
         )

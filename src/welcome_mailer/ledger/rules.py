@@ -74,6 +74,8 @@ class ClaimResult:
     to_send: int  # owned contacts waiting for their first message of this claim
     batch_size: int  # contacts per send batch (may exceed the requested size to stay under max_batches)
     batches: list[int]
+    held_by_other_runs: int = 0  # in flight under another live run: not contacted yet, not this run's
+    held_until: datetime | None = None  # the latest lease expiry among those runs
 
     @property
     def skipped(self) -> int:
@@ -218,6 +220,13 @@ class Ledger:
                 )
             ).rowcount
 
+            held, held_until = conn.execute(
+                select(func.count(), func.max(ledger_runs.c.lease_expires_at))
+                .select_from(sent_contacts.join(ledger_runs, ledger_runs.c.run_id == sent_contacts.c.run_id))
+                .where(sent_contacts.c.email.in_(staged), sent_contacts.c.run_id != run_id)
+                .where(sent_contacts.c.status.in_(IN_FLIGHT_STATES), ledger_runs.c.finished_at.is_(None))
+                .where(ledger_runs.c.lease_expires_at >= now)
+            ).one()
             owned, failed_recently = conn.execute(
                 select(
                     func.count().filter(sent_contacts.c.run_id == run_id),
@@ -225,7 +234,9 @@ class Ledger:
                 ).where(sent_contacts.c.email.in_(staged))
             ).one()
             to_send, size, batches = self._number_batches(conn, run_id, (CLAIMED, SENDING), batch_size, max_batches)
-        return ClaimResult(staged_count, inserted, taken_over, failed_recently, owned, to_send, size, batches)
+        return ClaimResult(
+            staged_count, inserted, taken_over, failed_recently, owned, to_send, size, batches, held, held_until
+        )
 
     @staticmethod
     def _number_batches(

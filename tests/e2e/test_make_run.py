@@ -1,0 +1,174 @@
+"""`make run` (include.run_embedded) as a newcomer meets it: a bad path, a failing run, Ctrl-C, a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from include.generate_contacts import write_file
+from include.run_embedded import PROJECT_ROOT, airflow_env, ensure_metadata_db
+from tests.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
+
+
+@pytest.fixture(scope="session")
+def migrated_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("embedded-home")
+    ensure_metadata_db(airflow_env(home))
+    return home
+
+
+@pytest.fixture
+def home(migrated_home, tmp_path) -> Path:
+    """A migrated Airflow home of this test's own (its runs/ records the test's runs)."""
+    return Path(shutil.copytree(migrated_home, tmp_path / "home"))
+
+
+def runner_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("AIRFLOW_HOME", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW_CONN_ESP_DEFAULT"):
+        env.pop(name, None)  # the runner sets its own
+    env.update(
+        {
+            "AIRFLOW_CONN_CONTACTS_DB": json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "ledger.db")}),
+            "WELCOME_MAILER_REPORTS_DIR": str(tmp_path / "reports"),
+            **extra,
+        }
+    )
+    return env
+
+
+def start_runner(home: Path, env: dict[str, str], csv: Path | str, output: Path) -> subprocess.Popen:
+    """`python -m include.run_embedded` in a session of its own (as a terminal's job is)."""
+    with output.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "include.run_embedded", str(csv), "--airflow-home", str(home)],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_for_sending(home: Path, runner: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the run's first send task has started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert runner.poll() is None, "the run ended before sending"
+        if any("starting task_id=send_batch" in log.read_text() for log in (home / "logs").glob("welcome_emails-*")):
+            return
+        time.sleep(0.2)
+    pytest.fail("the run did not start sending in time")
+
+
+def processes_of(session: int) -> list[psutil.Process]:
+    """The live processes of a session (zombies are dead, waiting to be reaped)."""
+    return [p for p in psutil.process_iter() if _sid(p) == session and _status(p) != psutil.STATUS_ZOMBIE]
+
+
+def _status(process: psutil.Process) -> str | None:
+    try:
+        return process.status()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _sid(process: psutil.Process) -> int | None:
+    try:
+        return os.getsid(process.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def test_missing_csv_fails_in_a_second_with_the_reason(tmp_path):
+    started = time.monotonic()
+    completed = subprocess.run(
+        [sys.executable, "-m", "include.run_embedded", "missing.csv", "--airflow-home", str(tmp_path / "home")],
+        cwd=PROJECT_ROOT,
+        env=runner_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    seconds = time.monotonic() - started
+    assert completed.returncode != 0
+    assert "csv_path" in completed.stderr and "missing.csv' does not exist" in completed.stderr
+    assert seconds < 2, f"took {seconds:.1f}s"
+    assert not (tmp_path / "home").exists(), "nothing was started"
+
+
+@pytest.mark.slow
+def test_a_failing_run_prints_the_failing_task_and_its_error(home, tmp_path):
+    csv = write_file(tmp_path / "contacts.csv", rows=50)
+    env = runner_env(tmp_path, AIRFLOW_CONN_CONTACTS_DB=json.dumps({"conn_type": "mysql", "host": "nowhere"}))
+    output = tmp_path / "out.txt"
+    runner = start_runner(home, env, csv, output)
+    assert runner.wait(timeout=240) == 1
+    text = output.read_text()
+    assert "welcome_emails FAILED" in text
+    assert "failed task parse: ValueError: connection 'contacts_db': the ledger connection must be of type" in text
+    lines = text.splitlines()
+    assert lines[-1].startswith("full log: ") and Path(lines[-1].removeprefix("full log: ")).exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_send_phase_stops_everything_and_says_how_to_resume(home, tmp_path):
+    csv = write_file(tmp_path / "contacts.csv", rows=4000)
+    output = tmp_path / "out.txt"
+    runner = start_runner(home, runner_env(tmp_path, MOCK_ESP_LATENCY_MS="1000"), csv, output)
+    try:
+        wait_for_sending(home, runner)
+        children = [p for p in processes_of(runner.pid) if p.pid != runner.pid]
+        assert len(children) == 2, children  # airflow dags test and the mock ESP
+        interrupted = time.monotonic()
+        runner.send_signal(signal.SIGINT)  # to run_embedded alone: it must stop its children itself
+        assert runner.wait(timeout=10) == 130
+        _, alive = psutil.wait_procs(children, timeout=max(0.1, 10 - (time.monotonic() - interrupted)))
+        assert not alive, f"still running 10 s after Ctrl-C: {alive}"
+        assert time.monotonic() - interrupted < 10
+    finally:
+        for process in processes_of(runner.pid):
+            process.kill()
+    text = output.read_text()
+    assert "interrupted (SIGINT)" in text and "released its unfinished contacts" in text
+    assert f"To resume: make run CSV={csv}" in text
+    assert list((home / "runs").glob("*.json")) == [], "the interrupted run is released, not left recorded"
+
+
+@pytest.mark.slow
+def test_after_a_crash_the_next_run_resumes_at_once_and_nobody_gets_two_emails(home, tmp_path, start_esp):
+    # One ESP for both runs, as a real provider outlives our processes: its log is the proof.
+    esp = start_esp(latency_ms=1000, hold_rate=0.2, hold_min_seconds=0.2, hold_max_seconds=1.0)
+    csv = write_file(tmp_path / "contacts.csv", rows=4000)
+    env = runner_env(tmp_path, AIRFLOW_CONN_ESP_DEFAULT=json.dumps(esp.connection))
+    crashed = start_runner(home, env, csv, tmp_path / "crashed.txt")
+    try:
+        wait_for_sending(home, crashed)
+        time.sleep(2)
+    finally:
+        os.killpg(crashed.pid, signal.SIGKILL)  # the whole `make run`, mid-send
+    crashed.wait(timeout=10)
+    assert psutil.wait_procs(processes_of(crashed.pid), timeout=10)[1] == [], "SIGKILL of the group ends it all"
+    sent_before = len(esp.messages())
+    assert 0 < sent_before < len(expected_contacts(csv)), "the crash happened mid-send"
+
+    output = tmp_path / "resumed.txt"
+    resumed = start_runner(home, env, csv, output)
+    assert resumed.wait(timeout=240) == 0, output.read_text()[-3000:]
+    text = output.read_text()
+    assert "resuming the interrupted run manual__" in text
+    report = json.loads(next((tmp_path / "reports").glob("*/report.json")).read_text())
+    assert report["taken_over"] > 0 and report["held_by_other_runs"] == 0
+    assert report["claimed"] == len(expected_contacts(csv))
+    messages = esp.messages()
+    assert_run_invariants(messages, expected_contacts(csv), max_attempts=5)
+    assert_ledger_matches(f"sqlite:///{tmp_path / 'ledger.db'}", messages)
