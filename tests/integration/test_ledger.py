@@ -5,7 +5,8 @@ from __future__ import annotations
 import multiprocessing
 from datetime import timedelta
 
-from sqlalchemy import select, update
+import pytest
+from sqlalchemy import event, select, update
 
 from welcome_mailer.contacts import Contact
 from welcome_mailer.ledger import (
@@ -204,3 +205,52 @@ def test_concurrent_claimers_never_claim_a_contact_twice(ledger, ledger_url):
     assert sum(owned.values()) == len(unique), "every contact is owned by exactly one run"
     for run_id, count in owned.items():
         assert count == sum(1 for _, owner, _ in ledger_rows.values() if owner == run_id)
+
+
+def _scans(plan: dict) -> list[tuple[str, str, str | None]]:
+    """(node type, table, index) of every scan of a table in an EXPLAIN (FORMAT JSON) plan."""
+    scans = "Relation Name" in plan and plan["Node Type"] != "ModifyTable"
+    found = [(plan["Node Type"], plan["Relation Name"], plan.get("Index Name"))] if scans else []
+    return found + [scan for child in plan.get("Plans", []) for scan in _scans(child)]
+
+
+@pytest.mark.postgres
+def test_chunk_updates_are_driven_by_the_primary_key_whatever_the_statistics(postgres_url):
+    """Issue 14: statistics taken before a bulk claim know nothing of the run, so the planner believed
+    that few of its rows were 'sending', and every 500-row chunk of record_sent scanned all of them: a
+    hash join over ix_sent_contacts_run_status (sent_contacts), a nested loop over a seq scan (send_attempts),
+    quadratic in the run's size. Each chunk must find its rows by primary key (10 rows, so that scanning
+    the 20k-row table is honestly the dearer plan)."""
+    engine = connect(postgres_url)
+    upgrade(engine)
+    ledger = Ledger(engine)
+    send_everything(ledger, "earlier", stage_and_claim(ledger, "earlier", ["x@example.com"]).batches, "delivered")
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")  # the last statistics before the bulk claim
+    [batch] = stage_and_claim(ledger, "big", [f"u{i}@example.com" for i in range(20_000)], max_batches=1).batches
+    attempts = ledger.start_attempts("big", batch)
+    sent, unsent = attempts[:10], attempts[10:20]
+    ledger.record_sent("big", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in sent])
+
+    plans = []
+
+    def explain(conn, cursor, statement, parameters, context, executemany):
+        return ("EXPLAIN (FORMAT JSON) " + statement if " UPDATE " in f" {statement}" else statement), parameters
+
+    def keep(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("EXPLAIN"):
+            plans.append(_scans(cursor.fetchone()[0][0]["Plan"]))
+
+    event.listen(ledger.engine, "before_cursor_execute", explain, retval=True)
+    event.listen(ledger.engine, "after_cursor_execute", keep)
+    try:
+        ledger.record_sent("big", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in unsent])
+        ledger.record_outcomes([OutcomeEvent("delivered", provider_message_id=f"id-{a.email}") for a in sent])
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", explain)
+        event.remove(ledger.engine, "after_cursor_execute", keep)
+        ledger.engine.dispose()
+    contacts_by_pk = [("Index Scan", "sent_contacts", "sent_contacts_pkey")]
+    attempts_by_pk = [("Index Scan", "send_attempts", "send_attempts_pkey")]
+    # record_sent updates contacts, then attempts; record_outcomes attempts, then contacts
+    assert plans == [contacts_by_pk, attempts_by_pk, attempts_by_pk, contacts_by_pk]
