@@ -1,0 +1,17 @@
+"""The package's web app, mounted on Airflow's api-server under /welcome-mailer by the plugin
+(``welcome_mailer.plugin``). One module per concern, each with its own router; every route checks its own
+callers (Airflow does not authenticate plugin apps)."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from fastapi import FastAPI
+
+from welcome_mailer.web import health
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Welcome mailer", version=version("welcome-mailer"))
+    app.include_router(health.router)
+    return app
