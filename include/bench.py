@@ -1,6 +1,7 @@
 """Benchmark: prints figures and appends them to bench/results.jsonl (`make bench`).
 
-- end to end: 10k and 100k rows through `airflow dags test` on the embedded default (fresh ledger each);
+- end to end: 10k and 100k rows through `airflow dags test` on the embedded default (fresh ledger each),
+  each beside the no-orchestration baseline (include/baseline.py) on the same file, as a ratio to it;
 - parse + claim of 1M rows, in a child process so its peak RSS is its own (SQLite ledger; add
   ``--postgres URL`` for Postgres too);
 - the mock ESP accepting 1,000-message batches;
@@ -69,6 +70,42 @@ def end_to_end(rows: int, workdir: Path) -> dict:
     }
 
 
+def baseline(rows: int) -> dict:
+    """The same file through include/baseline.py (no Airflow) against a fresh mock ESP of its own."""
+    csv_path = write_file(BENCH_DIR / "files" / f"contacts_{rows}.csv", rows, seed=7)
+    port = free_port()
+    esp = subprocess.Popen(
+        [sys.executable, "-m", "include.mock_esp", "--port", str(port), "--api-key", "bench"],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", esp)
+        command = [sys.executable, "-m", "include.baseline", str(csv_path), "--esp-url", f"http://127.0.0.1:{port}"]
+        output = subprocess.run(
+            [*command, "--api-key", "bench"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        ).stdout
+    finally:
+        esp.terminate()
+        esp.wait(timeout=10)
+    return {"benchmark": f"baseline_{rows}", **json.loads(output.strip().splitlines()[-1])}
+
+
+def with_ratios(results: list[dict]) -> list[dict]:
+    """Each end-to-end figure as a ratio to the baseline of the same size, measured in the same run."""
+    floors = {
+        r["benchmark"].removeprefix("baseline_"): r["seconds"]
+        for r in results
+        if r["benchmark"].startswith("baseline_")
+    }
+    for result in results:
+        rows = result["benchmark"].rsplit("_", 1)[-1]
+        if "end_to_end_" in result["benchmark"] and rows in floors and floors[rows]:
+            result["ratio_to_baseline"] = round(result["seconds"] / floors[rows], 2)
+    return results
+
+
 def parse_and_claim(rows: int, ledger_url: str) -> dict:
     """Run in a child process: its own peak RSS is the figure."""
     code = f"""
@@ -76,10 +113,12 @@ import json, resource, time
 from pathlib import Path
 from include.generate_contacts import write_file
 from welcome_mailer.ledger import Ledger, connect
+from welcome_mailer.ledger.migrate import upgrade
 from welcome_mailer.pipeline import claim_contacts, parse_file
 path = write_file(Path({str(BENCH_DIR / "files")!r}) / "contacts_{rows}.csv", {rows}, seed=7)
-ledger = Ledger(connect({ledger_url!r}))
-ledger.ensure_schema()
+engine = connect({ledger_url!r})
+upgrade(engine)
+ledger = Ledger(engine)
 ledger.renew_lease("bench")
 t0 = time.time()
 parsed = parse_file(ledger, "bench", path, Path({tempfile.gettempdir()!r}) / "bench_rejected.csv")
@@ -240,9 +279,11 @@ def main(argv: list[str] | None = None) -> None:
             if args.postgres:
                 results.append(parse_and_claim(args.big, args.postgres))
         for rows in args.sizes:
+            results.append(baseline(rows))
             results.append(end_to_end(rows, workdir))
         if args.stack:
             results.extend(on_stack(args.sizes, workdir))
+    results = with_ratios(results)
     BENCH_DIR.mkdir(exist_ok=True)
     with RESULTS.open("a") as handle:
         for result in results:
