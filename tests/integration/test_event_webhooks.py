@@ -252,3 +252,16 @@ def test_one_click_unsubscribe(client, ledger):
     assert contact_status(ledger, "a@example.com") == "unsubscribed"
     forged = link.replace("token=", "token=x")
     assert client.post(forged).status_code == 403 and client.get(forged).status_code == 403
+
+
+def test_a_late_bounce_webhook_after_the_run_ended_keeps_the_contact_from_later_runs(client, ledger):
+    from tests.integration.test_ledger import stage_and_claim
+
+    ids = sent(ledger, "run", "a@example.com")
+    post_sendgrid(client, [sendgrid_event("delivered", ids["a@example.com"])])
+    ledger.finish_run("run")
+    body = mailgun_body("mg-key", "failed", ids["a@example.com"], severity="permanent", reason="bounce")
+    assert client.post("/events/mailgun", content=body).json()["applied"] == 1
+    assert contact_status(ledger, "a@example.com") == "bounced"
+    later = stage_and_claim(ledger, "later", ["a@example.com"])
+    assert (later.owned, later.batches) == (0, [])
