@@ -35,8 +35,8 @@ lint: venv  ## ruff (including Airflow's AIR rules)
 esp: venv  ## start the mock ESP in the foreground on 127.0.0.1:8025 (flags: python -m include.mock_esp --help)
 	$(BIN)/python -m include.mock_esp
 
-events: venv  ## serve the provider event and unsubscribe endpoints on their own (127.0.0.1:8026/welcome-mailer/; the api-server serves them too)
-	$(BIN)/python -m welcome_mailer.web
+events: venv  ## serve the provider event and unsubscribe endpoints on their own, on make run's ledger (127.0.0.1:8026/welcome-mailer/)
+	WELCOME_MAILER_HOME=$${WELCOME_MAILER_HOME:-$(CURDIR)} $(BIN)/python -m welcome_mailer.web
 
 input: venv  ## regenerate input.csv (deterministic)
 	$(BIN)/python -m include.generate_contacts --rows 10000 --seed 42 --output input.csv
