@@ -8,10 +8,11 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
-from welcome_mailer.web import health
+from welcome_mailer.web import health, ui
 
 
 def create_app() -> FastAPI:
     app = FastAPI(title="Welcome mailer", version=version("welcome-mailer"))
     app.include_router(health.router)
+    ui.install(app)  # the ledger's pages: /ui/
     return app
