@@ -17,7 +17,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -84,7 +84,7 @@ def _audit(actor: str, action: str, reason: str, detail: str | None = None) -> d
 
 
 # -- questions ---------------------------------------------------------------------------------------
-def lookup(ledger: Ledger, reports_dir: Path, raw_email: str) -> ContactView:
+def lookup(ledger: Ledger, reports_dir: Path, raw_email: str, data_roots: Sequence[Path] = ()) -> ContactView:
     """Everything the ledger knows about one address. Raises InvalidEmail."""
     email = normalise_email(raw_email)
     view = ContactView(email)
@@ -99,7 +99,7 @@ def lookup(ledger: Ledger, reports_dir: Path, raw_email: str) -> ContactView:
             view.name, view.status, view.run_id, view.attempts = row.name, row.status, row.run_id, row.attempts
             view.updated_at, view.released = row.updated_at, row.updated_at == RELEASED_AT
             view.source_line = row.source_line
-            view.source_file = (_report(reports_dir, row.run_id) or {}).get("csv_path")
+            view.source_file = shown_path((_report(reports_dir, row.run_id) or {}).get("csv_path"), data_roots)
         view.history = [
             dict(r._mapping)
             for r in conn.execute(
@@ -116,7 +116,9 @@ def lookup(ledger: Ledger, reports_dir: Path, raw_email: str) -> ContactView:
     return view
 
 
-def overview(ledger: Ledger, reports_dir: Path, days: int = 14, runs: int = 15) -> dict:
+def overview(
+    ledger: Ledger, reports_dir: Path, data_roots: Sequence[Path] = (), days: int = 14, runs: int = 15
+) -> dict:
     """Contacts per state, messages sent per day over the last ``days`` days, the latest runs."""
     since = (utcnow() - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
     with ledger.engine.connect() as conn:
@@ -136,15 +138,7 @@ def overview(ledger: Ledger, reports_dir: Path, days: int = 14, runs: int = 15) 
         "erased": erased,
         "total": sum(states.values()),
         "per_day": [(str(d), n) for d, n in per_day],
-        "runs": [
-            {
-                "run_id": r.run_id,
-                "started": r.created_at,
-                "finished": r.finished_at,
-                "report": _report(reports_dir, r.run_id),
-            }
-            for r in latest
-        ],
+        "runs": [_run_line(r, _report(reports_dir, r.run_id), data_roots) for r in latest],
     }
 
 
@@ -185,6 +179,28 @@ def run_outcomes_csv(ledger: Ledger, run_id: str) -> Iterator[str]:
             buffer.truncate()
             writer.writerows(rows)
             yield buffer.getvalue()
+
+
+def _run_line(run, report: dict | None, data_roots: Sequence[Path]) -> dict:
+    file = shown_path(report["csv_path"], data_roots) if report else None
+    return {
+        "run_id": run.run_id,
+        "started": run.created_at,
+        "finished": run.finished_at,
+        "report": report,
+        "file": file,
+    }
+
+
+def shown_path(path: str | None, data_roots: Sequence[Path]) -> str | None:
+    """A contact list's path as the person who triggered the run gave it: relative to the data root it
+    lies in (the form's csv_path), else as it is."""
+    if not path:
+        return path
+    for root in data_roots:
+        if Path(path).is_relative_to(root):
+            return str(Path(path).relative_to(root))
+    return path
 
 
 def _report(reports_dir: Path, run_id: str) -> dict | None:

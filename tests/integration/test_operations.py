@@ -75,6 +75,8 @@ def test_lookup_shows_state_source_line_and_every_attempt(keyed, start_esp, tmp_
     assert view.email == email and view.run_id == "run-1"
     assert view.name == f"Person {int(email[1:].split('@')[0])}"
     assert (view.source_file, view.source_line) == (str(path), int(email[1:].split("@")[0]) + 1)
+    shown = operations.lookup(keyed, reports, email, data_roots=[tmp_path / "elsewhere", tmp_path])
+    assert shown.source_file == "in.csv", "as the form's csv_path: relative to its data root"
     sent = by_recipient[email]
     assert [a["provider_message_id"] for a in view.history] == [m["id"] for m in sent]
     assert [a["idempotency_key"] for a in view.history] == [m["idempotency_key"] for m in sent]

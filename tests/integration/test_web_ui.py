@@ -65,7 +65,8 @@ def test_contact_page_shows_every_attempt_and_source(setup):
     client, esp = setup
     message = esp.messages(to="p7@example.com")[-1]
     page = client.get("/ui/contact", params={"email": " P7@Example.COM "}).text
-    assert "Person 7" in page and "line 8" in page and message["id"] in page and message["idempotency_key"] in page
+    assert "Person 7" in page and message["id"] in page and message["idempotency_key"] in page
+    assert '<span class="mono">in.csv</span>, line 8' in page
     assert "not-an-address" not in page
     assert "invalid email" in client.get("/ui/contact", params={"email": "nope"}).text
 

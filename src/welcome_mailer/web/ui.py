@@ -129,7 +129,7 @@ def _page(request: Request, template: str, **context) -> HTMLResponse:
 # -- pages -------------------------------------------------------------------------------------------
 @router.get("/", response_class=HTMLResponse, dependencies=Readers)
 def overview(request: Request, ledger: LedgerDep, settings: SettingsDep, notice: str = "") -> HTMLResponse:
-    data = operations.overview(ledger, settings.reports_dir)
+    data = operations.overview(ledger, settings.reports_dir, settings.data_roots)
     busiest = max((n for _, n in data["per_day"]), default=0)
     return _page(request, "overview.html", data=data, busiest=busiest, notice=notice)
 
@@ -140,7 +140,7 @@ def contact(
 ) -> HTMLResponse:
     view, error = None, None
     try:
-        view = operations.lookup(ledger, settings.reports_dir, email)
+        view = operations.lookup(ledger, settings.reports_dir, email, settings.data_roots)
     except operations.InvalidEmail as exc:
         error = str(exc)
     return _page(request, "contact.html", view=view, error=error, asked=email, notice=notice)
