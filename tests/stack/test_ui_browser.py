@@ -84,14 +84,16 @@ def log_in(stack, browser, screenshot: str | None = None) -> str:
 
 
 def test_trigger_from_the_ui_form_and_see_success(stack, browser):
-    path = contact_file(stack, "ui", rows=300, seed=31, domain="ui")
+    # Typed as a person would: relative to the data root (the form's rule), so the screenshot in the
+    # README shows a real csv_path, not the test's temporary directory.
+    path = contact_file(stack, "new-signups-november", rows=300, seed=31, domain="ui")
     base = log_in(stack, browser, "01-login")
 
     browser.get(f"{base}/dags/welcome_emails")
     wait_for(browser, "//button[normalize-space()='Trigger']").click()
     csv_field = wait_for(browser, "//*[@role='dialog']//input[@id='element_csv_path']")
     assert wait_for(browser, "//*[@role='dialog']//*[contains(text(), 'Contact list (CSV path)')]")
-    csv_field.send_keys(str(path))
+    csv_field.send_keys(path.name)
     shot(browser, "02-trigger-form")
     submit = wait_for(browser, "//*[@role='dialog']//button[normalize-space()='Trigger']")
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", submit)
@@ -101,7 +103,7 @@ def test_trigger_from_the_ui_form_and_see_success(stack, browser):
     runs = []
     while time.monotonic() < deadline:
         runs = stack.api("GET", "/api/v2/dags/welcome_emails/dagRuns?order_by=-start_date&limit=5").json()["dag_runs"]
-        mine = [r for r in runs if (r.get("conf") or {}).get("csv_path") == str(path)]
+        mine = [r for r in runs if (r.get("conf") or {}).get("csv_path") == path.name]
         if mine and mine[0]["state"] in ("success", "failed"):
             break
         time.sleep(2)
