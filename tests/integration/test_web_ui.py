@@ -120,3 +120,44 @@ def test_an_anonymous_browser_is_sent_to_the_login(ledger):
     assert page.status_code == 401 and "/auth/login?next=" in page.text
     assert client.get("/ui/contact?email=a@b.c").status_code == 401
     assert client.post("/ui/contact/erase", data={"email": "a@b.c", "reason": "x"}).status_code == 401
+
+
+@pytest.fixture
+def real_auth(monkeypatch, setup):
+    """Airflow's simple auth manager decides, from real signed tokens (the two lookups that need Airflow's
+    metadata database answer "no team" and "not revoked")."""
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.api_fastapi.core_api import security
+    from airflow.models.dag import DagModel
+    from airflow.models.revoked_token import RevokedToken
+
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "test-secret")
+    manager = SimpleAuthManager()
+    monkeypatch.setattr(security, "get_auth_manager", lambda: manager)
+    monkeypatch.setattr(DagModel, "get_team_name", staticmethod(lambda dag_id, session=None: None))
+    monkeypatch.setattr(RevokedToken, "is_revoked", classmethod(lambda cls, jti, session=None: False))
+    client, _ = setup
+    for dependency in (ui.can_read, ui.can_edit, get_user):
+        client.app.dependency_overrides.pop(dependency)
+
+    def token(role: str) -> str:
+        return manager.generate_jwt(SimpleAuthManagerUser(username=role, role=role), expiration_time_in_seconds=600)
+
+    return client, token
+
+
+def test_a_viewer_reads_but_cannot_act_and_a_user_can(real_auth):
+    client, token = real_auth
+    client.cookies.set("_token", token("viewer"))
+    assert client.get("/ui/").status_code == 200
+    form = {"email": "p2@example.com", "reason": "asked", "csrf": csrf(client)}
+    refused = client.post("/ui/contact/suppress", data=form, headers={"Accept": "text/html"})
+    assert refused.status_code == 403 and "Not allowed" in refused.text
+    client.cookies.set("_token", token("user"))
+    form["csrf"] = csrf(client)
+    done = client.post("/ui/contact/suppress", data=form, follow_redirects=False)
+    assert done.status_code == 303
+    assert "suppressed: never emailed" in client.get(done.headers["location"]).text
+    client.cookies.set("_token", "not-a-jwt")
+    assert client.get("/ui/").status_code == 403
