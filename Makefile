@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CSV    ?= input.csv
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint esp events input bench lock clean stack-up stack-down stack-status docker-env
+.PHONY: help venv run test test-fast lint esp events input bench lock clean stack-up stack-down stack-status docker-env contact suppressions bench-ui
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ input: venv  ## regenerate input.csv (deterministic)
 bench: venv  ## benchmark: 10k/100k end to end (embedded and on the Celery stack), 1M parse + claim; appends to bench/results.jsonl
 	$(BIN)/python -m include.bench --stack
 
+bench-ui: venv  ## the ledger pages on a generated 10M-contact Postgres ledger: lookup and overview times (CONTACTS=n)
+	$(BIN)/python -m include.bench_ui $(if $(CONTACTS),--contacts $(CONTACTS))
+
 stack-up: venv  ## start the local Celery stack (needs PostgreSQL and Redis): UI/API on 127.0.0.1:28080
 	$(BIN)/python -m include.stack up
 
@@ -52,6 +55,17 @@ stack-down: venv  ## stop every process stack-up started
 
 stack-status: venv  ## show the stack's processes and health
 	$(BIN)/python -m include.stack status
+
+# Operator commands act on the ledger make run uses (data/ledger.db), unless AIRFLOW_CONN_CONTACTS_DB names another.
+LEDGER_ARGS = $(if $(AIRFLOW_CONN_CONTACTS_DB),,--url sqlite:///$(CURDIR)/data/ledger.db)
+OPERATOR_ENV = WELCOME_MAILER_HOME=$${WELCOME_MAILER_HOME:-$(CURDIR)} $(if $(AIRFLOW_CONN_CONTACTS_DB),,\
+	WELCOME_MAILER_ERASE_KEY=$${WELCOME_MAILER_ERASE_KEY:-$$($(BIN)/python -c 'from include.run_embedded import embedded_erase_key as k; print(k())')})
+
+contact: venv  ## one contact: make contact EMAIL=a@b.c [ACTION=suppress|erase|release REASON="why"] (default: lookup)
+	$(OPERATOR_ENV) $(BIN)/welcome-mailer contact $(or $(ACTION),lookup) "$(EMAIL)" $(if $(REASON),--reason "$(REASON)") $(LEDGER_ARGS)
+
+suppressions: venv  ## suppress every address of a CSV: make suppressions FILE=list.csv REASON="why"
+	$(OPERATOR_ENV) $(BIN)/welcome-mailer suppressions import "$(FILE)" --reason "$(REASON)" $(LEDGER_ARGS)
 
 lock: venv  ## rewrite requirements.lock (runtime) and requirements-dev.lock from the venv (after changing requirements*.txt)
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt

@@ -78,8 +78,22 @@ def airflow_env(home: Path = AIRFLOW_HOME) -> dict[str, str]:
         }
     )
     env.setdefault("WELCOME_MAILER_POKE_SECONDS", "1")
-    env.setdefault("AIRFLOW_CONN_CONTACTS_DB", json.dumps({"conn_type": "sqlite", "host": str(DATA_DIR / "ledger.db")}))
+    if "AIRFLOW_CONN_CONTACTS_DB" not in env:  # the embedded ledger, and the key of its erased contacts
+        env["AIRFLOW_CONN_CONTACTS_DB"] = json.dumps({"conn_type": "sqlite", "host": str(DATA_DIR / "ledger.db")})
+        env.setdefault("WELCOME_MAILER_ERASE_KEY", embedded_erase_key())
     return env
+
+
+def embedded_erase_key() -> str:
+    """The embedded ledger's erase key (data/erase_key, made once): make run and make contact share it."""
+    import secrets
+
+    path = DATA_DIR / "erase_key"
+    if not path.exists():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 def ensure_metadata_db(env: dict[str, str]) -> None:

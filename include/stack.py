@@ -105,6 +105,9 @@ class Stack:
         if not secret_file.exists():
             home.mkdir(parents=True, exist_ok=True)
             secret_file.write_text(secrets.token_urlsafe(32))
+        erase_key_file = home / "erase_key"  # keys erased contacts' hashes (operator erase, GDPR)
+        if not erase_key_file.exists():
+            erase_key_file.write_text(secrets.token_urlsafe(32))
         server = make_url(f"{c.postgres}/{c.metadata_db}")
         env = project_env(home)
         env.update(
@@ -131,6 +134,7 @@ class Stack:
         env.setdefault("WELCOME_MAILER_UNSUBSCRIBE_URL", f"{c.api_url}/welcome-mailer/unsubscribe")
         env.setdefault("WELCOME_MAILER_UNSUBSCRIBE_SECRET", c.unsubscribe_secret)
         env.setdefault("AIRFLOW_CONN_ESP_DEFAULT", esp_connection(c.esp_port, c.esp_api_key))
+        env.setdefault("WELCOME_MAILER_ERASE_KEY", erase_key_file.read_text())
         ledger = {"conn_type": "postgres", "host": server.host, "port": server.port or 5432,
                   "login": server.username, "password": server.password, "schema": c.ledger_db}  # fmt: skip
         env.setdefault("AIRFLOW_CONN_CONTACTS_DB", json.dumps(ledger))

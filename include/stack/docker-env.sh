@@ -27,6 +27,7 @@ add AIRFLOW_UID "$(id -u)"
 add AIRFLOW_JWT_SECRET "$(random 32)"
 add AIRFLOW_FERNET_KEY "$(random 32)"
 add AIRFLOW_ADMIN_PASSWORD "$(random 18)"
+add WELCOME_MAILER_ERASE_KEY "$(random 32)"
 if ! has AIRFLOW_CONN_ESP_DEFAULT; then
     add COMPOSE_PROFILES mock-esp
 fi

@@ -3,14 +3,20 @@
     welcome-mailer db migrate [--conn-id contacts_db | --url URL]   bring the ledger's schema to head
     welcome-mailer db check   [...]                                 exit 1 unless the schema is at head
     welcome-mailer db current [...]                                 print the schema's revision
+    welcome-mailer contact lookup EMAIL [--json]                    state, source, attempts, audit trail
+    welcome-mailer contact suppress|erase|release EMAIL --reason WHY   an operator action, audited
+    welcome-mailer suppressions import FILE --reason WHY            suppress every address of a CSV
 
 The ledger is the ``contacts_db`` Airflow connection (any secrets backend, e.g. AIRFLOW_CONN_CONTACTS_DB),
-or a SQLAlchemy URL given with --url.
+or a SQLAlchemy URL given with --url. Contact commands call the same functions as the UI's pages
+(``welcome_mailer.operations``) and record the operating-system user as the actor ("cli:<user>").
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 
 from sqlalchemy import Engine
@@ -46,17 +52,135 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ledger(args: argparse.Namespace):
+    from welcome_mailer.ledger import Ledger
+    from welcome_mailer.ledger.migrate import check_at_head
+    from welcome_mailer.settings import Settings
+
+    engine = _engine(args)
+    check_at_head(engine)
+    settings = Settings.from_env()
+    return Ledger(engine, lease=settings.lease, erase_key=settings.erase_key), settings
+
+
+def _actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+def _contact(args: argparse.Namespace) -> int:
+    from welcome_mailer import operations
+
+    ledger, settings = _ledger(args)
+    try:
+        if args.action == "lookup":
+            view = operations.lookup(ledger, settings.reports_dir, args.email, settings.data_roots)
+            print(json.dumps(dataclasses.asdict(view), default=str, indent=2) if args.json else _describe(view))
+            return 0 if view.status or view.erased_at else 3
+        if not args.reason:
+            print(f"contact {args.action} needs --reason (recorded in the audit trail)", file=sys.stderr)
+            return 2
+        if args.action == "suppress":
+            counts = operations.suppress(ledger, [args.email], _actor(), args.reason)
+            print(f"{args.email}: " + ("suppressed" if counts["suppressed"] else _not_suppressed(counts)))
+        elif args.action == "release":
+            released = operations.release(ledger, args.email, _actor(), args.reason)
+            print(
+                f"{args.email}: "
+                + ("released: the next run that lists it retries it" if released else "not failed: nothing to release")
+            )
+            return 0 if released else 1
+        else:
+            removed = operations.erase(ledger, args.email, _actor(), args.reason, operations.kept_files(settings))
+            print(f"erased; removed: {', '.join(f'{k} {v}' for k, v in removed.items())}")
+    except (operations.InvalidEmail, operations.EraseKeyMissing, ValueError) as exc:
+        print(f"{args.email}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _not_suppressed(counts: dict) -> str:
+    return "already erased (never emailed)" if counts["erased"] else "already suppressed"
+
+
+def _describe(view) -> str:
+    if view.erased_at and not view.status:
+        lines = [f"{view.email}: erased at {view.erased_at} UTC (never emailed again)"]
+    elif not view.status:
+        return f"{view.email}: not in the ledger"
+    else:
+        source = f"{view.source_file or '(file unknown)'}, line {view.source_line}" if view.source_line else "unknown"
+        lines = [
+            f"{view.email}: {view.status}" + (" (released: due at once)" if view.released else ""),
+            f"  name: {view.name}",
+            f"  run: {view.run_id}",
+            f"  source: {source}",
+            f"  attempts: {view.attempts}",
+        ]
+        for a in view.history:
+            lines.append(
+                f"    #{a['attempt']} {a['created_at']} {a['status']} key={a['idempotency_key']} "
+                f"message={a['provider_message_id'] or '-'} run={a['run_id']}"
+                + (f" error={a['error']}" if a["error"] else "")
+            )
+    for action in view.actions:
+        lines.append(f"  {action['at']} {action['action']} by {action['actor']}: {action['reason']}")
+    return "\n".join(lines)
+
+
+def _suppressions(args: argparse.Namespace) -> int:
+    from welcome_mailer import operations
+
+    ledger, _ = _ledger(args)
+    with open(args.file, newline="", encoding="utf-8-sig") as handle:
+        try:
+            counts = operations.import_suppressions(ledger, handle, _actor(), args.reason, source=args.file)
+        except (operations.EraseKeyMissing, ValueError) as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    print(", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def _ledger_options(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--conn-id", default="contacts_db", help="Airflow connection of the ledger")
+    source.add_argument("--url", help="SQLAlchemy URL of the ledger, instead of a connection")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="welcome-mailer", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     db = commands.add_parser("db", help="the ledger's schema (Alembic migrations)")
     db.add_argument("action", choices=("migrate", "check", "current"))
-    source = db.add_mutually_exclusive_group()
-    source.add_argument("--conn-id", default="contacts_db", help="Airflow connection of the ledger")
-    source.add_argument("--url", help="SQLAlchemy URL of the ledger, instead of a connection")
+    _ledger_options(db)
     db.set_defaults(run=_db)
+    contact = commands.add_parser("contact", help="one contact: look it up, suppress, erase (GDPR) or release it")
+    contact.add_argument("action", choices=("lookup", "suppress", "erase", "release"))
+    contact.add_argument("email")
+    contact.add_argument("--reason", help="why (required for actions; recorded in the audit trail)")
+    contact.add_argument("--json", action="store_true", help="lookup: print JSON")
+    _ledger_options(contact)
+    contact.set_defaults(run=_contact)
+    suppressions = commands.add_parser("suppressions", help="suppression lists")
+    suppressions.add_argument("action", choices=("import",))
+    suppressions.add_argument("file", help="CSV of addresses: a column named email, or the first field with an @")
+    suppressions.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
+    _ledger_options(suppressions)
+    suppressions.set_defaults(run=_suppressions)
     args = parser.parse_args(argv)
-    return args.run(args)
+    if args.command == "db":
+        return args.run(args)
+    from sqlalchemy.exc import OperationalError
+
+    from welcome_mailer.ledger.migrate import LedgerSchemaError
+
+    try:
+        return args.run(args)
+    except (LedgerSchemaError, OperationalError) as exc:  # no ledger there, or not migrated: say so plainly
+        print(f"the ledger cannot be used: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

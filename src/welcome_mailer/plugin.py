@@ -34,3 +34,13 @@ class WelcomeMailerPlugin(AirflowPlugin):
     fastapi_apps: ClassVar[list[dict]] = [
         {"app": _AppOnFirstRequest(), "url_prefix": URL_PREFIX, "name": "Welcome mailer"}
     ]
+    # The ledger's pages (welcome_mailer.web.ui) in the UI's navigation, shown inside the Airflow UI.
+    external_views: ClassVar[list[dict]] = [
+        {
+            "name": "Welcome mailer",
+            "href": f"{URL_PREFIX}/ui/",
+            "url_route": "welcome-mailer",
+            "destination": "nav",
+            "nav_top_level": True,  # its own entry in the side bar, not under "Plugins"
+        }
+    ]

@@ -48,6 +48,15 @@ def build_report(*, run_id: str, parsed: dict, claimed: dict, summary: dict, pha
 
 
 def render_markdown(report: dict) -> str:
+    lines = ["| item | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in report_rows(report))]
+    if report["claimed"] == 0:
+        lines.append("")
+        lines.append(nothing_sent_sentence(report))
+    return "\n".join(lines) + "\n"
+
+
+def report_rows(report: dict) -> list[tuple[str, object]]:
+    """The report's table, as (item, value) rows: report.md and the UI's run page show these."""
     rows = [
         ("run", report["run_id"]),
         ("file", report["csv_path"]),
@@ -68,11 +77,7 @@ def render_markdown(report: dict) -> str:
     ]
     if report["encoding_warning"]:
         rows.append(("warning", report["encoding_warning"]))
-    lines = ["| item | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)]
-    if report["claimed"] == 0:
-        lines.append("")
-        lines.append(nothing_sent_sentence(report))
-    return "\n".join(lines) + "\n"
+    return rows
 
 
 def nothing_sent_sentence(report: dict) -> str:

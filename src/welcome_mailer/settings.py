@@ -10,13 +10,14 @@
 | WELCOME_MAILER_DROPZONE | the drop folder (incoming/, processing/, archive/, failed/) | ``<home>/data/dropzone`` |
 | WELCOME_MAILER_DROPZONE_SCHEDULE | how often contacts_dropzone looks for files (cron) | every minute |
 | WELCOME_MAILER_DROPZONE_SETTLE_SECONDS | a file unchanged this long is finished | 10 |
+| WELCOME_MAILER_ERASE_KEY | the secret key of erased addresses' hashes, the same everywhere | none: no erasing |
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -64,6 +65,7 @@ class Settings:
     dropzone: Path
     dropzone_settle_seconds: float
     dropzone_schedule: str
+    erase_key: bytes | None = field(default=None, repr=False)  # a secret: never in logs
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -79,4 +81,5 @@ class Settings:
             dropzone=Path(env.get("WELCOME_MAILER_DROPZONE", base / "data" / "dropzone")),
             dropzone_settle_seconds=float(env.get("WELCOME_MAILER_DROPZONE_SETTLE_SECONDS", "10")),
             dropzone_schedule=env.get("WELCOME_MAILER_DROPZONE_SCHEDULE", "* * * * *"),
+            erase_key=env["WELCOME_MAILER_ERASE_KEY"].encode() if env.get("WELCOME_MAILER_ERASE_KEY") else None,
         )

@@ -104,3 +104,27 @@ def test_a_ledger_with_data_at_0002_is_upgraded_and_takes_the_new_states(engine)
     assert statuses(ledger)["old@example.com"][0] == "complained"
     assert ledger.unsubscribe("old@example.com") is True
     assert statuses(ledger)["old@example.com"][0] == "unsubscribed"
+
+
+def test_0004_keeps_the_data_and_the_ledger_works_after_it(engine, tmp_path):
+    """Operator actions (0004) on a ledger at 0002 with contacts: rows kept, source line unknown, the new
+    tables and indexes there, and the kept contacts can be looked up, suppressed and erased."""
+    from welcome_mailer import operations
+
+    upgrade(engine, "0002")
+    with engine.begin() as conn:
+        for table in ("sent_contacts", "send_attempts", "ledger_runs"):
+            conn.execute(text(V1_ROWS[table]))
+    assert upgrade(engine) == ("0002", head_revision())
+    check_at_head(engine)
+    ledger = Ledger(engine, erase_key=b"k")
+    view = operations.lookup(ledger, tmp_path, "OLD@example.com")
+    assert (view.status, view.source_line, [a["provider_message_id"] for a in view.history]) == (
+        "sent",
+        None,
+        ["m-old"],
+    )
+    indexes = {ix["name"] for ix in inspect(engine).get_indexes("sent_contacts")}
+    assert "ix_sent_contacts_status" in indexes
+    operations.suppress(ledger, ["old@example.com"], "t", "why")
+    assert operations.erase(ledger, "old@example.com", "t", "gdpr", [])["sent_contacts"] == 1

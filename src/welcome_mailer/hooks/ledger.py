@@ -43,7 +43,8 @@ class LedgerHook(BaseHook):
         """The ledger, after checking its schema is the one this code needs (tasks never migrate it)."""
         engine = self.get_engine()
         _check_schema_once(engine)
-        return Ledger(engine, lease=Settings.from_env().lease)
+        settings = Settings.from_env()
+        return Ledger(engine, lease=settings.lease, erase_key=settings.erase_key)
 
     def test_connection(self) -> tuple[bool, str]:
         try:

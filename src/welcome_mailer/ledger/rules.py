@@ -10,10 +10,15 @@ Contact states (``sent_contacts.status``)::
     sending --start_attempts(resend_unconfirmed=False)--> unconfirmed   (its attempt was dispatched)
     any --record_outcomes(complained)--> complained  (the person reported the email as spam)
     any --unsubscribe--> unsubscribed                (RFC 8058 one-click; also for addresses never seen)
+    any     --suppress--> suppressed            (an operator: never email this address)
+    failed  --release--> failed, due at once    (an operator: the next run that lists it retries it)
+    any     --erase--> (no row; a keyed hash in erased_contacts)   (an operator, GDPR art. 17)
 
-- delivered, bounced, complained and unsubscribed are final: no run ever claims them again, and no
-  outcome event undoes them (a stronger one may still overrule a weaker one: a bounce a delivery, a
-  complaint either; nothing overrules unsubscribed).
+- delivered, bounced, complained, unsubscribed and suppressed are final: no run ever claims them again,
+  and no outcome event undoes them (a stronger one may still overrule a weaker one: a bounce a delivery,
+  a complaint either; nothing a provider reports overrules unsubscribed or suppressed).
+- An erased address has no row anywhere, only its keyed hash: ``claim`` drops staged contacts whose hash
+  is erased, so erasing never causes a new email.
 - ``sending`` means an attempt is recorded but the provider's acceptance is unconfirmed. Through an
   idempotent transport it is only ever re-sent with the same idempotency key. Through one without
   idempotency (SMTP after DATA without a reply) it becomes ``unconfirmed`` and is never resent
@@ -30,27 +35,41 @@ All timestamps are naive UTC.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 
-from sqlalchemy import Engine, and_, case, delete, exists, func, literal, or_, select, update
+from sqlalchemy import Engine, and_, case, delete, exists, func, literal, or_, select, text, update
 
 from welcome_mailer.contacts import Contact
 from welcome_mailer.ledger import bulk
-from welcome_mailer.ledger.schema import ledger_runs, outcome_inbox, send_attempts, sent_contacts, staged_contacts
+from welcome_mailer.ledger.schema import (
+    erased_contacts,
+    ledger_runs,
+    operator_actions,
+    outcome_inbox,
+    send_attempts,
+    sent_contacts,
+    staged_contacts,
+)
 from welcome_mailer.outcomes.events import BLOCKED, BOUNCED, COMPLAINED, DELIVERED, STRENGTH, OutcomeEvent
 
 # Contact states
 CLAIMED, SENDING, SENT, FAILED, UNCONFIRMED = "claimed", "sending", "sent", "failed", "unconfirmed"
-UNSUBSCRIBED = "unsubscribed"
+UNSUBSCRIBED = "unsubscribed"  # the person's own one-click unsubscribe
+SUPPRESSED = "suppressed"  # an operator's "never email this address"
 IN_FLIGHT_STATES = (CLAIMED, SENDING, SENT, BLOCKED)
-FINAL_STATES = (DELIVERED, BOUNCED, COMPLAINED, UNSUBSCRIBED)
-# A contact's own wish outranks anything a provider reports about its messages.
-CONTACT_STRENGTH = {**STRENGTH, UNSUBSCRIBED: max(STRENGTH.values()) + 1}
+FINAL_STATES = (DELIVERED, BOUNCED, COMPLAINED, UNSUBSCRIBED, SUPPRESSED)
+# The person's wish and the operator's decision outrank anything a provider reports about its messages.
+CONTACT_STRENGTH = {**STRENGTH, UNSUBSCRIBED: max(STRENGTH.values()) + 1, SUPPRESSED: max(STRENGTH.values()) + 1}
 UNSUBSCRIBE_OWNER = "unsubscribe"  # run_id of the rows of addresses unsubscribed before any run knew them
+OPERATOR_RUN_ID = "operator"  # owns the rows an operator creates (suppressing an address never seen)
+# A released failed contact: failed "long ago", so the next run that lists it retries it whatever its
+# retry_failed_after_hours (claim's rule for failed contacts is unchanged).
+RELEASED_AT = datetime(2000, 1, 1)
 # Attempt states: pending (recorded, not confirmed accepted), then sent, then the provider's outcome;
 # refused = the provider refused the address at once (the contact is closed as bounced); dispatched =
 # handed to a transport without idempotency, reply not seen yet.
@@ -63,6 +82,16 @@ ATTEMPT_STRENGTH = {**STRENGTH, REFUSED: STRENGTH[BOUNCED]}
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def erased_hash(key: bytes, email: str) -> str:
+    """The keyed hash an erased address is remembered by (HMAC-SHA256): without the key, nobody can test
+    whether an address is among the erased."""
+    return hmac.new(key, email.encode(), hashlib.sha256).hexdigest()
+
+
+class EraseKeyMissing(RuntimeError):
+    """The ledger holds erased contacts, or an erase was asked for, and no erase key is configured."""
 
 
 def idempotency_key(email: str, attempt: int) -> str:
@@ -127,9 +156,12 @@ class OutcomeCounts:
 
 
 class Ledger:
-    def __init__(self, engine: Engine, lease: timedelta = timedelta(minutes=30)) -> None:
+    def __init__(
+        self, engine: Engine, lease: timedelta = timedelta(minutes=30), erase_key: bytes | None = None
+    ) -> None:
         self.engine = engine
         self.lease = lease
+        self.erase_key = erase_key  # keys erased_contacts' hashes (settings: WELCOME_MAILER_ERASE_KEY)
 
     # -- runs and leases ----------------------------------------------------------------------------
     def renew_lease(self, run_id: str) -> None:
@@ -187,6 +219,7 @@ class Ledger:
         staged = select(staged_contacts.c.email).where(staged_contacts.c.run_id == run_id)
         with self.engine.begin() as conn:
             staged_count = conn.execute(select(func.count()).select_from(staged.subquery())).scalar_one()
+            self._drop_erased(conn, run_id)
             new_rows = (
                 select(
                     staged_contacts.c.email,
@@ -197,11 +230,15 @@ class Ledger:
                     literal(run_id),
                     literal(now),
                     literal(now),
+                    staged_contacts.c.line_no,
                 )
                 .where(staged_contacts.c.run_id == run_id)
                 .where(~exists().where(sent_contacts.c.email == staged_contacts.c.email))
             )
-            columns = ["email", "name", "status", "attempts", "claim_attempts", "run_id", "created_at", "updated_at"]
+            columns = [
+                *("email", "name", "status", "attempts", "claim_attempts", "run_id", "created_at", "updated_at"),
+                "source_line",
+            ]
             inserted = conn.execute(
                 bulk.dialect_insert(conn, sent_contacts).from_select(columns, new_rows).on_conflict_do_nothing()
             ).rowcount
@@ -224,6 +261,9 @@ class Ledger:
                     updated_at=now,
                     status=case((relisted_failed, CLAIMED), else_=sent_contacts.c.status),
                     claim_attempts=case((relisted_failed, 0), else_=sent_contacts.c.claim_attempts),
+                    source_line=select(staged_contacts.c.line_no)
+                    .where(staged_contacts.c.run_id == run_id, staged_contacts.c.email == sent_contacts.c.email)
+                    .scalar_subquery(),
                 )
             ).rowcount
 
@@ -244,6 +284,27 @@ class Ledger:
         return ClaimResult(
             staged_count, inserted, taken_over, failed_recently, owned, to_send, size, batches, held, held_until
         )
+
+    def _drop_erased(self, conn, run_id: str) -> None:
+        """Remove the run's staged contacts whose address was erased, so claim never takes them. On
+        Postgres the SHARE lock makes a concurrent erase wait for this claim's commit (its DELETE then
+        removes what was claimed); an erase that committed first is seen here. SQLite runs one writer."""
+        if bulk.is_postgres(conn):
+            conn.execute(text("LOCK TABLE erased_contacts IN SHARE MODE"))
+        erased = set(conn.execute(select(erased_contacts.c.email_hash)).scalars())
+        if not erased:
+            return
+        if self.erase_key is None:
+            raise EraseKeyMissing(
+                "the ledger holds erased contacts: set WELCOME_MAILER_ERASE_KEY (the key they were erased "
+                "with) in every Airflow component, or claim could email an erased address"
+            )
+        emails = conn.execute(select(staged_contacts.c.email).where(staged_contacts.c.run_id == run_id)).scalars()
+        dropped = [e for e in emails if erased_hash(self.erase_key, e) in erased]
+        for chunk in _chunks(dropped, MATCH_CHUNK):
+            conn.execute(
+                delete(staged_contacts).where(staged_contacts.c.run_id == run_id, staged_contacts.c.email.in_(chunk))
+            )
 
     @staticmethod
     def _number_batches(
@@ -645,6 +706,83 @@ class Ledger:
             "messages_sent": messages,
             "resent_after_block": messages - recipients,  # every message after a contact's first in this run
         }
+
+    # -- operator actions (welcome_mailer.operations: the UI and the CLI) --------------------------
+    # Each changes the ledger and writes its audit row (``audit``: actor, action, reason, detail) in one
+    # transaction.
+    def suppress(self, emails: Sequence[str], audit: dict) -> int:
+        """Never email these (normalised) addresses: any state -> suppressed; an address never seen gets a
+        suppressed row. An attempt already handed to the provider is not recalled. Returns how many changed."""
+        now = utcnow()
+        changed = 0
+        with self.engine.begin() as conn:
+            for chunk in _chunks(sorted(set(emails)), MATCH_CHUNK):
+                changed += conn.execute(
+                    update(sent_contacts)
+                    .where(sent_contacts.c.email.in_(chunk), sent_contacts.c.status != SUPPRESSED)
+                    .values(status=SUPPRESSED, updated_at=now)
+                ).rowcount
+                new = {"name": "", "status": SUPPRESSED, "attempts": 0, "claim_attempts": 0, "run_id": OPERATOR_RUN_ID}
+                rows = [{"email": email, "created_at": now, "updated_at": now, **new} for email in chunk]
+                insert = bulk.dialect_insert(conn, sent_contacts).values(rows).on_conflict_do_nothing()
+                changed += conn.execute(insert).rowcount
+                _audit(conn, now, audit, chunk)
+        return changed
+
+    def release(self, email: str, audit: dict) -> bool:
+        """A failed contact becomes due at once: the next run that lists it retries it, with a fresh
+        attempt budget, whatever its retry_failed_after_hours. False if it is not failed."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            released = conn.execute(
+                update(sent_contacts)
+                .where(sent_contacts.c.email == email, sent_contacts.c.status == FAILED)
+                .values(updated_at=RELEASED_AT)
+            ).rowcount
+            if released:
+                _audit(conn, now, audit, [email])
+        return bool(released)
+
+    def erase(self, email: str, audit: dict) -> dict[str, int]:
+        """GDPR art. 17: delete the address and name from every table, keep its keyed hash (claim skips it
+        for ever) and the audit trail under that hash. Returns the rows deleted per table."""
+        if self.erase_key is None:
+            raise EraseKeyMissing("erasing needs WELCOME_MAILER_ERASE_KEY (a secret; the same in every component)")
+        digest = erased_hash(self.erase_key, email)
+        now = utcnow()
+        deleted = {}
+        with self.engine.begin() as conn:
+            conn.execute(
+                bulk.dialect_insert(conn, erased_contacts)
+                .values(email_hash=digest, erased_at=now)
+                .on_conflict_do_nothing()
+            )
+            attempts = conn.execute(
+                select(send_attempts.c.provider_message_id, send_attempts.c.idempotency_key).where(
+                    send_attempts.c.email == email
+                )
+            ).all()
+            ids = [r.provider_message_id for r in attempts if r.provider_message_id]
+            keys = [r.idempotency_key for r in attempts]
+            deleted["outcome_inbox"] = conn.execute(
+                delete(outcome_inbox).where(
+                    or_(outcome_inbox.c.provider_message_id.in_(ids), outcome_inbox.c.idempotency_key.in_(keys))
+                )
+            ).rowcount
+            for table in (send_attempts, sent_contacts, staged_contacts):
+                deleted[table.name] = conn.execute(delete(table).where(table.c.email == email)).rowcount
+            conn.execute(
+                update(operator_actions).where(operator_actions.c.email == email).values(email=None, email_hash=digest)
+            )
+            _audit(conn, now, audit, [None], email_hash=digest)
+        return deleted
+
+
+def _audit(conn, now: datetime, audit: dict, emails: Sequence[str | None], email_hash: str | None = None) -> None:
+    conn.execute(
+        operator_actions.insert(),
+        [{"at": now, "email": email, "email_hash": email_hash, "detail": None, **audit} for email in emails],
+    )
 
 
 def _contact_follows(contact_status: str, contact_attempt: int, attempt: int, outcome: str) -> bool:

@@ -8,6 +8,8 @@ module describes the current head, for the code's queries and for ``alembic chec
 - ``outcome_inbox``: outcome events that matched no recorded send yet (too early, or unknown).
 - ``provider_events``: every request a provider's webhook made that passed its signature check, as
   received, stored before it is answered (audit, and the events that could not be read).
+- ``erased_contacts``: keyed hashes of erased addresses (GDPR art. 17), so they stay deduplicated and
+  are never emailed again; ``operator_actions``: the audit trail of suppress, erase and release.
 Other modules add tables of their own to ``metadata`` (the drop folder's ``processed_files``).
 """
 
@@ -30,8 +32,10 @@ sent_contacts = Table(
     Column("provider_message_id", String(100)),  # of the latest attempt
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
+    Column("source_line", Integer),  # the line of the owning run's file it came from (NULL: before 0004)
     Index("ix_sent_contacts_run_status", "run_id", "status"),
     Index("ix_sent_contacts_run_batch", "run_id", "batch_no"),
+    Index("ix_sent_contacts_status", "status"),  # the UI's contacts per state: an index-only count
 )
 
 send_attempts = Table(
@@ -48,6 +52,7 @@ send_attempts = Table(
     Column("updated_at", DateTime, nullable=False),
     Index("ix_send_attempts_run", "run_id"),
     Index("ix_send_attempts_provider_message_id", "provider_message_id"),
+    Index("ix_send_attempts_created_at", "created_at"),  # the UI's messages per day, over recent days only
 )
 
 ledger_runs = Table(
@@ -93,4 +98,24 @@ provider_events = Table(
     Column("unparsed", Integer, nullable=False),  # events that could not be read: kept here, counted
     Column("detail", Text),  # why events could not be read
     Index("ix_provider_events_received", "received_at"),
+)
+
+erased_contacts = Table(
+    "erased_contacts",
+    metadata,
+    Column("email_hash", String(64), primary_key=True),  # HMAC-SHA256 of the normalised address, hex
+    Column("erased_at", DateTime, nullable=False),
+)
+
+operator_actions = Table(
+    "operator_actions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime, nullable=False),
+    Column("actor", String(250), nullable=False),  # the Airflow user, or "cli:<os user>"
+    Column("action", String(32), nullable=False),  # suppress | erase | release
+    Column("email", String(320), index=True),  # NULL once the contact is erased
+    Column("email_hash", String(64), index=True),  # set when the contact is erased
+    Column("reason", Text, nullable=False),
+    Column("detail", Text),
 )

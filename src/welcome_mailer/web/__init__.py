@@ -8,7 +8,7 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
-from welcome_mailer.web import events, health, unsubscribe
+from welcome_mailer.web import events, health, ui, unsubscribe
 
 
 def create_app() -> FastAPI:
@@ -16,4 +16,5 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(unsubscribe.router)
+    ui.install(app)  # the ledger's pages: /ui/
     return app
