@@ -10,6 +10,7 @@ from welcome_mailer.transports import EmailProvider
 
 ESP_CONN_ID = "esp_default"
 HTTP_CONN_TYPES = ("welcome_mailer_esp", "http")  # the contract v1 REST API; "http" as Airflow's HTTP provider
+SMTP_CONN_TYPES = ("smtp",)  # any relay, read as Airflow's SMTP provider reads it (hooks/smtp.py)
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -31,10 +32,14 @@ class EspHook(BaseHook):
         from welcome_mailer.transports.http import HttpEmailProvider
 
         conn = self.get_connection(self.esp_conn_id)
+        if conn.conn_type in SMTP_CONN_TYPES:
+            from welcome_mailer.hooks.smtp import smtp_transport
+
+            return smtp_transport(conn)
         if conn.conn_type not in HTTP_CONN_TYPES:
             raise ValueError(
-                f"connection {self.esp_conn_id!r} is of type {conn.conn_type!r}; "
-                f"the email provider's connection must be of type {' or '.join(HTTP_CONN_TYPES)}"
+                f"connection {self.esp_conn_id!r} is of type {conn.conn_type!r}; the email provider's "
+                f"connection must be of type {' or '.join(HTTP_CONN_TYPES + SMTP_CONN_TYPES)}"
             )
         extra = conn.extra_dejson
         base_url = conn.host or ""
@@ -50,16 +55,23 @@ class EspHook(BaseHook):
     def outcome_sources(transport: EmailProvider) -> list[OutcomeSource]:
         """The sources the delivery sensors poll for this transport's messages (pushed outcomes, such as
         webhooks, need none: they land in the ledger by themselves)."""
+        from welcome_mailer.hooks.smtp import dsn_source
         from welcome_mailer.outcomes.http_lookup import HttpLookupSource
         from welcome_mailer.transports.http import HttpEmailProvider
+        from welcome_mailer.transports.smtp import SmtpEmailProvider
 
+        if isinstance(transport, SmtpEmailProvider):
+            return [dsn_source(transport.settings)]
         return [HttpLookupSource(transport)] if isinstance(transport, HttpEmailProvider) else []
 
     def test_connection(self) -> tuple[bool, str]:
         """Reach the provider and prove the API key: a status lookup of an id nobody has."""
         try:
             with self.get_conn() as transport:
-                transport.lookup(["welcome-mailer-connection-test"])
+                if hasattr(transport, "lookup"):
+                    transport.lookup(["welcome-mailer-connection-test"])
+                else:  # SMTP: connect, TLS and log in as a send would
+                    transport.check()
         except Exception as exc:  # the message is the answer the UI shows
             return False, str(exc)
         return True, "Connection successfully tested: the provider accepted the API key"
