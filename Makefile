@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CSV    ?= input.csv
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint esp input bench lock clean stack-up stack-down stack-status docker-env
+.PHONY: help venv run test test-fast lint esp smtp-relay bounce-mailbox input bench lock clean stack-up stack-down stack-status docker-env
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,12 @@ lint: venv  ## ruff (including Airflow's AIR rules)
 
 esp: venv  ## start the mock ESP in the foreground on 127.0.0.1:8025 (flags: python -m include.mock_esp --help)
 	$(BIN)/python -m include.mock_esp
+
+smtp-relay: venv  ## start the mock SMTP relay in the foreground on 127.0.0.1:2525 (flags: python -m include.mock_smtp --help)
+	$(BIN)/python -m include.mock_smtp
+
+bounce-mailbox: venv  ## serve the mock relay's bounce reports over IMAP (Dovecot) on 127.0.0.1:2143
+	$(BIN)/python -m include.imap_server
 
 input: venv  ## regenerate input.csv (deterministic)
 	$(BIN)/python -m include.generate_contacts --rows 10000 --seed 42 --output input.csv
