@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from welcome_mailer.transports import OutgoingMessage
 from welcome_mailer.transports.smtp import (
     SmtpSettings,
-    build_message,
     classify,
     idempotency_key_from_message_id,
     message_id,
+    render_message,
 )
 
 KEY = "welcome-0123456789abcdef0123456789abcdef01234567-2"
@@ -40,7 +40,7 @@ def parse(raw: bytes):
 
 
 def raw_of(name: str, to: str = "ann@example.com") -> bytes:
-    return build_message(SETTINGS, OutgoingMessage(to, "Welcome!", f"Hi {name}, Welcome!", KEY, name)).as_bytes()
+    return render_message(SETTINGS, OutgoingMessage(to, "Welcome!", f"Hi {name}, Welcome!", KEY, name))
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
@@ -94,16 +94,14 @@ def test_list_unsubscribe_one_click_when_configured():
         list_unsubscribe="https://mailer.example/unsubscribe?e={email}&k={key}, "
         "mailto:unsubscribe@mailer.example?subject={key}",
     )
-    message = parse(
-        build_message(configured, OutgoingMessage("a+b@example.com", "Welcome!", "Hi", KEY, "A")).as_bytes()
-    )
+    message = parse(render_message(configured, OutgoingMessage("a+b@example.com", "Welcome!", "Hi", KEY, "A")))
     assert message["List-Unsubscribe"] == (
         f"<https://mailer.example/unsubscribe?e=a%2Bb%40example.com&k={KEY}>, "
         f"<mailto:unsubscribe@mailer.example?subject={KEY}>"
     )
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     mailto_only = SmtpSettings("r", from_email="w@mailer.example", list_unsubscribe="mailto:u@mailer.example")
-    message = parse(build_message(mailto_only, OutgoingMessage("a@example.com", "W", "Hi", KEY)).as_bytes())
+    message = parse(render_message(mailto_only, OutgoingMessage("a@example.com", "W", "Hi", KEY)))
     assert message["List-Unsubscribe"] == "<mailto:u@mailer.example>" and "List-Unsubscribe-Post" not in message
 
 

@@ -7,7 +7,7 @@ login, password; extras ``from_email``, ``disable_ssl``, ``disable_tls``, ``time
 | extra | default | meaning |
 |---|---|---|
 | ``from_name`` | "" | the From display name |
-| ``max_connections`` | 4 | SMTP connections one send task keeps open in parallel |
+| ``max_connections`` | 8 | SMTP connections one send task keeps open in parallel |
 | ``policy_rejection`` | ``blocked`` | what a 5.7.x reply or report becomes: ``blocked`` or ``bounced`` |
 | ``list_unsubscribe`` | "" | List-Unsubscribe URIs, comma-separated, with ``{email}`` and ``{key}`` filled in |
 | ``settle_seconds`` | 1800 | an accepted message with no bounce report after this long counts as delivered |
@@ -49,7 +49,7 @@ def smtp_settings(conn) -> SmtpSettings:
         verify_certificate=extra.get("ssl_context") != "none",
         timeout=float(extra.get("timeout", 30)),
         retry_limit=int(extra.get("retry_limit", 5)),
-        max_connections=int(extra.get("max_connections", 4)),
+        max_connections=int(extra.get("max_connections", 8)),
         policy_rejection=extra.get("policy_rejection", "blocked"),
         list_unsubscribe=extra.get("list_unsubscribe", ""),
         settle_seconds=float(extra.get("settle_seconds", DEFAULT_SETTLE_SECONDS)),

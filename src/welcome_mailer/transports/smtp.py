@@ -26,8 +26,8 @@ Pure code: no Airflow import. ``welcome_mailer.hooks.esp`` builds ``SmtpSettings
 from __future__ import annotations
 
 import contextlib
-import email.policy
 import logging
+import quopri
 import re
 import smtplib
 import ssl
@@ -37,9 +37,8 @@ import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import formatdate
+from email.header import Header
+from email.utils import formataddr, formatdate
 
 from welcome_mailer.outcomes.events import BLOCKED, BOUNCED
 from welcome_mailer.transports import OutgoingMessage, SendResult
@@ -53,8 +52,6 @@ MAX_MESSAGE_ID = 100  # the ledger's provider_message_id column
 POLICY_REJECTION_CHOICES = (BLOCKED, BOUNCED)
 ENHANCED_STATUS = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
-# CRLF on the wire; long ASCII headers (List-Unsubscribe) fold instead of turning into encoded words.
-POLICY = email.policy.SMTP.clone(max_line_length=998)
 MAILBOX_REFUSALS = (550, 551, 552, 553, 554)  # RFC 5321: the mailbox or the transaction is refused
 ACCEPTED, RETRY = "accepted", "retry"  # classify's answers besides the outcomes
 
@@ -75,7 +72,7 @@ class SmtpSettings:
     verify_certificate: bool = True  # ssl_context "none" turns it off (a self-signed test relay)
     timeout: float = 30.0
     retry_limit: int = 5  # reconnects per message before the data went out
-    max_connections: int = 4
+    max_connections: int = 8
     policy_rejection: str = BLOCKED  # what a 5.7.x reply becomes (see the README)
     list_unsubscribe: str = ""  # URI templates, comma-separated: {email} and {key} are filled in
     settle_seconds: float = 1800.0  # no bounce report this long after acceptance: delivered (outcomes.dsn)
@@ -144,25 +141,54 @@ def _safe_display_name(name: str) -> str:
     return " ".join(cleaned.split())[:MAX_DISPLAY_NAME]
 
 
-def build_message(settings: SmtpSettings, message: OutgoingMessage) -> EmailMessage:
-    """The MIME message of one attempt (RFC 5322), built with the standard email package."""
-    mail = EmailMessage(policy=POLICY)
-    mail["From"] = Address(_safe_display_name(settings.from_name), addr_spec=settings.from_email)
-    mail["To"] = Address(_safe_display_name(message.to_name), addr_spec=message.to)
-    mail["Subject"] = message.subject
-    mail["Date"] = formatdate(localtime=False, usegmt=True)
-    mail["Message-ID"] = message_id(message.idempotency_key, settings.from_email)
+def _header_text(value: str, header_name: str) -> str:
+    """A header value as 7-bit text: ASCII as it is, anything else as RFC 2047 encoded words (folded)."""
+    if value.isascii():
+        return value
+    return Header(value, "utf-8", maxlinelen=76, header_name=header_name).encode(linesep="\r\n")
+
+
+def _address(name: str, addr_spec: str, header_name: str) -> str:
+    """``Name <addr>``: an ASCII name quoted where RFC 5322 needs it (formataddr), another encoded."""
+    name = _safe_display_name(name)
+    if not name:
+        return addr_spec
+    if name.isascii():
+        return formataddr((name, addr_spec))
+    return f"{_header_text(name, header_name)} <{addr_spec}>"
+
+
+def render_message(settings: SmtpSettings, message: OutgoingMessage) -> bytes:
+    """The MIME message of one attempt (RFC 5322, RFC 2045-2047), as the bytes that go after DATA, with
+    CRLF line ends: text/plain in UTF-8, quoted-printable (7-bit clean: any relay takes it).
+
+    Rendered with the ``email`` package's encoders (``formataddr``, ``Header``, ``quopri``) rather than an
+    ``EmailMessage``, whose header objects cost 1.5 ms a message: the send rate's main cost."""
+    headers = [
+        ("From", _address(settings.from_name, settings.from_email, "From")),
+        ("To", _address(message.to_name, message.to, "To")),
+        ("Subject", _header_text(_safe_display_name(message.subject), "Subject")),
+        ("Date", formatdate(localtime=False, usegmt=True)),
+        ("Message-ID", message_id(message.idempotency_key, settings.from_email)),
+    ]
     if settings.list_unsubscribe:
         uris = [
             uri.strip().format(email=urllib.parse.quote(message.to, safe=""), key=message.idempotency_key)
             for uri in settings.list_unsubscribe.split(",")
             if uri.strip()
         ]
-        mail["List-Unsubscribe"] = ", ".join(f"<{uri}>" for uri in uris)
+        headers.append(("List-Unsubscribe", ", ".join(f"<{_safe_display_name(uri)}>" for uri in uris)))
         if any(uri.lower().startswith("https://") for uri in uris):  # RFC 8058: one-click needs an HTTPS URI
-            mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    mail.set_content(message.text, charset="utf-8", cte="quoted-printable")  # 7-bit clean: any relay takes it
-    return mail
+            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    headers += [
+        ("MIME-Version", "1.0"),
+        ("Content-Type", 'text/plain; charset="utf-8"'),
+        ("Content-Transfer-Encoding", "quoted-printable"),
+    ]
+    body = quopri.encodestring(message.text.replace("\r\n", "\n").encode("utf-8"))
+    body = body.replace(b"\n", b"\r\n")
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("ascii")
+    return head + b"\r\n" + body + (b"" if body.endswith(b"\r\n") else b"\r\n")
 
 
 class SmtpEmailProvider:
@@ -218,9 +244,8 @@ class SmtpEmailProvider:
 
     def _send_one(self, conn: smtplib.SMTP | None, message: OutgoingMessage) -> tuple[smtplib.SMTP | None, SendResult]:
         """Returns the connection to go on with (None: it is gone) and the message's result."""
-        mail = build_message(self.settings, message)
-        msg_id = mail["Message-ID"]
-        data = mail.as_bytes()
+        msg_id = message_id(message.idempotency_key, self.settings.from_email)
+        data = render_message(self.settings, message)
         trouble = "no try"
         for tried in range(self.settings.retry_limit + 1):
             if tried:
