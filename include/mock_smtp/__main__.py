@@ -30,6 +30,7 @@ OPTIONS: dict[str, tuple[str, type, object]] = {
     "connect-421-rate": ("MOCK_SMTP_CONNECT_421_RATE", float, 0.0),
     "drop-after-data-rate": ("MOCK_SMTP_DROP_AFTER_DATA_RATE", float, 0.0),
     "latency-ms": ("MOCK_SMTP_LATENCY_MS", float, 0.0),
+    "pipelining": ("MOCK_SMTP_PIPELINING", int, 1),  # 0: the relay does not offer PIPELINING
     "login": ("MOCK_SMTP_LOGIN", str, ""),
     "password": ("MOCK_SMTP_PASSWORD", str, ""),
     "tls-cert": ("MOCK_SMTP_TLS_CERT", str, ""),  # with --tls-key: STARTTLS offered and required
@@ -58,6 +59,7 @@ async def serve(args: argparse.Namespace) -> None:
         connect_421_rate=args.connect_421_rate,
         drop_after_data_rate=args.drop_after_data_rate,
         latency_ms=args.latency_ms,
+        pipelining=bool(args.pipelining),
         login=args.login,
         password=args.password,
     )

@@ -55,6 +55,7 @@ class RelaySettings:
     connect_421_rate: float = 0.0
     drop_after_data_rate: float = 0.0
     latency_ms: float = 0.0
+    pipelining: bool = True  # offer PIPELINING (RFC 2920), as real relays do
     login: str = ""  # AUTH required when set
     password: str = ""
 
@@ -174,6 +175,12 @@ class Relay:
             await asyncio.sleep(self.settings.latency_ms / 1000)
 
     # -- the dialogue ----------------------------------------------------------------------------------
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.settings.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         await self._latency()
         if envelope.rcpt_tos:

@@ -103,8 +103,11 @@ def assert_relay_log_invariants(entries, expected: dict[str, str], max_attempts:
     return dict(finals)
 
 
-def test_every_reply_and_report_becomes_its_outcome(ledger, start_relay, imap, contact_file, tmp_path):  # noqa: F811
-    relay = start_relay(report_min_seconds=0.2, report_max_seconds=0.8, blocked_rate=0.3, delivered_rate=0.6)
+@pytest.mark.parametrize("pipelining", [1, 0], ids=["pipelining", "one-by-one"])
+def test_every_reply_and_report_becomes_its_outcome(ledger, start_relay, imap, contact_file, tmp_path, pipelining):  # noqa: F811
+    relay = start_relay(
+        report_min_seconds=0.2, report_max_seconds=0.8, blocked_rate=0.3, delivered_rate=0.6, pipelining=pipelining
+    )
     with SmtpEmailProvider(settings_for(relay)) as transport:
         run_through(ledger, transport, [mailbox_source(imap)], "run", contact_file, tmp_path)
     entries = relay.messages()
