@@ -90,6 +90,7 @@ def smtp_end_to_end(rows: int, workdir: Path) -> dict:
     maildir = mailbox.maildir if mailbox else root / "Maildir"
     relay = _start_relay(relay_port, maildir, workdir / f"relay_{rows}.jsonl")
     extra = {"from_email": "welcome@mailer.example", "disable_ssl": True, "disable_tls": True, "settle_seconds": 6}
+    extra["max_connections"] = 2  # one relay process on the same 2 cores: more connections only contend
     esp = {"conn_type": "smtp", "host": "127.0.0.1", "port": relay_port, "extra": extra}
     connections = {"AIRFLOW_CONN_ESP_DEFAULT": json.dumps(esp)}
     if mailbox:
