@@ -186,7 +186,15 @@ class DsnSource:
     _to_file: list[tuple[bytes, str]] = field(default_factory=list)
 
     def poll(self, pending: Sequence[PendingMessage]) -> list[OutcomeEvent]:
-        events = self.read_mailbox() if self.mailbox is not None else []
+        try:
+            events = self.read_mailbox() if self.mailbox is not None else []
+        except (imaplib.IMAP4.error, OSError) as exc:
+            # Unreadable now: no settle either (a report may be waiting there); the next poke tries again,
+            # and the sensor's timeout bounds the wait.
+            log.warning("bounce mailbox %s:%s unreadable, retried at the next poll: %r", self.mailbox.host,
+                        self.mailbox.port, exc)  # fmt: skip
+            self._to_file.clear()
+            return []
         reported = {e.idempotency_key for e in events}
         settled_before = utcnow() - self.settle
         events += [
