@@ -129,13 +129,15 @@ def send_batch(ledger: Ledger, transport: EmailProvider, run_id: str, batch_no: 
         lost = [a for a, r in pairs if r.unconfirmed]
         ledger.mark_unconfirmed(run_id, lost)
         answered = [(a, r) for a, r in pairs if not r.unconfirmed]
-        ledger.record_sent(run_id, [AcceptedAttempt(a.email, a.attempt, r.message_id, r.error) for a, r in answered])
-        # Outcomes the transport learnt at once (an SMTP 4xx: blocked) go through the one ledger operation.
+        # Outcomes the transport learnt at once (an SMTP 4xx: blocked) go through the one ledger operation,
+        # before the sends are recorded: they wait in the inbox, and record_sent applies them in its own
+        # transaction, so no crash can leave such a message "sent" (and later settled as delivered).
         ledger.record_outcomes(
             OutcomeEvent(r.outcome, r.message_id, a.idempotency_key, source="send_reply", detail=r.error)
             for a, r in answered
             if r.outcome and r.message_id
         )
+        ledger.record_sent(run_id, [AcceptedAttempt(a.email, a.attempt, r.message_id, r.error) for a, r in answered])
         chunk_refused = sum(1 for _, r in answered if r.message_id is None)
         refused += chunk_refused
         unconfirmed += len(lost)

@@ -142,6 +142,7 @@ def test_every_reply_and_report_becomes_its_outcome(ledger, start_relay, imap, c
     ]:
         assert stages[outcome_stage] > 0, f"no {outcome_stage} in this run: {dict(stages)}"
     assert stored(imap.maildir) == [], "every report was read once and filed"
+    assert ledger.inbox_size() == 0, "outcomes learnt at send time were applied with their sends"
 
 
 def test_a_connection_dropped_after_the_data_never_makes_a_second_email(
