@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     server = start(args.root, args.port, args.login, args.password)
     print(f"bounce mailbox: imap://{args.login}@127.0.0.1:{args.port}, Maildir {server.maildir}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    # Only a signal to Dovecot here: the main thread's wait() below reaps it (a wait() in the handler would
+    # block on the lock the interrupted wait() holds).
+    signal.signal(signal.SIGTERM, lambda *_: server.process.terminate())
     try:
         server.process.wait()
     except KeyboardInterrupt:
