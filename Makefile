@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CSV    ?= input.csv
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint esp smtp-relay bounce-mailbox input bench lock clean stack-up stack-down stack-status docker-env
+.PHONY: help venv run test test-fast lint esp smtp-relay bounce-mailbox events input bench lock clean stack-up stack-down stack-status docker-env
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ smtp-relay: venv  ## start the mock SMTP relay in the foreground on 127.0.0.1:25
 
 bounce-mailbox: venv  ## serve the mock relay's bounce reports over IMAP (Dovecot) on 127.0.0.1:2143
 	$(BIN)/python -m include.imap_server
+
+events: venv  ## serve the provider event and unsubscribe endpoints on their own, on make run's ledger (127.0.0.1:8026/welcome-mailer/)
+	WELCOME_MAILER_HOME=$${WELCOME_MAILER_HOME:-$(CURDIR)} $(BIN)/python -m welcome_mailer.web
 
 input: venv  ## regenerate input.csv (deterministic)
 	$(BIN)/python -m include.generate_contacts --rows 10000 --seed 42 --output input.csv

@@ -5,7 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-OUTCOME_ORDER = ("delivered", "bounced", "failed", "unconfirmed", "blocked", "sent", "sending", "claimed")
+OUTCOME_ORDER = (
+    "delivered",
+    "bounced",
+    "complained",
+    "unsubscribed",
+    "failed",
+    "unconfirmed",
+    "blocked",
+    "sent",
+    "sending",
+    "claimed",
+)
 
 
 def build_report(*, run_id: str, parsed: dict, claimed: dict, summary: dict, phases: dict[str, float]) -> dict:

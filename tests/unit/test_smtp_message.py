@@ -126,3 +126,15 @@ def test_list_unsubscribe_one_click_when_configured():
 )
 def test_what_each_reply_means(code, text, policy, meaning):
     assert classify(code, text, policy) == meaning
+
+
+def test_the_plugin_apps_one_click_link_when_its_endpoint_is_configured():
+    from welcome_mailer.unsubscribe import UnsubscribeSettings, read_token
+
+    endpoint = UnsubscribeSettings("https://airflow.example.com/welcome-mailer/unsubscribe", "secret")
+    configured = SmtpSettings("r", from_email="w@mailer.example", unsubscribe=endpoint, list_unsubscribe="mailto:x@y")
+    message = parse(render_message(configured, OutgoingMessage("ann@example.com", "Welcome!", "Hi", KEY, "Ann")))
+    link = message["List-Unsubscribe"].strip("<>")
+    assert link.startswith(endpoint.url + "?token=")
+    assert read_token(link.split("token=", 1)[1].replace("%3D", "="), "secret") == "ann@example.com"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

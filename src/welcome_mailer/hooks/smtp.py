@@ -9,8 +9,11 @@ login, password; extras ``from_email``, ``disable_ssl``, ``disable_tls``, ``time
 | ``from_name`` | "" | the From display name |
 | ``max_connections`` | 8 | SMTP connections one send task keeps open in parallel |
 | ``policy_rejection`` | ``blocked`` | what a 5.7.x reply or report becomes: ``blocked`` or ``bounced`` |
-| ``list_unsubscribe`` | "" | List-Unsubscribe URIs, comma-separated, with ``{email}`` and ``{key}`` filled in |
+| ``list_unsubscribe`` | "" | List-Unsubscribe URIs, comma-separated, ``{email}`` and ``{key}`` filled in (*) |
 | ``settle_seconds`` | 1800 | an accepted message with no bounce report after this long counts as delivered |
+
+(*) Only when the plugin app's unsubscribe endpoint is not configured (``WELCOME_MAILER_UNSUBSCRIBE_URL``
+and ``_SECRET``): then every message carries its signed one-click link, as over HTTP.
 
 ``bounce_mailbox`` (type ``imap``, optional): host, port, login, password; extras ``use_ssl`` (default
 true, as Airflow's IMAP provider), ``starttls``, ``ssl_context`` ("none": no certificate check),
@@ -25,6 +28,7 @@ from airflow.sdk import BaseHook
 
 from welcome_mailer.outcomes.dsn import DsnSource, MailboxSettings
 from welcome_mailer.transports.smtp import SmtpEmailProvider, SmtpSettings
+from welcome_mailer.unsubscribe import UnsubscribeSettings
 
 BOUNCE_MAILBOX_CONN_ID = "bounce_mailbox"
 DEFAULT_SETTLE_SECONDS = 1800.0  # most asynchronous bounces from real relays come within minutes
@@ -51,6 +55,7 @@ def smtp_settings(conn) -> SmtpSettings:
         retry_limit=int(extra.get("retry_limit", 5)),
         max_connections=int(extra.get("max_connections", 8)),
         policy_rejection=extra.get("policy_rejection", "blocked"),
+        unsubscribe=UnsubscribeSettings.from_env(),
         list_unsubscribe=extra.get("list_unsubscribe", ""),
         settle_seconds=float(extra.get("settle_seconds", DEFAULT_SETTLE_SECONDS)),
     )

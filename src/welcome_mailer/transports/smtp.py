@@ -36,12 +36,13 @@ import time
 import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.header import Header
 from email.utils import formataddr, formatdate
 
 from welcome_mailer.outcomes.events import BLOCKED, BOUNCED
 from welcome_mailer.transports import OutgoingMessage, SendResult
+from welcome_mailer.unsubscribe import UnsubscribeSettings, list_unsubscribe_headers
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,10 @@ class SmtpSettings:
     retry_limit: int = 5  # reconnects per message before the data went out
     max_connections: int = 8
     policy_rejection: str = BLOCKED  # what a 5.7.x reply becomes (see the README)
-    list_unsubscribe: str = ""  # URI templates, comma-separated: {email} and {key} are filled in
+    # One-click unsubscribe through the plugin app's endpoint (welcome_mailer.unsubscribe), when configured;
+    # else ``list_unsubscribe``: URI templates, comma-separated, {email} and {key} filled in (a provider's own).
+    unsubscribe: UnsubscribeSettings = field(default_factory=UnsubscribeSettings)
+    list_unsubscribe: str = ""
     settle_seconds: float = 1800.0  # no bounce report this long after acceptance: delivered (outcomes.dsn)
     helo: str | None = None
 
@@ -171,7 +175,9 @@ def render_message(settings: SmtpSettings, message: OutgoingMessage) -> bytes:
         ("Date", formatdate(localtime=False, usegmt=True)),
         ("Message-ID", message_id(message.idempotency_key, settings.from_email)),
     ]
-    if settings.list_unsubscribe:
+    if settings.unsubscribe.enabled:
+        headers += list(list_unsubscribe_headers(message.to, settings.unsubscribe).items())
+    elif settings.list_unsubscribe:
         uris = [
             uri.strip().format(email=urllib.parse.quote(message.to, safe=""), key=message.idempotency_key)
             for uri in settings.list_unsubscribe.split(",")
