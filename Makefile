@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 CSV    ?= input.csv
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint esp events input bench lock clean stack-up stack-down stack-status docker-env contact suppressions bench-ui
+.PHONY: help venv run test test-fast lint esp smtp-relay bounce-mailbox events input bench lock clean stack-up stack-down \
+        stack-status docker-env contact suppressions bench-ui
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +35,12 @@ lint: venv  ## ruff (including Airflow's AIR rules)
 
 esp: venv  ## start the mock ESP in the foreground on 127.0.0.1:8025 (flags: python -m include.mock_esp --help)
 	$(BIN)/python -m include.mock_esp
+
+smtp-relay: venv  ## start the mock SMTP relay in the foreground on 127.0.0.1:2525 (flags: python -m include.mock_smtp --help)
+	$(BIN)/python -m include.mock_smtp
+
+bounce-mailbox: venv  ## serve the mock relay's bounce reports over IMAP (Dovecot) on 127.0.0.1:2143
+	$(BIN)/python -m include.imap_server
 
 events: venv  ## serve the provider event and unsubscribe endpoints on their own, on make run's ledger (127.0.0.1:8026/welcome-mailer/)
 	WELCOME_MAILER_HOME=$${WELCOME_MAILER_HOME:-$(CURDIR)} $(BIN)/python -m welcome_mailer.web

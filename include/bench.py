@@ -5,6 +5,9 @@
 - parse + claim of 1M rows, in a child process so its peak RSS is its own (SQLite ledger; add
   ``--postgres URL`` for Postgres too);
 - the mock ESP accepting 1,000-message batches;
+- over SMTP: the 10k file end to end through the mock relay and its bounce mailbox (Dovecot), as a ratio
+  to the same file over HTTP in the same run (target <= 1.5), and the transport's messages per second
+  per connection;
 - with ``--stack``: the same sizes through the local Celery stack (scheduler, Celery worker, Postgres),
   with each task's work time against its scheduling/queueing wait.
 
@@ -21,6 +24,7 @@ import os
 import platform
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,17 +40,21 @@ BENCH_DIR = PROJECT_ROOT / "bench"
 RESULTS = BENCH_DIR / "results.jsonl"
 
 
-def end_to_end(rows: int, workdir: Path) -> dict:
+def end_to_end(rows: int, workdir: Path, connections: dict[str, str] | None = None, name: str = "end_to_end") -> dict:
+    """``connections``: AIRFLOW_CONN_* variables of the provider (default: the mock ESP make run starts)."""
     csv_path = write_file(BENCH_DIR / "files" / f"contacts_{rows}.csv", rows, seed=7)
     env = airflow_env()
     env.update(
         {
-            "AIRFLOW_CONN_CONTACTS_DB": json.dumps({"conn_type": "sqlite", "host": str(workdir / f"ledger_{rows}.db")}),
+            "AIRFLOW_CONN_CONTACTS_DB": json.dumps(
+                {"conn_type": "sqlite", "host": str(workdir / f"ledger_{name}_{rows}.db")}
+            ),
             "WELCOME_MAILER_REPORTS_DIR": str(workdir / "reports"),
             "WELCOME_MAILER_DATA_ROOTS": str(csv_path.parent),
         }
     )
     env.pop("AIRFLOW_CONN_ESP_DEFAULT", None)
+    env.update(connections or {})
     ensure_metadata_db(env)
     started = time.time()
     completed = subprocess.run(
@@ -60,7 +68,7 @@ def end_to_end(rows: int, workdir: Path) -> dict:
     report_path = newest_report(workdir / "reports", started)
     report = json.loads(report_path.with_suffix(".json").read_text()) if report_path else {}
     return {
-        "benchmark": f"end_to_end_{rows}",
+        "benchmark": f"{name}_{rows}",
         "ok": completed.returncode == 0,
         "seconds": round(seconds, 1),
         "phase_seconds": report.get("phase_seconds", {}),
@@ -68,6 +76,90 @@ def end_to_end(rows: int, workdir: Path) -> dict:
         "contacts": report.get("claimed"),
         "messages": report.get("messages_sent"),
     }
+
+
+def smtp_end_to_end(rows: int, workdir: Path) -> dict:
+    """The same file as end_to_end, over SMTP: the mock relay, its bounce mailbox on Dovecot (when
+    installed; else the settle time alone), settle time 6 s (the relay's reports come within 5 s)."""
+    from include import imap_server
+
+    relay_port, imap_port = free_port(), free_port()
+    root = Path(tempfile.mkdtemp(prefix="welcome-bench-imap-"))
+    root.chmod(0o755)
+    mailbox = imap_server.start(root, imap_port) if imap_server.available() else None
+    maildir = mailbox.maildir if mailbox else root / "Maildir"
+    relay = _start_relay(relay_port, maildir, workdir / f"relay_{rows}.jsonl")
+    extra = {"from_email": "welcome@mailer.example", "disable_ssl": True, "disable_tls": True, "settle_seconds": 6}
+    extra["max_connections"] = 2  # one relay process on the same 2 cores: more connections only contend
+    esp = {"conn_type": "smtp", "host": "127.0.0.1", "port": relay_port, "extra": extra}
+    connections = {"AIRFLOW_CONN_ESP_DEFAULT": json.dumps(esp)}
+    if mailbox:
+        connections["AIRFLOW_CONN_BOUNCE_MAILBOX"] = json.dumps(mailbox.connection())
+    try:
+        return end_to_end(rows, workdir, connections, name="smtp_end_to_end")
+    finally:
+        relay.terminate()
+        relay.wait(timeout=10)
+        if mailbox:
+            mailbox.stop()
+
+
+def _start_relay(port: int, maildir: Path, log: Path, *flags: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "include.mock_smtp", "--port", str(port), "--maildir", str(maildir)]
+    relay = subprocess.Popen(
+        [*command, "--log", str(log), *flags],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return relay
+        except OSError:
+            time.sleep(0.05)
+    relay.kill()
+    raise RuntimeError("the mock relay did not start")
+
+
+def smtp_rate(workdir: Path, messages: int = 2000) -> list[dict]:
+    """The SMTP transport against the mock relay (everything delivered): messages per second, with one
+    connection and with the default eight."""
+    from welcome_mailer.ledger import idempotency_key
+    from welcome_mailer.transports import OutgoingMessage
+    from welcome_mailer.transports.smtp import SmtpEmailProvider, SmtpSettings
+
+    port = free_port()
+    relay = _start_relay(port, workdir / "rate_maildir", workdir / "rate.jsonl", "--delivered-rate", "1",
+                         "--bounced-rate", "0", "--blocked-rate", "0")  # fmt: skip
+    results = []
+    try:
+        for connections in (1, 8):
+            settings = SmtpSettings(
+                "127.0.0.1", port, from_email="welcome@mailer.example", use_ssl=False, starttls=False,
+                max_connections=connections,
+            )  # fmt: skip
+            batch = [
+                OutgoingMessage(f"c{connections}.{n}@example.com", "Welcome!", f"Hi {n}, Welcome!",
+                                idempotency_key(f"c{connections}.{n}@example.com", 1), f"Contact {n}")
+                for n in range(messages)
+            ]  # fmt: skip
+            with SmtpEmailProvider(settings) as transport:
+                started = time.perf_counter()
+                for start in range(0, messages, 1000):
+                    transport.send_batch(batch[start : start + 1000])
+                seconds = time.perf_counter() - started
+            results.append(
+                {
+                    "benchmark": f"smtp_rate_{connections}_connections",
+                    "messages_per_second": round(messages / seconds),
+                    "per_connection": round(messages / seconds / connections),
+                }
+            )
+    finally:
+        relay.terminate()
+        relay.wait(timeout=10)
+    return results
 
 
 def baseline(rows: int) -> dict:
@@ -267,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--big", type=int, default=1_000_000, help="rows for the parse + claim figure (0: skip)")
     parser.add_argument("--postgres", help="also measure parse + claim on this SQLAlchemy URL (an empty database)")
     parser.add_argument("--stack", action="store_true", help="also run the sizes through the local Celery stack")
+    parser.add_argument("--smtp", type=int, default=10_000, help="rows end to end over SMTP, beside HTTP (0: skip)")
     args = parser.parse_args(argv)
     # A stopped benchmark still stops the stack it started (its `finally`), instead of orphaning it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -281,6 +374,13 @@ def main(argv: list[str] | None = None) -> None:
         for rows in args.sizes:
             results.append(baseline(rows))
             results.append(end_to_end(rows, workdir))
+        if args.smtp:
+            results.extend(smtp_rate(workdir))
+            http = next((r for r in results if r["benchmark"] == f"end_to_end_{args.smtp}"), None)
+            smtp = smtp_end_to_end(args.smtp, workdir)
+            if http and http["ok"] and smtp["ok"]:
+                smtp["ratio_to_http"] = round(smtp["seconds"] / http["seconds"], 2)  # target: <= 1.5
+            results.append(smtp)
         if args.stack:
             results.extend(on_stack(args.sizes, workdir))
     results = with_ratios(results)

@@ -21,6 +21,7 @@ from welcome_mailer.contacts import DEFAULT_CHUNK_SIZE, ContactReader
 from welcome_mailer.greeting import SUBJECT, welcome_text
 from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt, utcnow
 from welcome_mailer.outcomes import OutcomeSource
+from welcome_mailer.outcomes.events import OutcomeEvent
 from welcome_mailer.transports import EmailProvider, OutgoingMessage, SendResult
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def send_batch(ledger: Ledger, transport: EmailProvider, run_id: str, batch_no: 
     accepted. Through a transport without idempotency such an attempt is never sent again (unconfirmed)."""
     started = time.time()
     attempts = ledger.start_attempts(run_id, batch_no, resend_unconfirmed=transport.idempotent)
-    accepted = refused = 0
+    accepted = refused = unconfirmed = 0
 
     def send(chunk: Sequence[OutgoingAttempt]) -> list[SendResult]:
         if not transport.idempotent:
@@ -122,14 +123,25 @@ def send_batch(ledger: Ledger, transport: EmailProvider, run_id: str, batch_no: 
         )
 
     def record(chunk: Sequence[OutgoingAttempt], results: list[SendResult]) -> None:
-        nonlocal accepted, refused
-        ledger.record_sent(
-            run_id,
-            [AcceptedAttempt(a.email, a.attempt, r.message_id, r.error) for a, r in zip(chunk, results, strict=True)],
+        nonlocal accepted, refused, unconfirmed
+        pairs = list(zip(chunk, results, strict=True))
+        # Handed over without a reply (only through a transport without idempotency): never resent.
+        lost = [a for a, r in pairs if r.unconfirmed]
+        ledger.mark_unconfirmed(run_id, lost)
+        answered = [(a, r) for a, r in pairs if not r.unconfirmed]
+        # Outcomes the transport learnt at once (an SMTP 4xx: blocked) go through the one ledger operation,
+        # before the sends are recorded: they wait in the inbox, and record_sent applies them in its own
+        # transaction, so no crash can leave such a message "sent" (and later settled as delivered).
+        ledger.record_outcomes(
+            OutcomeEvent(r.outcome, r.message_id, a.idempotency_key, source="send_reply", detail=r.error)
+            for a, r in answered
+            if r.outcome and r.message_id
         )
-        chunk_refused = sum(1 for r in results if r.message_id is None)
+        ledger.record_sent(run_id, [AcceptedAttempt(a.email, a.attempt, r.message_id, r.error) for a, r in answered])
+        chunk_refused = sum(1 for _, r in answered if r.message_id is None)
         refused += chunk_refused
-        accepted += len(results) - chunk_refused
+        unconfirmed += len(lost)
+        accepted += len(answered) - chunk_refused
 
     in_flight: deque[tuple[Sequence[OutgoingAttempt], Future]] = deque()
     requests = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esp-send")
@@ -144,7 +156,13 @@ def send_batch(ledger: Ledger, transport: EmailProvider, run_id: str, batch_no: 
             record(chunk_sent, request.result())
     finally:
         requests.shutdown(cancel_futures=True)  # after a failure, send nothing more
-    return {"sent": accepted, "refused": refused, "started": started, "finished": time.time()}
+    return {
+        "sent": accepted,
+        "refused": refused,
+        "unconfirmed": unconfirmed,
+        "started": started,
+        "finished": time.time(),
+    }
 
 
 def collect_outcomes(ledger: Ledger, sources: Sequence[OutcomeSource], run_id: str) -> tuple[int, int]:
@@ -157,6 +175,10 @@ def collect_outcomes(ledger: Ledger, sources: Sequence[OutcomeSource], run_id: s
             break
         # Recorded in one go: a few set-based statements however many outcomes arrived.
         recorded += ledger.record_outcomes(source.poll(pending)).applied
+        # A source that consumes what it read (a bounce mailbox) files it once the ledger has it.
+        acknowledge = getattr(source, "acknowledge", None)
+        if acknowledge is not None:
+            acknowledge()
     return recorded, ledger.count_awaiting_outcome(run_id)
 
 

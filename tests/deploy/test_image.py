@@ -21,7 +21,7 @@ from tests.conftest import PROJECT_ROOT
 
 RUNTIME_LOCK = PROJECT_ROOT / "requirements.lock"
 DEV_LOCK = PROJECT_ROOT / "requirements-dev.lock"
-DEV_TOOLS = {"pytest", "pytest-timeout", "hypothesis", "ruff", "compose-spec", "selenium"}
+DEV_TOOLS = {"pytest", "pytest-timeout", "hypothesis", "ruff", "compose-spec", "selenium", "aiosmtpd"}
 
 
 def names(lines) -> set[str]:

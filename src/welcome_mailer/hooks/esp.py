@@ -10,6 +10,7 @@ from welcome_mailer.transports import EmailProvider
 
 ESP_CONN_ID = "esp_default"
 HTTP_CONN_TYPES = ("welcome_mailer_esp", "http")  # the contract v1 REST API; "http" as Airflow's HTTP provider
+SMTP_CONN_TYPES = ("smtp",)  # any relay, read as Airflow's SMTP provider reads it (hooks/smtp.py)
 DEFAULT_TIMEOUT = 30.0
 OUTCOME_LOOKUPS_VARIABLE = "welcome_mailer_outcome_lookups"  # "off": outcomes only from pushed events
 
@@ -33,10 +34,14 @@ class EspHook(BaseHook):
         from welcome_mailer.unsubscribe import UnsubscribeSettings
 
         conn = self.get_connection(self.esp_conn_id)
+        if conn.conn_type in SMTP_CONN_TYPES:
+            from welcome_mailer.hooks.smtp import smtp_transport
+
+            return smtp_transport(conn)
         if conn.conn_type not in HTTP_CONN_TYPES:
             raise ValueError(
-                f"connection {self.esp_conn_id!r} is of type {conn.conn_type!r}; "
-                f"the email provider's connection must be of type {' or '.join(HTTP_CONN_TYPES)}"
+                f"connection {self.esp_conn_id!r} is of type {conn.conn_type!r}; the email provider's "
+                f"connection must be of type {' or '.join(HTTP_CONN_TYPES + SMTP_CONN_TYPES)}"
             )
         extra = conn.extra_dejson
         base_url = conn.host or ""
@@ -58,12 +63,17 @@ class EspHook(BaseHook):
         """The sources the delivery sensors poll for this transport's messages (pushed outcomes, such as
         webhooks, need none: they land in the ledger by themselves). The Airflow Variable
         ``welcome_mailer_outcome_lookups`` = ``off`` turns the HTTP lookup off, for a provider that posts
-        its events to the plugin app's webhooks (read at every poke: switchable while runs go on)."""
+        its events to the plugin app's webhooks (read at every poke: switchable while runs go on). An SMTP
+        transport's source is its bounce mailbox and settle time (``hooks.smtp.dsn_source``)."""
         from airflow.sdk import Variable
 
+        from welcome_mailer.hooks.smtp import dsn_source
         from welcome_mailer.outcomes.http_lookup import HttpLookupSource
         from welcome_mailer.transports.http import HttpEmailProvider
+        from welcome_mailer.transports.smtp import SmtpEmailProvider
 
+        if isinstance(transport, SmtpEmailProvider):
+            return [dsn_source(transport.settings)]
         if Variable.get(OUTCOME_LOOKUPS_VARIABLE, default="on").strip().lower() == "off":
             return []
         return [HttpLookupSource(transport)] if isinstance(transport, HttpEmailProvider) else []
@@ -72,7 +82,10 @@ class EspHook(BaseHook):
         """Reach the provider and prove the API key: a status lookup of an id nobody has."""
         try:
             with self.get_conn() as transport:
-                transport.lookup(["welcome-mailer-connection-test"])
+                if hasattr(transport, "lookup"):
+                    transport.lookup(["welcome-mailer-connection-test"])
+                else:  # SMTP: connect, TLS and log in as a send would
+                    transport.check()
         except Exception as exc:  # the message is the answer the UI shows
             return False, str(exc)
         return True, "Connection successfully tested: the provider accepted the API key"

@@ -142,6 +142,7 @@ class PendingMessage:
     email: str
     attempt: int
     message_id: str
+    sent_at: datetime | None = None  # when the provider accepted it (an outcome source's settle time)
 
     @property
     def idempotency_key(self) -> str:
@@ -408,6 +409,18 @@ class Ledger:
                 constants={"updated_at": utcnow()},
             )
 
+    def mark_unconfirmed(self, run_id: str, attempts: Sequence[OutgoingAttempt]) -> None:
+        """These dispatched attempts went to a transport without idempotency and no reply came back (SMTP:
+        the connection died after the data): sending -> unconfirmed at once, by the rule a retried task
+        applies (``start_attempts``), instead of waiting for that retry."""
+        if not attempts:
+            return
+        with self.engine.begin() as conn:
+            for chunk in _chunks([a.email for a in attempts], MATCH_CHUNK):
+                self._mark_unconfirmed(
+                    conn, and_(sent_contacts.c.run_id == run_id, sent_contacts.c.email.in_(chunk)), utcnow()
+                )
+
     def record_sent(self, run_id: str, accepted: Sequence[AcceptedAttempt]) -> None:
         """The provider accepted (or refused) these attempts: sending -> sent (or bounced when refused).
         Outcome events that arrived before this (kept in the inbox) are applied right after."""
@@ -452,9 +465,12 @@ class Ledger:
         """The run's messages that the provider accepted but has not yet reported an outcome for."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(sent_contacts.c.email, sent_contacts.c.attempts, sent_contacts.c.provider_message_id).where(
-                    sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENT
-                )
+                select(
+                    sent_contacts.c.email,
+                    sent_contacts.c.attempts,
+                    sent_contacts.c.provider_message_id,
+                    sent_contacts.c.updated_at,  # set by record_sent, unchanged until an outcome
+                ).where(sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENT)
             ).all()
         return [PendingMessage(*row) for row in rows]
 

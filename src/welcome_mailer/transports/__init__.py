@@ -29,6 +29,11 @@ class SendResult:
     to: str
     message_id: str | None  # None when the provider refused this message
     error: str | None = None
+    # An outcome the transport learnt at once, recorded right after the send (an SMTP 4xx reply: blocked).
+    outcome: str | None = None
+    # Handed over without a reply (SMTP: the connection died after the data): it may have gone out, so it
+    # is recorded as unconfirmed and never sent again automatically.
+    unconfirmed: bool = False
 
 
 class EmailProvider(Protocol):

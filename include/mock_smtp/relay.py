@@ -1,0 +1,273 @@
+"""The mock relay: what it answers, what it logs, which bounce reports it writes.
+
+Outcomes, drawn per transaction from (seed, recipient, how many transactions that recipient had before),
+so that they do not depend on the order in which parallel connections arrive:
+
+| draw | outcome | how the client learns it |
+|---|---|---|
+| 80% | delivered | 250 after the data; no report (the settle time) |
+| 5% | bounced | ``550 5.1.1`` to RCPT |
+| 5% | bounced | 250, then a report (Action: failed, Status: 5.1.1) after 1-5 s |
+| 3.3% | blocked | ``450 4.7.1`` to RCPT |
+| 3.3% | blocked | ``550 5.7.1`` after the data (a reputation block) |
+| 3.3% | blocked | 250, then a report (Action: failed, Status: 4.4.7) after 1-5 s |
+
+Faults (off by default): ``connect_421_rate`` (421 instead of the greeting), ``drop_after_data_rate``
+(the message is received and kept, then the connection is cut without a reply), ``latency_ms`` before
+every reply to RCPT and after the data.
+
+The log (JSON lines, one per transaction that reached RCPT) is what tests prove invariants from: every
+message the relay received, its outcome and when that outcome is known (``resolve_at``), the raw bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email
+import email.policy
+import hashlib
+import json
+import os
+import random
+import re
+import socket
+import time
+from dataclasses import dataclass
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+MESSAGE_ID = re.compile(rb"^Message-ID:\s*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
+KEY = re.compile(r"<(welcome-[0-9a-f]{40}-\d+)@")
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    seed: int = 42
+    delivered_rate: float = 0.8
+    bounced_rate: float = 0.1
+    blocked_rate: float = 0.1
+    in_dialogue_rate: float = 0.5  # of the bounces, answered at RCPT; blocks split in thirds (see above)
+    report_min_seconds: float = 1.0
+    report_max_seconds: float = 5.0
+    connect_421_rate: float = 0.0
+    drop_after_data_rate: float = 0.0
+    latency_ms: float = 0.0
+    pipelining: bool = True  # offer PIPELINING (RFC 2920), as real relays do
+    login: str = ""  # AUTH required when set
+    password: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: str  # delivered | bounced | blocked
+    stage: str  # rcpt | data | report | none: where the client learns a failure
+    reply: str
+
+
+def decide(settings: RelaySettings, recipient: str, earlier: int) -> Decision:
+    """The outcome of a recipient's ``earlier``-th transaction (0 for the first)."""
+    digest = hashlib.sha256(f"{settings.seed}:{recipient}:{earlier}".encode()).digest()
+    draw = random.Random(digest)
+    first, second = draw.random(), draw.random()
+    if first < settings.delivered_rate:
+        return Decision("delivered", "none", "250 2.0.0 Ok: queued")
+    if first < settings.delivered_rate + settings.bounced_rate:
+        if second < settings.in_dialogue_rate:
+            return Decision("bounced", "rcpt", "550 5.1.1 <{}>: Recipient address rejected: User unknown")
+        return Decision("bounced", "report", "250 2.0.0 Ok: queued")
+    if second < 1 / 3:
+        return Decision("blocked", "rcpt", "450 4.7.1 <{}>: Recipient address rejected: try again later")
+    if second < 2 / 3:
+        return Decision("blocked", "data", "550 5.7.1 Message rejected due to low sender reputation")
+    return Decision("blocked", "report", "250 2.0.0 Ok: queued")
+
+
+class Maildir:
+    """The bounce mailbox the relay writes reports into (Dovecot serves it over IMAP)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for sub in ("tmp", "new", "cur"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+
+    def deliver(self, raw: bytes) -> Path:
+        name = f"{time.time():.6f}.{os.getpid()}_{random.getrandbits(48):012x}.{socket.gethostname()}"
+        tmp = self.root / "tmp" / name
+        tmp.write_bytes(raw)
+        final = self.root / "new" / name
+        os.rename(tmp, final)  # atomic: a reader never sees half a report
+        return final
+
+
+def delivery_report(original: bytes, recipient: str, status: str, diagnostic: str, reporting_mta: str) -> bytes:
+    """An RFC 3464 report in Postfix's shape: notification, delivery-status, the returned headers."""
+    headers = original.split(b"\r\n\r\n", 1)[0]
+    sender = email.message_from_bytes(original, policy=email.policy.SMTP)["From"]
+    to = sender.addresses[0].addr_spec if sender and sender.addresses else "postmaster"
+    boundary = f"{random.getrandbits(64):016X}.{int(time.time())}/{reporting_mta}"
+    now = formatdate(usegmt=True)
+    text = (
+        f"From: MAILER-DAEMON@{reporting_mta} (Mail Delivery System)\r\n"
+        f"To: {to}\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        f"Date: {now}\r\n"
+        f"Message-ID: {make_msgid(domain=reporting_mta)}\r\n"
+        "Auto-Submitted: auto-replied\r\n"
+        "MIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary="{boundary}"\r\n'
+        "\r\n"
+        "This is a MIME-encapsulated message.\r\n\r\n"
+        f"--{boundary}\r\n"
+        "Content-Description: Notification\r\n"
+        "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+        f"This is the mail system at host {reporting_mta}.\r\n\r\n"
+        "I'm sorry to have to inform you that your message could not\r\n"
+        "be delivered to one or more recipients. It's attached below.\r\n\r\n"
+        f"<{recipient}>: host mx.{recipient.rpartition('@')[2]} said: {diagnostic}\r\n\r\n"
+        f"--{boundary}\r\n"
+        "Content-Description: Delivery report\r\n"
+        "Content-Type: message/delivery-status\r\n\r\n"
+        f"Reporting-MTA: dns; {reporting_mta}\r\n"
+        f"X-Postfix-Queue-ID: {random.getrandbits(40):010X}\r\n"
+        f"Arrival-Date: {now}\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\n"
+        f"Original-Recipient: rfc822;{recipient}\r\n"
+        "Action: failed\r\n"
+        f"Status: {status}\r\n"
+        f"Remote-MTA: dns; mx.{recipient.rpartition('@')[2]}\r\n"
+        f"Diagnostic-Code: smtp; {diagnostic}\r\n\r\n"
+        f"--{boundary}\r\n"
+        "Content-Description: Undelivered Message Headers\r\n"
+        "Content-Type: text/rfc822-headers\r\n\r\n"
+    )
+    return text.encode() + headers + f"\r\n\r\n--{boundary}--\r\n".encode()
+
+
+class Relay:
+    """The aiosmtpd handler: decisions, the log and the reports."""
+
+    def __init__(self, settings: RelaySettings, log_path: Path, maildir: Maildir | None, hostname: str) -> None:
+        self.settings = settings
+        self.maildir = maildir
+        self.hostname = hostname
+        self._log = log_path.open("a", encoding="utf-8")
+        self._seq = 0
+        self._per_recipient: dict[str, int] = {}
+        self._faults = random.Random(settings.seed + 1)
+
+    # -- connection-level faults ---------------------------------------------------------------------
+    def refuse_connection(self) -> bool:
+        return self._faults.random() < self.settings.connect_421_rate
+
+    def authenticate(self, _server, _session, _envelope, mechanism, auth_data) -> AuthResult:
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login.decode() == self.settings.login
+            and auth_data.password.decode() == self.settings.password
+        )
+        return AuthResult(success=ok, handled=False)
+
+    async def _latency(self) -> None:
+        if self.settings.latency_ms:
+            await asyncio.sleep(self.settings.latency_ms / 1000)
+
+    # -- the dialogue ----------------------------------------------------------------------------------
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.settings.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        await self._latency()
+        if envelope.rcpt_tos:
+            return "452 4.5.3 one recipient per transaction, please"
+        recipient = address.lower()
+        decision = decide(self.settings, recipient, self._per_recipient.get(recipient, 0))
+        if decision.stage == "rcpt":
+            self._record(envelope.mail_from, recipient, decision, decision.reply.format(address), b"", False)
+            return decision.reply.format(address)
+        envelope.rcpt_tos.append(address)
+        envelope.decision = decision
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server, session, envelope):
+        await self._latency()
+        raw = envelope.original_content or b""
+        recipient = envelope.rcpt_tos[0].lower()
+        decision: Decision = envelope.decision
+        dropped = self._faults.random() < self.settings.drop_after_data_rate
+        reply = decision.reply
+        self._record(envelope.mail_from, recipient, decision, reply, raw, dropped)
+        if decision.stage == "report" and self.maildir is not None:
+            delay = random.Random(raw).uniform(self.settings.report_min_seconds, self.settings.report_max_seconds)
+            status, diagnostic = (
+                ("5.1.1", "550 5.1.1 User unknown")
+                if decision.outcome == "bounced"
+                else ("4.4.7", "delivery temporarily suspended: mailbox full, message expired")
+            )
+            report = delivery_report(raw, recipient, status, diagnostic, self.hostname)
+            asyncio.get_running_loop().call_later(delay, self.maildir.deliver, report)
+        if dropped:  # the message was received: cut the line before the reply
+            server.transport.abort()
+        return reply
+
+    def _record(self, mail_from, recipient: str, decision: Decision, reply: str, raw: bytes, dropped: bool) -> None:
+        now = time.time()
+        found = MESSAGE_ID.search(raw)
+        message_id = found.group(1).decode("ascii", "replace") if found else None
+        key = KEY.search(message_id or "")
+        delay = 0.0
+        if decision.stage == "report":
+            delay = random.Random(raw).uniform(self.settings.report_min_seconds, self.settings.report_max_seconds)
+        entry = {
+            "seq": self._seq,
+            "to": recipient,
+            "mail_from": mail_from,
+            "message_id": message_id,
+            "idempotency_key": key.group(1) if key else None,
+            "outcome": decision.outcome,
+            "stage": decision.stage,
+            "reply": reply,
+            "dropped": dropped,
+            "received": bool(raw),  # the data went through (RCPT refusals: nothing was sent)
+            "created_at": now,
+            "resolve_at": now + delay,
+            "raw": base64.b64encode(raw).decode(),
+        }
+        self._seq += 1
+        self._per_recipient[recipient] = self._per_recipient.get(recipient, 0) + 1
+        self._log.write(json.dumps(entry) + "\n")
+        self._log.flush()
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's server, with a 421 at connect when the relay says so."""
+
+    def __init__(self, relay: Relay, **kwargs) -> None:
+        super().__init__(relay, **kwargs)
+        self.relay = relay
+
+    async def _handle_client(self) -> None:
+        if self.relay.refuse_connection():
+            await self.push("421 4.3.2 Service not available, closing transmission channel")
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+
+def read_log(path: Path) -> list[dict]:
+    """The relay's log with each entry's status now: its outcome, or ``sent`` while a report is pending."""
+    now = time.time()
+    entries = []
+    if not path.exists():
+        return entries
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        entry["status"] = entry["outcome"] if now >= entry["resolve_at"] else "sent"
+        entry["raw"] = base64.b64decode(entry["raw"])
+        entries.append(entry)
+    return entries

@@ -1,0 +1,287 @@
+"""Outcomes from bounce reports: RFC 3464 delivery status notifications (multipart/report;
+report-type=delivery-status) that relays mail to the envelope sender, read from a bounce mailbox over IMAP.
+
+Matching: each report is matched to its attempt by the Message-ID of the returned message (the whole
+message or its headers, RFC 3462 / 6522), which the SMTP transport derives from the attempt's idempotency
+key. Every relay returns those headers, so no VERP catch-all address or per-message envelope sender is
+needed. When a report has no returned headers (some relays cut them), any of our Message-IDs quoted in it
+is used.
+
+| report (per recipient) | outcome |
+|---|---|
+| Action: failed, Status: 5.x.x | bounced (5.7.x: the transport's ``policy_rejection``, blocked by default) |
+| Action: failed, Status: 4.x.x | blocked: a NEW email after the backoff |
+| Action: delivered, relayed, expanded | delivered |
+| Action: delayed | nothing yet: the relay still tries |
+
+A message accepted by the relay with no report within ``settle_seconds`` counts as delivered (relays
+report failures, not successes). A report that comes later still counts: a bounce overrules a delivery.
+
+Processed reports are moved to ``processed_folder``; reports that match none of our messages, or that do
+not parse, to ``unmatched_folder`` (counted), so each is read once and none stops a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import email.policy
+import imaplib
+import logging
+import re
+import ssl
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from email.message import Message
+
+from welcome_mailer.ledger.rules import PendingMessage, utcnow
+from welcome_mailer.outcomes.events import BLOCKED, BOUNCED, DELIVERED, OutcomeEvent
+from welcome_mailer.transports.smtp import idempotency_key_from_message_id
+
+log = logging.getLogger(__name__)
+
+KEY_PATTERN = re.compile(rb"<(welcome-[0-9a-f]{40}-\d+)@")
+STATUS_PATTERN = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+FETCH_CHUNK = 200
+
+
+@dataclass(frozen=True)
+class RecipientStatus:
+    recipient: str  # Final-Recipient's address
+    action: str  # failed | delayed | delivered | relayed | expanded
+    status: str  # the RFC 3463 code, "5.1.1"
+    diagnostic: str = ""
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    keys: tuple[str, ...]  # the idempotency keys of the attempts it is about (from their Message-IDs)
+    recipients: tuple[RecipientStatus, ...]
+
+
+class NotADeliveryReport(ValueError):
+    """The mail is not a delivery status notification we can read."""
+
+
+def parse_report(raw: bytes) -> DeliveryReport:
+    """Read one RFC 3464 report. Raises NotADeliveryReport for anything else."""
+    message = email.message_from_bytes(raw, policy=email.policy.compat32)
+    status_part = next((p for p in message.walk() if p.get_content_type() == "message/delivery-status"), None)
+    if status_part is None:
+        raise NotADeliveryReport("no message/delivery-status part")
+    recipients = tuple(_recipient_statuses(status_part))
+    if not recipients:
+        raise NotADeliveryReport("a delivery-status part without a recipient")
+    keys = _returned_keys(message) or sorted({k.decode() for k in KEY_PATTERN.findall(raw)})
+    return DeliveryReport(tuple(keys), recipients)
+
+
+def _recipient_statuses(part: Message) -> Iterator[RecipientStatus]:
+    """The per-recipient field groups of a delivery-status part (the first group is per-message)."""
+    payload = part.get_payload()
+    if isinstance(payload, list):  # the email package parses the field groups as header blocks
+        groups = [dict((k.lower(), str(v)) for k, v in block.items()) for block in payload]
+    else:
+        text = payload if isinstance(payload, str) else ""
+        groups = [_fields(block) for block in re.split(r"\r?\n\s*\r?\n", text.strip()) if block.strip()]
+    for fields in groups:
+        if "action" not in fields:
+            continue
+        status = STATUS_PATTERN.search(fields.get("status", ""))
+        recipient = fields.get("final-recipient") or fields.get("original-recipient") or ""
+        yield RecipientStatus(
+            recipient=recipient.rpartition(";")[2].strip().strip("<>").lower(),
+            action=fields["action"].strip().lower(),
+            status=".".join(status.groups()) if status else "",
+            diagnostic=" ".join(fields.get("diagnostic-code", "").split()),
+        )
+
+
+def _fields(block: str) -> dict[str, str]:
+    """RFC 822 style fields, with continuation lines, names lower-cased (Exchange writes "Final-recipient")."""
+    fields: dict[str, str] = {}
+    name = None
+    for line in block.splitlines():
+        if line[:1] in (" ", "\t") and name:
+            fields[name] += " " + line.strip()
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            fields[name] = value.strip()
+    return fields
+
+
+def _returned_keys(message: Message) -> list[str]:
+    """Keys from the Message-ID of the returned message (message/rfc822 or text/rfc822-headers part)."""
+    keys = []
+    for part in message.walk():
+        kind = part.get_content_type()
+        if kind == "message/rfc822":
+            inner = part.get_payload()
+            returned = inner[0] if isinstance(inner, list) and inner else None
+            value = returned.get("Message-ID", "") if returned is not None else ""
+        elif kind == "text/rfc822-headers":
+            headers = email.message_from_bytes(part.get_payload(decode=True) or b"", policy=email.policy.compat32)
+            value = headers.get("Message-ID", "")
+        else:
+            continue
+        key = idempotency_key_from_message_id(str(value))
+        if key:
+            keys.append(key)
+    return keys
+
+
+def outcome_of(recipient: RecipientStatus, policy_rejection: str = BLOCKED) -> str | None:
+    """What one recipient's report means (None: no outcome yet)."""
+    if recipient.action in ("delivered", "relayed", "expanded"):
+        return DELIVERED
+    if recipient.action != "failed":
+        return None  # delayed: the relay keeps trying
+    if recipient.status.startswith("4."):
+        return BLOCKED
+    if recipient.status.startswith("5.7."):
+        return policy_rejection
+    return BOUNCED  # 5.x.x, or a failure without a readable status: the relay gave up for good
+
+
+def events_of(report: DeliveryReport, policy_rejection: str = BLOCKED) -> list[OutcomeEvent]:
+    """Outcome events for the report's attempts: our messages have one recipient each, so the strongest
+    outcome among its recipients is the message's."""
+    outcomes = [(outcome_of(r, policy_rejection), r) for r in report.recipients]
+    outcomes = [(o, r) for o, r in outcomes if o is not None]
+    if not outcomes:
+        return []
+    rank = {BLOCKED: 1, DELIVERED: 2, BOUNCED: 3}
+    outcome, recipient = max(outcomes, key=lambda pair: rank[pair[0]])
+    detail = f"dsn: {recipient.action} {recipient.status} {recipient.diagnostic}".strip()[:500]
+    return [OutcomeEvent(outcome, idempotency_key=key, source="dsn", detail=detail) for key in report.keys]
+
+
+@dataclass(frozen=True)
+class MailboxSettings:
+    host: str
+    port: int | None = None
+    login: str = ""
+    password: str = ""
+    use_ssl: bool = True
+    starttls: bool = False
+    verify_certificate: bool = True
+    folder: str = "INBOX"
+    processed_folder: str = "welcome-mailer-processed"
+    unmatched_folder: str = "welcome-mailer-unmatched"
+    timeout: float = 30.0
+
+
+@dataclass
+class DsnSource:
+    """The OutcomeSource of the SMTP transport: bounce reports from the mailbox (when one is configured),
+    then the settle time for accepted messages without a report."""
+
+    mailbox: MailboxSettings | None
+    settle: timedelta = timedelta(minutes=30)
+    policy_rejection: str = BLOCKED
+    name: str = "dsn"
+    unmatched: int = 0  # reports kept aside by this source's polls
+    _to_file: list[tuple[bytes, str]] = field(default_factory=list)
+
+    def poll(self, pending: Sequence[PendingMessage]) -> list[OutcomeEvent]:
+        try:
+            events = self.read_mailbox() if self.mailbox is not None else []
+        except (imaplib.IMAP4.error, OSError) as exc:
+            # Unreadable now: no settle either (a report may be waiting there); the next poke tries again,
+            # and the sensor's timeout bounds the wait.
+            log.warning("bounce mailbox %s:%s unreadable, retried at the next poll: %r", self.mailbox.host,
+                        self.mailbox.port, exc)  # fmt: skip
+            self._to_file.clear()
+            return []
+        reported = {e.idempotency_key for e in events}
+        settled_before = utcnow() - self.settle
+        events += [
+            OutcomeEvent(DELIVERED, m.message_id, m.idempotency_key, source="settle", detail="no bounce report")
+            for m in pending
+            if m.sent_at is not None and m.sent_at <= settled_before and m.idempotency_key not in reported
+        ]
+        return events
+
+    def read_mailbox(self) -> list[OutcomeEvent]:
+        """Every report in the folder, as events; the reports are filed by ``acknowledge``."""
+        events = []
+        with self._imap() as imap:
+            imap.select(_quote(self.mailbox.folder))
+            _, found = imap.uid("SEARCH", None, "ALL")
+            uids = found[0].split() if found and found[0] else []
+            for start in range(0, len(uids), FETCH_CHUNK):
+                chunk = uids[start : start + FETCH_CHUNK]
+                _, data = imap.uid("FETCH", b",".join(chunk), "(UID BODY.PEEK[])")
+                for uid, raw in _fetched(data):
+                    try:
+                        report = parse_report(raw)
+                        found_events = events_of(report, self.policy_rejection) if report.keys else []
+                    except Exception as exc:  # a report that does not parse is kept aside, never fatal
+                        log.warning("bounce report %s does not parse (kept aside): %s", uid, exc)
+                        found_events = []
+                    if not found_events and not _delayed_only(raw):
+                        self._to_file.append((uid, self.mailbox.unmatched_folder))
+                        self.unmatched += 1
+                        continue
+                    events += found_events
+                    self._to_file.append((uid, self.mailbox.processed_folder))
+        return events
+
+    def acknowledge(self) -> None:
+        """The ledger recorded what the last poll returned: file its reports so that they are read once."""
+        if self.mailbox is None or not self._to_file:
+            return
+        with self._imap() as imap:
+            imap.select(_quote(self.mailbox.folder))
+            for folder in {f for _, f in self._to_file}:
+                imap.create(_quote(folder))  # an error when it exists: fine
+                uids = b",".join(uid for uid, f in self._to_file if f == folder)
+                status, _ = imap.uid("MOVE", uids, _quote(folder))
+                if status != "OK":  # a server without MOVE (RFC 6851)
+                    imap.uid("COPY", uids, _quote(folder))
+                    imap.uid("STORE", uids, "+FLAGS.SILENT", r"(\Deleted)")
+                    imap.expunge()
+        self._to_file.clear()
+
+    @contextlib.contextmanager
+    def _imap(self) -> Iterator[imaplib.IMAP4]:
+        m = self.mailbox
+        context = ssl.create_default_context()
+        if not m.verify_certificate:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if m.use_ssl:
+            imap = imaplib.IMAP4_SSL(m.host, m.port or 993, ssl_context=context, timeout=m.timeout)
+        else:
+            imap = imaplib.IMAP4(m.host, m.port or 143, timeout=m.timeout)
+            if m.starttls:
+                imap.starttls(ssl_context=context)
+        try:
+            imap.login(m.login, m.password)
+            yield imap
+        finally:
+            with contextlib.suppress(imaplib.IMAP4.error, OSError):
+                imap.logout()
+
+
+def _delayed_only(raw: bytes) -> bool:
+    """A "delayed" report (the relay still tries) is read and filed as processed, not as unmatched."""
+    try:
+        report = parse_report(raw)
+    except Exception:
+        return False
+    return bool(report.keys) and all(r.action == "delayed" for r in report.recipients)
+
+
+def _fetched(data: list) -> Iterator[tuple[bytes, bytes]]:
+    for item in data:
+        if isinstance(item, tuple) and len(item) == 2:
+            found = re.search(rb"UID (\d+)", item[0])
+            if found:
+                yield found.group(1), item[1]
+
+
+def _quote(folder: str) -> str:
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,388 @@
+"""The SMTP transport: any relay (Amazon SES, SendGrid, Postmark, Mailgun, Microsoft 365, a Postfix).
+
+One SMTP transaction per recipient (MAIL, RCPT, DATA), many transactions per connection, up to
+``max_connections`` connections in parallel, kept open between batches. What each reply becomes
+(``classify``, RFC 5321 reply codes and RFC 3463 enhanced status codes):
+
+| reply | stage | result |
+|---|---|---|
+| 2xx | after the data | accepted: the final outcome comes later (a bounce report, or the settle time) |
+| 4xx | RCPT, or after the data | blocked: a NEW email after the backoff |
+| 5.7.x (policy, reputation) | RCPT, or after the data | ``policy_rejection``: blocked (default) or bounced |
+| 550-554, 5.1.x, 5.2.x | RCPT, or after the data | bounced (final), the message refused |
+| 421, other 5xx, dropped, timeout | before the data, or a definite reply after it | retry (below) |
+
+Retry: the same message again on a new connection, ``retry_limit`` times with backoff, then blocked (the
+relay could not be reached: nothing went out, so a NEW email after the backoff is safe). "Other 5xx" are
+the session's trouble, not the address's: 500-504 (syntax), 530/535 (authentication).
+| a dropped connection, a timeout | after the data, before the reply | unconfirmed: never resent automatically |
+
+SMTP has no idempotency key, so the transport is not idempotent: the pipeline marks attempts dispatched
+before handing them over, and an attempt whose data went out without a reply is never sent again.
+
+Pure code: no Airflow import. ``welcome_mailer.hooks.esp`` builds ``SmtpSettings`` from a connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import quopri
+import re
+import smtplib
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from email.header import Header
+from email.utils import formataddr, formatdate
+
+from welcome_mailer.outcomes.events import BLOCKED, BOUNCED
+from welcome_mailer.transports import OutgoingMessage, SendResult
+from welcome_mailer.unsubscribe import UnsubscribeSettings, list_unsubscribe_headers
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000
+MAX_DISPLAY_NAME = 200  # longer names are cut: a display name is a greeting, not a payload
+MESSAGE_ID_DOMAIN_FALLBACK = "welcome-mailer.invalid"
+MAX_MESSAGE_ID = 100  # the ledger's provider_message_id column
+POLICY_REJECTION_CHOICES = (BLOCKED, BOUNCED)
+ENHANCED_STATUS = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+MAILBOX_REFUSALS = (550, 551, 552, 553, 554)  # RFC 5321: the mailbox or the transaction is refused
+ACCEPTED, RETRY = "accepted", "retry"  # classify's answers besides the outcomes
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """How to reach the relay, read the way Airflow's SMTP provider reads its connection (host, port, login,
+    password; extras from_email, disable_ssl, disable_tls, timeout, retry_limit, ssl_context) plus ours."""
+
+    host: str
+    port: int | None = None
+    login: str = ""
+    password: str = ""
+    from_email: str = ""
+    from_name: str = ""
+    use_ssl: bool = True  # implicit TLS (port 465); Airflow's default, off with disable_ssl
+    starttls: bool = True  # STARTTLS on a plain connection; off with disable_tls
+    verify_certificate: bool = True  # ssl_context "none" turns it off (a self-signed test relay)
+    timeout: float = 30.0
+    retry_limit: int = 5  # reconnects per message before the data went out
+    max_connections: int = 8
+    policy_rejection: str = BLOCKED  # what a 5.7.x reply becomes (see the README)
+    # One-click unsubscribe through the plugin app's endpoint (welcome_mailer.unsubscribe), when configured;
+    # else ``list_unsubscribe``: URI templates, comma-separated, {email} and {key} filled in (a provider's own).
+    unsubscribe: UnsubscribeSettings = field(default_factory=UnsubscribeSettings)
+    list_unsubscribe: str = ""
+    settle_seconds: float = 1800.0  # no bounce report this long after acceptance: delivered (outcomes.dsn)
+    helo: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy_rejection not in POLICY_REJECTION_CHOICES:
+            raise ValueError(
+                f"policy_rejection must be one of {POLICY_REJECTION_CHOICES}, not {self.policy_rejection!r}"
+            )
+        if not self.from_email or "@" not in self.from_email:
+            raise ValueError("the SMTP connection needs a from_email (extra) with a domain")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+
+
+class SmtpConnectionTrouble(Exception):
+    """The connection failed in a way that says nothing about the recipient (421, dropped, timeout)."""
+
+
+def enhanced_status(text: str) -> str | None:
+    """The RFC 3463 enhanced status code a reply text starts with ("5.1.1"), or None."""
+    found = ENHANCED_STATUS.match(text)
+    return ".".join(found.groups()) if found else None
+
+
+def classify(code: int, text: str, policy_rejection: str = BLOCKED) -> str:
+    """What a reply to RCPT or to the end of the data means for the message: accepted, blocked, bounced,
+    or retry (421: the server is closing the connection, the recipient is not the matter)."""
+    if 200 <= code < 300:
+        return ACCEPTED
+    if code == 421:
+        return RETRY
+    if 400 <= code < 500:
+        return BLOCKED
+    status = enhanced_status(text)
+    if status is not None and status.startswith("5.7."):
+        return policy_rejection
+    if code in MAILBOX_REFUSALS or (status or "").startswith(("5.1.", "5.2.")):
+        return BOUNCED
+    # 500-504 (syntax), 530/535 (authentication) and the like: the session's trouble, not the address's.
+    return RETRY
+
+
+def message_id(idempotency_key: str, from_email: str) -> str:
+    """The Message-ID of an attempt: its idempotency key at the sender's domain, so that every attempt has
+    its own stable id and a bounce report that quotes it names the attempt."""
+    domain = from_email.rpartition("@")[2].strip().lower()
+    candidate = f"<{idempotency_key}@{domain}>"
+    return candidate if len(candidate) <= MAX_MESSAGE_ID else f"<{idempotency_key}@{MESSAGE_ID_DOMAIN_FALLBACK}>"
+
+
+def idempotency_key_from_message_id(value: str) -> str | None:
+    """The idempotency key in one of our Message-IDs (None: not one of ours)."""
+    found = re.search(r"<?(welcome-[0-9a-f]{40}-\d+)@", value or "")
+    return found.group(1) if found else None
+
+
+def _safe_display_name(name: str) -> str:
+    """A display name that can only ever be a display name: control characters (CR, LF, ...) become
+    spaces; the ``email`` package quotes or encodes the rest (commas, quotes, <>, non-ASCII)."""
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in name)
+    # A name that looks like an RFC 2047 encoded word ("=?utf-8?q?x=0D=0ABcc:...?=") is decoded by the
+    # email package when it folds the header, CR LF included: a header injection. "= ?" is never decoded.
+    cleaned = cleaned.replace("=?", "= ?")
+    return " ".join(cleaned.split())[:MAX_DISPLAY_NAME]
+
+
+def _header_text(value: str, header_name: str) -> str:
+    """A header value as 7-bit text: ASCII as it is, anything else as RFC 2047 encoded words (folded)."""
+    if value.isascii():
+        return value
+    return Header(value, "utf-8", maxlinelen=76, header_name=header_name).encode(linesep="\r\n")
+
+
+def _address(name: str, addr_spec: str, header_name: str) -> str:
+    """``Name <addr>``: an ASCII name quoted where RFC 5322 needs it (formataddr), another encoded."""
+    name = _safe_display_name(name)
+    if not name:
+        return addr_spec
+    if name.isascii():
+        return formataddr((name, addr_spec))
+    return f"{_header_text(name, header_name)} <{addr_spec}>"
+
+
+def render_message(settings: SmtpSettings, message: OutgoingMessage) -> bytes:
+    """The MIME message of one attempt (RFC 5322, RFC 2045-2047), as the bytes that go after DATA, with
+    CRLF line ends: text/plain in UTF-8, quoted-printable (7-bit clean: any relay takes it).
+
+    Rendered with the ``email`` package's encoders (``formataddr``, ``Header``, ``quopri``) rather than an
+    ``EmailMessage``, whose header objects cost 1.5 ms a message: the send rate's main cost."""
+    headers = [
+        ("From", _address(settings.from_name, settings.from_email, "From")),
+        ("To", _address(message.to_name, message.to, "To")),
+        ("Subject", _header_text(_safe_display_name(message.subject), "Subject")),
+        ("Date", formatdate(localtime=False, usegmt=True)),
+        ("Message-ID", message_id(message.idempotency_key, settings.from_email)),
+    ]
+    if settings.unsubscribe.enabled:
+        headers += list(list_unsubscribe_headers(message.to, settings.unsubscribe).items())
+    elif settings.list_unsubscribe:
+        uris = [
+            uri.strip().format(email=urllib.parse.quote(message.to, safe=""), key=message.idempotency_key)
+            for uri in settings.list_unsubscribe.split(",")
+            if uri.strip()
+        ]
+        headers.append(("List-Unsubscribe", ", ".join(f"<{_safe_display_name(uri)}>" for uri in uris)))
+        if any(uri.lower().startswith("https://") for uri in uris):  # RFC 8058: one-click needs an HTTPS URI
+            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    headers += [
+        ("MIME-Version", "1.0"),
+        ("Content-Type", 'text/plain; charset="utf-8"'),
+        ("Content-Transfer-Encoding", "quoted-printable"),
+    ]
+    body = quopri.encodestring(message.text.replace("\r\n", "\n").encode("utf-8"))
+    body = body.replace(b"\n", b"\r\n")
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("ascii")
+    return head + b"\r\n" + body + (b"" if body.endswith(b"\r\n") else b"\r\n")
+
+
+class SmtpEmailProvider:
+    idempotent = False  # SMTP has no idempotency key: a message whose reply was lost may have gone out
+    max_batch = MAX_BATCH
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+        self._idle: list[smtplib.SMTP] = []
+        self._lock = threading.Lock()
+        self._workers = ThreadPoolExecutor(settings.max_connections, thread_name_prefix="smtp")
+
+    def close(self) -> None:
+        self._workers.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            _quit(conn)
+
+    def __enter__(self) -> SmtpEmailProvider:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def check(self) -> None:
+        """Connect, secure and log in as a send would (the connection page's "Test"); raises on failure."""
+        _quit(self._connect())
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        """Send each message in its own transaction, over up to ``max_connections`` connections at once."""
+        if not 1 <= len(messages) <= MAX_BATCH:
+            raise ValueError(f"a batch takes 1 to {MAX_BATCH} messages, got {len(messages)}")
+        shares = [messages[n :: self.settings.max_connections] for n in range(self.settings.max_connections)]
+        futures = [self._workers.submit(self._send_share, share) for share in shares if share]
+        by_key = {}
+        for future in futures:
+            by_key.update(future.result())
+        return [by_key[m.idempotency_key] for m in messages]
+
+    # -- one connection's share ------------------------------------------------------------------------
+    def _send_share(self, share: Sequence[OutgoingMessage]) -> dict[str, SendResult]:
+        results = {}
+        conn = None
+        try:
+            for message in share:
+                conn, results[message.idempotency_key] = self._send_one(conn, message)
+        finally:
+            if conn is not None:
+                with self._lock:
+                    self._idle.append(conn)
+        return results
+
+    def _send_one(self, conn: smtplib.SMTP | None, message: OutgoingMessage) -> tuple[smtplib.SMTP | None, SendResult]:
+        """Returns the connection to go on with (None: it is gone) and the message's result."""
+        msg_id = message_id(message.idempotency_key, self.settings.from_email)
+        data = render_message(self.settings, message)
+        trouble = "no try"
+        for tried in range(self.settings.retry_limit + 1):
+            if tried:
+                time.sleep(min(0.2 * 2 ** (tried - 1), 10.0))
+            try:
+                if conn is None:
+                    conn = self._connect()
+                result = self._transaction(conn, message.to, msg_id, data)
+            except SmtpConnectionTrouble as exc:  # nothing went out: the same message, on a new connection
+                trouble = str(exc)
+                log.warning("SMTP connection trouble before the data (try %s): %s", tried + 1, trouble)
+                _quit(conn)
+                conn = None
+                continue
+            if result.unconfirmed:
+                _quit(conn)
+                conn = None
+            return conn, result
+        # The relay could not be reached for this message: nothing went out. Temporary by nature, so the
+        # contact is blocked (a NEW email after the backoff), never bounced.
+        return conn, SendResult(message.to, msg_id, f"relay unreachable: {trouble}"[:500], outcome=BLOCKED)
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        context = ssl.create_default_context()
+        if not s.verify_certificate:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        try:
+            if s.use_ssl:
+                conn = smtplib.SMTP_SSL(
+                    s.host, s.port or 465, local_hostname=s.helo, timeout=s.timeout, context=context
+                )
+            else:
+                conn = smtplib.SMTP(s.host, s.port or 25, local_hostname=s.helo, timeout=s.timeout)
+            conn.ehlo()
+            if s.starttls and not s.use_ssl:
+                conn.starttls(context=context)
+                conn.ehlo()
+            if s.login:
+                conn.login(s.login, s.password)
+        except smtplib.SMTPConnectError as exc:  # 421 (or another refusal) at connect
+            raise SmtpConnectionTrouble(f"connect: {exc.smtp_code} {_text(exc.smtp_error)}") from exc
+        except (smtplib.SMTPException, OSError) as exc:  # dropped, TLS or authentication refused
+            raise SmtpConnectionTrouble(f"connect: {exc!r}") from exc
+        return conn
+
+    def _transaction(self, conn: smtplib.SMTP, to: str, msg_id: str, data: bytes) -> SendResult:
+        """MAIL, RCPT, DATA for one recipient. Raises SmtpConnectionTrouble while nothing went out."""
+        try:
+            replies = self._envelope(conn, to)
+            code, text = replies[0]
+            if code >= 400:  # the sender refused or deferred: the relay's state or configuration, not the recipient
+                _rset(conn)
+                raise SmtpConnectionTrouble(f"MAIL FROM: {code} {_text(text)}")
+            code, text = replies[1]
+            answer = self._answer(conn, to, msg_id, "RCPT", code, text)
+            if answer is not None:
+                return answer
+            code, text = replies[2]
+            if code != 354:
+                answer = self._answer(conn, to, msg_id, "DATA", code, text)
+                if answer is not None:
+                    return answer
+                raise SmtpConnectionTrouble(f"DATA: {code} {_text(text)}")
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise SmtpConnectionTrouble(repr(exc)) from exc
+        # From here on the message may reach the relay: a lost reply is never retried.
+        try:
+            stuffed = re.sub(rb"(?m)^\.", b"..", data)  # RFC 5321 4.5.2: a leading dot is doubled
+            conn.send(stuffed + (b"" if stuffed.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+            code, text = conn.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            return SendResult(to, msg_id, f"no reply after the data: {exc!r}"[:500], unconfirmed=True)
+        if code == 421:  # a definite "not accepted": the same message again is safe
+            raise SmtpConnectionTrouble(f"after the data: {code} {_text(text)}")
+        answer = self._answer(conn, to, msg_id, "end of data", code, text)
+        return answer or SendResult(to, msg_id)
+
+    def _envelope(self, conn: smtplib.SMTP, to: str) -> list[tuple[int, bytes]]:
+        """The replies to MAIL, RCPT and DATA: in one round trip when the relay offers PIPELINING (RFC 2920;
+        it then answers DATA with 503/554 by itself when RCPT was refused), else one by one, stopping at the
+        first refusal (the replies not asked for are left out)."""
+        commands = [
+            f"MAIL FROM:{smtplib.quoteaddr(self.settings.from_email)}",
+            f"RCPT TO:{smtplib.quoteaddr(to)}",
+            "DATA",
+        ]
+        if conn.has_extn("pipelining"):
+            conn.send("".join(f"{command}\r\n" for command in commands))
+            return [conn.getreply() for _ in commands]
+        replies = []
+        for command in commands:
+            conn.putcmd(command)
+            replies.append(conn.getreply())
+            if replies[-1][0] >= 400:
+                break
+        return replies + [(0, b"not asked")] * (len(commands) - len(replies))
+
+    def _answer(
+        self, conn: smtplib.SMTP, to: str, msg_id: str, stage: str, code: int, text: bytes
+    ) -> SendResult | None:
+        """The result a refusal means (None: accepted, go on). 421 raises: the connection is closing."""
+        reply = f"{stage}: {code} {_text(text)}"[:500]
+        kind = classify(code, _text(text), self.settings.policy_rejection)
+        if kind == ACCEPTED:
+            return None
+        if kind == RETRY:
+            raise SmtpConnectionTrouble(reply)
+        if stage != "end of data":
+            _rset(conn)
+        if kind == BOUNCED:
+            return SendResult(to, None, reply)
+        return SendResult(to, msg_id, reply, outcome=BLOCKED)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _rset(conn: smtplib.SMTP) -> None:
+    """End a refused transaction. A failure here is the next transaction's trouble (it reconnects): the
+    refusal itself was a definite answer."""
+    with contextlib.suppress(smtplib.SMTPException, OSError):
+        conn.rset()
+
+
+def _quit(conn: smtplib.SMTP | None) -> None:
+    if conn is None:
+        return
+    try:
+        conn.quit()
+    except (TimeoutError, smtplib.SMTPException, OSError):
+        conn.close()

@@ -1,0 +1,237 @@
+"""The SMTP transport and the bounce mailbox against the mock relay and a real IMAP server (Dovecot):
+every reply and report classification, dropped connections, STARTTLS and AUTH, proven from the relay's
+own log (raw bytes included) and the ledger."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import time
+from collections import defaultdict
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from tests.smtp_relay import FROM_EMAIL, imap, self_signed_certificate, start_relay  # noqa: F401 (fixtures)
+from welcome_mailer import pipeline
+from welcome_mailer.ledger import send_attempts, sent_contacts
+from welcome_mailer.outcomes.dsn import DsnSource, MailboxSettings
+from welcome_mailer.transports.smtp import SmtpEmailProvider, SmtpSettings
+
+MAX_ATTEMPTS = 3
+
+
+@pytest.fixture
+def contact_file(tmp_path):
+    path = tmp_path / "contacts.csv"
+    path.write_text("".join(f"User {i}, user{i}@example.com\n" for i in range(150)))
+    return path
+
+
+def settings_for(relay, **overrides) -> SmtpSettings:
+    values = {"host": "127.0.0.1", "port": relay.port, "from_email": FROM_EMAIL, "from_name": "Welcome Team"}
+    values |= {"use_ssl": False, "starttls": False, "timeout": 10, "retry_limit": 3, "max_connections": 3}
+    return SmtpSettings(**(values | overrides))
+
+
+def mailbox_source(imap_server, settle_seconds: float = 1.5) -> DsnSource:
+    mailbox = MailboxSettings("127.0.0.1", imap_server.port, imap_server.login, imap_server.password, use_ssl=False)
+    return DsnSource(mailbox, timedelta(seconds=settle_seconds))
+
+
+def run_through(ledger, transport, sources, run_id, path, tmp_path, max_attempts=MAX_ATTEMPTS) -> None:
+    """The DAG's steps, without Airflow: parse, claim, send, then the resend sensor's pokes until done."""
+    ledger.renew_lease(run_id)
+    pipeline.parse_file(ledger, run_id, path, tmp_path / f"{run_id}-rejected.csv")
+    claimed = pipeline.claim_contacts(ledger, run_id, 50, 1024)
+    for batch in claimed["batches"]:
+        pipeline.send_batch(ledger, transport, run_id, batch, 50)
+    deadline = time.monotonic() + 90
+    while not pipeline.resend_blocked(
+        ledger,
+        transport,
+        sources,
+        run_id,
+        max_attempts=max_attempts,
+        batch_size=50,
+        max_batches=1024,
+        backoff_seconds=0.0,
+        linger_seconds=0.5,
+        poll_seconds=0.1,
+    ):
+        assert time.monotonic() < deadline, "the run did not finish"
+        time.sleep(0.2)
+    ledger.close_out(run_id, max_attempts)
+
+
+def by_recipient(entries: list[dict]) -> dict[str, list[dict]]:
+    grouped = defaultdict(list)
+    for entry in entries:
+        grouped[entry["to"]].append(entry)
+    return grouped
+
+
+def ledger_rows(ledger):
+    with ledger.engine.connect() as conn:
+        contacts = {r.email: r for r in conn.execute(select(sent_contacts))}
+        attempts = {(r.email, r.attempt): r for r in conn.execute(select(send_attempts))}
+    return contacts, attempts
+
+
+def assert_relay_log_invariants(entries, expected: dict[str, str], max_attempts: int) -> dict[str, int]:
+    """From the relay's log: nobody got a message after one that could arrive; nobody forgotten; every
+    received message is the right greeting, with its own Message-ID, to exactly one recipient."""
+    grouped = by_recipient(entries)
+    assert set(grouped) == set(expected), "every contact reached the relay, and nobody else"
+    received = [e for e in entries if e["received"]]
+    assert len({e["message_id"] for e in received}) == len(received), "a Message-ID was reused"
+    finals = defaultdict(int)
+    for address, history in grouped.items():
+        outcomes = [e["outcome"] for e in history]
+        assert "sent" not in [e["status"] for e in history], f"{address}: an outcome never came: {outcomes}"
+        assert all(o == "blocked" for o in outcomes[:-1]), f"{address}: a message after a final one: {outcomes}"
+        assert len(history) <= max_attempts
+        if outcomes[-1] == "blocked":
+            assert len(history) == max_attempts, f"{address}: blocked but resent {len(history)} times"
+        for entry in history:
+            if entry["received"]:
+                message = email.message_from_bytes(entry["raw"], policy=email.policy.default)
+                assert [a.addr_spec for a in message["To"].addresses] == [address]
+                assert message.get_content().strip() == f"Hi {expected[address]}, Welcome!"
+        finals[outcomes[-1]] += 1
+    return dict(finals)
+
+
+@pytest.mark.parametrize("pipelining", [1, 0], ids=["pipelining", "one-by-one"])
+def test_every_reply_and_report_becomes_its_outcome(ledger, start_relay, imap, contact_file, tmp_path, pipelining):  # noqa: F811
+    relay = start_relay(
+        report_min_seconds=0.2, report_max_seconds=0.8, blocked_rate=0.3, delivered_rate=0.6, pipelining=pipelining
+    )
+    with SmtpEmailProvider(settings_for(relay)) as transport:
+        run_through(ledger, transport, [mailbox_source(imap)], "run", contact_file, tmp_path)
+    entries = relay.messages()
+    expected = {f"user{i}@example.com": f"User {i}" for i in range(150)}
+    finals = assert_relay_log_invariants(entries, expected, MAX_ATTEMPTS)
+    assert finals.get("blocked", 0) > 0 and finals.get("bounced", 0) > 0 and finals.get("delivered", 0) > 0
+
+    contacts, attempts = ledger_rows(ledger)
+    stages = defaultdict(int)
+    for address, history in by_recipient(entries).items():
+        last = history[-1]["outcome"]
+        assert contacts[address].status == ("failed" if last == "blocked" else last)
+        assert contacts[address].attempts == len(history)
+        for number, entry in enumerate(history, 1):
+            attempt = attempts[(address, number)]
+            stages[entry["outcome"], entry["stage"]] += 1
+            if entry["stage"] == "rcpt" and entry["outcome"] == "bounced":  # 550 5.1.1 to RCPT
+                assert (attempt.status, attempt.provider_message_id) == ("refused", None)
+                assert "550 5.1.1" in attempt.error
+            else:
+                assert attempt.status == entry["outcome"], (entry["stage"], entry["reply"])
+            if entry["received"]:
+                assert attempt.provider_message_id == entry["message_id"]
+                assert entry["message_id"] == f"<{attempt.idempotency_key}@mailer.example>"
+    for outcome_stage in [
+        ("bounced", "rcpt"),  # 550 5.1.1 in the dialogue
+        ("bounced", "report"),  # a report: failed 5.1.1
+        ("blocked", "rcpt"),  # 450 4.7.1
+        ("blocked", "data"),  # 550 5.7.1 after the data: a reputation block, blocked by default
+        ("blocked", "report"),  # a report: failed 4.4.7
+        ("delivered", "none"),  # no report within the settle time
+    ]:
+        assert stages[outcome_stage] > 0, f"no {outcome_stage} in this run: {dict(stages)}"
+    assert stored(imap.maildir) == [], "every report was read once and filed"
+    assert ledger.inbox_size() == 0, "outcomes learnt at send time were applied with their sends"
+
+
+def test_a_connection_dropped_after_the_data_never_makes_a_second_email(
+    ledger,
+    start_relay,  # noqa: F811
+    contact_file,
+    tmp_path,
+):
+    relay = start_relay(drop_after_data_rate=0.3, delivered_rate=1.0, bounced_rate=0, blocked_rate=0)
+    with SmtpEmailProvider(settings_for(relay)) as transport:
+        ledger.renew_lease("run")
+        pipeline.parse_file(ledger, "run", contact_file, tmp_path / "rejected.csv")
+        claimed = pipeline.claim_contacts(ledger, "run", 50, 1024)
+        results = [pipeline.send_batch(ledger, transport, "run", b, 50) for b in claimed["batches"]]
+        again = [pipeline.send_batch(ledger, transport, "run", b, 50) for b in claimed["batches"]]  # a retry
+    entries = relay.messages()
+    dropped = {e["to"] for e in entries if e["dropped"]}
+    assert len(entries) == len({e["to"] for e in entries}) == 150, "each contact received exactly one message"
+    assert 20 < len(dropped) < 80
+    assert sum(r["unconfirmed"] for r in results) == len(dropped)
+    assert sum(r["sent"] for r in again) == 0, "the retry sends nothing"
+    contacts, attempts = ledger_rows(ledger)
+    assert {e for e, row in contacts.items() if row.status == "unconfirmed"} == dropped
+    assert all(attempts[(e, 1)].status == "unconfirmed" for e in dropped)
+    assert ledger.run_summary("run")["by_status"]["unconfirmed"] == len(dropped)
+
+
+def test_a_421_at_connect_is_retried_without_a_second_email(ledger, start_relay, contact_file, tmp_path):  # noqa: F811
+    relay = start_relay(connect_421_rate=0.5, delivered_rate=1.0, bounced_rate=0, blocked_rate=0)
+    with SmtpEmailProvider(settings_for(relay, retry_limit=8, max_connections=2)) as transport:
+        ledger.renew_lease("run")
+        pipeline.parse_file(ledger, "run", contact_file, tmp_path / "rejected.csv")
+        claimed = pipeline.claim_contacts(ledger, "run", 50, 1024)
+        sent = sum(pipeline.send_batch(ledger, transport, "run", b, 50)["sent"] for b in claimed["batches"])
+    entries = relay.messages()
+    assert sent == 150 and len(entries) == len({e["to"] for e in entries}) == 150
+
+
+def test_starttls_and_auth(start_relay, tmp_path):  # noqa: F811
+    from welcome_mailer.transports import OutgoingMessage
+
+    cert, key = self_signed_certificate(tmp_path)
+    relay = start_relay(tls_cert=cert, tls_key=key, login="mailer", password="s3cret", delivered_rate=1.0)
+    # The relay requires STARTTLS before AUTH, and AUTH before MAIL.
+    message = OutgoingMessage("ann@example.com", "Welcome!", "Hi Ann, Welcome!", "welcome-" + "a" * 40 + "-1", "Ann")
+    secure = settings_for(relay, starttls=True, verify_certificate=False, login="mailer", password="s3cret")
+    with SmtpEmailProvider(secure) as transport:
+        [result] = transport.send_batch([message])
+    assert result.message_id and result.error is None
+    wrong = settings_for(
+        relay, starttls=True, verify_certificate=False, login="mailer", password="wrong", retry_limit=1
+    )
+    with SmtpEmailProvider(wrong) as transport:
+        [refused] = transport.send_batch([message])
+    assert refused.outcome == "blocked" and "relay unreachable" in refused.error
+    plain = settings_for(relay, retry_limit=1)  # no STARTTLS: the relay refuses to go on
+    with SmtpEmailProvider(plain) as transport:
+        [refused] = transport.send_batch([message])
+    assert refused.outcome == "blocked"
+    assert [e["to"] for e in relay.messages()] == ["ann@example.com"], "only the authenticated send got through"
+
+
+def test_reports_that_match_nothing_or_do_not_parse_are_kept_aside(imap):  # noqa: F811
+    from pathlib import Path
+
+    samples = Path(__file__).parents[1] / "unit" / "dsn"
+    for name in ("garbage.eml", "auto_reply.eml", "not_ours.eml", "postfix_user_unknown.eml"):
+        target = imap.maildir / "new" / f"1.{name}.test"
+        target.write_bytes((samples / name).read_bytes())
+    source = mailbox_source(imap)
+    events = source.read_mailbox()
+    source.acknowledge()
+    assert [e.outcome for e in events] == ["bounced"] and source.unmatched == 3
+    assert source.read_mailbox() == [], "each report is read once"
+    assert len(stored(imap.maildir / "welcome-mailer-unmatched")) == 3
+    assert len(stored(imap.maildir / "welcome-mailer-processed")) == 1
+    assert stored(imap.maildir) == []
+
+
+def stored(maildir) -> list:
+    return [*(maildir / "new").iterdir(), *(maildir / "cur").iterdir()]
+
+
+def test_an_unreachable_mailbox_delays_outcomes_and_never_fails_the_poll():
+    from include.run_embedded import free_port
+    from welcome_mailer.ledger.rules import PendingMessage, utcnow
+
+    closed = MailboxSettings("127.0.0.1", free_port(), "bounces", "pw", use_ssl=False, timeout=2)
+    source = DsnSource(closed, timedelta(seconds=0))
+    pending = [PendingMessage("a@example.com", 1, "<id>", utcnow() - timedelta(hours=1))]
+    assert source.poll(pending) == [], "no settle while reports cannot be read"
+    assert [e.outcome for e in DsnSource(None, timedelta(seconds=0)).poll(pending)] == ["delivered"]
