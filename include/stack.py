@@ -62,6 +62,7 @@ class StackConfig:
     dropzone: str
     dropzone_settle_seconds: float = 10.0
     esp_api_key: str = "stack-esp-key"
+    extra_env: tuple[tuple[str, str], ...] = ()  # more environment for every component (tests: connections)
 
     @classmethod
     def from_env(cls) -> StackConfig:
@@ -129,6 +130,7 @@ class Stack:
         ledger = {"conn_type": "postgres", "host": server.host, "port": server.port or 5432,
                   "login": server.username, "password": server.password, "schema": c.ledger_db}  # fmt: skip
         env.setdefault("AIRFLOW_CONN_CONTACTS_DB", json.dumps(ledger))
+        env.update(c.extra_env)
         return env
 
     def _commands(self) -> dict[str, list[str]]:
