@@ -60,7 +60,8 @@ SETTINGS = Settings.from_env()  # environment only: cheap at parse time
             title="Contact list (CSV path)",
             description="Path of the CSV file on the workers, inside the allowed data roots. "
             "Relative paths start at the first data root (the project directory by default; "
-            "/opt/airflow/data, ./data on the host, under docker compose).",
+            "/opt/airflow/data, ./data on the host, under docker compose). Or an object URI under a URI "
+            "data root, s3://bucket/key (credentials: the aws_default connection, or s3://conn_id@bucket/key).",
         ),
         "batch_size": Param(
             500,
