@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CSV    ?= input.csv
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint esp input bench lock clean stack-up stack-down stack-status docker-env
+.PHONY: help venv run test test-fast lint esp events input bench lock clean stack-up stack-down stack-status docker-env
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ lint: venv  ## ruff (including Airflow's AIR rules)
 
 esp: venv  ## start the mock ESP in the foreground on 127.0.0.1:8025 (flags: python -m include.mock_esp --help)
 	$(BIN)/python -m include.mock_esp
+
+events: venv  ## serve the provider event and unsubscribe endpoints on their own, on make run's ledger (127.0.0.1:8026/welcome-mailer/)
+	WELCOME_MAILER_HOME=$${WELCOME_MAILER_HOME:-$(CURDIR)} $(BIN)/python -m welcome_mailer.web
 
 input: venv  ## regenerate input.csv (deterministic)
 	$(BIN)/python -m include.generate_contacts --rows 10000 --seed 42 --output input.csv

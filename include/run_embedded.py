@@ -323,9 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     for signum in STOP_SIGNALS:
         signal.signal(signum, _interrupted)
     try:
+        migrate_ledger(env)
+    except Exception as exc:  # a bad or unreachable ledger: say so before starting anything else
+        print(
+            f"welcome_emails not started: the ledger (AIRFLOW_CONN_CONTACTS_DB) cannot be used: {exc}", file=sys.stderr
+        )
+        return 2
+    try:
         release_dead_runs(home)
         ensure_metadata_db(env)
-        migrate_ledger(env)
         esp, run_env, esp_ready = start_mock_esp(env, log_dir)
         processes += [esp] if esp else []
         print(f"running welcome_emails on {csv_path} (full log: {run_log}) ...", flush=True)

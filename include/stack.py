@@ -62,6 +62,8 @@ class StackConfig:
     dropzone: str
     dropzone_settle_seconds: float = 10.0
     esp_api_key: str = "stack-esp-key"
+    esp_push_secret: str = "stack-push-secret"  # the mock posts its outcome events to the api-server's plugin
+    unsubscribe_secret: str = "stack-unsubscribe-secret"  # signs the List-Unsubscribe links of every message
     extra_env: tuple[tuple[str, str], ...] = ()  # more environment for every component (tests: connections)
 
     @classmethod
@@ -126,6 +128,9 @@ class Stack:
         env["WELCOME_MAILER_DATA_ROOTS"] = c.data_roots
         env["WELCOME_MAILER_DROPZONE"] = c.dropzone
         env["WELCOME_MAILER_DROPZONE_SETTLE_SECONDS"] = str(c.dropzone_settle_seconds)
+        env.setdefault("WELCOME_MAILER_MOCK_WEBHOOK_SECRET", c.esp_push_secret)
+        env.setdefault("WELCOME_MAILER_UNSUBSCRIBE_URL", f"{c.api_url}/welcome-mailer/unsubscribe")
+        env.setdefault("WELCOME_MAILER_UNSUBSCRIBE_SECRET", c.unsubscribe_secret)
         env.setdefault("AIRFLOW_CONN_ESP_DEFAULT", esp_connection(c.esp_port, c.esp_api_key))
         ledger = {"conn_type": "postgres", "host": server.host, "port": server.port or 5432,
                   "login": server.username, "password": server.password, "schema": c.ledger_db}  # fmt: skip
@@ -145,6 +150,11 @@ class Stack:
                 str(c.esp_port),
                 "--api-key",
                 c.esp_api_key,
+                # push mode: every outcome also reaches the ledger through the plugin's webhook
+                "--push-url",
+                f"{c.api_url}/welcome-mailer/events/mock",
+                "--push-secret",
+                c.esp_push_secret,
             ],
             "api-server": [airflow, "api-server", "--port", str(c.api_port), "--host", "127.0.0.1"],
             "scheduler": [airflow, "scheduler"],

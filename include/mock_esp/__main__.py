@@ -13,6 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from include.mock_esp.app import FaultSettings, create_app
+from include.mock_esp.push import PushSettings
 from include.mock_esp.store import OutcomeSettings
 
 # flag -> (environment variable, type, default)
@@ -32,6 +33,11 @@ OPTIONS: dict[str, tuple[str, type, object]] = {
     "rate-limit-rps": ("MOCK_ESP_RATE_LIMIT_RPS", float, 0.0),
     "latency-ms": ("MOCK_ESP_LATENCY_MS", float, 0.0),
     "journal": ("MOCK_ESP_JOURNAL", str, ""),  # a file that keeps the messages across restarts
+    # push mode (off without a URL): signed outcome events posted to this webhook, as real providers do
+    "push-url": ("MOCK_ESP_PUSH_URL", str, ""),
+    "push-secret": ("MOCK_ESP_PUSH_SECRET", str, ""),
+    "push-batch-size": ("MOCK_ESP_PUSH_BATCH_SIZE", int, 100),
+    "push-duplicate-rate": ("MOCK_ESP_PUSH_DUPLICATE_RATE", float, 0.0),
 }
 
 
@@ -59,7 +65,14 @@ def build_app(args: argparse.Namespace):
         latency_ms=args.latency_ms,
         seed=args.seed,
     )
-    return create_app(args.api_key, outcomes, faults, Path(args.journal) if args.journal else None)
+    push = None
+    if args.push_url:
+        if not args.push_secret:
+            raise SystemExit("--push-url needs --push-secret (the receiver verifies every post)")
+        push = PushSettings(
+            args.push_url, args.push_secret, args.push_batch_size, args.push_duplicate_rate, seed=args.seed
+        )
+    return create_app(args.api_key, outcomes, faults, Path(args.journal) if args.journal else None, push)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ import math
 import random
 import re
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +21,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
+from include.mock_esp.push import Pusher, PushSettings
 from include.mock_esp.store import IdempotencyConflict, MessageStore, OutcomeSettings
 
 MAX_BATCH = 1000
@@ -49,6 +51,8 @@ class MessageIn(BaseModel):
     to: str = Field(min_length=1, max_length=320)
     subject: str = Field(max_length=998)
     text: str = Field(max_length=100_000)
+    # Extra headers (e.g. List-Unsubscribe), kept in the audit log; not part of the idempotency check.
+    headers: dict[str, Annotated[str, Field(max_length=2000)]] | None = Field(default=None, max_length=20)
 
 
 class BatchItemIn(MessageIn):
@@ -129,17 +133,35 @@ def create_app(
     outcomes: OutcomeSettings | None = None,
     faults: FaultSettings | None = None,
     journal: Path | None = None,
+    push: PushSettings | None = None,
 ) -> FastAPI:
     store = MessageStore(outcomes or OutcomeSettings(), journal=journal)
     # Faults can be changed at runtime (PUT /admin/faults), so tests can switch them on in a running stack.
     live = _LiveFaults(faults or FaultSettings())
+    pusher = Pusher(push) if push else None  # push mode: outcomes posted to a webhook (include/mock_esp/push.py)
+    lookups = 0  # lookup requests answered, so tests can prove the pipeline made none in push mode
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        if pusher:
+            pusher.start()
+        yield
+        if pusher:
+            await pusher.stop()
 
     app = FastAPI(
         title="Mock ESP",
         version="1",
         description="A mock email service provider for the welcome mailer. No email ever leaves the machine.",
+        lifespan=lifespan,
     )
     app.state.store = store
+
+    def accept(to: str, subject: str, text: str, key: str | None, headers: dict[str, str] | None):
+        message, created = store.accept(to, subject, text, key, headers)
+        if created and pusher:
+            pusher.schedule(message)
+        return message, created
 
     @app.exception_handler(EspError)
     async def _esp_error(_: Request, exc: EspError) -> JSONResponse:
@@ -180,7 +202,8 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "messages": len(store)}
+        pushed = {"pushed": pusher.posted, "failed_pushes": pusher.failed_posts} if pusher else {}
+        return {"status": "ok", "messages": len(store), "lookups": lookups, **pushed}
 
     @app.post("/v1/messages", status_code=202, dependencies=v1)
     async def send_message(
@@ -190,7 +213,7 @@ def create_app(
         if error:
             raise EspError(422, error)
         try:
-            message, created = store.accept(body.to, body.subject, body.text, idempotency_key)
+            message, created = accept(body.to, body.subject, body.text, idempotency_key, body.headers)
         except IdempotencyConflict:
             raise EspError(409, "idempotency key already used with a different payload") from None
         after_send()
@@ -212,7 +235,7 @@ def create_app(
             error = _address_error(item.to)
             if error is None:
                 try:
-                    message, _ = store.accept(item.to, item.subject, item.text, item.idempotency_key)
+                    message, _ = accept(item.to, item.subject, item.text, item.idempotency_key, item.headers)
                 except IdempotencyConflict:
                     error = "idempotency key already used with a different payload"
             if error:
@@ -224,6 +247,8 @@ def create_app(
 
     @app.post("/v1/messages/lookup", dependencies=v1)
     async def lookup(body: LookupIn) -> dict:
+        nonlocal lookups
+        lookups += 1
         now = store.now()
         found, unknown = [], []
         for message_id in body.ids:

@@ -57,6 +57,7 @@ class Message:
     created_at: float
     resolve_at: float
     outcome: str
+    headers: dict[str, str] | None = None  # extra headers the sender asked for (List-Unsubscribe, ...)
 
     def status(self, now: float) -> str:
         return self.outcome if now >= self.resolve_at else "sent"
@@ -77,6 +78,7 @@ class Message:
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at(now)),
             "idempotency_key": self.idempotency_key,
+            **({"headers": self.headers} if self.headers else {}),  # only when the sender gave some
         }
 
 
@@ -118,7 +120,9 @@ class MessageStore:
     def now(self) -> float:
         return self._clock()
 
-    def accept(self, to: str, subject: str, text: str, idempotency_key: str | None) -> tuple[Message, bool]:
+    def accept(
+        self, to: str, subject: str, text: str, idempotency_key: str | None, headers: dict[str, str] | None = None
+    ) -> tuple[Message, bool]:
         """Accept a message, or return the one already accepted under this idempotency key.
 
         Returns ``(message, created)``. Raises IdempotencyConflict when the key was used for another payload.
@@ -130,6 +134,7 @@ class MessageStore:
                     raise IdempotencyConflict(idempotency_key)
                 return existing, False
         message = self._new_message(to, subject, text, idempotency_key)
+        message.headers = headers or None
         self._remember(message)
         if self._journal is not None:
             fields = {f: getattr(message, f) for f in Message.__slots__ if f != "seq"}

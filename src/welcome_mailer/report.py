@@ -7,7 +7,18 @@ from pathlib import Path
 
 from welcome_mailer.storage import ensure_directory
 
-OUTCOME_ORDER = ("delivered", "bounced", "failed", "unconfirmed", "blocked", "sent", "sending", "claimed")
+OUTCOME_ORDER = (
+    "delivered",
+    "bounced",
+    "complained",
+    "unsubscribed",
+    "failed",
+    "unconfirmed",
+    "blocked",
+    "sent",
+    "sending",
+    "claimed",
+)
 
 
 def build_report(*, run_id: str, parsed: dict, claimed: dict, summary: dict, phases: dict[str, float]) -> dict:

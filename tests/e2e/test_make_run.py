@@ -107,15 +107,30 @@ def test_missing_csv_fails_in_a_second_with_the_reason(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failing_run_prints_the_failing_task_and_its_error(home, tmp_path):
+def test_a_bad_ledger_connection_stops_make_run_before_it_starts_anything(home, tmp_path):
     csv = write_file(tmp_path / "contacts.csv", rows=50)
     env = runner_env(tmp_path, AIRFLOW_CONN_CONTACTS_DB=json.dumps({"conn_type": "mysql", "host": "nowhere"}))
+    output = tmp_path / "out.txt"
+    started = time.monotonic()
+    assert start_runner(home, env, csv, output).wait(timeout=60) == 2
+    assert time.monotonic() - started < 10
+    assert "welcome_emails not started: the ledger (AIRFLOW_CONN_CONTACTS_DB) cannot be used: the ledger " in (
+        output.read_text()
+    )
+    assert "must be of type postgres or sqlite, not 'mysql'" in output.read_text()
+
+
+@pytest.mark.slow
+def test_a_failing_run_prints_the_failing_task_and_its_error(home, tmp_path):
+    csv = write_file(tmp_path / "contacts.csv", rows=50)
+    (tmp_path / "a-file").write_text("not a directory")
+    env = runner_env(tmp_path, WELCOME_MAILER_REPORTS_DIR=str(tmp_path / "a-file" / "reports"))  # parse can't write
     output = tmp_path / "out.txt"
     runner = start_runner(home, env, csv, output)
     assert runner.wait(timeout=240) == 1
     text = output.read_text()
     assert "welcome_emails FAILED" in text
-    assert "failed task parse: ValueError: connection 'contacts_db': the ledger connection must be of type" in text
+    assert "failed task parse: NotADirectoryError: " in text
     lines = text.splitlines()
     assert lines[-1].startswith("full log: ") and Path(lines[-1].removeprefix("full log: ")).exists()
 

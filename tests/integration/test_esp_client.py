@@ -82,3 +82,22 @@ def test_request_size_is_checked_before_sending(size):
     client = HttpEmailProvider("http://esp", "k", transport=httpx.MockTransport(lambda r: httpx.Response(500)))
     with pytest.raises(ValueError, match="1 to 1000"):
         client.send_batch([_outgoing(i) for i in range(size)])
+
+
+def test_every_message_carries_its_one_click_unsubscribe_headers_when_configured(esp):
+    from urllib.parse import parse_qs, urlsplit
+
+    from welcome_mailer.unsubscribe import UnsubscribeSettings, read_token
+
+    settings = UnsubscribeSettings("https://mail.example.com/welcome-mailer/unsubscribe", "s3cret")
+    with HttpEmailProvider(esp.url, esp.api_key, unsubscribe=settings) as client:
+        client.send_batch([_outgoing(i) for i in range(3)])
+    with HttpEmailProvider(esp.url, esp.api_key) as client:
+        client.send_batch([_outgoing(3)])
+    log = esp.messages()
+    for message in log[:3]:
+        headers = message["headers"]
+        assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        [token] = parse_qs(urlsplit(headers["List-Unsubscribe"].strip("<>")).query)["token"]
+        assert read_token(token, "s3cret") == message["to"]
+    assert "headers" not in log[3], "no endpoint configured: no header"

@@ -85,3 +85,22 @@ def test_events_matched_by_message_id_find_it_through_an_index(engine):
     upgrade(engine)
     indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("send_attempts")}
     assert indexes["ix_send_attempts_provider_message_id"] == ["provider_message_id"]
+
+
+def test_a_ledger_with_data_at_0002_is_upgraded_and_takes_the_new_states(engine):
+    from tests.integration.test_ledger import statuses
+    from welcome_mailer.outcomes.events import OutcomeEvent
+
+    make_v1_ledger(engine)
+    upgrade(engine, "0002")
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+    with engine.connect() as conn:
+        for table in V1_ROWS:
+            assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 1, table
+        assert conn.execute(text("SELECT count(*) FROM provider_events")).scalar() == 0
+    ledger = Ledger(engine)
+    assert ledger.record_outcomes([OutcomeEvent("complained", provider_message_id="m-old")]).applied == 1
+    assert statuses(ledger)["old@example.com"][0] == "complained"
+    assert ledger.unsubscribe("old@example.com") is True
+    assert statuses(ledger)["old@example.com"][0] == "unsubscribed"

@@ -65,6 +65,9 @@ def test_a_duplicate_event_changes_nothing(ledger):
         ("bounced", "delivered", "bounced"),  # ...and a late delivery report never undoes a bounce
         ("delivered", "blocked", "delivered"),  # a delivered contact is never resent
         ("blocked", "delivered", "delivered"),
+        ("delivered", "complained", "complained"),  # a spam report after the delivery report
+        ("complained", "bounced", "complained"),  # whatever else is said, a complaint stays
+        ("complained", "blocked", "complained"),
     ],
 )
 def test_the_strongest_outcome_wins_whatever_the_order(ledger, first, then, final):
@@ -124,3 +127,41 @@ def test_a_block_of_an_earlier_message_does_not_touch_the_contact(ledger):
     assert contact_status(ledger, "a@example.com") == "sent", "still waiting for the second message"
     ledger.record_outcomes([OutcomeEvent("delivered", provider_message_id=ids["a@example.com"])])
     assert contact_status(ledger, "a@example.com") == "delivered", "the first message did get through"
+
+
+def test_a_complained_contact_is_never_claimed_again(ledger):
+    ids = sent(ledger, "run", "a@example.com")
+    ledger.record_outcomes([OutcomeEvent("complained", provider_message_id=ids["a@example.com"], source="webhook")])
+    ledger.finish_run("run")
+    later = stage_and_claim(ledger, "later", ["a@example.com"])
+    assert (later.owned, later.batches) == (0, [])
+    assert contact_status(ledger, "a@example.com") == "complained"
+
+
+def test_unsubscribe_is_final_idempotent_and_outranks_every_outcome(ledger):
+    ids = sent(ledger, "run", "a@example.com")
+    assert ledger.unsubscribe("a@example.com") is True
+    assert ledger.unsubscribe("a@example.com") is False, "a second click changes nothing"
+    ledger.record_outcomes([OutcomeEvent("delivered", provider_message_id=ids["a@example.com"])])
+    ledger.record_outcomes([OutcomeEvent("complained", provider_message_id=ids["a@example.com"])])
+    assert contact_status(ledger, "a@example.com") == "unsubscribed"
+    assert attempt_statuses(ledger)[("a@example.com", 1)] == "complained", "the message's own history is kept"
+    assert ledger.pending_messages("run") == [], "the run waits for it no more"
+    ledger.finish_run("run")
+    later = stage_and_claim(ledger, "later", ["a@example.com"])
+    assert (later.owned, later.batches) == (0, [])
+
+
+def test_unsubscribing_a_blocked_contact_stops_its_resends(ledger):
+    ids = sent(ledger, "run", "a@example.com")
+    ledger.record_outcomes([OutcomeEvent("blocked", provider_message_id=ids["a@example.com"])])
+    ledger.unsubscribe("a@example.com")
+    assert ledger.requeue_blocked("run", 5, utcnow() + timedelta(days=1), 500, 1024) == []
+    assert ledger.count_in_flight("run") == 0
+
+
+def test_an_address_unsubscribed_before_any_run_knew_it_is_never_claimed(ledger):
+    assert ledger.unsubscribe("new@example.com") is True
+    claimed = stage_and_claim(ledger, "run", ["new@example.com", "b@example.com"])
+    assert (claimed.claimed_new, claimed.owned) == (1, 1)
+    assert contact_status(ledger, "new@example.com") == "unsubscribed"

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from include.generate_contacts import generate_rows
+from tests.invariants import expected_contacts
 from tests.stack.helpers import (
     assert_proven_from_outside,
     contact_file,
@@ -63,11 +64,15 @@ def test_worker_killed_while_sending_then_restarted(stack):
             time.sleep(0.5)
         else:
             pytest.fail("send_batch never started")
-        time.sleep(2)  # some messages are out, some are not
-        stack.stop("worker", sig=signal.SIGKILL)
-        assert len(messages_for(stack, "crash")) > 0, "the kill must land mid-send"
-        time.sleep(2)
-        stack.start("worker")
+        while not messages_for(stack, "crash") and time.monotonic() < deadline:  # the first messages are out
+            time.sleep(0.2)
+        try:
+            stack.stop("worker", sig=signal.SIGKILL)
+            sent_before_the_kill = len(messages_for(stack, "crash"))
+            time.sleep(2)
+        finally:
+            stack.start("worker")  # whatever happened: the tests after this one need a worker
+        assert 0 < sent_before_the_kill < len(expected_contacts(path)), "the kill must land mid-send"
         state = stack.wait_for_run("welcome_emails", run_id, timeout=600)
     assert state == "success"
     assert_proven_from_outside(stack, "crash", path)

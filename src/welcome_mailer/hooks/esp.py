@@ -11,6 +11,7 @@ from welcome_mailer.transports import EmailProvider
 ESP_CONN_ID = "esp_default"
 HTTP_CONN_TYPES = ("welcome_mailer_esp", "http")  # the contract v1 REST API; "http" as Airflow's HTTP provider
 DEFAULT_TIMEOUT = 30.0
+OUTCOME_LOOKUPS_VARIABLE = "welcome_mailer_outcome_lookups"  # "off": outcomes only from pushed events
 
 
 class EspHook(BaseHook):
@@ -29,6 +30,7 @@ class EspHook(BaseHook):
     def get_conn(self) -> EmailProvider:
         """The transport; close it (or use it as a context manager) when done."""
         from welcome_mailer.transports.http import HttpEmailProvider
+        from welcome_mailer.unsubscribe import UnsubscribeSettings
 
         conn = self.get_connection(self.esp_conn_id)
         if conn.conn_type not in HTTP_CONN_TYPES:
@@ -44,15 +46,26 @@ class EspHook(BaseHook):
             scheme = conn.schema or extra.get("scheme") or "http"
             port = f":{conn.port}" if conn.port else ""
             base_url = f"{scheme}://{base_url}{port}"
-        return HttpEmailProvider(base_url, conn.password or "", timeout=float(extra.get("timeout", DEFAULT_TIMEOUT)))
+        return HttpEmailProvider(
+            base_url,
+            conn.password or "",
+            timeout=float(extra.get("timeout", DEFAULT_TIMEOUT)),
+            unsubscribe=UnsubscribeSettings.from_env(),
+        )
 
     @staticmethod
     def outcome_sources(transport: EmailProvider) -> list[OutcomeSource]:
         """The sources the delivery sensors poll for this transport's messages (pushed outcomes, such as
-        webhooks, need none: they land in the ledger by themselves)."""
+        webhooks, need none: they land in the ledger by themselves). The Airflow Variable
+        ``welcome_mailer_outcome_lookups`` = ``off`` turns the HTTP lookup off, for a provider that posts
+        its events to the plugin app's webhooks (read at every poke: switchable while runs go on)."""
+        from airflow.sdk import Variable
+
         from welcome_mailer.outcomes.http_lookup import HttpLookupSource
         from welcome_mailer.transports.http import HttpEmailProvider
 
+        if Variable.get(OUTCOME_LOOKUPS_VARIABLE, default="on").strip().lower() == "off":
+            return []
         return [HttpLookupSource(transport)] if isinstance(transport, HttpEmailProvider) else []
 
     def test_connection(self) -> tuple[bool, str]:

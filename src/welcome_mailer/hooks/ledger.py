@@ -8,7 +8,8 @@ from airflow.sdk import BaseHook
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
-from welcome_mailer.ledger import Ledger, connect, ledger_url
+from welcome_mailer.ledger import Ledger, connect
+from welcome_mailer.ledger.engine import url_from_connection
 from welcome_mailer.ledger.migrate import check_at_head
 from welcome_mailer.settings import Settings
 
@@ -31,15 +32,7 @@ class LedgerHook(BaseHook):
     def sqlalchemy_url(self) -> URL:
         conn = self.get_connection(self.ledger_conn_id)
         try:
-            return ledger_url(
-                conn.conn_type,
-                host=conn.host,
-                port=conn.port,
-                login=conn.login,
-                password=conn.password,
-                schema=conn.schema,
-                extra=conn.extra_dejson,
-            )
+            return url_from_connection(conn)
         except ValueError as exc:
             raise ValueError(f"connection {self.ledger_conn_id!r}: {exc}") from None
 

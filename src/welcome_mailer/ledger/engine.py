@@ -52,6 +52,19 @@ def ledger_url(
     raise ValueError(f"the ledger connection must be of type postgres or sqlite, not {conn_type!r}")
 
 
+def url_from_connection(conn) -> URL:
+    """The ledger's URL from an Airflow connection object (the Task SDK's or the server's: same fields)."""
+    return ledger_url(
+        conn.conn_type,
+        host=conn.host,
+        port=conn.port,
+        login=conn.login,
+        password=conn.password,
+        schema=conn.schema,
+        extra=conn.extra_dejson,
+    )
+
+
 def connect(url: str | URL) -> Engine:
     """An engine for the ledger database; SQLite gets WAL and IMMEDIATE transactions for safe concurrency."""
     if str(url).startswith("sqlite"):

@@ -8,9 +8,12 @@ Contact states (``sent_contacts.status``)::
     blocked --close_out--> failed                   (max_attempts reached)
     failed  --claim by a later run--> claimed       (listed again, once retry_failed_after has passed)
     sending --start_attempts(resend_unconfirmed=False)--> unconfirmed   (its attempt was dispatched)
+    any --record_outcomes(complained)--> complained  (the person reported the email as spam)
+    any --unsubscribe--> unsubscribed                (RFC 8058 one-click; also for addresses never seen)
 
-- delivered and bounced are final: no run ever claims them again, and no outcome event undoes them
-  (a bounce may still overrule a delivery).
+- delivered, bounced, complained and unsubscribed are final: no run ever claims them again, and no
+  outcome event undoes them (a stronger one may still overrule a weaker one: a bounce a delivery, a
+  complaint either; nothing overrules unsubscribed).
 - ``sending`` means an attempt is recorded but the provider's acceptance is unconfirmed. Through an
   idempotent transport it is only ever re-sent with the same idempotency key. Through one without
   idempotency (SMTP after DATA without a reply) it becomes ``unconfirmed`` and is never resent
@@ -38,12 +41,16 @@ from sqlalchemy import Engine, and_, case, delete, exists, func, literal, or_, s
 from welcome_mailer.contacts import Contact
 from welcome_mailer.ledger import bulk
 from welcome_mailer.ledger.schema import ledger_runs, outcome_inbox, send_attempts, sent_contacts, staged_contacts
-from welcome_mailer.outcomes.events import BLOCKED, BOUNCED, DELIVERED, STRENGTH, OutcomeEvent
+from welcome_mailer.outcomes.events import BLOCKED, BOUNCED, COMPLAINED, DELIVERED, STRENGTH, OutcomeEvent
 
 # Contact states
 CLAIMED, SENDING, SENT, FAILED, UNCONFIRMED = "claimed", "sending", "sent", "failed", "unconfirmed"
+UNSUBSCRIBED = "unsubscribed"
 IN_FLIGHT_STATES = (CLAIMED, SENDING, SENT, BLOCKED)
-FINAL_STATES = (DELIVERED, BOUNCED)
+FINAL_STATES = (DELIVERED, BOUNCED, COMPLAINED, UNSUBSCRIBED)
+# A contact's own wish outranks anything a provider reports about its messages.
+CONTACT_STRENGTH = {**STRENGTH, UNSUBSCRIBED: max(STRENGTH.values()) + 1}
+UNSUBSCRIBE_OWNER = "unsubscribe"  # run_id of the rows of addresses unsubscribed before any run knew them
 # Attempt states: pending (recorded, not confirmed accepted), then sent, then the provider's outcome;
 # refused = the provider refused the address at once (the contact is closed as bounced); dispatched =
 # handed to a transport without idempotency, reply not seen yet.
@@ -520,6 +527,28 @@ class Ledger:
                     found[kind, row.provider_message_id if kind == "id" else row.idempotency_key] = row
         return found
 
+    def unsubscribe(self, email: str) -> bool:
+        """The person asked never to be emailed again (RFC 8058 one-click): the contact becomes
+        ``unsubscribed``, final, whatever its state and whichever run holds it (a run's in-flight message
+        still gets its outcome recorded, but is never resent). An address the ledger does not know is
+        recorded as unsubscribed, so no run ever claims it. Idempotent: returns whether anything changed."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            if conn.execute(
+                update(sent_contacts)
+                .where(sent_contacts.c.email == email, sent_contacts.c.status != UNSUBSCRIBED)
+                .values(status=UNSUBSCRIBED, updated_at=now)
+            ).rowcount:
+                return True
+            row = {"email": email, "name": "", "status": UNSUBSCRIBED, "attempts": 0, "claim_attempts": 0}
+            return bool(
+                conn.execute(
+                    bulk.dialect_insert(conn, sent_contacts)
+                    .values(**row, run_id=UNSUBSCRIBE_OWNER, created_at=now, updated_at=now)
+                    .on_conflict_do_nothing()
+                ).rowcount
+            )
+
     # -- resending and closing ----------------------------------------------------------------------
     def count_resendable(self, run_id: str, max_attempts: int) -> int:
         with self.engine.connect() as conn:
@@ -622,7 +651,7 @@ def _contact_follows(contact_status: str, contact_attempt: int, attempt: int, ou
     """Whether a message's outcome changes its contact's state (see record_outcomes)."""
     if outcome == BLOCKED:
         return attempt == contact_attempt and contact_status in (SENT, UNCONFIRMED)
-    current = STRENGTH[contact_status] if contact_status in FINAL_STATES else 0
+    current = CONTACT_STRENGTH[contact_status] if contact_status in FINAL_STATES else 0
     return STRENGTH[outcome] > current
 
 

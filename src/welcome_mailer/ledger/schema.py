@@ -6,6 +6,8 @@ module describes the current head, for the code's queries and for ``alembic chec
 - ``ledger_runs``: the runs that own contacts, with a lease renewed by every task of the run.
 - ``staged_contacts``: a run's parsed, de-duplicated contacts, waiting to be claimed.
 - ``outcome_inbox``: outcome events that matched no recorded send yet (too early, or unknown).
+- ``provider_events``: every request a provider's webhook made that passed its signature check, as
+  received, stored before it is answered (audit, and the events that could not be read).
 Other modules add tables of their own to ``metadata`` (the drop folder's ``processed_files``).
 """
 
@@ -76,4 +78,19 @@ outcome_inbox = Table(
     Column("source", String(40), nullable=False),
     Column("detail", Text),
     Column("received_at", DateTime, nullable=False),
+)
+
+provider_events = Table(
+    "provider_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("provider", String(40), nullable=False),  # sendgrid, ses, postmark, mailgun, mock
+    Column("received_at", DateTime, nullable=False),
+    Column("body", Text, nullable=False),  # the raw request body
+    Column("events", Integer, nullable=False),  # events the request carried
+    Column("recorded", Integer, nullable=False),  # outcome events handed to the ledger
+    Column("ignored", Integer, nullable=False),  # events that change nothing (deferred, opened, ...)
+    Column("unparsed", Integer, nullable=False),  # events that could not be read: kept here, counted
+    Column("detail", Text),  # why events could not be read
+    Index("ix_provider_events_received", "received_at"),
 )

@@ -25,6 +25,7 @@ from tenacity import (
 )
 
 from welcome_mailer.transports import OutgoingMessage, SendResult
+from welcome_mailer.unsubscribe import UnsubscribeSettings, list_unsubscribe_headers
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,10 @@ class HttpEmailProvider:
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
+        unsubscribe: UnsubscribeSettings | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.unsubscribe = unsubscribe or UnsubscribeSettings()  # List-Unsubscribe headers when configured
         self._client = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {api_key}"},
@@ -85,16 +88,16 @@ class HttpEmailProvider:
 
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         _check_size(messages)
-        body = {
-            "messages": [
-                {"to": m.to, "subject": m.subject, "text": m.text, "idempotency_key": m.idempotency_key}
-                for m in messages
-            ]
-        }
+        body = {"messages": [self._item(m) for m in messages]}
         results = self._request("POST", "/v1/messages/batch", body)["results"]
         if len(results) != len(messages):
             raise EspRequestError(f"ESP answered {len(results)} results for {len(messages)} messages")
         return [SendResult(to=r["to"], message_id=r.get("id"), error=r.get("error")) for r in results]
+
+    def _item(self, message: OutgoingMessage) -> dict:
+        item = {"to": message.to, "subject": message.subject, "text": message.text}
+        headers = list_unsubscribe_headers(message.to, self.unsubscribe)  # {} unless configured
+        return {**item, "idempotency_key": message.idempotency_key, **({"headers": headers} if headers else {})}
 
     def lookup(self, message_ids: Sequence[str]) -> dict[str, str]:
         """Current status of up to MAX_BATCH messages: id -> sent | delivered | bounced | blocked.

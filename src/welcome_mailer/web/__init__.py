@@ -8,10 +8,12 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
-from welcome_mailer.web import health
+from welcome_mailer.web import events, health, unsubscribe
 
 
 def create_app() -> FastAPI:
     app = FastAPI(title="Welcome mailer", version=version("welcome-mailer"))
     app.include_router(health.router)
+    app.include_router(events.router)
+    app.include_router(unsubscribe.router)
     return app

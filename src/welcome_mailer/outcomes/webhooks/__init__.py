@@ -1,0 +1,108 @@
+"""Provider webhooks as an outcome source: pure code, no Airflow, no I/O.
+
+One module per provider (``sendgrid``, ``postmark``, ``mailgun``, ``ses``, ``mock``), each with
+``verify(...)`` (raises ``Refused`` unless the request carries what that provider signs) and
+``parse(body) -> Parsed`` (the provider's events as ``Signal``s, and what could not be read). One table,
+``mapping``, turns signals into ``OutcomeEvent``s. The plugin app (``welcome_mailer.web.events``) glues
+them to HTTP and to ``Ledger.record_outcomes``.
+
+How an event finds its attempt: by the provider's message id recorded at send time, or by the attempt's
+idempotency key carried as the provider's custom metadata (``METADATA_KEY``) or inside the Message-ID
+header the transport set (``<welcome-...-N@host>``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+METADATA_KEY = "welcome_idempotency_key"  # custom args / metadata / user variables / SES tag name
+IDEMPOTENCY_HEADER = "X-Welcome-Idempotency-Key"  # the same as a header, for providers that echo headers
+_KEY_IN_MESSAGE_ID = re.compile(r"^<?(welcome-[0-9a-f]{40}-\d+)@[^>]*>?$")
+
+
+class Refused(Exception):
+    """The request does not carry what the provider signs: answered 401 (no credentials) or 403 (wrong)."""
+
+    def __init__(self, status_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status_code, self.reason = status_code, reason
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One provider event, in the provider's own words, before the mapping gives it a meaning."""
+
+    provider: str
+    event: str  # the provider's event name: bounce, Bounce, failed, ...
+    kind: str = ""  # its subtype: SendGrid's bounce type, SES's bounceType, Postmark's Type, Mailgun's severity
+    provider_message_id: str | None = None
+    idempotency_key: str | None = None
+    detail: str | None = None
+    occurred_at: datetime | None = None
+
+
+@dataclass
+class Parsed:
+    signals: list[Signal] = field(default_factory=list)
+    unparsed: list[str] = field(default_factory=list)  # why each unreadable event could not be read
+
+    @property
+    def events(self) -> int:
+        return len(self.signals) + len(self.unparsed)
+
+
+def load_json(body: bytes | str, parsed: Parsed, what: str = "body") -> object | None:
+    """The JSON value, or None after noting in ``parsed`` why it could not be read."""
+    try:
+        return json.loads(body)
+    except (ValueError, TypeError) as exc:
+        parsed.unparsed.append(f"{what} is not JSON: {exc}")
+        return None
+
+
+def key_from_message_id(message_id: str | None) -> str | None:
+    """The idempotency key inside a Message-ID the transport made (``<welcome-<hash>-<n>@host>``)."""
+    match = _KEY_IN_MESSAGE_ID.match((message_id or "").strip())
+    return match.group(1) if match else None
+
+
+def check_secret(given: str | bytes, expected: str | bytes) -> bool:
+    """Constant-time comparison (no timing oracle for the secret)."""
+    given = given.encode() if isinstance(given, str) else given
+    expected = expected.encode() if isinstance(expected, str) else expected
+    return hmac.compare_digest(given, expected)
+
+
+def check_age(timestamp: str | None, max_age_seconds: float, now: float | None = None) -> None:
+    """Refuse a signed timestamp that is missing, unreadable, or further than ``max_age_seconds`` from now
+    (a replay of an old request, or a forged clock)."""
+    try:
+        signed_at = float(timestamp or "")
+    except ValueError:
+        raise Refused(401, "missing or unreadable signature timestamp") from None
+    current = datetime.now(UTC).timestamp() if now is None else now
+    if abs(current - signed_at) > max_age_seconds:
+        raise Refused(403, f"signature timestamp {timestamp} is more than {max_age_seconds:.0f} s from now")
+
+
+def from_epoch(value: object) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(float(value), UTC).replace(tzinfo=None)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def from_iso(value: object) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+
+
+def text(value: object, limit: int = 500) -> str | None:
+    return None if value is None else str(value)[:limit]
