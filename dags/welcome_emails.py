@@ -60,7 +60,8 @@ SETTINGS = Settings.from_env()  # environment only: cheap at parse time
             title="Contact list (CSV path)",
             description="Path of the CSV file on the workers, inside the allowed data roots. "
             "Relative paths start at the first data root (the project directory by default; "
-            "/opt/airflow/data, ./data on the host, under docker compose).",
+            "/opt/airflow/data, ./data on the host, under docker compose). Or an object URI under a URI "
+            "data root, s3://bucket/key (credentials: the aws_default connection, or s3://conn_id@bucket/key).",
         ),
         "batch_size": Param(
             500,
@@ -120,15 +121,19 @@ def welcome_emails():
         from welcome_mailer.hooks.ledger import LedgerHook
         from welcome_mailer.pipeline import parse_file, run_directory
         from welcome_mailer.settings import InvalidCsvPath, resolve_csv_path
+        from welcome_mailer.storage import describe, location, readable_csv
 
+        reports_dir = location(SETTINGS.reports_dir, SETTINGS.storage_conn_id)  # a directory or a URI
+        rejected_csv = run_directory(reports_dir, run_id) / "rejected.csv"
         try:
             csv_path = resolve_csv_path(params["csv_path"], SETTINGS.data_roots)
+            ledger = LedgerHook().get_conn()
+            ledger.renew_lease(run_id)
+            # An object on object storage is parsed from a local copy (storage.local_copy says why).
+            with readable_csv(csv_path, SETTINGS.storage_conn_id) as local_file:
+                return parse_file(ledger, run_id, local_file, rejected_csv, source=describe(str(csv_path)))
         except InvalidCsvPath as exc:
             raise AirflowFailException(str(exc)) from None
-        ledger = LedgerHook().get_conn()
-        ledger.renew_lease(run_id)
-        rejected_csv = run_directory(SETTINGS.reports_dir, run_id) / "rejected.csv"
-        return parse_file(ledger, run_id, csv_path, rejected_csv)
 
     @task
     def claim(parsed: dict, params: dict | None = None, run_id: str | None = None, ti=None) -> list[dict]:

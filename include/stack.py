@@ -64,6 +64,7 @@ class StackConfig:
     esp_api_key: str = "stack-esp-key"
     esp_push_secret: str = "stack-push-secret"  # the mock posts its outcome events to the api-server's plugin
     unsubscribe_secret: str = "stack-unsubscribe-secret"  # signs the List-Unsubscribe links of every message
+    extra_env: tuple[tuple[str, str], ...] = ()  # more environment for every component (tests: connections)
 
     @classmethod
     def from_env(cls) -> StackConfig:
@@ -138,6 +139,7 @@ class Stack:
         ledger = {"conn_type": "postgres", "host": server.host, "port": server.port or 5432,
                   "login": server.username, "password": server.password, "schema": c.ledger_db}  # fmt: skip
         env.setdefault("AIRFLOW_CONN_CONTACTS_DB", json.dumps(ledger))
+        env.update(c.extra_env)
         return env
 
     def _commands(self) -> dict[str, list[str]]:

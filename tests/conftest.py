@@ -171,3 +171,23 @@ def ledger(ledger_url):
     ledger = Ledger(engine)
     yield ledger
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A local S3 API (moto server) for the session; tests use their own buckets."""
+    from tests.s3 import launch_s3
+
+    server = launch_s3(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_denying_server(tmp_path_factory):
+    """A local S3 API that denies every request (IAM checked, no user exists)."""
+    from tests.s3 import launch_s3
+
+    server = launch_s3(tmp_path_factory.mktemp("s3-denying"), deny_all=True)
+    yield server
+    server.stop()

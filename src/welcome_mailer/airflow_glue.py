@@ -32,6 +32,7 @@ def report_run(ti, dag_run, run_id: str) -> dict:
 
     from welcome_mailer.pipeline import run_directory
     from welcome_mailer.report import build_report, render_markdown, write_report
+    from welcome_mailer.storage import describe, location
 
     log = logging.getLogger(__name__)
     results = {task_id: ti.xcom_pull(task_ids=task_id) for task_id in REPORTED_TASKS}
@@ -63,8 +64,10 @@ def report_run(ti, dag_run, run_id: str) -> dict:
         summary=ledger.run_summary(run_id),
         phases=phases,
     )
-    json_path, markdown_path = write_report(report, run_directory(Settings.from_env().reports_dir, run_id))
-    report["report_files"] = [str(json_path), str(markdown_path)]
+    settings = Settings.from_env()
+    reports_dir = location(settings.reports_dir, settings.storage_conn_id)  # a directory or a URI
+    json_path, markdown_path = write_report(report, run_directory(reports_dir, run_id))
+    report["report_files"] = [describe(str(json_path)), describe(str(markdown_path))]
     log.info("Welcome run report (%s):\n%s", markdown_path, render_markdown(report))
     unfinished = {s: n for s, n in report["outcomes"].items() if s in UNFINISHED_STATES}
     if results["close_out"] is not None and unfinished:

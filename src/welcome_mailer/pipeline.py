@@ -22,6 +22,7 @@ from welcome_mailer.greeting import SUBJECT, welcome_text
 from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt, utcnow
 from welcome_mailer.outcomes import OutcomeSource
 from welcome_mailer.outcomes.events import OutcomeEvent
+from welcome_mailer.storage import describe, ensure_directory
 from welcome_mailer.transports import EmailProvider, OutgoingMessage, SendResult
 
 log = logging.getLogger(__name__)
@@ -34,18 +35,27 @@ def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 
 
 def run_directory(reports_dir: Path, run_id: str) -> Path:
-    """Where a run's report and rejected-rows CSV go: one directory per run, named after the run id."""
+    """Where a run's report and rejected-rows CSV go: one directory per run, named after the run id.
+    ``reports_dir`` may be an ObjectStoragePath too (storage.location): the result is one as well."""
     return reports_dir / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
 
 
 def parse_file(
-    ledger: Ledger, run_id: str, csv_path: Path, rejected_csv: Path, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ledger: Ledger,
+    run_id: str,
+    csv_path: Path,
+    rejected_csv: Path,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    source: str | None = None,
 ) -> dict:
-    """Read the file in chunks: unique valid contacts go to the run's staging area, rejected rows to a CSV."""
+    """Read the file in chunks: unique valid contacts go to the run's staging area, rejected rows to a CSV
+    (a local Path or an ObjectStoragePath). ``source`` names the file in the results when ``csv_path`` is
+    a local copy of it (an object on object storage)."""
     started = time.time()
     ledger.clear_stage(run_id)  # a retried parse starts over
     reader = ContactReader(csv_path, chunk_size)
-    rejected_csv.parent.mkdir(parents=True, exist_ok=True)
+    ensure_directory(rejected_csv.parent)
     with rejected_csv.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["line_no", "reason", "row"])
@@ -60,7 +70,7 @@ def parse_file(
     if stats.encoding_warning:
         log.warning("%s", stats.encoding_warning)
     return {
-        "csv_path": str(csv_path),
+        "csv_path": source or str(csv_path),
         "encoding": stats.encoding,
         "encoding_warning": stats.encoding_warning,
         "header_skipped": stats.header_skipped,
@@ -68,7 +78,7 @@ def parse_file(
         "contacts": stats.contacts,
         "duplicates_in_file": stats.duplicates_in_file,
         "rejected": stats.rejected,
-        "rejected_csv": str(rejected_csv),
+        "rejected_csv": describe(str(rejected_csv)),
         "seconds": round(time.time() - started, 3),
     }
 

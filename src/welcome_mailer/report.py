@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from welcome_mailer.storage import ensure_directory
+
 OUTCOME_ORDER = (
     "delivered",
     "bounced",
@@ -98,7 +100,8 @@ def nothing_sent_sentence(report: dict) -> str:
 
 
 def write_report(report: dict, directory: Path) -> tuple[Path, Path]:
-    directory.mkdir(parents=True, exist_ok=True)
+    """report.json and report.md in ``directory``, a local Path or an ObjectStoragePath."""
+    ensure_directory(directory)
     json_path, markdown_path = directory / "report.json", directory / "report.md"
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     markdown_path.write_text(f"# Welcome emails: {report['run_id']}\n\n{render_markdown(report)}", encoding="utf-8")

@@ -21,11 +21,11 @@ from tests.conftest import PROJECT_ROOT
 
 RUNTIME_LOCK = PROJECT_ROOT / "requirements.lock"
 DEV_LOCK = PROJECT_ROOT / "requirements-dev.lock"
-DEV_TOOLS = {"pytest", "pytest-timeout", "hypothesis", "ruff", "compose-spec", "selenium", "aiosmtpd"}
+DEV_TOOLS = {"pytest", "pytest-timeout", "hypothesis", "ruff", "compose-spec", "selenium", "aiosmtpd", "moto"}
 
 
 def names(lines) -> set[str]:
-    return {canonical(line.split("==")[0]) for line in lines}
+    return {canonical(line.split("==")[0].split("[")[0]) for line in lines}  # without extras
 
 
 def pins(path: Path) -> dict[str, str]:

@@ -15,21 +15,14 @@ import psutil
 import pytest
 
 from include.generate_contacts import write_file
-from include.run_embedded import PROJECT_ROOT, airflow_env, ensure_metadata_db
+from include.run_embedded import PROJECT_ROOT
 from tests.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
 
 
-@pytest.fixture(scope="session")
-def migrated_home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("embedded-home")
-    ensure_metadata_db(airflow_env(home))
-    return home
-
-
 @pytest.fixture
-def home(migrated_home, tmp_path) -> Path:
+def home(migrated_airflow_home, tmp_path) -> Path:
     """A migrated Airflow home of this test's own (its runs/ records the test's runs)."""
-    return Path(shutil.copytree(migrated_home, tmp_path / "home"))
+    return Path(shutil.copytree(migrated_airflow_home, tmp_path / "home"))
 
 
 def runner_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from include.generate_contacts import write_file
-from tests.e2e.test_welcome_run import MAX_ATTEMPTS, migrated_airflow_home, run_welcome, workspace  # noqa: F401
+from tests.e2e.test_welcome_run import MAX_ATTEMPTS, run_welcome
 from tests.integration.test_smtp import assert_relay_log_invariants, by_recipient
 from tests.invariants import expected_contacts
 from tests.smtp_relay import imap, start_relay  # noqa: F401 (fixtures)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from include.generate_contacts import generate_rows, write_file
-from include.run_embedded import airflow_env, ensure_metadata_db, migrate_ledger
+from include.run_embedded import airflow_env, migrate_ledger
 from tests.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
 from welcome_mailer.pipeline import run_directory
 
@@ -39,20 +39,10 @@ class RunResult:
     report: dict | None
 
 
-@pytest.fixture(scope="session")
-def migrated_airflow_home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("airflow-home")
-    ensure_metadata_db(airflow_env(home))
-    return home
-
-
-@pytest.fixture
-def workspace(tmp_path) -> Path:
-    (tmp_path / "data").mkdir()
-    return tmp_path
-
-
-def run_welcome(home: Path, workspace: Path, esp, ledger_connection: dict, csv_path: str, **conf) -> RunResult:
+def run_welcome(
+    home: Path, workspace: Path, esp, ledger_connection: dict, csv_path: str, extra_env: dict | None = None, **conf
+) -> RunResult:
+    """One `airflow dags test`; ``extra_env`` (connections, data roots, ...) goes over the defaults."""
     env = airflow_env(home)
     env.update(
         {
@@ -61,6 +51,7 @@ def run_welcome(home: Path, workspace: Path, esp, ledger_connection: dict, csv_p
             "WELCOME_MAILER_DATA_ROOTS": str(workspace / "data"),
             "WELCOME_MAILER_REPORTS_DIR": str(workspace / "reports"),
             "WELCOME_MAILER_POKE_SECONDS": "0.5",
+            **(extra_env or {}),
         }
     )
     migrate_ledger(env)  # as make run does
@@ -78,7 +69,7 @@ def run_welcome(home: Path, workspace: Path, esp, ledger_connection: dict, csv_p
     if finished is None:
         return RunResult("unknown", output, None)
     run_id, state = finished.groups()
-    report_path = run_directory(workspace / "reports", run_id) / "report.json"
+    report_path = run_directory(workspace / "reports", run_id) / "report.json"  # local reports only
     return RunResult(state, output, json.loads(report_path.read_text()) if report_path.exists() else None)
 
 

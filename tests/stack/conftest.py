@@ -11,6 +11,8 @@ import pytest
 from include.run_embedded import free_port
 from include.stack import Stack, StackConfig
 
+S3_ROOT = "s3://wm-stack/incoming"  # a data root on the local S3 API (tests/s3.py), beside the local one
+
 
 def _redis_available() -> bool:
     import redis
@@ -22,7 +24,7 @@ def _redis_available() -> bool:
 
 
 @pytest.fixture(scope="session")
-def stack(postgres_server, tmp_path_factory):
+def stack(postgres_server, tmp_path_factory, s3_server):
     if not _redis_available():
         if os.environ.get("CI") == "true":
             pytest.fail("Redis not reachable at 127.0.0.1:6379 (required under CI=true)")
@@ -41,14 +43,16 @@ def stack(postgres_server, tmp_path_factory):
             esp_port=free_port(),
             pool_slots=8,
             admin_password=f"pw-{tag}",
-            data_roots=str(data),
+            data_roots=f"{data}:{S3_ROOT}",
             dropzone=str(data / "dropzone"),
             dropzone_settle_seconds=2,
+            extra_env=tuple(s3_server.connection_env().items()),  # aws_default: the local S3 API
         )
     )
     try:
         stack.up(wait=240)
         stack.data = data
+        stack.s3 = s3_server
         stack.esp = httpx.Client(
             base_url=stack.config.esp_url, headers={"Authorization": f"Bearer {stack.config.esp_api_key}"}
         )
