@@ -31,6 +31,8 @@ OPTIONS: dict[str, tuple[str, type, object]] = {
     "drop-after-data-rate": ("MOCK_SMTP_DROP_AFTER_DATA_RATE", float, 0.0),
     "latency-ms": ("MOCK_SMTP_LATENCY_MS", float, 0.0),
     "pipelining": ("MOCK_SMTP_PIPELINING", int, 1),  # 0: the relay does not offer PIPELINING
+    "dsn": ("MOCK_SMTP_DSN", int, 1),  # 0: the relay does not offer DSN (no success reports: the settle time)
+    "delivered-held-rate": ("MOCK_SMTP_DELIVERED_HELD_RATE", float, 0.5),  # success reports after 1-5 s
     "login": ("MOCK_SMTP_LOGIN", str, ""),
     "password": ("MOCK_SMTP_PASSWORD", str, ""),
     "tls-cert": ("MOCK_SMTP_TLS_CERT", str, ""),  # with --tls-key: STARTTLS offered and required
@@ -60,6 +62,8 @@ async def serve(args: argparse.Namespace) -> None:
         drop_after_data_rate=args.drop_after_data_rate,
         latency_ms=args.latency_ms,
         pipelining=bool(args.pipelining),
+        dsn=bool(args.dsn),
+        delivered_held_rate=args.delivered_held_rate,
         login=args.login,
         password=args.password,
     )

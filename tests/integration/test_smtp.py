@@ -235,3 +235,41 @@ def test_an_unreachable_mailbox_delays_outcomes_and_never_fails_the_poll():
     pending = [PendingMessage("a@example.com", 1, "<id>", utcnow() - timedelta(hours=1))]
     assert source.poll(pending) == [], "no settle while reports cannot be read"
     assert [e.outcome for e in DsnSource(None, timedelta(seconds=0)).poll(pending)] == ["delivered"]
+
+
+def test_success_reports_deliver_long_before_the_settle_time(ledger, start_relay, imap, contact_file, tmp_path):  # noqa: F811
+    """The relay offers DSN: the transport asks for success reports (RFC 3461), the relay mails one per
+    delivery (Action: delivered, 2.0.0), and the source records it as soon as it reads it. The settle time
+    is ten minutes here: the run can only finish (within the 90 s of run_through) from the reports."""
+    relay = start_relay(report_min_seconds=0.2, report_max_seconds=0.8, blocked_rate=0.2, delivered_rate=0.7)
+    with SmtpEmailProvider(settings_for(relay)) as transport:
+        run_through(ledger, transport, [mailbox_source(imap, settle_seconds=600)], "run", contact_file, tmp_path)
+    entries = relay.messages()
+    expected = {f"user{i}@example.com": f"User {i}" for i in range(150)}
+    finals = assert_relay_log_invariants(entries, expected, MAX_ATTEMPTS)
+    assert finals.get("delivered", 0) > 0 and finals.get("bounced", 0) > 0
+    _, attempts = ledger_rows(ledger)
+    for entry in entries:
+        if not entry["received"]:
+            continue
+        key = entry["idempotency_key"]
+        assert entry["dsn"] == {"ret": "HDRS", "envid": key, "notify": "SUCCESS,FAILURE", "orcpt": entry["to"]}
+        if entry["outcome"] == "delivered":
+            assert entry["reported"], "every delivery asked for was reported"
+            attempt = attempts[(entry["to"], int(key.rpartition("-")[2]))]
+            assert attempt.status == "delivered"
+            assert (attempt.updated_at - attempt.created_at).total_seconds() < 30, "recorded from its report"
+    assert stored(imap.maildir) == [], "every report was read once and filed"
+    assert len(stored(imap.maildir / "welcome-mailer-processed")) == sum(e["reported"] for e in entries)
+
+
+def test_without_dsn_deliveries_come_from_the_settle_time(ledger, start_relay, imap, contact_file, tmp_path):  # noqa: F811
+    relay = start_relay(dsn=0, report_min_seconds=0.2, report_max_seconds=0.8, delivered_rate=0.9, bounced_rate=0.1)
+    with SmtpEmailProvider(settings_for(relay)) as transport:
+        run_through(ledger, transport, [mailbox_source(imap, settle_seconds=1.5)], "run", contact_file, tmp_path)
+    entries = relay.messages()
+    assert all(e["dsn"] == {"ret": "", "envid": "", "notify": "", "orcpt": ""} for e in entries), "nothing asked"
+    assert not any(e["reported"] for e in entries if e["outcome"] == "delivered"), "no success report"
+    contacts, _ = ledger_rows(ledger)
+    assert {c.status for c in contacts.values()} <= {"delivered", "bounced"}
+    assert sum(c.status == "delivered" for c in contacts.values()) > 100

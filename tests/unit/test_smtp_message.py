@@ -138,3 +138,46 @@ def test_the_plugin_apps_one_click_link_when_its_endpoint_is_configured():
     assert link.startswith(endpoint.url + "?token=")
     assert read_token(link.split("token=", 1)[1].replace("%3D", "="), "secret") == "ann@example.com"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+class FakeConnection:
+    """What the transport's envelope needs of smtplib.SMTP: the relay's EHLO keywords and a wire."""
+
+    def __init__(self, *keywords: str) -> None:
+        self.keywords = {k.lower() for k in keywords}
+        self.sent: list[str] = []
+
+    def has_extn(self, name: str) -> bool:
+        return name.lower() in self.keywords
+
+    def send(self, data: str) -> None:
+        self.sent += data.splitlines()
+
+    def putcmd(self, command: str) -> None:
+        self.sent.append(command)
+
+    def getreply(self) -> tuple[int, bytes]:
+        return 250, b"ok"
+
+
+@pytest.mark.parametrize("keywords", [("pipelining", "dsn"), ("dsn",)], ids=["pipelining", "one-by-one"])
+def test_the_transport_asks_for_success_reports_when_the_relay_offers_dsn(keywords):
+    from welcome_mailer.transports.smtp import SmtpEmailProvider
+
+    conn = FakeConnection(*keywords)
+    with SmtpEmailProvider(SETTINGS) as transport:
+        transport._envelope(conn, "ann+x=1@example.com", message_id(KEY, SETTINGS.from_email))
+    assert conn.sent == [
+        f"MAIL FROM:<welcome@mailer.example> RET=HDRS ENVID={KEY}",  # RFC 3461: the report names the attempt
+        "RCPT TO:<ann+x=1@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;ann+2Bx+3D1@example.com",  # xtext
+        "DATA",
+    ]
+
+
+def test_the_transport_asks_for_nothing_more_when_the_relay_does_not_offer_dsn():
+    from welcome_mailer.transports.smtp import SmtpEmailProvider
+
+    conn = FakeConnection("pipelining")
+    with SmtpEmailProvider(SETTINGS) as transport:
+        transport._envelope(conn, "ann@example.com", message_id(KEY, SETTINGS.from_email))
+    assert conn.sent == ["MAIL FROM:<welcome@mailer.example>", "RCPT TO:<ann@example.com>", "DATA"]

@@ -55,6 +55,9 @@ ENHANCED_STATUS = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 MAILBOX_REFUSALS = (550, 551, 552, 553, 554)  # RFC 5321: the mailbox or the transaction is refused
 ACCEPTED, RETRY = "accepted", "retry"  # classify's answers besides the outcomes
+# RFC 3461 NOTIFY: successes and failures. DELAY is left out: "delayed" reports change no outcome (the
+# relay keeps trying), and each would be one more mail to read.
+DSN_NOTIFY = "SUCCESS,FAILURE"
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,13 @@ def idempotency_key_from_message_id(value: str) -> str | None:
     """The idempotency key in one of our Message-IDs (None: not one of ours)."""
     found = re.search(r"<?(welcome-[0-9a-f]{40}-\d+)@", value or "")
     return found.group(1) if found else None
+
+
+def xtext(value: str) -> str:
+    """RFC 3461 section 4: xtext, "+" and "=" and anything outside printable ASCII as "+XX"."""
+    return "".join(
+        f"+{b:02X}" if b < 33 or b > 126 or b in (ord("+"), ord("=")) else chr(b) for b in value.encode("utf-8")
+    )
 
 
 def _safe_display_name(name: str) -> str:
@@ -302,7 +312,7 @@ class SmtpEmailProvider:
     def _transaction(self, conn: smtplib.SMTP, to: str, msg_id: str, data: bytes) -> SendResult:
         """MAIL, RCPT, DATA for one recipient. Raises SmtpConnectionTrouble while nothing went out."""
         try:
-            replies = self._envelope(conn, to)
+            replies = self._envelope(conn, to, msg_id)
             code, text = replies[0]
             if code >= 400:  # the sender refused or deferred: the relay's state or configuration, not the recipient
                 _rset(conn)
@@ -331,15 +341,20 @@ class SmtpEmailProvider:
         answer = self._answer(conn, to, msg_id, "end of data", code, text)
         return answer or SendResult(to, msg_id)
 
-    def _envelope(self, conn: smtplib.SMTP, to: str) -> list[tuple[int, bytes]]:
+    def _envelope(self, conn: smtplib.SMTP, to: str, msg_id: str = "") -> list[tuple[int, bytes]]:
         """The replies to MAIL, RCPT and DATA: in one round trip when the relay offers PIPELINING (RFC 2920;
         it then answers DATA with 503/554 by itself when RCPT was refused), else one by one, stopping at the
-        first refusal (the replies not asked for are left out)."""
-        commands = [
-            f"MAIL FROM:{smtplib.quoteaddr(self.settings.from_email)}",
-            f"RCPT TO:{smtplib.quoteaddr(to)}",
-            "DATA",
-        ]
+        first refusal (the replies not asked for are left out).
+
+        When the relay offers DSN (RFC 3461), MAIL carries RET=HDRS ENVID=<idempotency key> and RCPT
+        NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;<address>: the relay then reports deliveries too, so an accepted
+        message is delivered when its report is read rather than after the settle time."""
+        mail, rcpt = f"MAIL FROM:{smtplib.quoteaddr(self.settings.from_email)}", f"RCPT TO:{smtplib.quoteaddr(to)}"
+        if conn.has_extn("dsn"):  # RFC 3461: ask for a report on success too, matched by ENVID or Message-ID
+            key = idempotency_key_from_message_id(msg_id) or ""
+            mail += f" RET=HDRS ENVID={xtext(key)}" if key else " RET=HDRS"
+            rcpt += f" NOTIFY={DSN_NOTIFY} ORCPT=rfc822;{xtext(to)}"
+        commands = [mail, rcpt, "DATA"]
         if conn.has_extn("pipelining"):
             conn.send("".join(f"{command}\r\n" for command in commands))
             return [conn.getreply() for _ in commands]
