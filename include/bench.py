@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -165,22 +166,11 @@ def smtp_rate(workdir: Path, messages: int = 2000) -> list[dict]:
 def baseline(rows: int) -> dict:
     """The same file through include/baseline.py (no Airflow) against a fresh mock ESP of its own."""
     csv_path = write_file(BENCH_DIR / "files" / f"contacts_{rows}.csv", rows, seed=7)
-    port = free_port()
-    esp = subprocess.Popen(
-        [sys.executable, "-m", "include.mock_esp", "--port", str(port), "--api-key", "bench"],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}/healthz", esp)
-        command = [sys.executable, "-m", "include.baseline", str(csv_path), "--esp-url", f"http://127.0.0.1:{port}"]
+    with bench_esp() as (url, _):
+        command = [sys.executable, "-m", "include.baseline", str(csv_path), "--esp-url", url]
         output = subprocess.run(
             [*command, "--api-key", "bench"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
         ).stdout
-    finally:
-        esp.terminate()
-        esp.wait(timeout=10)
     return {"benchmark": f"baseline_{rows}", **json.loads(output.strip().splitlines()[-1])}
 
 
@@ -232,8 +222,9 @@ print(json.dumps({{"parse": round(t1 - t0, 2), "claim": round(t2 - t1, 2), "cont
     }
 
 
-def esp_batch_latency(batches: int = 1000) -> dict:
-    """1,000-message batches into one mock ESP: latency when empty, and after ``batches`` thousand messages."""
+@contextmanager
+def bench_esp():
+    """A fresh mock ESP of the benchmark's own (key "bench"): yields its URL and process, stops it after."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "include.mock_esp", "--port", str(port), "--api-key", "bench"],
@@ -243,7 +234,16 @@ def esp_batch_latency(batches: int = 1000) -> dict:
     )
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz", process)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": "Bearer bench"})
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def esp_batch_latency(batches: int = 1000) -> dict:
+    """1,000-message batches into one mock ESP: latency when empty, and after ``batches`` thousand messages."""
+    with bench_esp() as (url, process):
+        client = httpx.Client(base_url=url, headers={"Authorization": "Bearer bench"})
         timings = []
         for batch in range(batches):
             messages = [
@@ -263,9 +263,6 @@ def esp_batch_latency(batches: int = 1000) -> dict:
             "p95_ms_full": round(last[47], 1),
             "esp_rss_mb": _rss_mb(process.pid),
         }
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def _rss_mb(pid: int) -> int:
