@@ -110,6 +110,7 @@ def end_to_end(rows: int, workdir: Path, connections: dict[str, str] | None = No
 def run_figures(report: dict, instances: list[dict], started: float, finished: float) -> dict:
     """A run's figures beside its wall time: where the time went, each task's peak RSS, what it sent."""
     return {
+        "run_id": report["run_id"],
         "breakdown": phase_breakdown(instances, report["phase_seconds"], started, finished),
         "phase_seconds": report["phase_seconds"],
         "peak_rss_mb": report.get("peak_rss_mb", {}),
@@ -567,6 +568,8 @@ def summary_lines(results: list[dict]) -> list[str]:
         status = "" if result.get("ok", True) else " FAILED"
         lines.append(f"{name}{status}: {seconds} s; " + "; ".join([*ratios, floor]))
         for run in result.get("runs", [result]):
+            if "runs" in result:  # several runs together: each one's figures under its id
+                lines.append(f"  {run['run_id']}:")
             if "breakdown" in run:
                 lines.append("  " + " | ".join(f"{phase} {value}" for phase, value in run["breakdown"].items()))
             if run.get("peak_rss_mb"):
