@@ -36,6 +36,7 @@ import pendulum
 from airflow.sdk import Label, Param, PokeReturnValue, TriggerRule, dag, get_current_context, task
 
 from welcome_mailer.settings import Settings
+from welcome_mailer.task_memory import push_peak_rss, start_measuring
 
 ESP_POOL = "email_provider"  # the provider's concurrency limit, shared by every run
 DELIVERY_TIMEOUT = timedelta(hours=1)  # then messages stay 'sent' for a later run to reconcile
@@ -52,7 +53,14 @@ SETTINGS = Settings.from_env()  # environment only: cheap at parse time
     tags=["welcome-mailer", "email"],
     doc_md=__doc__,
     max_active_tasks=16,
-    default_args={"retries": 3, "retry_delay": timedelta(seconds=5), "retry_exponential_backoff": True},
+    default_args={
+        "retries": 3,
+        "retry_delay": timedelta(seconds=5),
+        "retry_exponential_backoff": True,
+        # every task's peak RSS, for the report (welcome_mailer.task_memory says what the figure means)
+        "pre_execute": start_measuring,
+        "post_execute": push_peak_rss,
+    },
     params={
         "csv_path": Param(
             type="string",

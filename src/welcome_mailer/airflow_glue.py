@@ -10,6 +10,7 @@ from airflow.sdk import conf
 from welcome_mailer.hooks.ledger import LedgerHook
 from welcome_mailer.ledger import CLAIMED, SENDING, SENT
 from welcome_mailer.settings import Settings
+from welcome_mailer.task_memory import PEAK_RSS_KEY, current_figure, summarize
 
 
 def max_mapped_batches() -> int:
@@ -21,6 +22,20 @@ def max_mapped_batches() -> int:
 # per map index); close_out's result means the run got to the end.
 UNFINISHED_STATES = (CLAIMED, SENDING, SENT)
 REPORTED_TASKS = ("parse", "await_delivery", "resend_blocked", "close_out")
+
+
+def peak_rss_by_task(ti, batch_count: int) -> dict[str, list[dict]]:
+    """The figures every task of the run pushed (welcome_mailer.task_memory), one per map index, and the
+    report task's own so far."""
+    figures = {}
+    for task_id in ti.task.dag.task_ids:
+        if task_id == ti.task_id:
+            figures[task_id] = [current_figure()]
+        elif task_id == "send_batch":
+            figures[task_id] = ti.xcom_pull(task_ids=task_id, key=PEAK_RSS_KEY, map_indexes=range(batch_count))
+        else:
+            figures[task_id] = [ti.xcom_pull(task_ids=task_id, key=PEAK_RSS_KEY)]
+    return figures
 
 
 def report_run(ti, dag_run, run_id: str) -> dict:
@@ -63,6 +78,7 @@ def report_run(ti, dag_run, run_id: str) -> dict:
         claimed=claimed,
         summary=ledger.run_summary(run_id),
         phases=phases,
+        peak_rss=summarize(peak_rss_by_task(ti, len(claimed["batches"]))),
     )
     settings = Settings.from_env()
     reports_dir = location(settings.reports_dir, settings.storage_conn_id)  # a directory or a URI

@@ -21,7 +21,10 @@ OUTCOME_ORDER = (
 )
 
 
-def build_report(*, run_id: str, parsed: dict, claimed: dict, summary: dict, phases: dict[str, float]) -> dict:
+def build_report(
+    *, run_id: str, parsed: dict, claimed: dict, summary: dict, phases: dict[str, float], peak_rss: dict | None = None
+) -> dict:
+    """``peak_rss``: welcome_mailer.task_memory.summarize's view of each task's peak RSS."""
     by_status = summary["by_status"]
     return {
         "run_id": run_id,
@@ -46,6 +49,8 @@ def build_report(*, run_id: str, parsed: dict, claimed: dict, summary: dict, pha
         "attempts_histogram": {str(k): v for k, v in summary["attempts_histogram"].items()},
         "resent_after_block": summary["resent_after_block"],
         "phase_seconds": {name: round(seconds, 2) for name, seconds in phases.items()},
+        "peak_rss_mb": (peak_rss or {}).get("by_task", {}),
+        "peak_rss_scope": (peak_rss or {}).get("scope", "not measured"),
     }
 
 
@@ -76,7 +81,11 @@ def report_rows(report: dict) -> list[tuple[str, object]]:
         ("  of them resent after a block", report["resent_after_block"]),
         *((f"contacts with {n} attempt(s)", count) for n, count in report["attempts_histogram"].items()),
         *((f"seconds: {phase}", seconds) for phase, seconds in report["phase_seconds"].items()),
+        # reports written before the figures existed have none
+        *((f"peak RSS MB: {task}", mb) for task, mb in report.get("peak_rss_mb", {}).items()),
     ]
+    if report.get("peak_rss_mb"):
+        rows.append(("  peak RSS measured", report["peak_rss_scope"]))
     if report["encoding_warning"]:
         rows.append(("warning", report["encoding_warning"]))
     return rows

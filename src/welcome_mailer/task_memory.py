@@ -1,0 +1,89 @@
+"""Each task's peak resident memory (RSS), carried to the run's report (the goal: <= 500 MB a task at 1M rows).
+
+The DAG sets ``start_measuring`` and ``push_peak_rss`` as every task's pre- and post-execute hooks. The
+peak is reset when a task starts (Linux: ``/proc/self/clear_refs``), so each figure is the peak of the
+task's process while the task ran, not since the process started:
+
+- on Celery every task runs in a process of its own (Airflow's supervisor forks one per task; on Linux a
+  forked child starts with its own peak, not its parent's), so the figure is that task's alone, on top
+  of what the process holds after loading Airflow and the DAG;
+- under ``airflow dags test`` every task runs in ONE process: the figure also holds whatever earlier
+  tasks left in that process. ``summarize`` says which case a run was in, from the processes' ids.
+
+A sensor in reschedule mode runs once per poke, each poke clears its XComs: its figure is its last poke's.
+Stdlib only: the DAG file imports this module at parse time.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+
+PEAK_RSS_KEY = "peak_rss"  # the XCom key each task pushes its figure under
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+_measured_since = "process start"  # becomes "task start" when the reset works (Linux >= 4.0)
+
+
+def reset_peak_rss() -> bool:
+    """Make the process's peak RSS its current RSS. False where the kernel offers no way to."""
+    try:
+        _CLEAR_REFS.write_text("5")  # 5: reset the peak RSS (VmHWM); see proc(5)
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_from_status(status: str) -> int | None:
+    """VmHWM (peak RSS) in MB from the text of /proc/<pid>/status; None when it is not there."""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    return None
+
+
+def peak_rss_mb() -> int:
+    """This process's peak RSS in MB since it started or since the last reset."""
+    try:
+        peak = peak_rss_from_status(_STATUS.read_text())
+    except OSError:
+        peak = None
+    # ru_maxrss is never reset, but it is what a system without /proc offers (kilobytes on Linux).
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
+def start_measuring(context) -> None:
+    """Pre-execute hook of every task."""
+    global _measured_since
+    _measured_since = "task start" if reset_peak_rss() else "process start"
+
+
+def current_figure() -> dict:
+    """The running task's figure so far: peak RSS in MB, its process, and since when the peak counts."""
+    return {"mb": peak_rss_mb(), "pid": os.getpid(), "since": _measured_since}
+
+
+def push_peak_rss(context, result=None) -> None:
+    """Post-execute hook of every task: its figure, as an XCom for the report task."""
+    context["ti"].xcom_push(key=PEAK_RSS_KEY, value=current_figure())
+
+
+def summarize(figures: dict[str, list[dict | None]]) -> dict:
+    """The report's view of the figures pushed per task (a list: one per map index; None where a task did
+    not run): the largest per task, in MB, and in a sentence what the figures mean for this run."""
+    measured = {task: [f for f in task_figures if f] for task, task_figures in figures.items()}
+    by_task = {task: max(f["mb"] for f in task_figures) for task, task_figures in measured.items() if task_figures}
+    every = [f for task_figures in measured.values() for f in task_figures]
+    if not every:
+        return {"by_task": {}, "scope": "not measured"}
+    if len(every) > 1 and len({f["pid"] for f in every}) == 1:
+        scope = (
+            "every task ran in one process (airflow dags test): each figure is that process's peak while the "
+            "task ran, including what earlier tasks left in it"
+        )
+    else:
+        scope = "each task in a process of its own (a sensor: its last poke)"
+    if any(f["since"] != "task start" for f in every):
+        scope += "; some are peaks since their process started (the peak could not be reset)"
+    return {"by_task": by_task, "scope": scope}
