@@ -192,6 +192,8 @@ class Stack:
             return self.pid(component)
         env = env or self.env()
         with (self.logs / f"{component}.log").open("a") as log:
+            # Where this start's output begins in the (appended) log: readiness is looked for after it.
+            (self.pids / f"{component}.log_offset").write_text(str(log.tell()))
             process = subprocess.Popen(
                 self._commands()[component],
                 cwd=PROJECT_ROOT,
@@ -258,8 +260,14 @@ class Stack:
         raise RuntimeError(f"stack not healthy after {timeout}s: {self.status()}; see {self.logs}")
 
     def worker_ready(self) -> bool:
-        log = self.logs / "worker.log"
-        return log.exists() and " ready." in log.read_text(errors="replace")[-20000:]
+        """Celery logged " ready." since the worker was last started (its task logs may follow it)."""
+        log, offset_file = self.logs / "worker.log", self.pids / "worker.log_offset"
+        if not log.exists():
+            return False
+        offset = int(offset_file.read_text()) if offset_file.exists() else 0
+        with log.open("rb") as handle:
+            handle.seek(offset)
+            return b" ready." in handle.read()
 
     def dag_visible(self, dag_id: str) -> bool:
         try:
