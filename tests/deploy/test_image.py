@@ -91,7 +91,7 @@ def test_the_runtime_lock_installs_cleanly_on_the_airflow_image(tmp_path):
         [python, lock_script, "missing", str(RUNTIME_LOCK)], check=True, capture_output=True, text=True, timeout=60
     ).stdout.split()
     added = names(missing)
-    assert added, "the image lacks some of our packages (pandas, numpy)"
+    assert added, "the image lacks some of our packages (s3fs, aiobotocore)"
     assert not added & image, "nothing the image has is reinstalled: Airflow's pins stay"
     assert not added & DEV_TOOLS
     for name in added | {"welcome-mailer"}:

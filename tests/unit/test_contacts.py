@@ -129,6 +129,21 @@ def test_reserved_double_dash_labels_are_refused_as_email_validator_does(raw):
         normalise_email(raw)
 
 
+@pytest.mark.parametrize(
+    "domain", ["local", "x.local", "localhost", "a.b.onion", "in-addr.arpa", "x.invalid", "test", "x.notlocal"]
+)
+@pytest.mark.parametrize("local_length", [1, 64, 65])
+def test_special_use_domains_and_long_local_parts_are_judged_as_email_validator_does(domain, local_length):
+    candidate = f"{'a' * local_length}@{domain}"
+    try:
+        theirs = validate_email(candidate, check_deliverability=False).normalized.lower()
+    except EmailNotValidError:
+        with pytest.raises(InvalidEmail):
+            normalise_email(candidate)
+    else:
+        assert normalise_email(candidate) == theirs
+
+
 def test_internationalised_email_goes_through_email_validator():
     assert normalise_email("  Zoë@Exämple.com ") == "zoë@exämple.com"
 
