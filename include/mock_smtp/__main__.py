@@ -14,6 +14,8 @@ import signal
 import ssl
 from pathlib import Path
 
+import uvloop
+
 from include.mock_smtp.relay import Maildir, Relay, RelaySettings, RelaySMTP
 
 # flag -> (environment variable, type, default)
@@ -90,10 +92,13 @@ async def serve(args: argparse.Namespace) -> None:
     print(f"mock SMTP relay on {args.host}:{args.port}, log {log_path}, bounce reports to {args.maildir}", flush=True)
     async with server:
         await stop.wait()
+    relay.close()
 
 
 def main(argv: list[str] | None = None) -> None:
-    asyncio.run(serve(parse_args(argv)))
+    # uvloop: the relay's event loop in C, as a real relay's is; the Python one costs the mock a third more CPU
+    # per message, on the machine that runs the pipeline too.
+    uvloop.run(serve(parse_args(argv)))
 
 
 if __name__ == "__main__":

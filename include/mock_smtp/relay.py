@@ -31,12 +31,16 @@ import email
 import email.policy
 import hashlib
 import json
+import logging
 import os
 import random
 import re
 import socket
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from email._header_value_parser import get_addr_spec, get_angle_addr  # the parser aiosmtpd uses
+from email.errors import HeaderParseError
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
@@ -44,6 +48,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 MESSAGE_ID = re.compile(rb"^Message-ID:\s*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
 KEY = re.compile(r"<(welcome-[0-9a-f]{40}-\d+)@")
+log = logging.getLogger(__name__)
 FROM_ADDRESS = re.compile(
     rb"^From:(?:[^\r\n]*<([^<>\s]+@[^<>\s]+)>|[ \t]*([^<>\s\"]+@[^<>\s]+))[ \t]*\r?$", re.I | re.M
 )
@@ -190,6 +195,18 @@ class Relay:
         self._seq = 0
         self._per_recipient: dict[str, int] = {}
         self._faults = random.Random(settings.seed + 1)
+        # Reports are written by a thread of their own, as a real relay's bounce daemon works apart from its
+        # SMTP server: creating a file costs 0.15 ms on tmpfs but 2-3 ms on a busy disk, and the dialogue
+        # must not wait for it.
+        self._report_writer = ThreadPoolExecutor(1, thread_name_prefix="reports")
+
+    def close(self) -> None:
+        """Write the reports due so far, then close the log."""
+        self._report_writer.shutdown(wait=True)
+        self._log.close()
+
+    def _file_report(self, report: bytes) -> None:
+        self._report_writer.submit(self.maildir.deliver, report).add_done_callback(_log_failure)
 
     # -- connection-level faults ---------------------------------------------------------------------
     def refuse_connection(self) -> bool:
@@ -245,7 +262,7 @@ class Relay:
                 raw, recipient, "2.0.0", "250 2.0.0 Ok: delivered", self.hostname, "delivered",
                 getattr(envelope, "dsn_envid", ""), getattr(envelope, "dsn_orcpt", ""),
             )  # fmt: skip
-            asyncio.get_running_loop().call_later(delay, self.maildir.deliver, report)
+            asyncio.get_running_loop().call_later(delay, self._file_report, report)
         if decision.stage == "report" and delay is not None and self.maildir is not None:
             status, diagnostic = (
                 ("5.1.1", "550 5.1.1 User unknown")
@@ -256,7 +273,7 @@ class Relay:
                 raw, recipient, status, diagnostic, self.hostname, "failed",
                 getattr(envelope, "dsn_envid", ""), getattr(envelope, "dsn_orcpt", ""),
             )  # fmt: skip
-            asyncio.get_running_loop().call_later(delay, self.maildir.deliver, report)
+            asyncio.get_running_loop().call_later(delay, self._file_report, report)
         if dropped:  # the message was received: cut the line before the reply
             server.transport.abort()
         return reply
@@ -313,12 +330,44 @@ class Relay:
         self._log.flush()
 
 
+def _log_failure(written: Future) -> None:
+    if written.exception() is not None:
+        log.error("a report could not be written into the Maildir", exc_info=written.exception())
+
+
 class RelaySMTP(SMTP):
     """aiosmtpd's server, with a 421 at connect when the relay says so."""
 
     def __init__(self, relay: Relay, **kwargs) -> None:
         super().__init__(relay, **kwargs)
         self.relay = relay
+        self._held_replies: list[bytes] = []
+
+    async def push(self, status: str | bytes) -> None:
+        """Replies to pipelined commands go out together, as Postfix sends them: RFC 2920 lets a server defer
+        its replies while it goes on receiving commands, and requires it to send them all before it waits for
+        input. So a reply is held while the next command is already read (MAIL, RCPT and DATA then cost one
+        write instead of three); a 3xx reply (354 to DATA) always goes at once: the client waits for it."""
+        if isinstance(status, str):
+            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        self._held_replies.append(status)
+        if not status.startswith(b"3") and b"\n" in self._reader._buffer:  # the next pipelined command is here
+            return
+        replies, self._held_replies = self._held_replies, []
+        await super().push(b"\r\n".join(replies))
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's own parsing of a MAIL or RCPT address (the email package's RFC 5322 parser), without
+        the typing.Protocol class aiosmtpd 1.4 builds at every call (a third of the relay's time)."""
+        if not arg:
+            return "", ""
+        try:
+            address, rest = get_angle_addr(arg) if arg.lstrip().startswith("<") else get_addr_spec(arg)
+        except HeaderParseError:
+            return None, None
+        if self.local_part_limit and len(address.addr_spec.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address.addr_spec, rest
 
     async def _handle_client(self) -> None:
         if self.relay.refuse_connection():
