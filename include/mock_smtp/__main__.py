@@ -32,6 +32,8 @@ OPTIONS: dict[str, tuple[str, type, object]] = {
     "connect-421-rate": ("MOCK_SMTP_CONNECT_421_RATE", float, 0.0),
     "drop-after-data-rate": ("MOCK_SMTP_DROP_AFTER_DATA_RATE", float, 0.0),
     "latency-ms": ("MOCK_SMTP_LATENCY_MS", float, 0.0),
+    "slow-data-reply-rate": ("MOCK_SMTP_SLOW_DATA_REPLY_RATE", float, 0.0),
+    "slow-reply-seconds": ("MOCK_SMTP_SLOW_REPLY_SECONDS", float, 5.0),
     "pipelining": ("MOCK_SMTP_PIPELINING", int, 1),  # 0: the relay does not offer PIPELINING
     "dsn": ("MOCK_SMTP_DSN", int, 1),  # 0: the relay does not offer DSN (no success reports: the settle time)
     "delivered-held-rate": ("MOCK_SMTP_DELIVERED_HELD_RATE", float, 0.5),  # success reports after 1-5 s
@@ -63,6 +65,8 @@ async def serve(args: argparse.Namespace) -> None:
         connect_421_rate=args.connect_421_rate,
         drop_after_data_rate=args.drop_after_data_rate,
         latency_ms=args.latency_ms,
+        slow_data_reply_rate=args.slow_data_reply_rate,
+        slow_reply_seconds=args.slow_reply_seconds,
         pipelining=bool(args.pipelining),
         dsn=bool(args.dsn),
         delivered_held_rate=args.delivered_held_rate,

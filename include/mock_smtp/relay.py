@@ -16,7 +16,9 @@ so that they do not depend on the order in which parallel connections arrive:
 reports at once, half after 1-5 s. Without it no report comes for a delivery: the client's settle time.
 
 Faults (off by default): ``connect_421_rate`` (421 instead of the greeting), ``drop_after_data_rate``
-(the message is received and kept, then the connection is cut without a reply), ``latency_ms`` before
+(the message is received and kept, then the connection is cut without a reply), ``slow_data_reply_rate``
+(the message is received and kept, and the reply comes ``slow_reply_seconds`` later: past the client's
+timeout, a lost reply on a live connection), ``latency_ms`` before
 every reply to RCPT and after the data.
 
 The log (JSON lines, one per transaction that reached RCPT) is what tests prove invariants from: every
@@ -66,6 +68,8 @@ class RelaySettings:
     connect_421_rate: float = 0.0
     drop_after_data_rate: float = 0.0
     latency_ms: float = 0.0
+    slow_data_reply_rate: float = 0.0
+    slow_reply_seconds: float = 5.0
     pipelining: bool = True  # offer PIPELINING (RFC 2920), as real relays do
     dsn: bool = True  # offer DSN (RFC 3461), as Postfix does: success reports for NOTIFY=SUCCESS
     delivered_held_rate: float = 0.5  # of the success reports, written after 1-5 s; the rest at once
@@ -256,9 +260,10 @@ class Relay:
         recipient = envelope.rcpt_tos[0].lower()
         decision: Decision = envelope.decision
         dropped = self._faults.random() < self.settings.drop_after_data_rate
+        slow = bool(self.settings.slow_data_reply_rate) and self._faults.random() < self.settings.slow_data_reply_rate
         reply = decision.reply
         delay = self._report_delay(envelope, decision, raw)
-        self._record(envelope.mail_from, recipient, decision, reply, raw, dropped, delay, envelope)
+        self._record(envelope.mail_from, recipient, decision, reply, raw, dropped, delay, envelope, slow)
         if decision.stage == "none" and delay is not None and self.maildir is not None:
             report = delivery_report(
                 raw, recipient, "2.0.0", "250 2.0.0 Ok: delivered", self.hostname, "delivered",
@@ -278,6 +283,8 @@ class Relay:
             asyncio.get_running_loop().call_later(delay, self._file_report, report)
         if dropped:  # the message was received: cut the line before the reply
             server.transport.abort()
+        if slow:  # the message was received: the reply takes its time
+            await asyncio.sleep(self.settings.slow_reply_seconds)
         return reply
 
     def _report_delay(self, envelope, decision: Decision, raw: bytes) -> float | None:
@@ -296,7 +303,7 @@ class Relay:
 
     def _record(
         self, mail_from, recipient: str, decision: Decision, reply: str, raw: bytes, dropped: bool,
-        delay: float | None = None, envelope=None,
+        delay: float | None = None, envelope=None, slow: bool = False,
     ) -> None:  # fmt: skip
         now = time.time()
         found = MESSAGE_ID.search(raw)
@@ -314,6 +321,7 @@ class Relay:
             "stage": decision.stage,
             "reply": reply,
             "dropped": dropped,
+            "slow_reply": slow,
             "received": bool(raw),  # the data went through (RCPT refusals: nothing was sent)
             "created_at": now,
             "resolve_at": now + delay,
@@ -353,8 +361,8 @@ class RelaySMTP(SMTP):
         if isinstance(status, str):
             status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
         self._held_replies.append(status)
-        if not status.startswith(b"3") and b"\n" in self._reader._buffer:  # the next pipelined command is here
-            return
+        if not status.startswith(b"3") and not self.transport.is_closing() and b"\n" in self._reader._buffer:
+            return  # the next pipelined command is here (a closing line answers nothing more: flush, and stop)
         replies, self._held_replies = self._held_replies, []
         await super().push(b"\r\n".join(replies))
 

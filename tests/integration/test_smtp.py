@@ -170,6 +170,44 @@ def test_a_connection_dropped_after_the_data_never_makes_a_second_email(
     assert ledger.run_summary("run")["by_status"]["unconfirmed"] == len(dropped)
 
 
+@pytest.mark.parametrize("pipelining", [1, 0], ids=["pipelining", "one-by-one"])
+def test_a_reply_slower_than_the_timeout_after_the_data_is_unconfirmed_never_a_second_email(
+    ledger,
+    start_relay,  # noqa: F811
+    tmp_path,
+    pipelining,
+):
+    """A live connection whose reply to the data comes after the client's timeout: the message may have
+    gone out (the relay kept it), so it is unconfirmed, and neither the send's retry nor the resend phase
+    sends it again. With PIPELINING the next message's envelope went out with that data: it is sent on a
+    new connection, once."""
+    contacts_csv = tmp_path / "contacts.csv"
+    contacts_csv.write_text("".join(f"User {i}, user{i}@example.com\n" for i in range(30)))
+    relay = start_relay(slow_data_reply_rate=0.25, slow_reply_seconds=2.5, pipelining=pipelining,
+                        delivered_rate=1.0, bounced_rate=0, blocked_rate=0)  # fmt: skip
+    with SmtpEmailProvider(settings_for(relay, timeout=1.0)) as transport:
+        ledger.renew_lease("run")
+        pipeline.parse_file(ledger, "run", contacts_csv, tmp_path / "rejected.csv")
+        claimed = pipeline.claim_contacts(ledger, "run", 50, 1024)
+        results = [pipeline.send_batch(ledger, transport, "run", b, 50) for b in claimed["batches"]]
+        again = [pipeline.send_batch(ledger, transport, "run", b, 50) for b in claimed["batches"]]  # a retry
+        assert pipeline.resend_blocked(ledger, transport, [], "run", max_attempts=MAX_ATTEMPTS, batch_size=50,
+                                       max_batches=1024, backoff_seconds=0.0, linger_seconds=0.0,
+                                       poll_seconds=0.0) is False  # fmt: skip
+    time.sleep(3)  # every slow reply has come (to connections long closed)
+    entries = relay.messages()
+    slow = {e["to"] for e in entries if e["slow_reply"]}
+    received = [e["to"] for e in entries if e["received"]]
+    assert sorted(received) == sorted(f"user{i}@example.com" for i in range(30)), "one message each, none twice"
+    assert 3 <= len(slow) <= 15
+    assert sum(r["unconfirmed"] for r in results) == len(slow)
+    assert sum(r["sent"] for r in again) == 0, "the retry sends nothing"
+    contacts, attempts = ledger_rows(ledger)
+    assert {e for e, row in contacts.items() if row.status == "unconfirmed"} == slow
+    assert all(attempts[(e, 1)].status == "unconfirmed" and (e, 2) not in attempts for e in slow)
+    assert {e for e, row in contacts.items() if row.status == "sent"} == set(received) - slow
+
+
 def test_a_421_at_connect_is_retried_without_a_second_email(ledger, start_relay, contact_file, tmp_path):  # noqa: F811
     relay = start_relay(connect_421_rate=0.5, delivered_rate=1.0, bounced_rate=0, blocked_rate=0)
     with SmtpEmailProvider(settings_for(relay, retry_limit=8, max_connections=2)) as transport:
