@@ -170,6 +170,44 @@ def test_a_connection_dropped_after_the_data_never_makes_a_second_email(
     assert ledger.run_summary("run")["by_status"]["unconfirmed"] == len(dropped)
 
 
+@pytest.mark.parametrize("pipelining", [1, 0], ids=["pipelining", "one-by-one"])
+def test_a_reply_slower_than_the_timeout_after_the_data_is_unconfirmed_never_a_second_email(
+    ledger,
+    start_relay,  # noqa: F811
+    tmp_path,
+    pipelining,
+):
+    """A live connection whose reply to the data comes after the client's timeout: the message may have
+    gone out (the relay kept it), so it is unconfirmed, and neither the send's retry nor the resend phase
+    sends it again. With PIPELINING the next message's envelope went out with that data: it is sent on a
+    new connection, once."""
+    contacts_csv = tmp_path / "contacts.csv"
+    contacts_csv.write_text("".join(f"User {i}, user{i}@example.com\n" for i in range(30)))
+    relay = start_relay(slow_data_reply_rate=0.25, slow_reply_seconds=2.5, pipelining=pipelining,
+                        delivered_rate=1.0, bounced_rate=0, blocked_rate=0)  # fmt: skip
+    with SmtpEmailProvider(settings_for(relay, timeout=1.0)) as transport:
+        ledger.renew_lease("run")
+        pipeline.parse_file(ledger, "run", contacts_csv, tmp_path / "rejected.csv")
+        claimed = pipeline.claim_contacts(ledger, "run", 50, 1024)
+        results = [pipeline.send_batch(ledger, transport, "run", b, 50) for b in claimed["batches"]]
+        again = [pipeline.send_batch(ledger, transport, "run", b, 50) for b in claimed["batches"]]  # a retry
+        assert pipeline.resend_blocked(ledger, transport, [], "run", max_attempts=MAX_ATTEMPTS, batch_size=50,
+                                       max_batches=1024, backoff_seconds=0.0, linger_seconds=0.0,
+                                       poll_seconds=0.0) is False  # fmt: skip
+    time.sleep(3)  # every slow reply has come (to connections long closed)
+    entries = relay.messages()
+    slow = {e["to"] for e in entries if e["slow_reply"]}
+    received = [e["to"] for e in entries if e["received"]]
+    assert sorted(received) == sorted(f"user{i}@example.com" for i in range(30)), "one message each, none twice"
+    assert 3 <= len(slow) <= 15
+    assert sum(r["unconfirmed"] for r in results) == len(slow)
+    assert sum(r["sent"] for r in again) == 0, "the retry sends nothing"
+    contacts, attempts = ledger_rows(ledger)
+    assert {e for e, row in contacts.items() if row.status == "unconfirmed"} == slow
+    assert all(attempts[(e, 1)].status == "unconfirmed" and (e, 2) not in attempts for e in slow)
+    assert {e for e, row in contacts.items() if row.status == "sent"} == set(received) - slow
+
+
 def test_a_421_at_connect_is_retried_without_a_second_email(ledger, start_relay, contact_file, tmp_path):  # noqa: F811
     relay = start_relay(connect_421_rate=0.5, delivered_rate=1.0, bounced_rate=0, blocked_rate=0)
     with SmtpEmailProvider(settings_for(relay, retry_limit=8, max_connections=2)) as transport:
@@ -273,3 +311,57 @@ def test_without_dsn_deliveries_come_from_the_settle_time(ledger, start_relay, i
     contacts, _ = ledger_rows(ledger)
     assert {c.status for c in contacts.values()} <= {"delivered", "bounced"}
     assert sum(c.status == "delivered" for c in contacts.values()) > 100
+
+
+def test_a_block_report_waiting_in_the_mailbox_wins_over_the_settle_time_and_a_late_one_does_not(
+    ledger,
+    start_relay,  # noqa: F811
+    imap,  # noqa: F811
+    tmp_path,
+):
+    """The race between the settle time and a late block report. A poll reads the mailbox before it settles
+    anything, and settles none of the messages it read a report for: a report already in the mailbox wins
+    (the contact is blocked, resent later). A block report read after the settle time counted the message
+    delivered changes nothing (blocked is weaker than delivered); a bounce report still overrules it. Once
+    nothing of the run is pending its sensors stop polling: such late reports are read by a later run's."""
+    from include.mock_smtp.relay import Maildir, delivery_report
+
+    contacts_csv = tmp_path / "contacts.csv"
+    contacts_csv.write_text("Ann, ann@example.com\nBob, bob@example.com\n")
+    relay = start_relay(dsn=0, delivered_rate=1.0, bounced_rate=0, blocked_rate=0)  # no report of its own
+    with SmtpEmailProvider(settings_for(relay)) as transport:
+        ledger.renew_lease("run")
+        pipeline.parse_file(ledger, "run", contacts_csv, tmp_path / "rejected.csv")
+        [batch] = pipeline.claim_contacts(ledger, "run", 50, 1024)["batches"]
+        assert pipeline.send_batch(ledger, transport, "run", batch, 50)["sent"] == 2
+    raw = {e["to"]: e["raw"] for e in relay.messages()}
+    mailbox = Maildir(imap.maildir)
+
+    def report(address: str, status: str) -> None:
+        diagnostic = "452 4.2.2 Mailbox full" if status.startswith("4.") else "550 5.1.1 User unknown"
+        mailbox.deliver(delivery_report(raw[address], address, status, diagnostic, "mx.test"))
+
+    source = mailbox_source(imap, settle_seconds=0.5)
+    report("ann@example.com", "4.2.2")  # in the mailbox before the settle time is over
+    time.sleep(1.0)  # both messages are past their settle time now
+    pipeline.collect_outcomes(ledger, [source], "run")
+    contacts, attempts = ledger_rows(ledger)
+    assert contacts["ann@example.com"].status == "blocked", "the report was read before anything was settled"
+    assert attempts[("ann@example.com", 1)].status == "blocked"
+    assert contacts["bob@example.com"].status == "delivered", "no report: the settle time"
+
+    def later_poll() -> None:  # this run has nothing pending now: a later run's sensor reads the mailbox
+        ledger.record_outcomes(source.poll(ledger.pending_messages("run")))
+        source.acknowledge()
+
+    report("bob@example.com", "4.2.2")  # too late: the settle time counted it delivered
+    later_poll()
+    contacts, attempts = ledger_rows(ledger)
+    assert contacts["bob@example.com"].status == "delivered" and attempts[("bob@example.com", 1)].status == "delivered"
+    assert ledger.count_resendable("run", MAX_ATTEMPTS) == 1, "only Ann is resent"
+
+    report("bob@example.com", "5.1.1")  # a bounce overrules the delivery the settle time assumed
+    later_poll()
+    contacts, _ = ledger_rows(ledger)
+    assert contacts["bob@example.com"].status == "bounced"
+    assert stored(imap.maildir) == [], "every report was read once"

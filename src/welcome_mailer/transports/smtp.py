@@ -26,10 +26,12 @@ Pure code: no Airflow import. ``welcome_mailer.hooks.esp`` builds ``SmtpSettings
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import quopri
 import re
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -51,9 +53,11 @@ MAX_DISPLAY_NAME = 200  # longer names are cut: a display name is a greeting, no
 MESSAGE_ID_DOMAIN_FALLBACK = "welcome-mailer.invalid"
 MAX_MESSAGE_ID = 100  # the ledger's provider_message_id column
 POLICY_REJECTION_CHOICES = (BLOCKED, BOUNCED)
+XTEXT_AS_IS = re.compile(r"[!-*,-<>-~]*")  # printable ASCII but "+" and "=" (RFC 3461 xtext)
 ENHANCED_STATUS = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 MAILBOX_REFUSALS = (550, 551, 552, 553, 554)  # RFC 5321: the mailbox or the transaction is refused
+ENVELOPE = ("MAIL", "RCPT", "DATA")  # one transaction's commands, pipelined as one group
 ACCEPTED, RETRY = "accepted", "retry"  # classify's answers besides the outcomes
 # RFC 3461 NOTIFY: successes and failures. DELAY is left out: "delayed" reports change no outcome (the
 # relay keeps trying), and each would be one more mail to read.
@@ -140,6 +144,8 @@ def idempotency_key_from_message_id(value: str) -> str | None:
 
 def xtext(value: str) -> str:
     """RFC 3461 section 4: xtext, "+" and "=" and anything outside printable ASCII as "+XX"."""
+    if XTEXT_AS_IS.fullmatch(value):  # the usual address: nothing to encode
+        return value
     return "".join(
         f"+{b:02X}" if b < 33 or b > 126 or b in (ord("+"), ord("=")) else chr(b) for b in value.encode("utf-8")
     )
@@ -216,6 +222,8 @@ class SmtpEmailProvider:
         self._idle: list[smtplib.SMTP] = []
         self._lock = threading.Lock()
         self._workers = ThreadPoolExecutor(settings.max_connections, thread_name_prefix="smtp")
+        self._mail_from = f"MAIL FROM:{smtplib.quoteaddr(settings.from_email)}"
+        self._helo = settings.helo or socket.getfqdn()  # smtplib would look it up for every connection
 
     def close(self) -> None:
         self._workers.shutdown(wait=True, cancel_futures=True)
@@ -247,19 +255,31 @@ class SmtpEmailProvider:
 
     # -- one connection's share ------------------------------------------------------------------------
     def _send_share(self, share: Sequence[OutgoingMessage]) -> dict[str, SendResult]:
+        """The share's messages one after the other on one connection (an idle one when there is one).
+        With PIPELINING each message's data goes out in one write with the next message's MAIL, RCPT and
+        DATA (RFC 2920: the content of a message may open the next group), so a message costs one round
+        trip instead of two."""
         results = {}
-        conn = None
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        opened = False  # the next message's envelope went out with the last data
         try:
-            for message in share:
-                conn, results[message.idempotency_key] = self._send_one(conn, message)
+            for n, message in enumerate(share):
+                following = share[n + 1] if n + 1 < len(share) else None
+                conn, results[message.idempotency_key], opened = self._send_one(conn, message, opened, following)
         finally:
-            if conn is not None:
+            if conn is not None and opened:  # an exception left an envelope open: the connection is not reusable
+                _quit(conn)
+            elif conn is not None:
                 with self._lock:
                     self._idle.append(conn)
         return results
 
-    def _send_one(self, conn: smtplib.SMTP | None, message: OutgoingMessage) -> tuple[smtplib.SMTP | None, SendResult]:
-        """Returns the connection to go on with (None: it is gone) and the message's result."""
+    def _send_one(
+        self, conn: smtplib.SMTP | None, message: OutgoingMessage, opened: bool, following: OutgoingMessage | None
+    ) -> tuple[smtplib.SMTP | None, SendResult, bool]:
+        """Returns the connection to go on with (None: it is gone), the message's result, and whether the
+        following message's envelope went out with this message's data."""
         msg_id = message_id(message.idempotency_key, self.settings.from_email)
         data = render_message(self.settings, message)
         trouble = "no try"
@@ -268,8 +288,8 @@ class SmtpEmailProvider:
                 time.sleep(min(0.2 * 2 ** (tried - 1), 10.0))
             try:
                 if conn is None:
-                    conn = self._connect()
-                result = self._transaction(conn, message.to, msg_id, data)
+                    conn, opened = self._connect(), False
+                result, opened_next = self._transaction(conn, message.to, msg_id, data, opened, following)
             except SmtpConnectionTrouble as exc:  # nothing went out: the same message, on a new connection
                 trouble = str(exc)
                 log.warning("SMTP connection trouble before the data (try %s): %s", tried + 1, trouble)
@@ -278,28 +298,33 @@ class SmtpEmailProvider:
                 continue
             if result.unconfirmed:
                 _quit(conn)
-                conn = None
-            return conn, result
+                conn, opened_next = None, False
+            return conn, result, opened_next
         # The relay could not be reached for this message: nothing went out. Temporary by nature, so the
         # contact is blocked (a NEW email after the backoff), never bounced.
-        return conn, SendResult(message.to, msg_id, f"relay unreachable: {trouble}"[:500], outcome=BLOCKED)
+        return conn, SendResult(message.to, msg_id, f"relay unreachable: {trouble}"[:500], outcome=BLOCKED), False
+
+    @functools.cached_property
+    def _tls_context(self) -> ssl.SSLContext:
+        """One context for every connection: loading the trusted certificates costs ~0.1 s each time."""
+        context = ssl.create_default_context()
+        if not self.settings.verify_certificate:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
 
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
-        context = ssl.create_default_context()
-        if not s.verify_certificate:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
         try:
             if s.use_ssl:
                 conn = smtplib.SMTP_SSL(
-                    s.host, s.port or 465, local_hostname=s.helo, timeout=s.timeout, context=context
+                    s.host, s.port or 465, local_hostname=self._helo, timeout=s.timeout, context=self._tls_context
                 )
             else:
-                conn = smtplib.SMTP(s.host, s.port or 25, local_hostname=s.helo, timeout=s.timeout)
+                conn = smtplib.SMTP(s.host, s.port or 25, local_hostname=self._helo, timeout=s.timeout)
             conn.ehlo()
             if s.starttls and not s.use_ssl:
-                conn.starttls(context=context)
+                conn.starttls(context=self._tls_context)
                 conn.ehlo()
             if s.login:
                 conn.login(s.login, s.password)
@@ -309,10 +334,14 @@ class SmtpEmailProvider:
             raise SmtpConnectionTrouble(f"connect: {exc!r}") from exc
         return conn
 
-    def _transaction(self, conn: smtplib.SMTP, to: str, msg_id: str, data: bytes) -> SendResult:
-        """MAIL, RCPT, DATA for one recipient. Raises SmtpConnectionTrouble while nothing went out."""
+    def _transaction(
+        self, conn: smtplib.SMTP, to: str, msg_id: str, data: bytes, opened: bool, following: OutgoingMessage | None
+    ) -> tuple[SendResult, bool]:
+        """MAIL, RCPT, DATA for one recipient (``opened``: they went out with the last data, only their
+        replies are read). Raises SmtpConnectionTrouble while nothing went out. Returns the result, and
+        whether the ``following`` message's envelope went out with the data."""
         try:
-            replies = self._envelope(conn, to, msg_id)
+            replies = [conn.getreply() for _ in ENVELOPE] if opened else self._envelope(conn, to, msg_id)
             code, text = replies[0]
             if code >= 400:  # the sender refused or deferred: the relay's state or configuration, not the recipient
                 _rset(conn)
@@ -320,41 +349,51 @@ class SmtpEmailProvider:
             code, text = replies[1]
             answer = self._answer(conn, to, msg_id, "RCPT", code, text)
             if answer is not None:
-                return answer
+                return answer, False
             code, text = replies[2]
             if code != 354:
                 answer = self._answer(conn, to, msg_id, "DATA", code, text)
                 if answer is not None:
-                    return answer
+                    return answer, False
                 raise SmtpConnectionTrouble(f"DATA: {code} {_text(text)}")
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise SmtpConnectionTrouble(repr(exc)) from exc
-        # From here on the message may reach the relay: a lost reply is never retried.
+        # From here on the message may reach the relay: a lost reply is never retried. The following
+        # message's envelope rides along; if no reply comes, it went out without its data: nothing was sent.
+        next_group = b""
+        if following is not None and conn.has_extn("pipelining"):
+            commands = self._envelope_commands(
+                conn, following.to, message_id(following.idempotency_key, self.settings.from_email)
+            )
+            next_group = "".join(f"{command}\r\n" for command in commands).encode(conn.command_encoding)
         try:
             stuffed = re.sub(rb"(?m)^\.", b"..", data)  # RFC 5321 4.5.2: a leading dot is doubled
-            conn.send(stuffed + (b"" if stuffed.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+            conn.send(stuffed + (b"" if stuffed.endswith(b"\r\n") else b"\r\n") + b".\r\n" + next_group)
             code, text = conn.getreply()
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            return SendResult(to, msg_id, f"no reply after the data: {exc!r}"[:500], unconfirmed=True)
+            return SendResult(to, msg_id, f"no reply after the data: {exc!r}"[:500], unconfirmed=True), False
         if code == 421:  # a definite "not accepted": the same message again is safe
             raise SmtpConnectionTrouble(f"after the data: {code} {_text(text)}")
         answer = self._answer(conn, to, msg_id, "end of data", code, text)
-        return answer or SendResult(to, msg_id)
+        return answer or SendResult(to, msg_id), bool(next_group)
 
-    def _envelope(self, conn: smtplib.SMTP, to: str, msg_id: str = "") -> list[tuple[int, bytes]]:
-        """The replies to MAIL, RCPT and DATA: in one round trip when the relay offers PIPELINING (RFC 2920;
-        it then answers DATA with 503/554 by itself when RCPT was refused), else one by one, stopping at the
-        first refusal (the replies not asked for are left out).
-
-        When the relay offers DSN (RFC 3461), MAIL carries RET=HDRS ENVID=<idempotency key> and RCPT
-        NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;<address>: the relay then reports deliveries too, so an accepted
-        message is delivered when its report is read rather than after the settle time."""
-        mail, rcpt = f"MAIL FROM:{smtplib.quoteaddr(self.settings.from_email)}", f"RCPT TO:{smtplib.quoteaddr(to)}"
+    def _envelope_commands(self, conn: smtplib.SMTP, to: str, msg_id: str) -> list[str]:
+        """MAIL, RCPT and DATA for one recipient. When the relay offers DSN (RFC 3461), MAIL carries RET=HDRS
+        ENVID=<idempotency key> and RCPT NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;<address>: the relay then
+        reports deliveries too, so an accepted message is delivered when its report is read rather than
+        after the settle time."""
+        mail, rcpt = self._mail_from, f"RCPT TO:{smtplib.quoteaddr(to)}"
         if conn.has_extn("dsn"):  # RFC 3461: ask for a report on success too, matched by ENVID or Message-ID
             key = idempotency_key_from_message_id(msg_id) or ""
             mail += f" RET=HDRS ENVID={xtext(key)}" if key else " RET=HDRS"
             rcpt += f" NOTIFY={DSN_NOTIFY} ORCPT=rfc822;{xtext(to)}"
-        commands = [mail, rcpt, "DATA"]
+        return [mail, rcpt, "DATA"]
+
+    def _envelope(self, conn: smtplib.SMTP, to: str, msg_id: str = "") -> list[tuple[int, bytes]]:
+        """The replies to MAIL, RCPT and DATA: in one round trip when the relay offers PIPELINING (RFC 2920;
+        it then answers DATA with 503/554 by itself when RCPT was refused), else one by one, stopping at the
+        first refusal (the replies not asked for are left out)."""
+        commands = self._envelope_commands(conn, to, msg_id)
         if conn.has_extn("pipelining"):
             conn.send("".join(f"{command}\r\n" for command in commands))
             return [conn.getreply() for _ in commands]
