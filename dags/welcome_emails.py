@@ -162,7 +162,9 @@ def welcome_emails():
         ledger = LedgerHook().get_conn()
         ledger.renew_lease(run_id)
         with EspHook().get_conn() as transport:
-            result = pipeline.send_batch(ledger, transport, run_id, batch_no, params["batch_size"])
+            result = pipeline.send_batch(
+                ledger, transport, run_id, batch_no, params["batch_size"], SETTINGS.requests_in_flight
+            )
         pipeline.log.info(
             "batch %s/%s: %s sent, %s refused", batch_no + 1, batch_count, result["sent"], result["refused"]
         )
@@ -226,6 +228,7 @@ def welcome_emails():
                 backoff_seconds=params["resend_backoff_seconds"],
                 linger_seconds=SETTINGS.poke_seconds,
                 poll_seconds=RESEND_POLL_SECONDS,
+                requests_in_flight=SETTINGS.requests_in_flight,
             )
         return PokeReturnValue(is_done=done, xcom_value={"finished": time.time()})
 
