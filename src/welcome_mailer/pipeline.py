@@ -85,10 +85,15 @@ def parse_file(
 
 
 def claim_contacts(
-    ledger: Ledger, run_id: str, batch_size: int, max_batches: int, retry_failed_after: timedelta = timedelta(0)
+    ledger: Ledger,
+    run_id: str,
+    batch_size: int,
+    max_batches: int,
+    retry_failed_after: timedelta = timedelta(0),
+    min_batch_contacts: int = 1,
 ) -> dict:
     started = time.time()
-    result = ledger.claim(run_id, batch_size, max_batches, retry_failed_after)
+    result = ledger.claim(run_id, batch_size, max_batches, retry_failed_after, min_batch_contacts)
     log.info(
         "claimed %s of %s contacts (%s new, %s taken over); %s already contacted (of them %s failed less than "
         "%s ago: retried by a later run); %s held by other runs in progress (lease until %s); %s to send in %s "
