@@ -22,6 +22,7 @@ from welcome_mailer.greeting import SUBJECT, welcome_text
 from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt, utcnow
 from welcome_mailer.outcomes import OutcomeSource
 from welcome_mailer.outcomes.events import OutcomeEvent
+from welcome_mailer.settings import DEFAULT_REQUESTS_IN_FLIGHT
 from welcome_mailer.storage import describe, ensure_directory
 from welcome_mailer.transports import EmailProvider, OutgoingMessage, SendResult
 
@@ -84,10 +85,15 @@ def parse_file(
 
 
 def claim_contacts(
-    ledger: Ledger, run_id: str, batch_size: int, max_batches: int, retry_failed_after: timedelta = timedelta(0)
+    ledger: Ledger,
+    run_id: str,
+    batch_size: int,
+    max_batches: int,
+    retry_failed_after: timedelta = timedelta(0),
+    min_batch_contacts: int = 1,
 ) -> dict:
     started = time.time()
-    result = ledger.claim(run_id, batch_size, max_batches, retry_failed_after)
+    result = ledger.claim(run_id, batch_size, max_batches, retry_failed_after, min_batch_contacts)
     log.info(
         "claimed %s of %s contacts (%s new, %s taken over); %s already contacted (of them %s failed less than "
         "%s ago: retried by a later run); %s held by other runs in progress (lease until %s); %s to send in %s "
@@ -113,14 +119,25 @@ def claim_contacts(
     }
 
 
-def send_batch(ledger: Ledger, transport: EmailProvider, run_id: str, batch_no: int, request_size: int) -> dict:
+def send_batch(
+    ledger: Ledger,
+    transport: EmailProvider,
+    run_id: str,
+    batch_no: int,
+    request_size: int,
+    requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT,
+) -> dict:
     """Send one batch: record the attempts, then send them in requests of ``request_size``.
 
-    One request is in flight while the previous one's results are recorded: the provider's work and the
-    ledger's overlap instead of taking turns. Every attempt is recorded before the first request, so a
-    request that was sent but not recorded (a failure in between) is re-sent by the retry with the same
+    ``requests_in_flight`` requests are under way while this thread records the replies in request order:
+    the provider's work and the ledger's overlap instead of taking turns. The transport
+    keeps its own connection limit (httpx's pool; the SMTP transport's ``max_connections``): requests
+    beyond it wait for a connection. Every attempt is recorded before the first request, so a request
+    that was sent but not recorded (a failure in between) is re-sent by the retry with the same
     idempotency key, through an idempotent transport: the provider returns the message it already
-    accepted. Through a transport without idempotency such an attempt is never sent again (unconfirmed)."""
+    accepted. Through a transport without idempotency each request's attempts are marked dispatched just
+    before it goes, and such an attempt is never sent again (unconfirmed). After a failed request nothing
+    new is sent; the replies of requests already under way are still recorded, then the failure raised."""
     started = time.time()
     attempts = ledger.start_attempts(run_id, batch_no, resend_unconfirmed=transport.idempotent)
     accepted = refused = unconfirmed = 0
@@ -154,18 +171,29 @@ def send_batch(ledger: Ledger, transport: EmailProvider, run_id: str, batch_no: 
         accepted += len(answered) - chunk_refused
 
     in_flight: deque[tuple[Sequence[OutgoingAttempt], Future]] = deque()
-    requests = ThreadPoolExecutor(max_workers=1, thread_name_prefix="esp-send")
+    requests = ThreadPoolExecutor(max_workers=requests_in_flight, thread_name_prefix="esp-send")
+
+    def record_oldest() -> None:
+        chunk, request = in_flight.popleft()
+        try:
+            results = request.result()
+        except BaseException:
+            requests.shutdown(cancel_futures=True)  # send nothing more; wait for the requests under way
+            for later_chunk, later in in_flight:
+                if not later.cancelled() and later.exception() is None:
+                    record(later_chunk, later.result())  # sent: recorded, so no retry takes them for lost
+            raise
+        record(chunk, results)
+
     try:
         for chunk in chunked(attempts, min(request_size, transport.max_batch)):
             in_flight.append((chunk, requests.submit(send, chunk)))
-            if len(in_flight) > 1:
-                chunk_sent, request = in_flight.popleft()
-                record(chunk_sent, request.result())
+            if len(in_flight) > requests_in_flight:
+                record_oldest()
         while in_flight:
-            chunk_sent, request = in_flight.popleft()
-            record(chunk_sent, request.result())
+            record_oldest()
     finally:
-        requests.shutdown(cancel_futures=True)  # after a failure, send nothing more
+        requests.shutdown(cancel_futures=True)  # after a failure in recording too
     return {
         "sent": accepted,
         "refused": refused,
@@ -204,6 +232,7 @@ def resend_blocked(
     backoff_seconds: float,
     linger_seconds: float,
     poll_seconds: float,
+    requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT,
     sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
     """One poke of the resend phase: record outcomes, and send a NEW email to every blocked contact with
@@ -222,7 +251,9 @@ def resend_blocked(
             run_id, max_attempts, now - timedelta(seconds=backoff_seconds), batch_size, max_batches
         )
         if batches:
-            sent = sum(send_batch(ledger, transport, run_id, b, batch_size)["sent"] for b in batches)
+            sent = sum(
+                send_batch(ledger, transport, run_id, b, batch_size, requests_in_flight)["sent"] for b in batches
+            )
             log.info("resent %s blocked contacts: a new email each", sent)
             sleep(poll_seconds)  # their outcomes are often back at once
             continue

@@ -8,6 +8,7 @@
 | WELCOME_MAILER_STORAGE_CONN_ID | connection of URIs naming none (``s3://conn@bucket/key``) | ``aws_default`` |
 | WELCOME_MAILER_LEASE_MINUTES | how long a silent run keeps its contacts before another run may take them | 30 |
 | WELCOME_MAILER_POKE_SECONDS | how often delivery outcomes are polled | 2 |
+| WELCOME_MAILER_REQUESTS_IN_FLIGHT | provider requests under way at once in each send task | 4 |
 | WELCOME_MAILER_DROPZONE | the drop folder (incoming/, processing/, archive/, failed/) | ``<home>/data/dropzone`` |
 | WELCOME_MAILER_DROPZONE_SCHEDULE | how often contacts_dropzone looks for files (cron) | every minute |
 | WELCOME_MAILER_DROPZONE_SETTLE_SECONDS | a file unchanged this long is finished | 10 |
@@ -31,6 +32,11 @@ def home(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     base = env.get("WELCOME_MAILER_HOME") or env.get("AIRFLOW_HOME") or "~/airflow"
     return Path(base).expanduser().resolve()
+
+
+# Each send task keeps this many provider requests under way while it records replies; the provider sees
+# up to this many times the email_provider pool's slots at once.
+DEFAULT_REQUESTS_IN_FLIGHT = 4
 
 
 class InvalidCsvPath(ValueError):
@@ -126,6 +132,7 @@ class Settings:
     dropzone_schedule: str
     erase_key: bytes | None = field(default=None, repr=False)  # a secret: never in logs
     storage_conn_id: str = "aws_default"
+    requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -133,6 +140,9 @@ class Settings:
         env = os.environ if environ is None else environ
         roots = env.get("WELCOME_MAILER_DATA_ROOTS", "")
         base = home(env)
+        requests_in_flight = int(env.get("WELCOME_MAILER_REQUESTS_IN_FLIGHT", DEFAULT_REQUESTS_IN_FLIGHT))
+        if requests_in_flight < 1:
+            raise ValueError(f"WELCOME_MAILER_REQUESTS_IN_FLIGHT must be at least 1, not {requests_in_flight}")
         return cls(
             data_roots=tuple(_location(r) for r in split_roots(roots)) or (base,),
             reports_dir=_location(env.get("WELCOME_MAILER_REPORTS_DIR", str(base / "data" / "reports")), resolve=False),
@@ -143,4 +153,5 @@ class Settings:
             dropzone_schedule=env.get("WELCOME_MAILER_DROPZONE_SCHEDULE", "* * * * *"),
             erase_key=env["WELCOME_MAILER_ERASE_KEY"].encode() if env.get("WELCOME_MAILER_ERASE_KEY") else None,
             storage_conn_id=env.get("WELCOME_MAILER_STORAGE_CONN_ID", "aws_default"),
+            requests_in_flight=requests_in_flight,
         )

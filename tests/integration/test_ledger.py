@@ -68,6 +68,16 @@ def test_claim_takes_new_contacts_in_bounded_batches(ledger):
     assert sizes == [7, 7, 7, 4]
 
 
+def test_claim_makes_no_more_send_tasks_than_one_per_min_batch_contacts(ledger):
+    few = stage_and_claim(ledger, "run-1", [f"u{i}@example.com" for i in range(25)], 1, 8, min_batch_contacts=10)
+    assert few.batches == [0, 1] and few.batch_size == 13, "25 contacts, at least 10 a task: two tasks"
+    assert [len(ledger.start_attempts("run-1", b)) for b in few.batches] == [13, 12]
+    one = stage_and_claim(ledger, "run-2", [f"v{i}@example.com" for i in range(9)], 1, 8, min_batch_contacts=10)
+    assert one.batches == [0] and one.to_send == 9, "fewer contacts than the minimum: one task, not none"
+    many = stage_and_claim(ledger, "run-3", [f"w{i}@example.com" for i in range(100)], 1, 4, min_batch_contacts=10)
+    assert many.batches == [0, 1, 2, 3], "a large file still gets max_batches"
+
+
 def test_a_live_run_keeps_its_contacts(ledger):
     stage_and_claim(ledger, "run-1", ["a@example.com", "b@example.com"])
     second = stage_and_claim(ledger, "run-2", ["b@example.com", "c@example.com"])

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from tests.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
 from welcome_mailer import pipeline
-from welcome_mailer.ledger import ledger_runs, utcnow
+from welcome_mailer.ledger import ledger_runs, send_attempts, utcnow
 from welcome_mailer.outcomes.http_lookup import HttpLookupSource
 from welcome_mailer.transports.http import EspUnavailable, HttpEmailProvider, RetryPolicy
 
@@ -183,3 +184,73 @@ def test_an_unconfirmed_attempt_is_never_resent_through_a_transport_without_idem
     summary = ledger.run_summary("run")["by_status"]
     unconfirmed = summary["unconfirmed"]
     assert unconfirmed >= 50 and summary["sent"] + unconfirmed == 120, "lost replies are unconfirmed, not resent"
+
+
+class SlowTransport:
+    """A transport whose requests take a while: it counts how many are under way at once, checks in the
+    ledger that every attempt of a request was marked dispatched before the request came (it has no
+    idempotency), and can drop the reply of the first request to arrive, after the data went out."""
+
+    idempotent = False
+    max_batch = 1000
+
+    def __init__(self, ledger_url: str, *, drop_first_reply: bool = False) -> None:
+        from sqlalchemy import create_engine
+
+        self.engine = create_engine(ledger_url)
+        self.drop_first_reply = drop_first_reply
+        self.delivered: list[str] = []
+        self.dispatched_before: list[bool] = []
+        self.under_way = self.most_under_way = self.requests = 0
+        self.lock = threading.Lock()
+
+    def send_batch(self, messages):
+        from welcome_mailer.transports import SendResult
+
+        keys = [m.idempotency_key for m in messages]
+        with self.engine.connect() as conn:
+            states = conn.execute(select(send_attempts.c.status).where(send_attempts.c.idempotency_key.in_(keys)))
+            self.dispatched_before.append(sorted(states.scalars()) == ["dispatched"] * len(keys))
+        with self.lock:
+            self.requests += 1
+            first = self.requests == 1
+            self.under_way += 1
+            self.most_under_way = max(self.most_under_way, self.under_way)
+        time.sleep(0.3 if first else 0.05)  # the first request fails last: the others are back by then
+        with self.lock:
+            self.under_way -= 1
+            self.delivered.extend(m.to for m in messages)
+        if first and self.drop_first_reply:
+            raise ConnectionError("connection dropped after the data was sent")
+        return [SendResult(m.to, f"id-{m.idempotency_key}") for m in messages]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def test_a_send_task_keeps_several_requests_under_way_each_dispatched_before_it_goes(
+    ledger, ledger_url, contact_file, tmp_path
+):
+    _, claimed = parse_and_claim(ledger, "run", contact_file, tmp_path, batch_size=120)
+    transport = SlowTransport(ledger_url)
+    result = pipeline.send_batch(ledger, transport, "run", claimed["batches"][0], 10, requests_in_flight=4)
+    assert transport.requests == 12 and transport.most_under_way == 4, "4 requests at once, never more"
+    assert all(transport.dispatched_before), "each request's attempts were marked dispatched before it went"
+    assert sorted(transport.delivered) == sorted(expected_contacts(contact_file))
+    assert result["sent"] == 120 and ledger.run_summary("run")["by_status"] == {"sent": 120}
+
+
+def test_after_a_lost_reply_the_requests_already_under_way_are_recorded_not_left_unconfirmed(
+    ledger, ledger_url, contact_file, tmp_path
+):
+    _, claimed = parse_and_claim(ledger, "run", contact_file, tmp_path, batch_size=120)
+    transport = SlowTransport(ledger_url, drop_first_reply=True)
+    with pytest.raises(ConnectionError):
+        pipeline.send_batch(ledger, transport, "run", claimed["batches"][0], 10, requests_in_flight=4)
+    handed_over = len(transport.delivered)
+    assert 40 <= handed_over < 120, "the requests under way went out; nothing new after the failure"
+    assert ledger.run_summary("run")["by_status"]["sent"] == handed_over - 10, "recorded, but the lost reply's"
+    retried = pipeline.send_batch(ledger, transport, "run", claimed["batches"][0], 10, requests_in_flight=4)
+    assert len(transport.delivered) == len(set(transport.delivered)) == 120, "nobody twice, nobody forgotten"
+    assert retried["sent"] == 120 - handed_over
+    assert ledger.run_summary("run")["by_status"] == {"sent": 110, "unconfirmed": 10}

@@ -47,6 +47,13 @@ def test_data_roots_may_hold_object_storage_uris_next_to_directories(monkeypatch
     assert settings.reports_dir == "s3://contacts/reports"
 
 
+def test_requests_in_flight_per_send_task_default_to_four_and_must_be_positive():
+    assert Settings.from_env({}).requests_in_flight == 4
+    assert Settings.from_env({"WELCOME_MAILER_REQUESTS_IN_FLIGHT": "1"}).requests_in_flight == 1
+    with pytest.raises(ValueError, match="at least 1"):
+        Settings.from_env({"WELCOME_MAILER_REQUESTS_IN_FLIGHT": "0"})
+
+
 ROOTS = (Path("/srv/data"), "s3://contacts/incoming")
 
 

@@ -206,13 +206,19 @@ class Ledger:
 
     # -- claiming -----------------------------------------------------------------------------------
     def claim(
-        self, run_id: str, batch_size: int, max_batches: int, retry_failed_after: timedelta = timedelta(0)
+        self,
+        run_id: str,
+        batch_size: int,
+        max_batches: int,
+        retry_failed_after: timedelta = timedelta(0),
+        min_batch_contacts: int = 1,
     ) -> ClaimResult:
         """Take responsibility for this run's staged contacts that nobody else has, in one transaction.
 
         New emails are inserted as claimed; contacts of dead runs are taken over, and so are failed contacts
         that failed at least ``retry_failed_after`` ago (blocks are temporary: retrying minutes later only
-        meets the same block). The contacts to send are numbered into at most ``max_batches`` batches. Safe
+        meets the same block). The contacts to send are numbered into batches (one per send task): at most
+        ``max_batches``, and no more than one per ``min_batch_contacts`` contacts. Safe
         to repeat (a retried task) and safe against other runs claiming at the same time: the insert skips
         conflicts, and the take-over re-checks ownership row by row.
         """
@@ -281,7 +287,9 @@ class Ledger:
                     func.count().filter(sent_contacts.c.status == FAILED),
                 ).where(sent_contacts.c.email.in_(staged))
             ).one()
-            to_send, size, batches = self._number_batches(conn, run_id, (CLAIMED, SENDING), batch_size, max_batches)
+            to_send, size, batches = self._number_batches(
+                conn, run_id, (CLAIMED, SENDING), batch_size, max_batches, min_batch_contacts
+            )
         return ClaimResult(
             staged_count, inserted, taken_over, failed_recently, owned, to_send, size, batches, held, held_until
         )
@@ -309,12 +317,15 @@ class Ledger:
 
     @staticmethod
     def _number_batches(
-        conn, run_id: str, states: Sequence[str], batch_size: int, max_batches: int
+        conn, run_id: str, states: Sequence[str], batch_size: int, max_batches: int, min_batch_contacts: int = 1
     ) -> tuple[int, int, list[int]]:
+        """Batches of at least ``batch_size``, at most ``max_batches`` of them, and at most one per
+        ``min_batch_contacts`` (a send task costs Airflow more than sending a few thousand emails)."""
         selected = and_(sent_contacts.c.run_id == run_id, sent_contacts.c.status.in_(states))
         count = conn.execute(select(func.count()).select_from(sent_contacts).where(selected)).scalar_one()
         if count == 0:
             return 0, batch_size, []
+        max_batches = max(1, min(max_batches, count // min_batch_contacts))
         size = max(batch_size, math.ceil(count / max_batches))
         numbered = (
             select(
@@ -355,7 +366,7 @@ class Ledger:
                 )
                 .returning(sent_contacts.c.email, sent_contacts.c.attempts)
             ).all()
-            bulk.insert_rows(
+            bulk.load_rows(  # COPY on Postgres: half the time of multi-row INSERTs for a large batch
                 conn,
                 send_attempts,
                 ("email", "attempt", "idempotency_key", "run_id", "status", "created_at", "updated_at"),
