@@ -165,3 +165,33 @@ def test_an_address_unsubscribed_before_any_run_knew_it_is_never_claimed(ledger)
     claimed = stage_and_claim(ledger, "run", ["new@example.com", "b@example.com"])
     assert (claimed.claimed_new, claimed.owned) == (1, 1)
     assert contact_status(ledger, "new@example.com") == "unsubscribed"
+
+
+def test_events_are_recorded_in_bounded_transactions_as_a_source_yields_them(ledger, monkeypatch):
+    """A poll of a million outcomes must not hold every row's lock until its end: each chunk is committed
+    before the next is read, and the rules hold across chunks (the same counts as one chunk)."""
+    from welcome_mailer.ledger import rules
+
+    monkeypatch.setattr(rules, "OUTCOME_CHUNK", 2)
+    ids = sent(ledger, "run", "a@example.com", "b@example.com", "c@example.com")
+    seen_committed = []
+
+    def source():
+        yield OutcomeEvent("blocked", provider_message_id=ids["a@example.com"])
+        yield OutcomeEvent("delivered", provider_message_id=ids["b@example.com"])
+        # Read from another connection: the first chunk is already committed.
+        seen_committed.append((contact_status(ledger, "a@example.com"), contact_status(ledger, "b@example.com")))
+        yield OutcomeEvent("delivered", provider_message_id=ids["a@example.com"])  # stronger, in a later chunk
+        yield OutcomeEvent("bounced", provider_message_id=ids["c@example.com"])
+        yield OutcomeEvent("blocked", provider_message_id=ids["b@example.com"])  # weaker: changes nothing
+        yield OutcomeEvent("delivered", provider_message_id="unknown")  # kept in the inbox
+
+    counts = ledger.record_outcomes(source())
+    assert seen_committed == [("blocked", "delivered")]
+    assert (counts.applied, counts.unchanged, counts.inboxed) == (4, 1, 1)
+    assert [contact_status(ledger, e) for e in ("a@example.com", "b@example.com", "c@example.com")] == [
+        "delivered",
+        "delivered",
+        "bounced",
+    ]
+    assert ledger.inbox_size() == 1

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ RELEASED_AT = datetime(2000, 1, 1)
 PENDING, DISPATCHED, REFUSED = "pending", "dispatched", "refused"
 UNRECORDED_ATTEMPT_STATES = (PENDING, DISPATCHED)  # the provider's acceptance is not recorded
 MATCH_CHUNK = 1000  # ids per IN (...) lookup
+OUTCOME_CHUNK = 5000  # outcome events per transaction (record_outcomes)
 # A message the provider refused at once is as final as a bounced one.
 ATTEMPT_STRENGTH = {**STRENGTH, REFUSED: STRENGTH[BOUNCED]}
 
@@ -495,23 +497,31 @@ class Ledger:
           overrules a delivery); blocked only counts for its latest message while that one is in flight.
         - An event that matches no message whose send is recorded is kept in ``outcome_inbox`` and applied
           by ``record_sent`` when the send is recorded (or stays there, counted, when it never matches).
+
+        Events are applied OUTCOME_CHUNK at a time, each chunk in a transaction of its own, as they are
+        read from ``events`` (a source may yield them while it polls): a poll of a million outcomes never
+        holds a million rows' locks, and other writers (pushed webhook events) interleave. The rules
+        above need no more than that: each chunk is guarded by the state it reads.
         """
-        events = list(events)
-        if not events:
-            return OutcomeCounts(0, 0, 0)
-        now = utcnow()
-        with self.engine.begin() as conn:
-            applied, unchanged, unmatched = self._apply(conn, events, now)
-            bulk.insert_rows(
-                conn,
-                outcome_inbox,
-                ("provider_message_id", "idempotency_key", "outcome", "source", "detail", "received_at"),
-                [
-                    (e.provider_message_id, e.idempotency_key, e.outcome, e.source, (e.detail or "")[:2000], now)
-                    for e in unmatched
-                ],
-            )
-        return OutcomeCounts(applied, unchanged, len(unmatched))
+        applied = unchanged = unmatched = 0
+        events = iter(events)
+        while chunk := list(itertools.islice(events, OUTCOME_CHUNK)):
+            now = utcnow()
+            with self.engine.begin() as conn:
+                chunk_applied, chunk_unchanged, chunk_unmatched = self._apply(conn, chunk, now)
+                bulk.insert_rows(
+                    conn,
+                    outcome_inbox,
+                    ("provider_message_id", "idempotency_key", "outcome", "source", "detail", "received_at"),
+                    [
+                        (e.provider_message_id, e.idempotency_key, e.outcome, e.source, (e.detail or "")[:2000], now)
+                        for e in chunk_unmatched
+                    ],
+                )
+            applied, unchanged, unmatched = (
+                applied + chunk_applied, unchanged + chunk_unchanged, unmatched + len(chunk_unmatched)
+            )  # fmt: skip
+        return OutcomeCounts(applied, unchanged, unmatched)
 
     def inbox_size(self) -> int:
         """Outcome events that matched no recorded send (yet)."""

@@ -11,7 +11,7 @@ To add a source: a module here producing ``OutcomeEvent``s, and, for a polling o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # the ledger imports outcomes.events: no cycle at run time
@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the ledger imports outcomes.events: no cycle at run time
 class OutcomeSource(Protocol):
     name: str
 
-    def poll(self, pending: Sequence[PendingMessage]) -> list[OutcomeEvent]:
-        """Outcomes for any of these accepted messages that the source knows now (others: nothing)."""
+    def poll(self, pending: Sequence[PendingMessage]) -> Iterable[OutcomeEvent]:
+        """Outcomes for any of these accepted messages that the source knows now (others: nothing); the
+        ledger records them in bounded chunks as they come, so a source may yield them as it reads."""
         ...

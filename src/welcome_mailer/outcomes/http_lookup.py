@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from welcome_mailer.ledger.rules import PendingMessage
 from welcome_mailer.outcomes.events import OUTCOMES, OutcomeEvent
@@ -15,13 +15,12 @@ class HttpLookupSource:
     def __init__(self, client: HttpEmailProvider) -> None:
         self.client = client
 
-    def poll(self, pending: Sequence[PendingMessage]) -> list[OutcomeEvent]:
-        events = []
+    def poll(self, pending: Sequence[PendingMessage]) -> Iterator[OutcomeEvent]:
+        """Yields as it looks up, so the ledger records each chunk while later lookups are still to come."""
         for start in range(0, len(pending), MAX_BATCH):  # the provider answers at most MAX_BATCH ids a request
             statuses = self.client.lookup([m.message_id for m in pending[start : start + MAX_BATCH]])
-            events.extend(
+            yield from (
                 OutcomeEvent(status, provider_message_id=message_id, source=self.name)
                 for message_id, status in statuses.items()
                 if status in OUTCOMES  # "sent": no outcome yet
             )
-        return events
