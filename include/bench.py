@@ -443,6 +443,7 @@ TASK_PHASES = {
     "await_delivery": "awaiting outcomes",
     "resend_blocked": "resends",
 }
+SENSOR_TASKS = ("await_delivery", "resend_blocked")  # reschedule mode: many pokes, one task instance
 # Phases whose own work the report times (its phase_seconds): the rest of their tasks' time is start-up.
 TIMED_WORK = ("parse", "claim", "send")
 BREAKDOWN = (
@@ -477,7 +478,11 @@ def phase_breakdown(
     ``task_instances``: dicts with task_id, start, end (epoch seconds, None when the task never ran).
     """
     spans = [
-        (max(ti["start"], started), min(ti["end"], finished), TASK_PHASES.get(ti["task_id"], "bookkeeping"))
+        (
+            max(_first_start(ti, phase_seconds), started),
+            min(ti["end"], finished),
+            TASK_PHASES.get(ti["task_id"], "bookkeeping"),
+        )
         for ti in task_instances
         if ti["start"] is not None and ti["end"] is not None
     ]
@@ -501,6 +506,15 @@ def phase_breakdown(
         seconds["task start-up"] += seconds[phase] - work
         seconds[phase] = work
     return {phase: round(value, 2) for phase, value in seconds.items()}
+
+
+def _first_start(ti: dict, phase_seconds: dict[str, float]) -> float:
+    """When a task began. A rescheduled sensor's first poke is not recorded by Airflow 3.3 (the task
+    instance keeps the last poke's start; task_reschedule's start_date is when the reschedule was written,
+    after the poke): the sensors time themselves in the report (phase_seconds, from the end of the phase
+    before), and that clock decides when it is the earlier."""
+    timed = phase_seconds.get(ti["task_id"]) if ti["task_id"] in SENSOR_TASKS else None
+    return min(ti["start"], ti["end"] - timed) if timed else ti["start"]
 
 
 def task_instances(metadata_url: str, run_ids: list[str], dag_id: str = "welcome_emails") -> list[dict]:

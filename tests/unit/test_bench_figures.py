@@ -127,3 +127,16 @@ def test_the_floor_reads_the_journal_the_mock_writes(tmp_path):
 
     holds = sum(message.resolve_at - message.created_at for message in accepted)
     assert hold_chain_floor(journal_messages(journal)) == {"floor_s": round(holds, 2), "floor_chain_messages": 3}
+
+
+def test_a_sensor_whose_first_poke_airflow_did_not_record_counts_from_its_own_clock():
+    """Airflow 3.3 writes task_reschedule.start_date when the reschedule is recorded, after the poke: a
+    resend sensor that worked 21-29 then poked once more at 29.5-30 looks like 29-30. The report's
+    phase_seconds (the sensor's own clock, from the end of the phase before) gives its real span."""
+    run = [ti("parse", 1, 2), ti("claim", 2, 3), ti("send_batch", 3, 5), ti("await_delivery", 5, 6)]
+    run += [ti("resend_blocked", 29, 30), ti("report", 30, 31)]
+    phases = {"parse": 1.0, "claim": 1.0, "send": 2.0, "await_delivery": 1.0, "resend_blocked": 24.0}
+    breakdown = phase_breakdown(run, phases, started=0.0, finished=31.0)
+
+    assert breakdown["resends"] == 24.0 and breakdown["scheduling waits"] == 0.0
+    assert sum(breakdown.values()) == pytest.approx(31.0)
