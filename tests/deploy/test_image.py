@@ -21,7 +21,9 @@ from tests.conftest import PROJECT_ROOT
 
 RUNTIME_LOCK = PROJECT_ROOT / "requirements.lock"
 DEV_LOCK = PROJECT_ROOT / "requirements-dev.lock"
-DEV_TOOLS = {"pytest", "pytest-timeout", "hypothesis", "ruff", "compose-spec", "selenium", "aiosmtpd", "moto"}
+# uvloop: the mock SMTP relay's event loop (the runtime lock has it too, through uvicorn; the runtime code
+# does not import it).
+DEV_TOOLS = {"pytest", "pytest-timeout", "hypothesis", "ruff", "compose-spec", "selenium", "aiosmtpd", "moto", "uvloop"}
 
 
 def names(lines) -> set[str]:
