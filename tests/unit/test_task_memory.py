@@ -20,10 +20,12 @@ def test_the_peak_is_vmhwm_in_megabytes():
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only")
 def test_a_reset_forgets_an_earlier_peak_and_a_forked_child_starts_with_its_own():
+    """Relative to this process's own figures: under the whole suite pytest itself holds 300 MB or more."""
     ballast = bytearray(200 * 1024 * 1024)
     ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page: resident
-    del ballast
-    assert peak_rss_mb() >= 200
+    del ballast  # a mapping of its own: given back to the system at once
+    peak_with_ballast = peak_rss_mb()
+    assert peak_with_ballast >= 200
 
     read, write = os.pipe()
     child = os.fork()
@@ -31,12 +33,13 @@ def test_a_reset_forgets_an_earlier_peak_and_a_forked_child_starts_with_its_own(
         os.write(write, str(peak_rss_mb()).encode())
         os._exit(0)
     os.waitpid(child, 0)
-    assert int(os.read(read, 32)) < 200
+    # The child starts at what the parent holds now, not at the parent's peak (200 MB of ballast above it).
+    assert int(os.read(read, 32)) < peak_with_ballast - 150
     os.close(read)
     os.close(write)
 
     assert reset_peak_rss()
-    assert peak_rss_mb() < 200
+    assert peak_rss_mb() < peak_with_ballast - 150
 
 
 def figure(mb: int, pid: int, since: str = "task start") -> dict:
