@@ -218,9 +218,9 @@ def test_concurrent_claimers_never_claim_a_contact_twice(ledger, ledger_url):
 
 
 def _scans(plan: dict) -> list[tuple[str, str, str | None]]:
-    """(node type, table, index) of every scan of a table in an EXPLAIN (FORMAT JSON) plan."""
-    scans = "Relation Name" in plan and plan["Node Type"] != "ModifyTable"
-    found = [(plan["Node Type"], plan["Relation Name"], plan.get("Index Name"))] if scans else []
+    """(node type, table, index) of every scan of a table or an index in an EXPLAIN (FORMAT JSON) plan."""
+    scans = ("Relation Name" in plan or "Index Name" in plan) and plan["Node Type"] != "ModifyTable"
+    found = [(plan["Node Type"], plan.get("Relation Name"), plan.get("Index Name"))] if scans else []
     return found + [scan for child in plan.get("Plans", []) for scan in _scans(child)]
 
 
@@ -245,7 +245,8 @@ def test_chunk_updates_are_driven_by_the_primary_key_whatever_the_statistics(pos
     plans = []
 
     def explain(conn, cursor, statement, parameters, context, executemany):
-        return ("EXPLAIN (FORMAT JSON) " + statement if " UPDATE " in f" {statement}" else statement), parameters
+        updates = " UPDATE " in f" {statement}" and " FOR UPDATE" not in statement  # not the lookup's lock
+        return ("EXPLAIN (FORMAT JSON) " + statement if updates else statement), parameters
 
     def keep(conn, cursor, statement, parameters, context, executemany):
         if statement.startswith("EXPLAIN"):
@@ -264,3 +265,57 @@ def test_chunk_updates_are_driven_by_the_primary_key_whatever_the_statistics(pos
     attempts_by_pk = [("Index Scan", "send_attempts", "send_attempts_pkey")]
     # record_sent updates contacts, then attempts; record_outcomes attempts, then contacts
     assert plans == [contacts_by_pk, attempts_by_pk, attempts_by_pk, contacts_by_pk]
+
+
+@pytest.mark.postgres
+def test_outcome_lookups_probe_the_message_id_index_whatever_the_statistics(postgres_url):
+    """Issue 14: at 1M rows on the stack, statistics taken while few message ids were known made the
+    planner expect ~140 attempts per message id, so each 1000-id lookup of record_outcomes read the whole
+    of send_attempts (parallel seq scans and a hash join, 1.2 s): ~1,000 outcomes a second. Each id must
+    be an index probe, and the rows then locked through their primary keys."""
+    engine = connect(postgres_url)
+    upgrade(engine)
+    ledger = Ledger(engine)
+    earlier = stage_and_claim(ledger, "earlier", [f"e{i}@example.com" for i in range(3_000)], batch_size=3_000)
+    [attempts] = [ledger.start_attempts("earlier", b) for b in earlier.batches]
+    # statistics that expect ~1/150 of the attempts per message id (too many values for the list of
+    # common ones, too few to scale with the table)
+    ledger.record_sent("earlier", [AcceptedAttempt(a.email, a.attempt, f"q-{n % 150}") for n, a in enumerate(attempts)])
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    [batch] = stage_and_claim(ledger, "big", [f"u{i}@example.com" for i in range(20_000)], max_batches=1).batches
+    sent = ledger.start_attempts("big", batch)[:20]
+    ledger.record_sent("big", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in sent])
+
+    plans = []
+
+    def explain(conn, cursor, statement, parameters, context, executemany):
+        return ("EXPLAIN (FORMAT JSON) " + statement if statement.startswith("SELECT") else statement), parameters
+
+    def keep(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("EXPLAIN"):
+            plans.append(_scans(cursor.fetchone()[0][0]["Plan"]))
+            cursor.execute(statement.removeprefix("EXPLAIN (FORMAT JSON) "), parameters)
+
+    event.listen(ledger.engine, "before_cursor_execute", explain, retval=True)
+    event.listen(ledger.engine, "after_cursor_execute", keep)
+    try:
+        with ledger.engine.begin() as conn:
+            found = ledger._find_attempts(
+                conn, [OutcomeEvent("delivered", provider_message_id=f"id-{a.email}") for a in sent]
+            )
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", explain)
+        event.remove(ledger.engine, "after_cursor_execute", keep)
+        ledger.engine.dispose()
+    assert {(row.email, row.attempt) for row in found.values()} == {(a.email, a.attempt) for a in sent}
+    probe, lock = plans
+    by_message_id = {("Index Scan", "send_attempts", "ix_send_attempts_provider_message_id")} | {
+        ("Bitmap Heap Scan", "send_attempts", None),
+        ("Bitmap Index Scan", None, "ix_send_attempts_provider_message_id"),
+    }
+    assert probe and set(probe) <= by_message_id, f"each message id found through its index: {probe}"
+    assert lock == [
+        ("Index Scan", "send_attempts", "send_attempts_pkey"),
+        ("Index Scan", "sent_contacts", "sent_contacts_pkey"),
+    ]

@@ -601,7 +601,8 @@ class Ledger:
 
     @staticmethod
     def _find_attempts(conn, events: list[OutcomeEvent]) -> dict[tuple[str, str], object]:
-        """The attempts the events name, with their contact's state, locked for this transaction."""
+        """The attempts the events name (("id", message id) or ("key", idempotency key)), with their
+        contact's state, locked for this transaction (Postgres; SQLite's write lock covers it)."""
         columns = (
             send_attempts.c.email,
             send_attempts.c.attempt,
@@ -612,17 +613,48 @@ class Ledger:
             sent_contacts.c.attempts.label("contact_attempts"),
         )
         joined = send_attempts.join(sent_contacts, sent_contacts.c.email == send_attempts.c.email)
+        lookups = (
+            ("provider_message_id", sorted({e.provider_message_id for e in events if e.provider_message_id})),
+            ("idempotency_key", sorted({e.idempotency_key for e in events if e.idempotency_key})),
+        )
+        rows = []
+        if bulk.is_postgres(conn):
+            # First which attempts (no locks; each id an index probe), then lock them and their contacts
+            # through the primary keys in one order, the contacts' (two writers never wait on each other
+            # in a cycle), and read their state under the locks.
+            keys = set()
+            for column, values in lookups:
+                for chunk in _chunks(values, MATCH_CHUNK):
+                    keys.update(conn.execute(bulk.probe(send_attempts, column, chunk, ("email", "attempt"))).all())
+            for chunk in _chunks(sorted(keys), MATCH_CHUNK):
+                given = bulk.unnest(
+                    send_attempts,
+                    [{"email": email, "attempt": attempt} for email, attempt in chunk],
+                    [("email", "email"), ("attempt", "attempt")],
+                )
+                query = (
+                    select(*columns)
+                    .select_from(
+                        given.join(
+                            send_attempts,
+                            and_(send_attempts.c.email == given.c.email, send_attempts.c.attempt == given.c.attempt),
+                        ).join(sent_contacts, sent_contacts.c.email == send_attempts.c.email)
+                    )
+                    .order_by(send_attempts.c.email, send_attempts.c.attempt)
+                    .with_for_update(of=(send_attempts, sent_contacts))
+                )
+                rows.extend(conn.execute(query))
+        else:
+            for column, values in lookups:
+                for chunk in _chunks(values, MATCH_CHUNK):
+                    rows.extend(
+                        conn.execute(select(*columns).select_from(joined).where(send_attempts.c[column].in_(chunk)))
+                    )
         found: dict[tuple[str, str], object] = {}
-        for kind, column, values in (
-            ("id", send_attempts.c.provider_message_id, {e.provider_message_id for e in events}),
-            ("key", send_attempts.c.idempotency_key, {e.idempotency_key for e in events}),
-        ):
-            for chunk in _chunks(sorted(v for v in values if v), MATCH_CHUNK):
-                query = select(*columns).select_from(joined).where(column.in_(chunk)).order_by(send_attempts.c.email)
-                if bulk.is_postgres(conn):
-                    query = query.with_for_update()
-                for row in conn.execute(query):
-                    found[kind, row.provider_message_id if kind == "id" else row.idempotency_key] = row
+        for row in rows:
+            if row.provider_message_id:
+                found["id", row.provider_message_id] = row
+            found["key", row.idempotency_key] = row
         return found
 
     def unsubscribe(self, email: str) -> bool:
