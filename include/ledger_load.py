@@ -142,7 +142,7 @@ def outcome_phase(ledger: Ledger, explainer: Explainer, run_id: str, chunk: int,
     in_flight = ledger.count_in_flight(run_id)
     count_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pending = ledger.pending_messages(run_id)
+    pending = list(ledger.pending_messages(run_id))
     pending_s = time.perf_counter() - t0
     outcomes = ("delivered",) * 18 + ("bounced", "blocked")
     chunks = list(range(0, len(pending), chunk))[:limit]

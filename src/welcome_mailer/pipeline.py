@@ -208,11 +208,11 @@ def collect_outcomes(ledger: Ledger, sources: Sequence[OutcomeSource], run_id: s
     the ledger (where pushed outcomes land too) how many are still waiting. Returns (recorded, left)."""
     recorded = 0
     for source in sources:
-        pending = ledger.pending_messages(run_id)
-        if not pending:
+        if not ledger.count_awaiting_outcome(run_id):
             break
-        # Recorded in one go: a few set-based statements however many outcomes arrived.
-        recorded += ledger.record_outcomes(source.poll(pending)).applied
+        # Streamed end to end: pending messages read a page at a time, outcomes recorded in bounded
+        # transactions as the source yields them.
+        recorded += ledger.record_outcomes(source.poll(ledger.pending_messages(run_id))).applied
         # A source that consumes what it read (a bounce mailbox) files it once the ledger has it.
         acknowledge = getattr(source, "acknowledge", None)
         if acknowledge is not None:

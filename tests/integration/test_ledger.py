@@ -49,7 +49,7 @@ def send_everything(ledger: Ledger, run_id: str, batches, outcome: str | dict[st
     for batch_no in batches:
         attempts = ledger.start_attempts(run_id, batch_no)
         ledger.record_sent(run_id, [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}-{a.attempt}") for a in attempts])
-    pending = ledger.pending_messages(run_id)
+    pending = list(ledger.pending_messages(run_id))
     outcome_of = (lambda m: outcome) if isinstance(outcome, str) else (lambda m: outcome[m.email])
     ledger.record_outcomes([OutcomeEvent(outcome_of(m), provider_message_id=m.message_id) for m in pending])
 
@@ -173,7 +173,7 @@ def test_contacts_of_a_dead_run_are_taken_over_as_they_are(ledger):
     assert (taker.owned, taker.taken_over, taker.to_send) == (2, 2, 1)
     resent = ledger.start_attempts("taker", taker.batches[0])
     assert [(a.email, a.attempt) for a in resent] == [("sending@example.com", 1)], "same attempt, same key"
-    assert [m.message_id for m in ledger.pending_messages("taker")] == ["id-sent"], "polled, never resent blindly"
+    assert [m.message_id for m in list(ledger.pending_messages("taker"))] == ["id-sent"], "polled, never resent blindly"
 
 
 def test_writes_of_a_run_that_lost_its_contacts_change_nothing(ledger):
@@ -319,3 +319,23 @@ def test_outcome_lookups_probe_the_message_id_index_whatever_the_statistics(post
         ("Index Scan", "send_attempts", "send_attempts_pkey"),
         ("Index Scan", "sent_contacts", "sent_contacts_pkey"),
     ]
+
+
+@pytest.mark.timeout(30)  # a write waiting on the stream's lock would wait 60 s, then fail
+def test_pending_messages_stream_while_their_outcomes_are_recorded(ledger, monkeypatch):
+    """Issue 14: a poll streams the pending messages (a page at a time, not 800k at once) and records
+    outcomes as it reads. The open read must not stop those writes: on SQLite it takes no write lock."""
+    from welcome_mailer.ledger import rules
+
+    monkeypatch.setattr(rules, "PENDING_PAGE", 10)
+    [batch] = stage_and_claim(ledger, "run", [f"u{i}@example.com" for i in range(35)], batch_size=35).batches
+    attempts = ledger.start_attempts("run", batch)
+    ledger.record_sent("run", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in attempts])
+    streamed = []
+    for message in ledger.pending_messages("run"):
+        streamed.append(message.email)
+        counts = ledger.record_outcomes([OutcomeEvent("delivered", provider_message_id=message.message_id)])
+        assert counts.applied == 1
+    assert sorted(streamed) == sorted(a.email for a in attempts), "every pending message once"
+    assert list(ledger.pending_messages("run")) == []
+    assert {status for status, _, _ in statuses(ledger).values()} == {"delivered"}

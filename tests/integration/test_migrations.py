@@ -63,7 +63,9 @@ def test_a_ledger_made_before_alembic_is_stamped_and_upgraded_with_its_data(engi
             assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 1, table
     assert "ledger_schema" not in inspect(engine).get_table_names()
     ledger = Ledger(engine)
-    assert [m.message_id for m in ledger.pending_messages("v1-run")] == ["m-old"], "v1's messages are still polled"
+    assert [m.message_id for m in list(ledger.pending_messages("v1-run"))] == ["m-old"], (
+        "v1's messages are still polled"
+    )
 
 
 def test_tasks_refuse_a_ledger_not_at_head_and_say_what_to_run(engine):

@@ -146,7 +146,7 @@ def test_unsubscribe_is_final_idempotent_and_outranks_every_outcome(ledger):
     ledger.record_outcomes([OutcomeEvent("complained", provider_message_id=ids["a@example.com"])])
     assert contact_status(ledger, "a@example.com") == "unsubscribed"
     assert attempt_statuses(ledger)[("a@example.com", 1)] == "complained", "the message's own history is kept"
-    assert ledger.pending_messages("run") == [], "the run waits for it no more"
+    assert list(ledger.pending_messages("run")) == [], "the run waits for it no more"
     ledger.finish_run("run")
     later = stage_and_claim(ledger, "later", ["a@example.com"])
     assert (later.owned, later.batches) == (0, [])

@@ -271,7 +271,7 @@ def test_an_unreachable_mailbox_delays_outcomes_and_never_fails_the_poll():
     closed = MailboxSettings("127.0.0.1", free_port(), "bounces", "pw", use_ssl=False, timeout=2)
     source = DsnSource(closed, timedelta(seconds=0))
     pending = [PendingMessage("a@example.com", 1, "<id>", utcnow() - timedelta(hours=1))]
-    assert source.poll(pending) == [], "no settle while reports cannot be read"
+    assert list(source.poll(pending)) == [], "no settle while reports cannot be read"
     assert [e.outcome for e in DsnSource(None, timedelta(seconds=0)).poll(pending)] == ["delivered"]
 
 

@@ -45,7 +45,7 @@ def test_pushed_events_alone_drive_every_contact_to_its_outcome(stack):
 def test_one_click_unsubscribe_through_the_api_server(stack):
     ledger = Ledger(connect(ledger_url(stack)))
     [message_id] = _sent_without_a_provider(ledger, f"unsub-{time.time_ns()}", 1)
-    email = ledger.pending_messages(message_id.rsplit("-", 1)[0])[0].email
+    email = next(ledger.pending_messages(message_id.rsplit("-", 1)[0])).email
     env = stack.env()
     settings = UnsubscribeSettings(env["WELCOME_MAILER_UNSUBSCRIBE_URL"], env["WELCOME_MAILER_UNSUBSCRIBE_SECRET"])
     link = list_unsubscribe_headers(email, settings)["List-Unsubscribe"][1:-1]

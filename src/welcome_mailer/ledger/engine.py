@@ -65,8 +65,12 @@ def url_from_connection(conn) -> URL:
     )
 
 
+READ_SNAPSHOT = "welcome_mailer_read_snapshot"  # execution option: a read-only transaction (see connect)
+
+
 def connect(url: str | URL) -> Engine:
-    """An engine for the ledger database; SQLite gets WAL and IMMEDIATE transactions for safe concurrency."""
+    """An engine for the ledger database; SQLite gets WAL and IMMEDIATE transactions for safe concurrency
+    (deferred for a read with the READ_SNAPSHOT option)."""
     if str(url).startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
@@ -81,7 +85,9 @@ def connect(url: str | URL) -> Engine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(connection) -> None:
             # Take the write lock up front: two claimers never interleave, and never deadlock upgrading.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # A long read that writers must not wait for (READ_SNAPSHOT) takes none: WAL gives it a snapshot.
+            read_only = connection.get_execution_options().get(READ_SNAPSHOT)
+            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)

@@ -11,7 +11,7 @@ To add a source: a module here producing ``OutcomeEvent``s, and, for a polling o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # the ledger imports outcomes.events: no cycle at run time
@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # the ledger imports outcomes.events: no cycle at run time
 class OutcomeSource(Protocol):
     name: str
 
-    def poll(self, pending: Sequence[PendingMessage]) -> Iterable[OutcomeEvent]:
+    def poll(self, pending: Iterable[PendingMessage]) -> Iterable[OutcomeEvent]:
         """Outcomes for any of these accepted messages that the source knows now (others: nothing); the
-        ledger records them in bounded chunks as they come, so a source may yield them as it reads."""
+        ledger records them in bounded chunks as they come, so a source may yield them as it reads.
+        ``pending`` is read once, as a stream: it may be a whole run's size."""
         ...

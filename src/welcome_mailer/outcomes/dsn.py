@@ -32,7 +32,7 @@ import email.policy
 import imaplib
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.message import Message
@@ -241,7 +241,9 @@ class DsnSource:
     unmatched: int = 0  # reports kept aside by this source's polls
     _to_file: list[tuple[bytes, str]] = field(default_factory=list)
 
-    def poll(self, pending: Sequence[PendingMessage]) -> list[OutcomeEvent]:
+    def poll(self, pending: Iterable[PendingMessage]) -> Iterator[OutcomeEvent]:
+        """The mailbox's reports, then a delivery for each pending message past the settle time without one
+        (yielded as ``pending`` streams in)."""
         try:
             events = self.read_mailbox() if self.mailbox is not None else []
         except (imaplib.IMAP4.error, OSError) as exc:
@@ -250,15 +252,15 @@ class DsnSource:
             log.warning("bounce mailbox %s:%s unreadable, retried at the next poll: %r", self.mailbox.host,
                         self.mailbox.port, exc)  # fmt: skip
             self._to_file.clear()
-            return []
+            return
+        yield from events
         reported = {e.idempotency_key for e in events}
         settled_before = utcnow() - self.settle
-        events += [
+        yield from (
             OutcomeEvent(DELIVERED, m.message_id, m.idempotency_key, source="settle", detail="no bounce report")
             for m in pending
             if m.sent_at is not None and m.sent_at <= settled_before and m.idempotency_key not in reported
-        ]
-        return events
+        )
 
     def read_mailbox(self) -> list[OutcomeEvent]:
         """Every report in the folder, as events; the reports are filed by ``acknowledge``."""

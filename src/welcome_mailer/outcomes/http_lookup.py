@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Iterable, Iterator
 
 from welcome_mailer.ledger.rules import PendingMessage
 from welcome_mailer.outcomes.events import OUTCOMES, OutcomeEvent
@@ -15,10 +16,12 @@ class HttpLookupSource:
     def __init__(self, client: HttpEmailProvider) -> None:
         self.client = client
 
-    def poll(self, pending: Sequence[PendingMessage]) -> Iterator[OutcomeEvent]:
+    def poll(self, pending: Iterable[PendingMessage]) -> Iterator[OutcomeEvent]:
         """Yields as it looks up, so the ledger records each chunk while later lookups are still to come."""
-        for start in range(0, len(pending), MAX_BATCH):  # the provider answers at most MAX_BATCH ids a request
-            statuses = self.client.lookup([m.message_id for m in pending[start : start + MAX_BATCH]])
+        pending = iter(pending)
+        # the provider answers at most MAX_BATCH ids a request
+        while message_ids := [m.message_id for m in itertools.islice(pending, MAX_BATCH)]:
+            statuses = self.client.lookup(message_ids)
             yield from (
                 OutcomeEvent(status, provider_message_id=message_id, source=self.name)
                 for message_id, status in statuses.items()
