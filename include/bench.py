@@ -402,6 +402,8 @@ def stack_runs(stack, journal: Path, benchmark: str, csv_paths: list[Path]) -> d
         "ok": all(state == "success" for state in states) and len(runs) == len(run_ids),
         "seconds": round(finished - started, 1),
         **hold_chain_floor(journal_messages(journal, since=started, until=finished)),
+        # the stack's mock ESP (push mode) holds every message since the stack came up (goal at 1M: <= 1 GB)
+        "esp_peak_rss_mb": _rss_mb(stack.pid("mock-esp")) if stack.pid("mock-esp") else None,
     }
     if len(run_ids) == 1:
         return {**result, **(runs[0] if runs else {})}
@@ -615,6 +617,8 @@ def summary_lines(results: list[dict]) -> list[str]:
             if run.get("peak_rss_mb"):
                 peaks = " | ".join(f"{task} {mb}" for task, mb in run["peak_rss_mb"].items())
                 lines.append(f"  peak RSS MB: {peaks} ({run['peak_rss_scope']})")
+        if result.get("esp_peak_rss_mb"):
+            lines.append(f"  the stack's mock ESP: peak RSS {result['esp_peak_rss_mb']} MB (goal at 1M: <= 1 GB)")
     return lines
 
 

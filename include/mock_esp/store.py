@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import random
 import secrets
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,6 +88,12 @@ class IdempotencyConflict(Exception):
     """The idempotency key was used before with a different payload."""
 
 
+def _position(message_id: str) -> int | None:
+    """The log position an id ends in (ids are ``<prefix><position:09d>``); None for any other string."""
+    tail = message_id[-9:]
+    return int(tail) if len(message_id) > 9 and tail.isdigit() else None
+
+
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat()
 
@@ -93,7 +101,11 @@ def _iso(timestamp: float) -> str:
 class MessageStore:
     """``journal``: a file every accepted message is appended to before the request is answered, and read
     back at start, so a restarted service still knows its messages (ids, idempotency keys, outcomes), as a
-    real provider would. Without it the memory dies with the process."""
+    real provider would. Without it the memory dies with the process.
+
+    Memory: a million messages must fit in well under 1 GB (issue 14), so nothing is indexed twice: an id
+    ends in its message's position in the log (no index by id), a recipient with one message maps to its
+    position (a list only for repeats), and the subject, the same for every message, is interned."""
 
     def __init__(self, settings: OutcomeSettings, clock=time.time, journal: Path | None = None) -> None:
         self.settings = settings
@@ -102,16 +114,22 @@ class MessageStore:
         # A per-process prefix keeps ids of a restarted service from colliding with ids it gave out before.
         self._id_prefix = f"msg_{secrets.token_hex(4)}_"
         self._log: list[Message] = []
-        self._by_id: dict[str, Message] = {}
         self._by_key: dict[str, Message] = {}
-        self._by_recipient: dict[str, list[int]] = {}
+        self._by_recipient: dict[str, int | list[int]] = {}  # positions in the log
+        self._by_unnumbered_id: dict[str, Message] = {}  # journaled ids that do not end in their position
         self._journal = None
         if journal is not None:
             if journal.exists():
-                with journal.open(encoding="utf-8") as lines:
+                complete = 0  # bytes of whole lines
+                with journal.open("rb") as lines:
                     for line in lines:
-                        if line.endswith("\n"):  # a line cut short by a crash was never acknowledged
-                            self._remember(Message(seq=len(self._log), **json.loads(line)))
+                        if not line.endswith(b"\n"):  # cut short by a crash: never acknowledged
+                            break
+                        complete += len(line)
+                        fields = json.loads(line)
+                        fields["subject"] = sys.intern(fields["subject"])
+                        self._remember(Message(seq=len(self._log), **fields))
+                os.truncate(journal, complete)  # the next line must not continue the cut one
             self._journal = journal.open("a", encoding="utf-8")
 
     def __len__(self) -> int:
@@ -133,7 +151,7 @@ class MessageStore:
                 if (existing.to, existing.subject, existing.text) != (to, subject, text):
                     raise IdempotencyConflict(idempotency_key)
                 return existing, False
-        message = self._new_message(to, subject, text, idempotency_key)
+        message = self._new_message(to, sys.intern(subject), text, idempotency_key)
         message.headers = headers or None
         self._remember(message)
         if self._journal is not None:
@@ -144,8 +162,13 @@ class MessageStore:
 
     def _remember(self, message: Message) -> None:
         self._log.append(message)
-        self._by_id[message.id] = message
-        self._by_recipient.setdefault(message.to, []).append(message.seq)
+        if _position(message.id) != message.seq:
+            self._by_unnumbered_id[message.id] = message
+        earlier = self._by_recipient.setdefault(message.to, message.seq)
+        if earlier != message.seq:
+            if isinstance(earlier, int):
+                self._by_recipient[message.to] = earlier = [earlier]
+            earlier.append(message.seq)
         if message.idempotency_key is not None:
             self._by_key[message.idempotency_key] = message
 
@@ -162,10 +185,14 @@ class MessageStore:
         hold = self._rng.uniform(s.hold_min_seconds, s.hold_max_seconds) if held else 0.0
         now = self.now()
         seq = len(self._log)
-        return Message(seq, f"{self._id_prefix}{seq:09d}", to, subject, text, idempotency_key, now, now + hold, outcome)
+        resolve_at = now + hold if held else now  # the same float object when not held: 24 B a message
+        return Message(seq, f"{self._id_prefix}{seq:09d}", to, subject, text, idempotency_key, now, resolve_at, outcome)
 
     def get(self, message_id: str) -> Message | None:
-        return self._by_id.get(message_id)
+        position = _position(message_id)
+        if position is not None and position < len(self._log) and self._log[position].id == message_id:
+            return self._log[position]
+        return self._by_unnumbered_id.get(message_id)
 
     def page(
         self, *, cursor: int, limit: int, to: str | None = None, status: str | None = None
@@ -186,5 +213,7 @@ class MessageStore:
             yield from (self._log[i] for i in range(cursor, len(self._log)))
             return
         positions = self._by_recipient.get(to, [])
+        if isinstance(positions, int):
+            positions = [positions]
         for position in positions[bisect.bisect_left(positions, cursor) :]:
             yield self._log[position]
