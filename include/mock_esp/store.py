@@ -59,7 +59,9 @@ class Message:
     created_at: float
     resolve_at: float
     outcome: str
-    headers: dict[str, str] | None = None  # extra headers the sender asked for (List-Unsubscribe, ...)
+    # Extra headers the sender asked for (List-Unsubscribe, ...), as compact JSON: one string instead of a
+    # dict of strings (~250 B a message less; every message of the stack has them).
+    headers_json: str | None = None
 
     def status(self, now: float) -> str:
         return self.outcome if now >= self.resolve_at else "sent"
@@ -80,7 +82,7 @@ class Message:
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at(now)),
             "idempotency_key": self.idempotency_key,
-            **({"headers": self.headers} if self.headers else {}),  # only when the sender gave some
+            **({"headers": json.loads(self.headers_json)} if self.headers_json else {}),  # only when given
         }
 
 
@@ -128,6 +130,8 @@ class MessageStore:
                         complete += len(line)
                         fields = json.loads(line)
                         fields["subject"] = sys.intern(fields["subject"])
+                        headers = fields.pop("headers", None)
+                        fields["headers_json"] = json.dumps(headers, separators=(",", ":")) if headers else None
                         self._remember(Message(seq=len(self._log), **fields))
                 os.truncate(journal, complete)  # the next line must not continue the cut one
             self._journal = journal.open("a", encoding="utf-8")
@@ -152,11 +156,11 @@ class MessageStore:
                     raise IdempotencyConflict(idempotency_key)
                 return existing, False
         message = self._new_message(to, sys.intern(subject), text, idempotency_key)
-        message.headers = headers or None
+        message.headers_json = json.dumps(headers, separators=(",", ":")) if headers else None
         self._remember(message)
         if self._journal is not None:
-            fields = {f: getattr(message, f) for f in Message.__slots__ if f != "seq"}
-            self._journal.write(json.dumps(fields) + "\n")
+            fields = {f: getattr(message, f) for f in Message.__slots__ if f not in ("seq", "headers_json")}
+            self._journal.write(json.dumps({**fields, "headers": headers or None}) + "\n")
             self._journal.flush()
         return message, True
 

@@ -48,3 +48,18 @@ def test_journaled_ids_that_do_not_end_in_their_position_are_still_found(tmp_pat
     assert store.get("legacy-7").outcome == "bounced"
     assert store.get("msg_00000000_000000005").idempotency_key == "k2"
     assert store.get("msg_00000000_000000001") is None and store.get("7") is None
+
+
+def test_a_restarted_store_still_shows_the_headers_it_was_given(tmp_path):
+    journal = tmp_path / "messages.jsonl"
+    headers = {
+        "List-Unsubscribe": "<https://example.com/u?token=t1>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+    sent, _ = MessageStore(OutcomeSettings(), journal=journal).accept(
+        "ann@example.com", "Welcome!", "Hi", "k1", headers
+    )
+    plain, _ = MessageStore(OutcomeSettings(), journal=journal).accept("bob@example.com", "Welcome!", "Hi", "k2")
+    again = MessageStore(OutcomeSettings(), journal=journal)
+    assert again.get(sent.id).full(0)["headers"] == headers
+    assert "headers" not in again.get(plain.id).full(0)
