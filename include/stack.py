@@ -159,6 +159,10 @@ class Stack:
                 f"{c.api_url}/welcome-mailer/events/mock",
                 "--push-secret",
                 c.esp_push_secret,
+                # 500 events a post, as Brevo's batched webhooks: with 100, the 1M run's pushes lagged
+                # minutes behind the sends (one post at a time, each a ledger transaction)
+                "--push-batch-size",
+                "500",
             ],
             "api-server": [airflow, "api-server", "--port", str(c.api_port), "--host", "127.0.0.1"],
             "scheduler": [airflow, "scheduler"],
