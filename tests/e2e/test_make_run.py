@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -61,6 +63,24 @@ def wait_for_sending(home: Path, runner: subprocess.Popen, timeout: float = 120)
             return
         time.sleep(0.2)
     pytest.fail("the run did not start sending in time")
+
+
+def wait_for_first_requests(ledger: Path, timeout: float = 120) -> None:
+    """Until the run has recorded attempts in its ledger: its first ESP requests are then on their way.
+    (Not the ESP's log: reading it pays the mock's latency too, and by then the sends were over.)"""
+    deadline = time.monotonic() + timeout
+    while not _attempts_recorded(ledger):
+        if time.monotonic() > deadline:
+            pytest.fail("the run recorded no send attempt in time")
+        time.sleep(0.05)
+
+
+def _attempts_recorded(ledger: Path) -> bool:
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1)) as db:
+            return bool(db.execute("SELECT count(*) FROM send_attempts").fetchone()[0])
+    except sqlite3.OperationalError:  # not created yet, or busy
+        return False
 
 
 def processes_of(session: int) -> list[psutil.Process]:
@@ -155,13 +175,15 @@ def test_ctrl_c_during_the_send_phase_stops_everything_and_says_how_to_resume(ho
 @pytest.mark.slow
 def test_after_a_crash_the_next_run_resumes_at_once_and_nobody_gets_two_emails(home, tmp_path, start_esp):
     # One ESP for both runs, as a real provider outlives our processes: its log is the proof.
-    esp = start_esp(latency_ms=1000, hold_rate=0.2, hold_min_seconds=0.2, hold_max_seconds=1.0)
+    latency = 2.0  # each ESP request: the first requests are answered after 2 s, the next ones after 4 s
+    esp = start_esp(latency_ms=latency * 1000, hold_rate=0.2, hold_min_seconds=0.2, hold_max_seconds=1.0)
     csv = write_file(tmp_path / "contacts.csv", rows=4000)
     env = runner_env(tmp_path, AIRFLOW_CONN_ESP_DEFAULT=json.dumps(esp.connection))
     crashed = start_runner(home, env, csv, tmp_path / "crashed.txt")
     try:
         wait_for_sending(home, crashed)
-        time.sleep(2)
+        wait_for_first_requests(tmp_path / "ledger.db")
+        time.sleep(1.5 * latency)  # between the first requests' answers and the next ones
     finally:
         os.killpg(crashed.pid, signal.SIGKILL)  # the whole `make run`, mid-send
     crashed.wait(timeout=10)

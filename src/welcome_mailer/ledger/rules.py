@@ -245,6 +245,9 @@ class Ledger:
                 )
                 .where(staged_contacts.c.run_id == run_id)
                 .where(~exists().where(sent_contacts.c.email == staged_contacts.c.email))
+                # In key order: two runs claiming overlapping files then wait on each other's new rows in
+                # one order, never in a cycle (in scan order, Postgres found deadlocks between claimers).
+                .order_by(staged_contacts.c.email)
             )
             columns = [
                 *("email", "name", "status", "attempts", "claim_attempts", "run_id", "created_at", "updated_at"),
