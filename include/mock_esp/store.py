@@ -96,6 +96,11 @@ def _position(message_id: str) -> int | None:
     return int(tail) if len(message_id) > 9 and tail.isdigit() else None
 
 
+def _compact_json(headers: dict[str, str] | None) -> str | None:
+    """A message's extra headers as kept in memory (``Message.headers_json``); None when there are none."""
+    return json.dumps(headers, separators=(",", ":")) if headers else None
+
+
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat()
 
@@ -131,7 +136,7 @@ class MessageStore:
                         fields = json.loads(line)
                         fields["subject"] = sys.intern(fields["subject"])
                         headers = fields.pop("headers", None)
-                        fields["headers_json"] = json.dumps(headers, separators=(",", ":")) if headers else None
+                        fields["headers_json"] = _compact_json(headers)
                         self._remember(Message(seq=len(self._log), **fields))
                 os.truncate(journal, complete)  # the next line must not continue the cut one
             self._journal = journal.open("a", encoding="utf-8")
@@ -156,7 +161,7 @@ class MessageStore:
                     raise IdempotencyConflict(idempotency_key)
                 return existing, False
         message = self._new_message(to, sys.intern(subject), text, idempotency_key)
-        message.headers_json = json.dumps(headers, separators=(",", ":")) if headers else None
+        message.headers_json = _compact_json(headers)
         self._remember(message)
         if self._journal is not None:
             fields = {f: getattr(message, f) for f in Message.__slots__ if f not in ("seq", "headers_json")}

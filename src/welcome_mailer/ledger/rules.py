@@ -644,9 +644,9 @@ class Ledger:
                     select(*columns)
                     .select_from(
                         given.join(
-                            send_attempts,
+                            joined,
                             and_(send_attempts.c.email == given.c.email, send_attempts.c.attempt == given.c.attempt),
-                        ).join(sent_contacts, sent_contacts.c.email == send_attempts.c.email)
+                        )
                     )
                     .order_by(send_attempts.c.email, send_attempts.c.attempt)
                     .with_for_update(of=(send_attempts, sent_contacts))
