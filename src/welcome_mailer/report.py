@@ -93,6 +93,11 @@ def report_rows(report: dict) -> list[tuple[str, object]]:
 
 def nothing_sent_sentence(report: dict) -> str:
     """Why a run that claimed nothing sent nothing, without calling contacts held elsewhere "contacted"."""
+    if not report["unique_contacts"]:
+        return (
+            f"Nothing was sent: the file held no valid contact ({report['rows_read']} row(s) read, "
+            f"{report['rejected']} rejected: see {report['rejected_csv']} for each row's line and reason)."
+        )
     held = report["held_by_other_runs"]
     sentence = (
         f"Nothing was sent: {report['already_contacted_skipped']} contact(s) in the file were already contacted "

@@ -46,3 +46,13 @@ def test_held_contacts_are_counted_apart_from_contacted_ones(ledger):
     again = claim_contacts(ledger, "run-3", 500, 8)
     assert (again["owned"], again["taken_over"], again["held_by_other_runs"], again["held_until"]) == (2, 2, 0, None)
     assert "held by another run" not in report_for({**again, "owned": 0}).split("Nothing was sent", 1)[1]
+
+
+def test_a_file_without_a_valid_contact_says_so_not_that_everybody_was_contacted(ledger):
+    ledger.renew_lease("run-4")
+    claimed = claim_contacts(ledger, "run-4", 500, 8)  # parse staged nothing: every row was rejected
+    parsed = {**PARSED, "rows_read": 4, "rejected": 4, "duplicates_in_file": 0, "contacts": claimed["staged"]}
+    report = render_markdown(build_report(run_id="run-4", parsed=parsed, claimed=claimed, summary=SUMMARY, phases={}))
+    nothing_sent = report.split("Nothing was sent", 1)[1]
+    assert "the file held no valid contact (4 row(s) read, 4 rejected: see r.csv" in nothing_sent
+    assert "already contacted" not in nothing_sent
