@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import event, select, update
+from sqlalchemy.exc import OperationalError
 
 from welcome_mailer.contacts import Contact
 from welcome_mailer.ledger import (
@@ -360,3 +363,50 @@ def test_pending_messages_stream_while_their_outcomes_are_recorded(ledger, monke
     assert sorted(streamed) == sorted(a.email for a in attempts), "every pending message once"
     assert list(ledger.pending_messages("run")) == []
     assert {status for status, _, _ in statuses(ledger).values()} == {"delivered"}
+
+
+@pytest.mark.postgres
+def test_a_take_over_locks_the_dead_runs_contacts_in_key_order(postgres_url):
+    """Two runs taking over one dead run's contacts must wait on each other in one order, never in a
+    cycle: a claim locks the contacts it takes over in key order, whatever order its plan reads them in
+    (here the table holds b before a). While it waits for b, it already holds a."""
+    engine = connect(postgres_url)
+    upgrade(engine)
+    ledger = Ledger(engine)
+    stage_and_claim(ledger, "dead", ["b@example.com"])
+    stage_and_claim(ledger, "dead", ["a@example.com"])
+    with ledger.engine.begin() as conn:  # the run stopped renewing its lease
+        conn.execute(update(ledger_runs).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    taker = Ledger(connect(postgres_url))
+
+    @event.listens_for(taker.engine, "connect")
+    def read_in_table_order(dbapi_connection, _record) -> None:  # as a plan over a big table would
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET enable_nestloop = off; SET enable_mergejoin = off")
+        dbapi_connection.commit()
+
+    taker.renew_lease("taker")
+    taker.stage("taker", contacts("a@example.com", "b@example.com"))
+    holder = ledger.engine.connect()
+    claims = ThreadPoolExecutor(1)
+    try:
+        holder.exec_driver_sql("SELECT 1 FROM sent_contacts WHERE email = 'b@example.com' FOR UPDATE")
+        claimed = claims.submit(taker.claim, "taker", 500, 8)
+        deadline = time.monotonic() + 20
+        with ledger.engine.connect() as watcher:
+            waiting = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            while not watcher.exec_driver_sql(waiting).scalar_one():
+                watcher.rollback()  # pg_stat_activity is read once a transaction
+                assert time.monotonic() < deadline and not claimed.done(), "the claim never waited for b"
+                time.sleep(0.05)
+        with pytest.raises(OperationalError, match="could not obtain lock"), ledger.engine.connect() as other:
+            other.exec_driver_sql("SELECT 1 FROM sent_contacts WHERE email = 'a@example.com' FOR UPDATE NOWAIT")
+        holder.rollback()
+        assert claimed.result(timeout=30).taken_over == 2
+    finally:
+        holder.close()  # releases b, whatever happened
+        claims.shutdown()
+        taker.engine.dispose()
+        ledger.engine.dispose()

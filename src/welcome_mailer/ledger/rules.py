@@ -265,11 +265,23 @@ class Ledger:
             relisted_failed = and_(
                 sent_contacts.c.status == FAILED, sent_contacts.c.updated_at <= now - retry_failed_after
             )
+            to_take_over = and_(
+                sent_contacts.c.email.in_(staged),
+                sent_contacts.c.run_id != run_id,
+                or_(relisted_failed, and_(sent_contacts.c.status.in_(IN_FLIGHT_STATES), ~owner_alive)),
+            )
+            # Locked in key order first, as the insert above: two runs taking over one dead run's contacts
+            # then wait on each other in one order, never in a cycle (in the order of whatever plan each
+            # one's update got, they could deadlock).
+            in_key_order = (
+                select(sent_contacts.c.email)
+                .where(to_take_over)
+                .order_by(sent_contacts.c.email)
+                .with_for_update(of=sent_contacts)
+            )
             taken_over = conn.execute(
                 update(sent_contacts)
-                .where(sent_contacts.c.email.in_(staged))
-                .where(sent_contacts.c.run_id != run_id)
-                .where(or_(relisted_failed, and_(sent_contacts.c.status.in_(IN_FLIGHT_STATES), ~owner_alive)))
+                .where(sent_contacts.c.email.in_(in_key_order), to_take_over)
                 .values(
                     run_id=run_id,
                     updated_at=now,
