@@ -289,7 +289,8 @@ class Ledger:
             )
             # Locked in key order first, as the insert above: two runs taking over one dead run's contacts
             # then wait on each other in one order, never in a cycle (in the order of whatever plan each
-            # one's update got, they could deadlock).
+            # one's update got, they could deadlock). A locked row is re-checked by Postgres once its lock
+            # is free, and stays as checked until this transaction ends (SQLite: one writer).
             in_key_order = (
                 select(sent_contacts.c.email)
                 .where(to_take_over)
@@ -298,7 +299,7 @@ class Ledger:
             )
             taken_over = conn.execute(
                 update(sent_contacts)
-                .where(sent_contacts.c.email.in_(in_key_order), to_take_over)
+                .where(sent_contacts.c.email.in_(in_key_order))
                 .values(
                     run_id=run_id,
                     updated_at=now,
