@@ -31,7 +31,8 @@ def url(tmp_path, monkeypatch):
 
 def test_lookup_suppress_release_erase_and_import(url, tmp_path, capsys):
     assert cli.main(["contact", "lookup", "JANE@example.com", "--url", url]) == 0
-    assert "jane@example.com: claimed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "jane@example.com: sending" in out and " pending key=welcome-" in out, "claimed with its first attempt"
     assert cli.main(["contact", "suppress", "jane@example.com", "--url", url]) == 2
     assert "needs --reason" in capsys.readouterr().err
     assert cli.main(["contact", "suppress", "jane@example.com", "--reason", "asked", "--url", url]) == 0

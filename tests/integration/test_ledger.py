@@ -74,18 +74,23 @@ def test_claim_takes_new_contacts_in_bounded_batches(ledger):
 
 def test_a_first_claim_writes_each_new_contact_once_and_a_mixed_one_renumbers(ledger):
     """Issue 14: numbering the claimed contacts afterwards wrote a second version of every row (a third of
-    a 400k claim on Postgres). New contacts get their batch as they are inserted; the numbering then only
-    rewrites what differs, as when contacts already contacted leave gaps."""
+    a 400k claim on Postgres), and starting their first attempt a third. New contacts get their batch and
+    their first attempt as they are inserted; the numbering then only rewrites what differs, as when
+    contacts already contacted leave gaps."""
     renumbered = []
+    contact_rows_updated = []
 
-    def count_renumbered(conn, cursor, statement, parameters, context, executemany):
+    def count_updates(conn, cursor, statement, parameters, context, executemany):
         if statement.startswith("UPDATE sent_contacts SET batch_no"):
             renumbered.append(cursor.rowcount)
+        if statement.startswith("UPDATE sent_contacts"):
+            contact_rows_updated.append(cursor.rowcount)
 
-    event.listen(ledger.engine, "after_cursor_execute", count_renumbered)
+    event.listen(ledger.engine, "after_cursor_execute", count_updates)
     first = stage_and_claim(ledger, "run-1", [f"u{i:02}@example.com" for i in range(25)], batch_size=1, max_batches=4)
-    assert renumbered == [0], "every new contact inserted with its batch"
     assert [len(ledger.start_attempts("run-1", b)) for b in first.batches] == [7, 7, 7, 4]
+    assert sum(renumbered) == 0, "every new contact inserted with its batch"
+    assert sum(contact_rows_updated) == 0, "and with its first attempt: claimed and started, no row rewritten"
     # Half of the next file was contacted by run-1: the batch numbers taken from the file are renumbered.
     renumbered.clear()
     mixed = [f"u{i:02}@example.com" for i in range(0, 50, 2)]
@@ -94,7 +99,25 @@ def test_a_first_claim_writes_each_new_contact_once_and_a_mixed_one_renumbers(le
     sent = [ledger.start_attempts("run-2", b) for b in second.batches]
     assert [len(batch) for batch in sent] == [3, 3, 3, 3]
     assert sorted(a.email for batch in sent for a in batch) == mixed[13:]
-    event.remove(ledger.engine, "after_cursor_execute", count_renumbered)
+    event.remove(ledger.engine, "after_cursor_execute", count_updates)
+
+
+def test_a_new_contact_is_claimed_with_its_first_attempt_recorded(ledger):
+    """claim records a new contact's first attempt in the database (Postgres' sha256, SQLite's registered
+    function): the key must be the one the sender sends with, and that start_attempts returns."""
+    emails = ["a@example.com", "Zoë.b@exämple.com", "c+tag@example.com"]
+    claimed = stage_and_claim(ledger, "run-1", emails)
+    with ledger.engine.connect() as conn:
+        recorded = conn.execute(
+            select(
+                send_attempts.c.email, send_attempts.c.attempt, send_attempts.c.idempotency_key, send_attempts.c.status
+            )
+        ).all()
+    assert sorted(recorded) == sorted((e, 1, idempotency_key(e, 1), "pending") for e in emails)
+    assert {e: s[0] for e, s in statuses(ledger).items()} == dict.fromkeys(emails, "sending")
+    started = [a for b in claimed.batches for a in ledger.start_attempts("run-1", b)]
+    assert sorted((a.email, a.attempt, a.idempotency_key) for a in started) == sorted(r[:3] for r in recorded)
+    assert ledger.run_summary("run-1")["messages_sent"] == 3, "no second attempt started"
 
 
 def test_claim_makes_no_more_send_tasks_than_one_per_min_batch_contacts(ledger):

@@ -3,6 +3,7 @@ email per contact" lives in this module; tables are in ``schema``, SQL plumbing 
 
 Contact states (``sent_contacts.status``)::
 
+    (a new contact) --claim--> sending              (its first attempt recorded with it, pending)
     claimed --start_attempts--> sending --record_sent--> sent --record_outcomes--> delivered | bounced | blocked
     blocked --requeue_blocked--> claimed            (a NEW attempt, while claim_attempts < max_attempts)
     blocked --close_out--> failed                   (max_attempts reached)
@@ -114,6 +115,16 @@ def idempotency_key(email: str, attempt: int) -> str:
     """The provider idempotency key of one attempt: stable for (email, attempt), different for every attempt."""
     digest = hashlib.sha256(email.encode()).hexdigest()[:40]
     return f"welcome-{digest}-{attempt}"
+
+
+def _idempotency_key_sql(conn, email, attempt: int):
+    """``idempotency_key`` as a SQL expression, for attempts recorded inside the database (Postgres:
+    its own sha256; SQLite: the Python function, registered on the connection)."""
+    if bulk.is_postgres(conn):
+        digest = func.left(func.encode(func.sha256(func.convert_to(email, "UTF8")), "hex"), 40)
+        return literal("welcome-") + digest + literal(f"-{attempt}")
+    conn.connection.dbapi_connection.create_function("welcome_idempotency_key", 2, idempotency_key, deterministic=True)
+    return func.welcome_idempotency_key(email, attempt)
 
 
 @dataclass(frozen=True)
@@ -231,12 +242,13 @@ class Ledger:
     ) -> ClaimResult:
         """Take responsibility for this run's staged contacts that nobody else has, in one transaction.
 
-        New emails are inserted as claimed; contacts of dead runs are taken over, and so are failed contacts
-        that failed at least ``retry_failed_after`` ago (blocks are temporary: retrying minutes later only
-        meets the same block). The contacts to send are numbered into batches (one per send task): at most
-        ``max_batches``, and no more than one per ``min_batch_contacts`` contacts. Safe
-        to repeat (a retried task) and safe against other runs claiming at the same time: the insert skips
-        conflicts, and the take-over re-checks ownership row by row.
+        New emails are inserted as sending, their first attempt recorded with them; contacts of dead runs
+        are taken over, and so are failed contacts that failed at least ``retry_failed_after`` ago (blocks
+        are temporary: retrying minutes later only meets the same block). The contacts to send are
+        numbered into batches (one per send task): at most ``max_batches``, and no more than one per
+        ``min_batch_contacts`` contacts. Safe to repeat (a retried task) and safe against other runs
+        claiming at the same time: the insert skips conflicts, and the take-over re-checks ownership row
+        by row.
         """
         now = utcnow()
         staged = select(staged_contacts.c.email).where(staged_contacts.c.run_id == run_id)
@@ -247,9 +259,9 @@ class Ledger:
                 select(
                     staged_contacts.c.email,
                     staged_contacts.c.name,
-                    literal(CLAIMED),
-                    literal(0),
-                    literal(0),
+                    literal(SENDING),  # with its first attempt, recorded below
+                    literal(1),
+                    literal(1),
                     literal(run_id),
                     literal(now),
                     literal(now),
@@ -273,63 +285,105 @@ class Ledger:
             inserted = conn.execute(
                 bulk.dialect_insert(conn, sent_contacts).from_select(columns, new_rows).on_conflict_do_nothing()
             ).rowcount
-
-            owner_alive = exists().where(
-                ledger_runs.c.run_id == sent_contacts.c.run_id,
-                ledger_runs.c.finished_at.is_(None),
-                ledger_runs.c.lease_expires_at >= now,
-            )
-            relisted_failed = and_(
-                sent_contacts.c.status == FAILED, sent_contacts.c.updated_at <= now - retry_failed_after
-            )
-            to_take_over = and_(
-                sent_contacts.c.email.in_(staged),
-                sent_contacts.c.run_id != run_id,
-                or_(relisted_failed, and_(sent_contacts.c.status.in_(IN_FLIGHT_STATES), ~owner_alive)),
-            )
-            # Locked in key order first, as the insert above: two runs taking over one dead run's contacts
-            # then wait on each other in one order, never in a cycle (in the order of whatever plan each
-            # one's update got, they could deadlock). A locked row is re-checked by Postgres once its lock
-            # is free, and stays as checked until this transaction ends (SQLite: one writer).
-            in_key_order = (
-                select(sent_contacts.c.email)
-                .where(to_take_over)
-                .order_by(sent_contacts.c.email)
-                .with_for_update(of=sent_contacts)
-            )
-            taken_over = conn.execute(
-                update(sent_contacts)
-                .where(sent_contacts.c.email.in_(in_key_order))
-                .values(
-                    run_id=run_id,
-                    updated_at=now,
-                    status=case((relisted_failed, CLAIMED), else_=sent_contacts.c.status),
-                    claim_attempts=case((relisted_failed, 0), else_=sent_contacts.c.claim_attempts),
-                    source_line=select(staged_contacts.c.line_no)
-                    .where(staged_contacts.c.run_id == run_id, staged_contacts.c.email == sent_contacts.c.email)
-                    .scalar_subquery(),
+            self._record_first_attempts(conn, run_id, now)
+            if inserted == staged_count:
+                # Every staged contact was new (a file's first run): none to take over, held by another run
+                # or failed, and the insert numbered their batches (at 400k contacts on Postgres, the
+                # statements that find this out took 3.4 s).
+                taken_over, held, held_until, owned, failed_recently = 0, 0, None, inserted, 0
+            else:
+                taken_over, held, held_until, owned, failed_recently = self._take_over(
+                    conn, run_id, staged, now, retry_failed_after
                 )
-            ).rowcount
-
-            held, held_until = conn.execute(
-                select(func.count(), func.max(ledger_runs.c.lease_expires_at))
-                .select_from(sent_contacts.join(ledger_runs, ledger_runs.c.run_id == sent_contacts.c.run_id))
-                .where(sent_contacts.c.email.in_(staged), sent_contacts.c.run_id != run_id)
-                .where(sent_contacts.c.status.in_(IN_FLIGHT_STATES), ledger_runs.c.finished_at.is_(None))
-                .where(ledger_runs.c.lease_expires_at >= now)
-            ).one()
-            owned, failed_recently = conn.execute(
-                select(
-                    func.count().filter(sent_contacts.c.run_id == run_id),
-                    func.count().filter(sent_contacts.c.status == FAILED),
-                ).where(sent_contacts.c.email.in_(staged))
-            ).one()
             to_send, size, batches = self._number_batches(
-                conn, run_id, (CLAIMED, SENDING), batch_size, max_batches, min_batch_contacts
+                conn,
+                run_id,
+                (CLAIMED, SENDING),
+                batch_size,
+                max_batches,
+                min_batch_contacts,
+                numbered_by_insert=inserted if inserted == staged_count else None,
             )
         return ClaimResult(
             staged_count, inserted, taken_over, failed_recently, owned, to_send, size, batches, held, held_until
         )
+
+    @staticmethod
+    def _take_over(conn, run_id: str, staged, now: datetime, retry_failed_after: timedelta):
+        """claim's rules for the staged contacts the ledger already knows: take over those of dead runs and
+        failed ones due again. Returns (taken over, held by live runs, their latest lease expiry, owned by
+        this run, failed too recently)."""
+        owner_alive = exists().where(
+            ledger_runs.c.run_id == sent_contacts.c.run_id,
+            ledger_runs.c.finished_at.is_(None),
+            ledger_runs.c.lease_expires_at >= now,
+        )
+        relisted_failed = and_(sent_contacts.c.status == FAILED, sent_contacts.c.updated_at <= now - retry_failed_after)
+        to_take_over = and_(
+            sent_contacts.c.email.in_(staged),
+            sent_contacts.c.run_id != run_id,
+            or_(relisted_failed, and_(sent_contacts.c.status.in_(IN_FLIGHT_STATES), ~owner_alive)),
+        )
+        # Locked in key order first, as the insert above: two runs taking over one dead run's contacts
+        # then wait on each other in one order, never in a cycle (in the order of whatever plan each
+        # one's update got, they could deadlock). A locked row is re-checked by Postgres once its lock
+        # is free, and stays as checked until this transaction ends (SQLite: one writer).
+        in_key_order = (
+            select(sent_contacts.c.email)
+            .where(to_take_over)
+            .order_by(sent_contacts.c.email)
+            .with_for_update(of=sent_contacts)
+        )
+        taken_over = conn.execute(
+            update(sent_contacts)
+            .where(sent_contacts.c.email.in_(in_key_order))
+            .values(
+                run_id=run_id,
+                updated_at=now,
+                status=case((relisted_failed, CLAIMED), else_=sent_contacts.c.status),
+                claim_attempts=case((relisted_failed, 0), else_=sent_contacts.c.claim_attempts),
+                source_line=select(staged_contacts.c.line_no)
+                .where(staged_contacts.c.run_id == run_id, staged_contacts.c.email == sent_contacts.c.email)
+                .scalar_subquery(),
+            )
+        ).rowcount
+
+        held, held_until = conn.execute(
+            select(func.count(), func.max(ledger_runs.c.lease_expires_at))
+            .select_from(sent_contacts.join(ledger_runs, ledger_runs.c.run_id == sent_contacts.c.run_id))
+            .where(sent_contacts.c.email.in_(staged), sent_contacts.c.run_id != run_id)
+            .where(sent_contacts.c.status.in_(IN_FLIGHT_STATES), ledger_runs.c.finished_at.is_(None))
+            .where(ledger_runs.c.lease_expires_at >= now)
+        ).one()
+        owned, failed_recently = conn.execute(
+            select(
+                func.count().filter(sent_contacts.c.run_id == run_id),
+                func.count().filter(sent_contacts.c.status == FAILED),
+            ).where(sent_contacts.c.email.in_(staged))
+        ).one()
+        return taken_over, held, held_until, owned, failed_recently
+
+    @staticmethod
+    def _record_first_attempts(conn, run_id: str, now: datetime) -> None:
+        """The first attempt of every contact this claim inserted (created now, by this run), as pending,
+        in the database: a new contact goes straight to ``sending``. Claiming it as ``claimed`` and
+        starting its attempt in the send task wrote a second version of every new row, under 4 indexes."""
+        just_inserted = and_(
+            sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENDING, sent_contacts.c.created_at == now
+        )
+        first = select(
+            sent_contacts.c.email,
+            literal(1),
+            _idempotency_key_sql(conn, sent_contacts.c.email, 1),
+            literal(run_id),
+            literal(PENDING),
+            literal(now),
+            literal(now),
+        ).where(just_inserted)
+        columns = ("email", "attempt", "idempotency_key", "run_id", "status", "created_at", "updated_at")
+        # No ON CONFLICT: a contact inserted just now has no attempts (its speculative insertion cost a
+        # third of this statement, 400k rows on Postgres: 6.5 s -> 4.3 s).
+        conn.execute(send_attempts.insert().from_select(columns, first))
 
     def _drop_erased(self, conn, run_id: str) -> None:
         """Remove the run's staged contacts whose address was erased, so claim never takes them. On
@@ -354,15 +408,25 @@ class Ledger:
 
     @staticmethod
     def _number_batches(
-        conn, run_id: str, states: Sequence[str], batch_size: int, max_batches: int, min_batch_contacts: int = 1
+        conn,
+        run_id: str,
+        states: Sequence[str],
+        batch_size: int,
+        max_batches: int,
+        min_batch_contacts: int = 1,
+        numbered_by_insert: int | None = None,
     ) -> tuple[int, int, list[int]]:
         """Batches of at least ``batch_size``, at most ``max_batches`` of them, and at most one per
-        ``min_batch_contacts`` (a send task costs Airflow more than sending a few thousand emails)."""
+        ``min_batch_contacts`` (a send task costs Airflow more than sending a few thousand emails).
+        ``numbered_by_insert``: how many contacts claim inserted, numbered among themselves; when they are
+        all there is to send, their numbers stand."""
         selected = and_(sent_contacts.c.run_id == run_id, sent_contacts.c.status.in_(states))
         count = conn.execute(select(func.count()).select_from(sent_contacts).where(selected)).scalar_one()
         if count == 0:
             return 0, batch_size, []
         size = _batch_size(count, batch_size, max_batches, min_batch_contacts)
+        if count == numbered_by_insert:
+            return count, size, list(range(math.ceil(count / size)))
         numbered = (
             select(sent_contacts.c.email, _batch_no(sent_contacts.c.email, size).label("batch_no"))
             .where(selected)
@@ -383,8 +447,9 @@ class Ledger:
 
     # -- sending ------------------------------------------------------------------------------------
     def start_attempts(self, run_id: str, batch_no: int, resend_unconfirmed: bool = True) -> list[OutgoingAttempt]:
-        """Record a new attempt for every claimed contact of the batch, then return every attempt of the
-        batch that is recorded but not confirmed.
+        """Record a new attempt for every claimed contact of the batch (a resend, or a failed contact listed
+        again: new contacts got theirs from ``claim``), then return every attempt of the batch that is
+        recorded but not confirmed.
 
         Attempts an earlier try recorded (a retried task, a crashed run taken over) are returned again when
         ``resend_unconfirmed`` (the transport is idempotent: the same key cannot make a second email).
