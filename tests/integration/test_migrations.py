@@ -130,3 +130,42 @@ def test_0004_keeps_the_data_and_the_ledger_works_after_it(engine, tmp_path):
     assert "ix_sent_contacts_status" in indexes
     operations.suppress(ledger, ["old@example.com"], "t", "why")
     assert operations.erase(ledger, "old@example.com", "t", "gdpr", [])["sent_contacts"] == 1
+
+
+def test_0005_one_run_index_serves_a_run_in_flight_across_the_upgrade(engine):
+    """0005 replaces the run's (run_id, status) and (run_id, batch_no) indexes by one on (run_id, status,
+    batch_no): a run claimed at 0004 is sent, polled and resent at head, and 0004 comes back on downgrade."""
+    from datetime import timedelta
+
+    from alembic import command
+
+    from tests.integration.test_ledger import stage_and_claim
+    from welcome_mailer.ledger import AcceptedAttempt, utcnow
+    from welcome_mailer.ledger.migrate import _config
+    from welcome_mailer.outcomes.events import OutcomeEvent
+
+    upgrade(engine, "0004")
+    ledger = Ledger(engine)
+    claimed = stage_and_claim(ledger, "run-1", ["a@example.com", "b@example.com", "c@example.com"], batch_size=2)
+    assert upgrade(engine) == ("0004", head_revision())
+    indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("sent_contacts")}
+    assert indexes["ix_sent_contacts_run_status_batch"] == ["run_id", "status", "batch_no"]
+    assert not {"ix_sent_contacts_run_status", "ix_sent_contacts_run_batch"} & set(indexes)
+    for batch in claimed.batches:
+        attempts = ledger.start_attempts("run-1", batch)
+        ledger.record_sent("run-1", [AcceptedAttempt(a.email, a.attempt, f"m-{a.email}") for a in attempts])
+    assert sorted(m.email for m in ledger.pending_messages("run-1")) == [
+        "a@example.com",
+        "b@example.com",
+        "c@example.com",
+    ]
+    ledger.record_outcomes([OutcomeEvent("blocked", provider_message_id="m-a@example.com")])
+    assert ledger.requeue_blocked("run-1", 3, utcnow() + timedelta(minutes=1), 2, 8) == [0]
+    assert [a.attempt for a in ledger.start_attempts("run-1", 0)] == [2]
+    config = _config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0004")
+    indexes = {ix["name"] for ix in inspect(engine).get_indexes("sent_contacts")}
+    assert {"ix_sent_contacts_run_status", "ix_sent_contacts_run_batch"} <= indexes
+    assert "ix_sent_contacts_run_status_batch" not in indexes

@@ -33,8 +33,7 @@ sent_contacts = Table(
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
     Column("source_line", Integer),  # the line of the owning run's file it came from (NULL: before 0004)
-    Index("ix_sent_contacts_run_status", "run_id", "status"),
-    Index("ix_sent_contacts_run_batch", "run_id", "batch_no"),
+    Index("ix_sent_contacts_run_status_batch", "run_id", "status", "batch_no"),  # a run's contacts by state
     Index("ix_sent_contacts_status", "status"),  # the UI's contacts per state: an index-only count
 )
 
