@@ -2,7 +2,9 @@
 
     python -m include.baseline FILE --esp-url URL --api-key KEY [--ledger-url URL]
 
-Parses and claims with the package's own code (the same parser and ledger, Postgres or SQLite), then
+Parses with the package's own code and ledger (Postgres or SQLite) and claims in one INSERT of the
+staged contacts that the ledger does not know (its own statement: the package's claim also records each
+first attempt before sending, which a program that keeps its outcomes in memory has no use for), then
 sends in 1,000-message batches over 16 connections, polls outcomes in bulk in fixed 0.3 s rounds, and
 resends blocked contacts at once with a new idempotency key, up to 5 messages each. Outcomes stay in
 memory (nothing is recorded after the claim): the floor an orchestrated run is compared with, not a
@@ -20,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import literal, select
 
 BATCH = 1000
 CONNECTIONS = 16
@@ -29,9 +31,9 @@ MAX_ATTEMPTS = 5
 
 
 def parse_and_claim(csv_path: Path, ledger_url: str) -> tuple[list[tuple[str, str]], dict[str, float]]:
-    from welcome_mailer.ledger import Ledger, connect, sent_contacts
+    from welcome_mailer.ledger import Ledger, bulk, connect, sent_contacts, staged_contacts, utcnow
     from welcome_mailer.ledger.migrate import upgrade
-    from welcome_mailer.pipeline import claim_contacts, parse_file
+    from welcome_mailer.pipeline import parse_file
 
     engine = connect(ledger_url)
     upgrade(engine)
@@ -40,11 +42,15 @@ def parse_and_claim(csv_path: Path, ledger_url: str) -> tuple[list[tuple[str, st
     started = time.perf_counter()
     parse_file(ledger, "baseline", csv_path, Path(tempfile.gettempdir()) / "baseline_rejected.csv")
     parsed = time.perf_counter()
-    claim_contacts(ledger, "baseline", BATCH, 1024)
-    with engine.connect() as conn:
-        contacts = conn.execute(
-            select(sent_contacts.c.email, sent_contacts.c.name).where(sent_contacts.c.run_id == "baseline")
-        ).all()
+    now = utcnow()
+    new_contacts = select(
+        staged_contacts.c.email, staged_contacts.c.name, literal("claimed"), literal(0), literal(0),
+        literal("baseline"), literal(now), literal(now),
+    ).where(staged_contacts.c.run_id == "baseline")  # fmt: skip
+    columns = ("email", "name", "status", "attempts", "claim_attempts", "run_id", "created_at", "updated_at")
+    with engine.begin() as conn:
+        insert = bulk.dialect_insert(conn, sent_contacts).from_select(columns, new_contacts).on_conflict_do_nothing()
+        contacts = conn.execute(insert.returning(sent_contacts.c.email, sent_contacts.c.name)).all()
     engine.dispose()
     return [tuple(c) for c in contacts], {"parse": parsed - started, "claim": time.perf_counter() - parsed}
 
