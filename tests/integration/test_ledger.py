@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.exc import OperationalError
 
 from welcome_mailer.contacts import Contact
@@ -117,7 +117,23 @@ def test_a_new_contact_is_claimed_with_its_first_attempt_recorded(ledger):
     assert {e: s[0] for e, s in statuses(ledger).items()} == dict.fromkeys(emails, "sending")
     started = [a for b in claimed.batches for a in ledger.start_attempts("run-1", b)]
     assert sorted((a.email, a.attempt, a.idempotency_key) for a in started) == sorted(r[:3] for r in recorded)
-    assert ledger.run_summary("run-1")["messages_sent"] == 3, "no second attempt started"
+    with ledger.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(send_attempts)).scalar() == 3, "no second attempt"
+
+
+def test_a_contact_suppressed_before_its_batch_is_not_sent_nor_counted_as_sent(ledger):
+    """Its first attempt was recorded by the claim; suppressed before the send task ran, it is not sent,
+    and the run's summary does not count its pending attempt as a message."""
+    claimed = stage_and_claim(ledger, "run-1", ["a@example.com", "b@example.com"])
+    audit = {"actor": "test", "action": "suppress", "reason": "asked by phone"}
+    assert ledger.suppress(["b@example.com"], audit) == 1
+    send_everything(ledger, "run-1", claimed.batches, "delivered")
+    assert {e: s[0] for e, s in statuses(ledger).items()} == {
+        "a@example.com": "delivered",
+        "b@example.com": "suppressed",
+    }
+    summary = ledger.run_summary("run-1")
+    assert (summary["messages_sent"], summary["resent_after_block"]) == (1, 0)
 
 
 def test_claim_makes_no_more_send_tasks_than_one_per_min_batch_contacts(ledger):

@@ -134,7 +134,7 @@ class ClaimResult:
     taken_over: int  # failed contacts listed again, or contacts of a dead run
     failed_recently: int  # failed contacts listed again too soon: left alone until retry_failed_after passed
     owned: int  # contacts this run is responsible for (new + taken over + already its own)
-    to_send: int  # owned contacts waiting for their first message of this claim
+    to_send: int  # owned contacts whose message of this claim is not confirmed sent yet (claimed, sending)
     batch_size: int  # contacts per send batch (may exceed the requested size to stay under max_batches)
     batches: list[int]
     held_by_other_runs: int = 0  # in flight under another live run: not contacted yet, not this run's
@@ -367,7 +367,7 @@ class Ledger:
     def _record_first_attempts(conn, run_id: str, now: datetime) -> None:
         """The first attempt of every contact this claim inserted (created now, by this run), as pending,
         in the database: a new contact goes straight to ``sending``. Claiming it as ``claimed`` and
-        starting its attempt in the send task wrote a second version of every new row, under 4 indexes."""
+        starting its attempt in the send task wrote a second version of every new row (then under 4 indexes)."""
         just_inserted = and_(
             sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENDING, sent_contacts.c.created_at == now
         )
@@ -433,7 +433,7 @@ class Ledger:
             .subquery()
         )
         # Only rows whose number changes are written: a first claim of a file's contacts numbered them as it
-        # inserted them, and writes nothing here (rewriting every row, each a new version under 4 indexes,
+        # inserted them, and writes nothing here (rewriting every row, each a new version under 4 indexes then,
         # was a third of a 400k claim on Postgres).
         conn.execute(
             update(sent_contacts)
@@ -871,9 +871,11 @@ class Ledger:
                     .order_by(sent_contacts.c.claim_attempts)
                 ).all()
             )
+            # Not the pending ones: claim records a first attempt before any send, and a contact suppressed
+            # before its batch went out keeps its attempt unsent.
             messages, recipients = conn.execute(
                 select(func.count(), func.count(send_attempts.c.email.distinct())).where(
-                    send_attempts.c.run_id == run_id
+                    send_attempts.c.run_id == run_id, send_attempts.c.status != PENDING
                 )
             ).one()
         return {
