@@ -31,7 +31,7 @@ MAX_ATTEMPTS = 5
 
 
 def parse_and_claim(csv_path: Path, ledger_url: str) -> tuple[list[tuple[str, str]], dict[str, float]]:
-    from welcome_mailer.ledger import Ledger, bulk, connect, sent_contacts, staged_contacts, utcnow
+    from welcome_mailer.ledger import CLAIMED, Ledger, bulk, connect, sent_contacts, staged_contacts, utcnow
     from welcome_mailer.ledger.migrate import upgrade
     from welcome_mailer.pipeline import parse_file
 
@@ -44,7 +44,7 @@ def parse_and_claim(csv_path: Path, ledger_url: str) -> tuple[list[tuple[str, st
     parsed = time.perf_counter()
     now = utcnow()
     new_contacts = select(
-        staged_contacts.c.email, staged_contacts.c.name, literal("claimed"), literal(0), literal(0),
+        staged_contacts.c.email, staged_contacts.c.name, literal(CLAIMED), literal(0), literal(0),
         literal("baseline"), literal(now), literal(now),
     ).where(staged_contacts.c.run_id == "baseline")  # fmt: skip
     columns = ("email", "name", "status", "attempts", "claim_attempts", "run_id", "created_at", "updated_at")
