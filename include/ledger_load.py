@@ -180,6 +180,9 @@ def main() -> None:
     parser.add_argument("--outcome-limit", type=int, help="record only this many outcome chunks")
     parser.add_argument("--prior-rows", type=int, default=1000, help="an earlier run, then ANALYZE (0: none)")
     parser.add_argument("--keep", action="store_true", help="keep the database")
+    parser.add_argument(
+        "--sql", action="append", default=[], help="a statement run after the migration (a schema variant to try)"
+    )
     args = parser.parse_args()
 
     name = f"wm_load_{uuid.uuid4().hex[:8]}"
@@ -189,6 +192,9 @@ def main() -> None:
     engine = connect(f"{ADMIN_URL}/{name}")
     try:
         upgrade(engine)
+        with engine.begin() as conn:
+            for statement in args.sql:
+                conn.exec_driver_sql(statement)
         ledger = Ledger(engine)
         explainer = Explainer(engine)
         report: dict = {"rows": args.rows, "tasks": args.tasks, "database": name}

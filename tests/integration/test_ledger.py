@@ -242,6 +242,11 @@ def test_contacts_of_a_dead_run_are_taken_over_as_they_are(ledger):
     resent = ledger.start_attempts("taker", taker.batches[0])
     assert [(a.email, a.attempt) for a in resent] == [("sending@example.com", 1)], "same attempt, same key"
     assert [m.message_id for m in list(ledger.pending_messages("taker"))] == ["id-sent"], "polled, never resent blindly"
+    ledger.record_sent("taker", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in resent])
+    with ledger.engine.connect() as conn:
+        senders = dict(conn.execute(select(send_attempts.c.email, send_attempts.c.run_id)).all())
+    assert senders == {"sending@example.com": "taker", "sent@example.com": "dead"}, "who sent each message"
+    assert ledger.run_summary("taker")["messages_sent"] == 1, "the message the taker sent is in its summary"
 
 
 def test_writes_of_a_run_that_lost_its_contacts_change_nothing(ledger):
@@ -474,3 +479,42 @@ def test_a_take_over_locks_the_dead_runs_contacts_in_key_order(postgres_url):
         claims.shutdown()
         taker.engine.dispose()
         ledger.engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("action", ["unsubscribe", "suppress"])
+def test_unsubscribe_and_suppress_win_over_a_claim_still_inserting_the_contact(postgres_url, action):
+    """A claim has inserted the contact but not committed: unsubscribing (or suppressing) it waits for that
+    claim, then changes it. Before, its update found no row, its insert skipped the conflict, and the
+    contact was emailed once."""
+    engine = connect(postgres_url)
+    upgrade(engine)
+    ledger = Ledger(engine)
+    ledger.renew_lease("run-1")
+    ledger.stage("run-1", contacts("a@example.com"))
+    claiming = engine.connect()
+    changes = ThreadPoolExecutor(1)
+    try:
+        claiming.begin()
+        claiming.execute(  # what claim's insert leaves until its transaction commits
+            sent_contacts.insert().values(
+                email="a@example.com", name="A", status="sending", attempts=1, claim_attempts=1, run_id="run-1",
+                batch_no=0, created_at=utcnow(), updated_at=utcnow(),
+            )
+        )  # fmt: skip
+        audit = {"actor": "test", "action": "suppress", "reason": "asked by phone"}
+        change = (
+            changes.submit(ledger.unsubscribe, "a@example.com")
+            if action == "unsubscribe"
+            else changes.submit(ledger.suppress, ["a@example.com"], audit)
+        )
+        time.sleep(0.5)
+        assert not change.done(), "it waits for the claim's row"
+        claiming.commit()
+        assert change.result(timeout=10), "it changed the claimed contact"
+    finally:
+        claiming.close()
+        changes.shutdown()
+    assert statuses(ledger)["a@example.com"][0] == ("unsubscribed" if action == "unsubscribe" else "suppressed")
+    assert ledger.start_attempts("run-1", 0) == [], "so it is never sent"
+    engine.dispose()

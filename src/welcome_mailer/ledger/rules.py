@@ -349,6 +349,22 @@ class Ledger:
                 .scalar_subquery(),
             )
         ).rowcount
+        if taken_over:
+            # Their attempts recorded but never sent are sent by this run (the same attempt, the same key):
+            # its messages, counted in its summary.
+            # (UPDATE ... FROM, driven by the run's sending contacts: send_attempts has no index on status.)
+            conn.execute(
+                update(send_attempts)
+                .where(
+                    sent_contacts.c.run_id == run_id,
+                    sent_contacts.c.status == SENDING,
+                    send_attempts.c.email == sent_contacts.c.email,
+                    send_attempts.c.attempt == sent_contacts.c.attempts,
+                    send_attempts.c.status == PENDING,
+                    send_attempts.c.run_id != run_id,
+                )
+                .values(run_id=run_id, updated_at=now)
+            )
 
         held, held_until = conn.execute(
             select(func.count(), func.max(ledger_runs.c.lease_expires_at))
@@ -771,22 +787,9 @@ class Ledger:
         ``unsubscribed``, final, whatever its state and whichever run holds it (a run's in-flight message
         still gets its outcome recorded, but is never resent). An address the ledger does not know is
         recorded as unsubscribed, so no run ever claims it. Idempotent: returns whether anything changed."""
-        now = utcnow()
+        row = {"email": email, "name": "", "attempts": 0, "claim_attempts": 0, "run_id": UNSUBSCRIBE_OWNER}
         with self.engine.begin() as conn:
-            if conn.execute(
-                update(sent_contacts)
-                .where(sent_contacts.c.email == email, sent_contacts.c.status != UNSUBSCRIBED)
-                .values(status=UNSUBSCRIBED, updated_at=now)
-            ).rowcount:
-                return True
-            row = {"email": email, "name": "", "status": UNSUBSCRIBED, "attempts": 0, "claim_attempts": 0}
-            return bool(
-                conn.execute(
-                    bulk.dialect_insert(conn, sent_contacts)
-                    .values(**row, run_id=UNSUBSCRIBE_OWNER, created_at=now, updated_at=now)
-                    .on_conflict_do_nothing()
-                ).rowcount
-            )
+            return bool(_set_final_status(conn, [row], UNSUBSCRIBED, utcnow()))
 
     # -- resending and closing ----------------------------------------------------------------------
     def count_resendable(self, run_id: str, max_attempts: int) -> int:
@@ -897,15 +900,8 @@ class Ledger:
         changed = 0
         with self.engine.begin() as conn:
             for chunk in _chunks(sorted(set(emails)), MATCH_CHUNK):
-                changed += conn.execute(
-                    update(sent_contacts)
-                    .where(sent_contacts.c.email.in_(chunk), sent_contacts.c.status != SUPPRESSED)
-                    .values(status=SUPPRESSED, updated_at=now)
-                ).rowcount
-                new = {"name": "", "status": SUPPRESSED, "attempts": 0, "claim_attempts": 0, "run_id": OPERATOR_RUN_ID}
-                rows = [{"email": email, "created_at": now, "updated_at": now, **new} for email in chunk]
-                insert = bulk.dialect_insert(conn, sent_contacts).values(rows).on_conflict_do_nothing()
-                changed += conn.execute(insert).rowcount
+                new = {"name": "", "attempts": 0, "claim_attempts": 0, "run_id": OPERATOR_RUN_ID}
+                changed += _set_final_status(conn, [{"email": email, **new} for email in chunk], SUPPRESSED, now)
                 _audit(conn, now, audit, chunk)
         return changed
 
@@ -956,6 +952,23 @@ class Ledger:
             )
             _audit(conn, now, audit, [None], email_hash=digest)
         return deleted
+
+
+def _set_final_status(conn, new_rows: list[dict], status: str, now: datetime) -> int:
+    """The contacts become ``status`` (unsubscribed, suppressed) whatever their state; an address the ledger
+    does not know gets a row (``new_rows``: its columns) in that state, so no run ever claims it. One upsert:
+    a contact that a concurrent claim is inserting is waited for, then changed (an UPDATE first would find
+    no row yet, and an insert that skips conflicts would then skip it: emailed once). Returns how many
+    rows changed."""
+    rows = [{**row, "status": status, "created_at": now, "updated_at": now} for row in new_rows]
+    insert = bulk.dialect_insert(conn, sent_contacts).values(rows)
+    return conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=[sent_contacts.c.email],
+            set_={"status": status, "updated_at": now},
+            where=sent_contacts.c.status != status,
+        )
+    ).rowcount
 
 
 def _audit(conn, now: datetime, audit: dict, emails: Sequence[str | None], email_hash: str | None = None) -> None:
