@@ -518,3 +518,38 @@ def test_unsubscribe_and_suppress_win_over_a_claim_still_inserting_the_contact(p
     assert statuses(ledger)["a@example.com"][0] == ("unsubscribed" if action == "unsubscribe" else "suppressed")
     assert ledger.start_attempts("run-1", 0) == [], "so it is never sent"
     engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(30)
+def test_an_outcome_its_message_already_has_locks_nothing(postgres_url):
+    """A webhook's duplicate (or a lookup after the push) changes nothing, and takes no lock: it is not
+    held up by a writer holding the message's row, and holds up no one."""
+    engine = connect(postgres_url)
+    upgrade(engine)
+
+    @event.listens_for(engine, "connect")
+    def wait_no_more_than_3_s(dbapi_connection, _record) -> None:  # a lock wait fails instead of hanging
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '3s'")
+        dbapi_connection.commit()
+
+    engine.dispose()
+    ledger = Ledger(engine)
+    claimed = stage_and_claim(ledger, "run-1", ["a@example.com", "b@example.com"])
+    send_everything(ledger, "run-1", claimed.batches, "delivered")
+    holder = engine.connect()
+    try:
+        holder.exec_driver_sql("SELECT 1 FROM send_attempts JOIN sent_contacts USING (email) FOR UPDATE")
+        duplicates = [
+            OutcomeEvent("delivered", provider_message_id=f"id-{e}-1") for e in ("a@example.com", "b@example.com")
+        ]
+        weaker = OutcomeEvent("blocked", idempotency_key=idempotency_key("a@example.com", 1))
+        counts = ledger.record_outcomes([*duplicates, weaker])
+    finally:
+        holder.close()
+    assert (counts.applied, counts.unchanged, counts.inboxed) == (0, 3, 0)
+    bounce = ledger.record_outcomes([OutcomeEvent("bounced", provider_message_id="id-a@example.com-1")])
+    assert (bounce.applied, bounce.unchanged) == (1, 0), "a stronger outcome still applies"
+    assert {e: s[0] for e, s in statuses(ledger).items()} == {"a@example.com": "bounced", "b@example.com": "delivered"}
+    engine.dispose()

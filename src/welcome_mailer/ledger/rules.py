@@ -684,6 +684,8 @@ class Ledger:
             if row is None or row.status in UNRECORDED_ATTEMPT_STATES:
                 unmatched.append(event)
                 continue
+            if _already_applied(row.status, event.outcome):
+                continue
             key = (row.email, row.attempt)
             if key not in strongest or STRENGTH[event.outcome] > STRENGTH[strongest[key]]:
                 strongest[key] = event.outcome
@@ -744,13 +746,25 @@ class Ledger:
         )
         rows = []
         if bulk.is_postgres(conn):
-            # First which attempts (no locks; each id an index probe), then lock them and their contacts
-            # through the primary keys in one order, the contacts' (two writers never wait on each other
-            # in a cycle), and read their state under the locks.
-            keys = set()
+            # First which attempts (no locks; each id an index probe), then lock those that an event may
+            # change, and their contacts, through the primary keys in one order, the contacts' (two writers
+            # never wait on each other in a cycle), and read their state under the locks. An event its
+            # attempt already has (a webhook's duplicate, a lookup after the push) locks nothing: an
+            # attempt's outcome only ever gets stronger, so it stays a no-op under the lock too.
+            probed = []
             for column, values in lookups:
                 for chunk in _chunks(values, MATCH_CHUNK):
-                    keys.update(conn.execute(bulk.probe(send_attempts, column, chunk, ("email", "attempt"))).all())
+                    probed.extend(conn.execute(bulk.probe(send_attempts, column, chunk, [c.name for c in columns[:5]])))
+            keys, settled = set(), {}
+            probed_by = _by_message(probed)
+            for event in events:
+                row = probed_by.get(("id", event.provider_message_id)) or probed_by.get(("key", event.idempotency_key))
+                if row is None:
+                    continue
+                if row.status not in UNRECORDED_ATTEMPT_STATES and _already_applied(row.status, event.outcome):
+                    settled[row.email, row.attempt] = row
+                else:
+                    keys.add((row.email, row.attempt))
             for chunk in _chunks(sorted(keys), MATCH_CHUNK):
                 given = bulk.unnest(
                     send_attempts,
@@ -769,18 +783,14 @@ class Ledger:
                     .with_for_update(of=(send_attempts, sent_contacts))
                 )
                 rows.extend(conn.execute(query))
+            rows.extend(row for key, row in settled.items() if key not in keys)
         else:
             for column, values in lookups:
                 for chunk in _chunks(values, MATCH_CHUNK):
                     rows.extend(
                         conn.execute(select(*columns).select_from(joined).where(send_attempts.c[column].in_(chunk)))
                     )
-        found: dict[tuple[str, str], object] = {}
-        for row in rows:
-            if row.provider_message_id:
-                found["id", row.provider_message_id] = row
-            found["key", row.idempotency_key] = row
-        return found
+        return _by_message(rows)
 
     def unsubscribe(self, email: str) -> bool:
         """The person asked never to be emailed again (RFC 8058 one-click): the contact becomes
@@ -976,6 +986,22 @@ def _audit(conn, now: datetime, audit: dict, emails: Sequence[str | None], email
         operator_actions.insert(),
         [{"at": now, "email": email, "email_hash": email_hash, "detail": None, **audit} for email in emails],
     )
+
+
+def _by_message(rows) -> dict[tuple[str, str], object]:
+    """Attempt rows by ("id", provider message id) and by ("key", idempotency key)."""
+    found: dict[tuple[str, str], object] = {}
+    for row in rows:
+        if row.provider_message_id:
+            found["id", row.provider_message_id] = row
+        found["key", row.idempotency_key] = row
+    return found
+
+
+def _already_applied(attempt_status: str, outcome: str) -> bool:
+    """An event no stronger than what its recorded attempt already has was applied before, with its effect
+    on the contact (in the same transaction): it changes nothing."""
+    return STRENGTH[outcome] <= ATTEMPT_STRENGTH.get(attempt_status, 0)
 
 
 def _contact_follows(contact_status: str, contact_attempt: int, attempt: int, outcome: str) -> bool:
