@@ -176,7 +176,7 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.pids.mkdir(parents=True, exist_ok=True)
         env = self.env()
-        self._create_databases()
+        self.prepare_databases()
         (self.config.home / "passwords.json").write_text(json.dumps({"admin": self.config.admin_password}))
         print("migrating the metadata database ...", flush=True)
         self._airflow(env, "db", "migrate")
@@ -328,7 +328,9 @@ class Stack:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         engine.dispose()
 
-    def _create_databases(self) -> None:
+    def _create_databases(self) -> bool:
+        """Create the metadata and ledger databases that do not exist. Returns whether the metadata
+        database is new."""
         from sqlalchemy import create_engine, text
 
         engine = create_engine(f"{self.config.postgres}/postgres", isolation_level="AUTOCOMMIT")
@@ -338,6 +340,29 @@ class Stack:
                 if name not in existing:
                     conn.execute(text(f'CREATE DATABASE "{name}"'))
         engine.dispose()
+        return self.config.metadata_db not in existing
+
+    def prepare_databases(self) -> None:
+        """The databases ``up`` needs; on a new metadata database, an empty broker too: task messages
+        left in the broker's Redis database by an earlier stack (killed mid-run) name task instances this
+        one does not have, and its workers failed them ("Invalid auth token") while the scheduler waited
+        ~10 min to queue its own again. A stack restarted on its metadata database keeps its queue."""
+        if self._create_databases():
+            self._empty_broker()
+
+    def _empty_broker(self) -> int:
+        """Drop what the broker's Redis database holds. Returns how many keys were dropped."""
+        import redis
+
+        broker = redis.Redis.from_url(self.config.redis)
+        try:
+            left = broker.dbsize()
+            if left:
+                broker.flushdb()
+                print(f"emptied the broker's Redis database: {left} keys left by an earlier stack", flush=True)
+            return left
+        finally:
+            broker.close()
 
 
 def shared_settings(path: Path = SHARED_SETTINGS) -> dict[str, str]:
