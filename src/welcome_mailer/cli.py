@@ -3,6 +3,7 @@
     welcome-mailer db migrate [--conn-id contacts_db | --url URL]   bring the ledger's schema to head
     welcome-mailer db check   [...]                                 exit 1 unless the schema is at head
     welcome-mailer db current [...]                                 print the schema's revision
+    welcome-mailer db downgrade --to REVISION [...]                 back to an earlier revision (a rollback)
     welcome-mailer contact lookup EMAIL [--json]                    state, source, attempts, audit trail
     welcome-mailer contact suppress|erase|release EMAIL --reason WHY   an operator action, audited
     welcome-mailer suppressions import FILE --reason WHY            suppress every address of a CSV
@@ -33,13 +34,29 @@ def _engine(args: argparse.Namespace) -> Engine:
 
 
 def _db(args: argparse.Namespace) -> int:
-    from welcome_mailer.ledger.migrate import LedgerSchemaError, check_at_head, current_revision, upgrade
+    from welcome_mailer.ledger.migrate import (
+        LedgerSchemaError,
+        check_at_head,
+        current_revision,
+        downgrade,
+        upgrade,
+    )
 
     engine = _engine(args)
     where = engine.url.render_as_string(hide_password=True)
     if args.action == "migrate":
         before, after = upgrade(engine)
         print(f"ledger {where}: {'already at' if before == after else f'migrated from {before} to'} {after}")
+    elif args.action == "downgrade":
+        if not args.to:
+            print("db downgrade needs --to REVISION (see `welcome-mailer db current`)", file=sys.stderr)
+            return 2
+        try:
+            before, after = downgrade(engine, args.to)
+        except LedgerSchemaError as exc:
+            print(f"ledger {where}: {exc}", file=sys.stderr)
+            return 2
+        print(f"ledger {where}: {'already at' if before == after else f'downgraded from {before} to'} {after}")
     elif args.action == "current":
         print(current_revision(engine) or "none")
     else:
@@ -153,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="welcome-mailer", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     db = commands.add_parser("db", help="the ledger's schema (Alembic migrations)")
-    db.add_argument("action", choices=("migrate", "check", "current"))
+    db.add_argument("action", choices=("migrate", "check", "current", "downgrade"))
+    db.add_argument("--to", metavar="REVISION", help="downgrade: the revision to go back to")
     _ledger_options(db)
     db.set_defaults(run=_db)
     contact = commands.add_parser("contact", help="one contact: look it up, suppress, erase (GDPR) or release it")

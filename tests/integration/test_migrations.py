@@ -16,6 +16,7 @@ from welcome_mailer.ledger.migrate import (
     LedgerSchemaError,
     check_at_head,
     current_revision,
+    downgrade,
     head_revision,
     target_metadata,
     upgrade,
@@ -137,11 +138,8 @@ def test_0005_one_run_index_serves_a_run_in_flight_across_the_upgrade(engine):
     batch_no): a run claimed at 0004 is sent, polled and resent at head, and 0004 comes back on downgrade."""
     from datetime import timedelta
 
-    from alembic import command
-
     from tests.integration.test_ledger import stage_and_claim
     from welcome_mailer.ledger import AcceptedAttempt, utcnow
-    from welcome_mailer.ledger.migrate import _config
     from welcome_mailer.outcomes.events import OutcomeEvent
 
     upgrade(engine, "0004")
@@ -162,10 +160,35 @@ def test_0005_one_run_index_serves_a_run_in_flight_across_the_upgrade(engine):
     ledger.record_outcomes([OutcomeEvent("blocked", provider_message_id="m-a@example.com")])
     assert ledger.requeue_blocked("run-1", 3, utcnow() + timedelta(minutes=1), 2, 8) == [0]
     assert [a.attempt for a in ledger.start_attempts("run-1", 0)] == [2]
-    config = _config()
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.downgrade(config, "0004")
+    assert downgrade(engine, "0004") == (head_revision(), "0004")
     indexes = {ix["name"] for ix in inspect(engine).get_indexes("sent_contacts")}
     assert {"ix_sent_contacts_run_status", "ix_sent_contacts_run_batch"} <= indexes
     assert "ix_sent_contacts_run_status_batch" not in indexes
+
+
+def test_the_command_line_downgrades_to_an_earlier_revision_and_refuses_what_is_not_one(ledger_url, capsys):
+    """`welcome-mailer db downgrade --to REVISION`: a rollback to an older release's schema, and back;
+    a missing, unknown or later revision changes nothing and exits 2 with what to give instead."""
+    from welcome_mailer.cli import main
+
+    def cli(*args: str) -> int:
+        return main(["db", *args, "--url", ledger_url])
+
+    engine = connect(ledger_url)
+    try:
+        assert cli("migrate") == 0
+        assert cli("downgrade", "--to", "0004") == 0
+        assert f"downgraded from {head_revision()} to 0004" in capsys.readouterr().out
+        assert current_revision(engine) == "0004"
+        assert cli("check") == 1, "tasks would refuse it until it is migrated again"
+        for refused, why in (
+            ((), "needs --to REVISION"),
+            (("--to", "0042"), "no ledger revision '0042': the revisions are 0001, 0002"),
+            (("--to", head_revision()), f"at revision 0004: {head_revision()} is not below it"),
+        ):
+            assert cli("downgrade", *refused) == 2
+            assert why in capsys.readouterr().err
+        assert current_revision(engine) == "0004", "a refused downgrade changes nothing"
+        assert cli("migrate") == 0 and current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()

@@ -3,6 +3,8 @@
 - ``upgrade(engine)`` brings a ledger to the newest revision: what ``welcome-mailer db migrate`` runs, and
   with it ``make run``, ``make stack-up`` and docker-compose's init. A ledger made by the versions before
   Alembic (a ``ledger_schema`` table holding 1) is stamped as the baseline revision first, data kept.
+- ``downgrade(engine, revision)`` takes it back to an earlier revision, for rolling back to an older
+  release of the package: ``welcome-mailer db downgrade --to REVISION``.
 - ``check_at_head(engine)`` is what tasks call: they never change the schema, they say what to run.
 """
 
@@ -53,16 +55,44 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     """Migrate the ledger to ``revision``; returns (revision before, revision after)."""
+
+    def migrate(config: Config, conn, before: str | None) -> None:
+        if before is None and _is_pre_alembic_v1(conn):
+            command.stamp(config, BASELINE)
+        command.upgrade(config, revision)
+
+    return _migrate(engine, migrate)
+
+
+def downgrade(engine: Engine, revision: str) -> tuple[str | None, str | None]:
+    """Take the ledger back to ``revision`` (an earlier one; "base" drops every table); returns (revision
+    before, revision after). Data in what a later revision added is lost."""
+    scripts = ScriptDirectory.from_config(_config())
+    known = {r.revision for r in scripts.walk_revisions()}
+    if revision != "base" and revision not in known:
+        raise LedgerSchemaError(f"no ledger revision {revision!r}: the revisions are {', '.join(sorted(known))}")
+
+    def migrate(config: Config, conn, before: str | None) -> None:
+        if before is not None and revision != "base" and revision not in _at_or_below(scripts, before):
+            raise LedgerSchemaError(f"the ledger is at revision {before}: {revision} is not below it")
+        command.downgrade(config, revision)
+
+    return _migrate(engine, migrate)
+
+
+def _at_or_below(scripts: ScriptDirectory, revision: str) -> set[str]:
+    return {r.revision for r in scripts.iterate_revisions(revision, "base")}
+
+
+def _migrate(engine: Engine, migrate) -> tuple[str | None, str | None]:
+    """Run ``migrate(config, conn, revision before)`` in one transaction, one migrator at a time."""
     config = _config()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":  # concurrent migrators wait, then find nothing to do
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": POSTGRES_MIGRATION_LOCK})
-        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-        before = context.get_current_revision()
+        before = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
         config.attributes["connection"] = conn
-        if before is None and _is_pre_alembic_v1(conn):
-            command.stamp(config, BASELINE)
-        command.upgrade(config, revision)
+        migrate(config, conn, before)
         after = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
     return before, after
 
