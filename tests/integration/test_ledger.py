@@ -257,7 +257,70 @@ def test_writes_of_a_run_that_lost_its_contacts_change_nothing(ledger):
     stage_and_claim(ledger, "new", ["a@example.com"])
     ledger.record_sent("old", [AcceptedAttempt(attempt.email, attempt.attempt, "id-late")])
     assert statuses(ledger)["a@example.com"] == ("sending", "new", 1)
+    with ledger.engine.connect() as conn:
+        attempt_row = conn.execute(select(send_attempts.c.status, send_attempts.c.run_id)).one()
+    assert tuple(attempt_row) == ("pending", "new"), "nor its attempt: the new run sends and records it"
     assert ledger.start_attempts("old", claimed.batches[0]) == []
+
+
+@pytest.mark.parametrize("late_reply", ["accepted", "refused"])
+def test_a_dead_runs_late_reply_cannot_settle_an_attempt_ahead_of_its_contact(ledger, late_reply):
+    """The run that lost the contact records its provider's reply late: nothing changes, its outcome waits
+    in the inbox, and the taker (same attempt, same key) records the send and gets the outcome. Before,
+    the late reply settled the attempt alone, and a later outcome, found "already applied" to the
+    attempt, left the contact sent for ever."""
+    claimed = stage_and_claim(ledger, "dead", ["x@example.com"])
+    [attempt] = ledger.start_attempts("dead", claimed.batches[0])
+    with ledger.engine.begin() as conn:  # the run stopped renewing its lease
+        conn.execute(update(ledger_runs).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    taker = stage_and_claim(ledger, "taker", ["x@example.com"])
+    message_id = "m1" if late_reply == "accepted" else None
+    ledger.record_sent("dead", [AcceptedAttempt(attempt.email, attempt.attempt, message_id, "550 5.1.1 no")])
+    counts = ledger.record_outcomes([OutcomeEvent("blocked", "m1", attempt.idempotency_key, source="push")])
+    assert counts.inboxed == 1, "the attempt's send is not recorded: the event waits for it"
+    assert statuses(ledger)["x@example.com"] == ("sending", "taker", 1)
+    [again] = ledger.start_attempts("taker", taker.batches[0])
+    assert again.idempotency_key == attempt.idempotency_key, "the same attempt: no second email"
+    ledger.record_sent("taker", [AcceptedAttempt(again.email, again.attempt, "m1")])
+    assert statuses(ledger)["x@example.com"][0] == "blocked", "the waiting outcome applied with the send"
+    assert ledger.requeue_blocked("taker", 3, utcnow() + timedelta(minutes=1), 500, 8) == [0]
+    assert ledger.run_summary("taker")["messages_sent"] == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(60)
+def test_record_outcomes_locks_a_contact_before_its_attempt_as_every_writer_does(postgres_url):
+    """A writer holding a contact (record_sent, a take-over) goes on to its attempt: record_outcomes,
+    waiting for that contact, must not hold the attempt meanwhile, or the two wait on each other."""
+    engine = connect(postgres_url)
+    upgrade(engine)
+
+    @event.listens_for(engine, "connect")
+    def wait_no_more_than_5_s(dbapi_connection, _record) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '5s'")
+        dbapi_connection.commit()
+
+    engine.dispose()
+    ledger = Ledger(engine)
+    claimed = stage_and_claim(ledger, "run-1", ["a@example.com"])
+    [attempt] = ledger.start_attempts("run-1", claimed.batches[0])
+    writer = engine.connect()
+    outcomes = ThreadPoolExecutor(1)
+    try:
+        writer.exec_driver_sql("SELECT 1 FROM sent_contacts WHERE email = 'a@example.com' FOR UPDATE")
+        pushed = outcomes.submit(
+            ledger.record_outcomes, [OutcomeEvent("delivered", idempotency_key=attempt.idempotency_key)]
+        )
+        time.sleep(1)
+        assert not pushed.done(), "record_outcomes waits for the contact"
+        writer.exec_driver_sql("UPDATE send_attempts SET updated_at = now() WHERE email = 'a@example.com'")
+        writer.commit()  # the writer got its attempt: no cycle
+        assert pushed.result(timeout=20).inboxed == 1
+    finally:
+        writer.close()
+        outcomes.shutdown()
+        engine.dispose()
 
 
 def _claim_in_process(url: str, run_id: str, emails: list[str], barrier, queue) -> None:
@@ -345,7 +408,7 @@ def test_outcome_lookups_probe_the_message_id_index_whatever_the_statistics(post
     """Issue 14: at 1M rows on the stack, statistics taken while few message ids were known made the
     planner expect ~140 attempts per message id, so each 1000-id lookup of record_outcomes read the whole
     of send_attempts (parallel seq scans and a hash join, 1.2 s): ~1,000 outcomes a second. Each id must
-    be an index probe, and the rows then locked through their primary keys."""
+    be an index probe, and the rows then locked through their primary keys (the contacts first)."""
     engine = connect(postgres_url)
     upgrade(engine)
     ledger = Ledger(engine)
@@ -382,12 +445,17 @@ def test_outcome_lookups_probe_the_message_id_index_whatever_the_statistics(post
         event.remove(ledger.engine, "after_cursor_execute", keep)
         ledger.engine.dispose()
     assert {(row.email, row.attempt) for row in found.values()} == {(a.email, a.attempt) for a in sent}
-    probe, lock = plans
+    probe, lock_contacts, lock = plans
     by_message_id = {("Index Scan", "send_attempts", "ix_send_attempts_provider_message_id")} | {
         ("Bitmap Heap Scan", "send_attempts", None),
         ("Bitmap Index Scan", None, "ix_send_attempts_provider_message_id"),
     }
     assert probe and set(probe) <= by_message_id, f"each message id found through its index: {probe}"
+    contacts_by_pk = {("Index Scan", "sent_contacts", "sent_contacts_pkey")} | {
+        ("Bitmap Heap Scan", "sent_contacts", None),
+        ("Bitmap Index Scan", None, "sent_contacts_pkey"),
+    }
+    assert lock_contacts and set(lock_contacts) <= contacts_by_pk, f"contacts locked first: {lock_contacts}"
     assert lock == [
         ("Index Scan", "send_attempts", "send_attempts_pkey"),
         ("Index Scan", "sent_contacts", "sent_contacts_pkey"),

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 
 from include.stack import Stack, StackConfig
 
-TEST_REDIS = "redis://127.0.0.1:6379/12"  # a database of its own: the stack tests use 9, the bench 5
+TEST_REDIS = "redis://127.0.0.1:6379/12"  # its own: the stack tests use 9, the bench 10, `make stack-up` 5
 
 
 @pytest.fixture

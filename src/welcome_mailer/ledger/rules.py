@@ -350,8 +350,9 @@ class Ledger:
             )
         ).rowcount
         if taken_over:
-            # Their attempts recorded but never sent are sent by this run (the same attempt, the same key):
-            # its messages, counted in its summary.
+            # Their attempts whose send is not recorded are this run's from now on: it sends (or parks) them
+            # with the same key, records them, and counts them in its summary; the dead run's late
+            # record_sent no longer touches them (it is guarded by the attempt's run too).
             # (UPDATE ... FROM, driven by the run's sending contacts: send_attempts has no index on status.)
             conn.execute(
                 update(send_attempts)
@@ -360,7 +361,7 @@ class Ledger:
                     sent_contacts.c.status == SENDING,
                     send_attempts.c.email == sent_contacts.c.email,
                     send_attempts.c.attempt == sent_contacts.c.attempts,
-                    send_attempts.c.status == PENDING,
+                    send_attempts.c.status.in_(UNRECORDED_ATTEMPT_STATES),
                     send_attempts.c.run_id != run_id,
                 )
                 .values(run_id=run_id, updated_at=now)
@@ -589,7 +590,10 @@ class Ledger:
                 rows,
                 match={"email": "email", "attempt": "attempt"},
                 assign={"status": "attempt_status", "provider_message_id": "message_id", "error": "error"},
-                guards={"status": UNRECORDED_ATTEMPT_STATES},
+                # By its run too, as the contact: a run that lost the contact (taken over) must not record
+                # the attempt ahead of its contact, or an outcome would later find the attempt settled and
+                # the contact not (the taker sends it again with the same key and records it).
+                guards={"run_id": run_id, "status": UNRECORDED_ATTEMPT_STATES},
                 constants={"updated_at": now},
             )
             if conn.execute(select(exists().select_from(outcome_inbox))).scalar():
@@ -747,10 +751,10 @@ class Ledger:
         rows = []
         if bulk.is_postgres(conn):
             # First which attempts (no locks; each id an index probe), then lock those that an event may
-            # change, and their contacts, through the primary keys in one order, the contacts' (two writers
-            # never wait on each other in a cycle), and read their state under the locks. An event its
-            # attempt already has (a webhook's duplicate, a lookup after the push) locks nothing: an
-            # attempt's outcome only ever gets stronger, so it stays a no-op under the lock too.
+            # change, and their contacts, through the primary keys in key order, and read their state under
+            # the locks. An event its attempt already has (a webhook's duplicate, a lookup after the push)
+            # locks nothing: an attempt's outcome only ever gets stronger, and its contact's effect was
+            # written with it, so it stays a no-op under the lock too.
             probed = []
             for column, values in lookups:
                 for chunk in _chunks(values, MATCH_CHUNK):
@@ -765,6 +769,15 @@ class Ledger:
                     settled[row.email, row.attempt] = row
                 else:
                     keys.add((row.email, row.attempt))
+            # Contacts first, then their attempts, as every other writer (claim, record_sent, the take-over)
+            # takes them: locking an attempt before its contact could close a cycle with one of those.
+            for chunk in _chunks(sorted({email for email, _ in keys}), MATCH_CHUNK):
+                conn.execute(
+                    select(sent_contacts.c.email)
+                    .where(sent_contacts.c.email.in_(chunk))
+                    .order_by(sent_contacts.c.email)
+                    .with_for_update()
+                ).all()
             for chunk in _chunks(sorted(keys), MATCH_CHUNK):
                 given = bulk.unnest(
                     send_attempts,
@@ -780,7 +793,7 @@ class Ledger:
                         )
                     )
                     .order_by(send_attempts.c.email, send_attempts.c.attempt)
-                    .with_for_update(of=(send_attempts, sent_contacts))
+                    .with_for_update(of=send_attempts)
                 )
                 rows.extend(conn.execute(query))
             rows.extend(row for key, row in settled.items() if key not in keys)
