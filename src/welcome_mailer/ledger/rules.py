@@ -26,7 +26,10 @@ Contact states (``sent_contacts.status``)::
   automatically: at most once beats at least once.
 - claimed / sending / sent / blocked contacts of a run whose lease expired (or that finished without
   closing them) are taken over by the next run that lists them, with their state and attempt as they are.
-- Every write of a run is guarded by the owning run id, so a run that lost its contacts cannot touch them.
+- Every write of a run is guarded by the owning run id (the contact's, and the attempt's: a take-over
+  moves the attempts not yet recorded to the taker), so a run that lost its contacts cannot touch them.
+- Writers lock a contact before its attempts, in key order (claim, record_sent, the take-over,
+  record_outcomes, erase): no two of them wait on each other in a cycle.
   Outcome events are not: they are matched to their message by provider message id or idempotency key,
   whichever run sent it and however late they come (``record_outcomes``).
 
@@ -968,7 +971,7 @@ class Ledger:
                     or_(outcome_inbox.c.provider_message_id.in_(ids), outcome_inbox.c.idempotency_key.in_(keys))
                 )
             ).rowcount
-            for table in (send_attempts, sent_contacts, staged_contacts):
+            for table in (sent_contacts, send_attempts, staged_contacts):  # the contact first, as every writer
                 deleted[table.name] = conn.execute(delete(table).where(table.c.email == email)).rowcount
             conn.execute(
                 update(operator_actions).where(operator_actions.c.email == email).values(email=None, email_hash=digest)
