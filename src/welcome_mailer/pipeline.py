@@ -28,6 +28,7 @@ from welcome_mailer.transports import EmailProvider, OutgoingMessage, SendResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+LEASE_RENEWAL_SECONDS = 60  # a long send task renews its run's lease this often (leases last minutes)
 
 
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -144,13 +145,18 @@ def send_batch(
 
     def send(chunk: Sequence[OutgoingAttempt]) -> list[SendResult]:
         if not transport.idempotent:
-            ledger.mark_dispatched(chunk)  # a lost reply now parks the chunk as unconfirmed, never resent
+            ledger.mark_dispatched(run_id, chunk)  # a lost reply now parks the chunk as unconfirmed, never resent
         return transport.send_batch(
             [OutgoingMessage(a.email, SUBJECT, welcome_text(a.name), a.idempotency_key, a.name) for a in chunk]
         )
 
+    lease_renewed = time.monotonic()
+
     def record(chunk: Sequence[OutgoingAttempt], results: list[SendResult]) -> None:
-        nonlocal accepted, refused, unconfirmed
+        nonlocal accepted, refused, unconfirmed, lease_renewed
+        if time.monotonic() - lease_renewed > LEASE_RENEWAL_SECONDS:
+            ledger.renew_lease(run_id)  # a task longer than the lease must not lose its contacts mid-way
+            lease_renewed = time.monotonic()
         pairs = list(zip(chunk, results, strict=True))
         # Handed over without a reply (only through a transport without idempotency): never resent.
         lost = [a for a, r in pairs if r.unconfirmed]

@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 from welcome_mailer.contacts import Contact
 from welcome_mailer.ledger import (
     AcceptedAttempt,
+    ContactsTakenOver,
     Ledger,
     bulk,
     connect,
@@ -399,7 +400,7 @@ def test_chunk_updates_are_driven_by_the_primary_key_whatever_the_statistics(pos
         ledger.engine.dispose()
     contacts_by_pk = [("Index Scan", "sent_contacts", "sent_contacts_pkey")]
     attempts_by_pk = [("Index Scan", "send_attempts", "send_attempts_pkey")]
-    # record_sent updates contacts, then attempts; record_outcomes attempts, then contacts
+    # record_sent updates contacts, then attempts; record_outcomes (its rows locked already) attempts, then contacts
     assert plans == [contacts_by_pk, attempts_by_pk, attempts_by_pk, contacts_by_pk]
 
 
@@ -621,3 +622,43 @@ def test_an_outcome_its_message_already_has_locks_nothing(postgres_url):
     assert (bounce.applied, bounce.unchanged) == (1, 0), "a stronger outcome still applies"
     assert {e: s[0] for e, s in statuses(ledger).items()} == {"a@example.com": "bounced", "b@example.com": "delivered"}
     engine.dispose()
+
+
+def _expire_leases(ledger: Ledger) -> None:
+    with ledger.engine.begin() as conn:  # the runs stopped renewing their leases
+        conn.execute(update(ledger_runs).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+
+
+def test_a_dispatched_attempt_taken_over_is_parked_by_the_taker_whatever_the_dead_run_says_late(ledger):
+    """A dead run handed X to a transport without idempotency (SMTP) and got no reply yet. The taker owns
+    the attempt now: the dead run's late reply changes nothing, and the taker parks it as unconfirmed
+    instead of sending it again."""
+    claimed = stage_and_claim(ledger, "dead", ["x@example.com"])
+    [attempt] = ledger.start_attempts("dead", claimed.batches[0], resend_unconfirmed=False)
+    ledger.mark_dispatched("dead", [attempt])
+    _expire_leases(ledger)
+    taker = stage_and_claim(ledger, "taker", ["x@example.com"])
+    ledger.record_sent("dead", [AcceptedAttempt(attempt.email, attempt.attempt, "m-late")])
+    assert ledger.start_attempts("taker", taker.batches[0], resend_unconfirmed=False) == [], "never sent twice"
+    assert statuses(ledger)["x@example.com"] == ("unconfirmed", "taker", 1)
+    with ledger.engine.connect() as conn:
+        assert tuple(conn.execute(select(send_attempts.c.status, send_attempts.c.run_id)).one()) == (
+            "unconfirmed",
+            "taker",
+        )
+
+
+def test_a_run_whose_contacts_were_taken_over_cannot_dispatch_them(ledger):
+    """A send task that outlived its run's lease: the taker has X pending (it will send it); the expired
+    run's mark_dispatched raises and changes nothing, so its send task sends none of the chunk."""
+    claimed = stage_and_claim(ledger, "slow", ["x@example.com", "y@example.com"])
+    mine = ledger.start_attempts("slow", claimed.batches[0], resend_unconfirmed=False)
+    _expire_leases(ledger)
+    taker = stage_and_claim(ledger, "taker", ["x@example.com"])
+    with pytest.raises(ContactsTakenOver, match="no longer holds 1 of these 2 attempts"):
+        ledger.mark_dispatched("slow", mine)
+    with ledger.engine.connect() as conn:
+        rows = dict(conn.execute(select(send_attempts.c.email, send_attempts.c.status)).all())
+    assert rows == {"x@example.com": "pending", "y@example.com": "pending"}, "all or nothing"
+    [theirs] = ledger.start_attempts("taker", taker.batches[0], resend_unconfirmed=False)
+    ledger.mark_dispatched("taker", [theirs])  # the taker sends it, once

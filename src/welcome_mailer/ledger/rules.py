@@ -28,8 +28,11 @@ Contact states (``sent_contacts.status``)::
   closing them) are taken over by the next run that lists them, with their state and attempt as they are.
 - Every write of a run is guarded by the owning run id (the contact's, and the attempt's: a take-over
   moves the attempts not yet recorded to the taker), so a run that lost its contacts cannot touch them.
-- Writers lock a contact before its attempts, in key order (claim, record_sent, the take-over,
-  record_outcomes, erase): no two of them wait on each other in a cycle.
+- Writers that take a contact and its attempts lock the contact first (claim, record_sent, the take-over,
+  record_outcomes, erase): a send recorded while its outcome is pushed cannot deadlock. Rarer cycles are
+  left (a send recorded for a contact already final while its outcome comes, an erase racing a send
+  recorded with an early outcome, bulk state changes against outcomes): Postgres aborts one side, and the
+  task retries, or the provider posts its webhook again. Nothing is written by the aborted side.
   Outcome events are not: they are matched to their message by provider message id or idempotency key,
   whichever run sent it and however late they come (``record_outcomes``).
 
@@ -96,6 +99,10 @@ def erased_hash(key: bytes, email: str) -> str:
     """The keyed hash an erased address is remembered by (HMAC-SHA256): without the key, nobody can test
     whether an address is among the erased."""
     return hmac.new(key, email.encode(), hashlib.sha256).hexdigest()
+
+
+class ContactsTakenOver(RuntimeError):
+    """A run was about to send attempts that another run has taken over (its lease expired)."""
 
 
 class EraseKeyMissing(RuntimeError):
@@ -534,19 +541,28 @@ class Ledger:
             constants={"updated_at": now},
         )
 
-    def mark_dispatched(self, attempts: Sequence[OutgoingAttempt]) -> None:
+    def mark_dispatched(self, run_id: str, attempts: Sequence[OutgoingAttempt]) -> None:
         """pending -> dispatched, just before these attempts go to a transport without idempotency: from
-        here on, a failure without a reply leaves them unconfirmed instead of resending them."""
+        here on, a failure without a reply leaves them unconfirmed instead of resending them.
+
+        All or nothing, and only while the run still holds them: raises ContactsTakenOver (and changes
+        nothing) when another run has taken any of them over (this run's lease expired): through such a
+        transport the taker sends them, and sending them here too would email them twice."""
         with self.engine.begin() as conn:
-            bulk.update_rows(
+            marked = bulk.update_rows(
                 conn,
                 send_attempts,
                 [{"email": a.email, "attempt": a.attempt, "status": DISPATCHED} for a in attempts],
                 match={"email": "email", "attempt": "attempt"},
                 assign={"status": "status"},
-                guards={"status": PENDING},
+                guards={"run_id": run_id, "status": PENDING},
                 constants={"updated_at": utcnow()},
             )
+            if marked != len(attempts):  # raised inside the transaction: it rolls back
+                raise ContactsTakenOver(
+                    f"run {run_id} no longer holds {len(attempts) - marked} of these {len(attempts)} attempts "
+                    "(its lease expired and another run took the contacts over): none of them is sent by it"
+                )
 
     def mark_unconfirmed(self, run_id: str, attempts: Sequence[OutgoingAttempt]) -> None:
         """These dispatched attempts went to a transport without idempotency and no reply came back (SMTP:
