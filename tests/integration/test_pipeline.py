@@ -256,3 +256,17 @@ def test_after_a_lost_reply_the_requests_already_under_way_are_recorded_not_left
     assert len(transport.delivered) == len(set(transport.delivered)) == 120, "nobody twice, nobody forgotten"
     assert retried["sent"] == 120 - handed_over
     assert ledger.run_summary("run")["by_status"] == {"sent": 110, "unconfirmed": 10}
+
+
+def test_a_long_send_task_keeps_renewing_its_runs_lease(ledger, ledger_url, contact_file, tmp_path, monkeypatch):
+    """A send task longer than the lease would lose its contacts to another run mid-way: it renews the
+    run's lease as it records its requests (every LEASE_RENEWAL_SECONDS; here at every request)."""
+    _, claimed = parse_and_claim(ledger, "run", contact_file, tmp_path, batch_size=120)
+    with ledger.engine.begin() as conn:  # the lease the claim took is nearly over
+        conn.execute(update(ledger_runs).values(lease_expires_at=utcnow() + timedelta(seconds=1)))
+    monkeypatch.setattr(pipeline, "LEASE_RENEWAL_SECONDS", 0)
+    result = pipeline.send_batch(ledger, SlowTransport(ledger_url), "run", claimed["batches"][0], 10)
+    assert result["sent"] == 120
+    with ledger.engine.connect() as conn:
+        expires = conn.execute(select(ledger_runs.c.lease_expires_at).where(ledger_runs.c.run_id == "run")).scalar()
+    assert expires > utcnow() + ledger.lease - timedelta(minutes=1), "renewed for a whole lease"
