@@ -49,6 +49,22 @@ def statuses(ledger: Ledger) -> dict[str, tuple[str, str, int]]:
         return {email: (status, run_id, attempts) for email, status, run_id, attempts in rows}
 
 
+def engine_that_waits_for_locks_at_most(url: str, seconds: int):
+    """A migrated Postgres ledger whose lock waits fail after ``seconds`` (a cycle or a wait a test rules
+    out fails at once instead of hanging)."""
+    engine = connect(url)
+    upgrade(engine)
+
+    @event.listens_for(engine, "connect")
+    def set_lock_timeout(dbapi_connection, _record) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = '{seconds}s'")
+        dbapi_connection.commit()
+
+    engine.dispose()
+    return engine
+
+
 def send_everything(ledger: Ledger, run_id: str, batches, outcome: str | dict[str, str]) -> None:
     """Play the ESP: accept every attempt, then report the given outcome(s)."""
     for batch_no in batches:
@@ -293,16 +309,7 @@ def test_a_dead_runs_late_reply_cannot_settle_an_attempt_ahead_of_its_contact(le
 def test_record_outcomes_locks_a_contact_before_its_attempt_as_every_writer_does(postgres_url):
     """A writer holding a contact (record_sent, a take-over) goes on to its attempt: record_outcomes,
     waiting for that contact, must not hold the attempt meanwhile, or the two wait on each other."""
-    engine = connect(postgres_url)
-    upgrade(engine)
-
-    @event.listens_for(engine, "connect")
-    def wait_no_more_than_5_s(dbapi_connection, _record) -> None:
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute("SET lock_timeout = '5s'")
-        dbapi_connection.commit()
-
-    engine.dispose()
+    engine = engine_that_waits_for_locks_at_most(postgres_url, 5)
     ledger = Ledger(engine)
     claimed = stage_and_claim(ledger, "run-1", ["a@example.com"])
     [attempt] = ledger.start_attempts("run-1", claimed.batches[0])
@@ -594,16 +601,7 @@ def test_unsubscribe_and_suppress_win_over_a_claim_still_inserting_the_contact(p
 def test_an_outcome_its_message_already_has_locks_nothing(postgres_url):
     """A webhook's duplicate (or a lookup after the push) changes nothing, and takes no lock: it is not
     held up by a writer holding the message's row, and holds up no one."""
-    engine = connect(postgres_url)
-    upgrade(engine)
-
-    @event.listens_for(engine, "connect")
-    def wait_no_more_than_3_s(dbapi_connection, _record) -> None:  # a lock wait fails instead of hanging
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute("SET lock_timeout = '3s'")
-        dbapi_connection.commit()
-
-    engine.dispose()
+    engine = engine_that_waits_for_locks_at_most(postgres_url, 3)
     ledger = Ledger(engine)
     claimed = stage_and_claim(ledger, "run-1", ["a@example.com", "b@example.com"])
     send_everything(ledger, "run-1", claimed.batches, "delivered")
@@ -662,3 +660,32 @@ def test_a_run_whose_contacts_were_taken_over_cannot_dispatch_them(ledger):
     assert rows == {"x@example.com": "pending", "y@example.com": "pending"}, "all or nothing"
     [theirs] = ledger.start_attempts("taker", taker.batches[0], resend_unconfirmed=False)
     ledger.mark_dispatched("taker", [theirs])  # the taker sends it, once
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(60)
+def test_erase_takes_the_contact_before_its_inbox_events_as_record_sent_does(postgres_url):
+    """record_sent holds the contact, then removes the inbox events its send matched; an erase of that
+    contact must wait for the contact without holding those events meanwhile, or the two wait on each
+    other."""
+    engine = engine_that_waits_for_locks_at_most(postgres_url, 5)
+    ledger = Ledger(engine, erase_key=b"k" * 32)
+    claimed = stage_and_claim(ledger, "run-1", ["a@example.com"])
+    [attempt] = ledger.start_attempts("run-1", claimed.batches[0])
+    assert ledger.record_outcomes([OutcomeEvent("delivered", "m1", attempt.idempotency_key)]).inboxed == 1
+    writer = engine.connect()
+    erasing = ThreadPoolExecutor(1)
+    try:
+        writer.exec_driver_sql("UPDATE sent_contacts SET updated_at = now() WHERE email = 'a@example.com'")
+        audit = {"actor": "test", "action": "erase", "reason": "asked"}
+        erased = erasing.submit(ledger.erase, "a@example.com", audit)
+        time.sleep(1)
+        assert not erased.done(), "erase waits for the contact"
+        writer.exec_driver_sql("DELETE FROM outcome_inbox")  # as record_sent's _apply_inbox
+        writer.commit()  # the writer got the inbox rows: no cycle
+        assert erased.result(timeout=20)["sent_contacts"] == 1
+    finally:
+        writer.close()
+        erasing.shutdown()
+        engine.dispose()
+    assert statuses(ledger) == {}

@@ -28,13 +28,13 @@ Contact states (``sent_contacts.status``)::
   closing them) are taken over by the next run that lists them, with their state and attempt as they are.
 - Every write of a run is guarded by the owning run id (the contact's, and the attempt's: a take-over
   moves the attempts not yet recorded to the taker), so a run that lost its contacts cannot touch them.
-- Writers that take a contact and its attempts lock the contact first (claim, record_sent, the take-over,
-  record_outcomes, erase): a send recorded while its outcome is pushed cannot deadlock. Rarer cycles are
-  left (a send recorded for a contact already final while its outcome comes, an erase racing a send
-  recorded with an early outcome, bulk state changes against outcomes): Postgres aborts one side, and the
-  task retries, or the provider posts its webhook again. Nothing is written by the aborted side.
   Outcome events are not: they are matched to their message by provider message id or idempotency key,
   whichever run sent it and however late they come (``record_outcomes``).
+- Writers that take a contact and its attempts lock the contact first (claim, record_sent, the take-over,
+  record_outcomes, erase): a send recorded while its outcome is pushed cannot deadlock. Rarer cycles are
+  left (a send recorded for a contact already final while its outcome comes, bulk state changes against
+  outcomes): Postgres aborts one side, and the task retries, or the provider posts its webhook again.
+  Nothing is written by the aborted side.
 
 All timestamps are naive UTC.
 """
@@ -982,13 +982,14 @@ class Ledger:
             ).all()
             ids = [r.provider_message_id for r in attempts if r.provider_message_id]
             keys = [r.idempotency_key for r in attempts]
+            # The contact first, then its attempts, then their inbox events: the order record_sent takes them.
+            for table in (sent_contacts, send_attempts, staged_contacts):
+                deleted[table.name] = conn.execute(delete(table).where(table.c.email == email)).rowcount
             deleted["outcome_inbox"] = conn.execute(
                 delete(outcome_inbox).where(
                     or_(outcome_inbox.c.provider_message_id.in_(ids), outcome_inbox.c.idempotency_key.in_(keys))
                 )
             ).rowcount
-            for table in (sent_contacts, send_attempts, staged_contacts):  # the contact first, as every writer
-                deleted[table.name] = conn.execute(delete(table).where(table.c.email == email)).rowcount
             conn.execute(
                 update(operator_actions).where(operator_actions.c.email == email).values(email=None, email_hash=digest)
             )
