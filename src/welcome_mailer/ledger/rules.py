@@ -703,7 +703,7 @@ class Ledger:
         strongest: dict[tuple[str, int], str] = {}  # per attempt, the strongest outcome among the events
         unmatched = []
         for event in events:
-            row = found.get(("id", event.provider_message_id)) or found.get(("key", event.idempotency_key))
+            row = _attempt_of(found, event)
             if row is None or row.status in UNRECORDED_ATTEMPT_STATES:
                 unmatched.append(event)
                 continue
@@ -781,10 +781,10 @@ class Ledger:
             keys, settled = set(), {}
             probed_by = _by_message(probed)
             for event in events:
-                row = probed_by.get(("id", event.provider_message_id)) or probed_by.get(("key", event.idempotency_key))
+                row = _attempt_of(probed_by, event)
                 if row is None:
                     continue
-                if row.status not in UNRECORDED_ATTEMPT_STATES and _already_applied(row.status, event.outcome):
+                if _already_applied(row.status, event.outcome):
                     settled[row.email, row.attempt] = row
                 else:
                     keys.add((row.email, row.attempt))
@@ -1031,9 +1031,17 @@ def _by_message(rows) -> dict[tuple[str, str], object]:
     return found
 
 
+def _attempt_of(found: dict[tuple[str, str], object], event: OutcomeEvent):
+    """The attempt an event names (``_by_message``'s rows): by provider message id, else by idempotency key."""
+    return found.get(("id", event.provider_message_id)) or found.get(("key", event.idempotency_key))
+
+
 def _already_applied(attempt_status: str, outcome: str) -> bool:
     """An event no stronger than what its recorded attempt already has was applied before, with its effect
-    on the contact (in the same transaction): it changes nothing."""
+    on the contact (in the same transaction): it changes nothing. Never for an attempt whose send is not
+    recorded yet (its events wait in the inbox)."""
+    if attempt_status in UNRECORDED_ATTEMPT_STATES:
+        return False
     return STRENGTH[outcome] <= ATTEMPT_STRENGTH.get(attempt_status, 0)
 
 
