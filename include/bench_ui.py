@@ -38,12 +38,12 @@ GENERATE = [
               now() - (r || ' days')::interval - interval '1 hour'
        FROM generate_series(1, :runs) AS r""",
     """INSERT INTO sent_contacts (email, name, status, attempts, claim_attempts, run_id, batch_no,
-                                 provider_message_id, created_at, updated_at, source_line)
+                                 created_at, updated_at, source_line)
        SELECT 'c' || n || '@example.com', 'Contact ' || n,
               CASE WHEN n % 100 < 80 THEN 'delivered' WHEN n % 100 < 90 THEN 'bounced'
                    WHEN n % 100 < 99 THEN 'failed' ELSE 'suppressed' END,
               1 + (n % 10 = 0)::int, 1 + (n % 10 = 0)::int, 'bench-run-' || (1 + n % :runs), 0,
-              'm-' || n, now() - ((n % 90) || ' days')::interval, now() - ((n % 90) || ' days')::interval, n
+              now() - ((n % 90) || ' days')::interval, now() - ((n % 90) || ' days')::interval, n
        FROM generate_series(1, :contacts) AS n""",
     """INSERT INTO send_attempts (email, attempt, idempotency_key, run_id, status, provider_message_id,
                                  error, created_at, updated_at)

@@ -5,7 +5,8 @@ On a throwaway database: stage and claim ``--rows`` generated contacts for one r
 then record_sent in ``--chunk``-row chunks with fake provider ids); then the outcome sensor (one
 pending_messages, then record_outcomes in ``--outcome-chunk``-message chunks). Prints seconds per chunk at
 the start and end of each phase, the totals, and EXPLAIN (ANALYZE, BUFFERS) of the record_sent and
-record_outcomes UPDATEs of sent_contacts mid-phase. The database is dropped at the end.
+record_outcomes UPDATEs mid-phase (record_sent updates only send_attempts for an accepted attempt). The
+database is dropped at the end.
 
     .venv/bin/python -m include.ledger_load --rows 1000000
 

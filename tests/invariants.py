@@ -78,7 +78,7 @@ def assert_ledger_matches(ledger_url: str, messages: list[dict]) -> None:
         last = history[-1]["status"]
         assert row.status == ("failed" if last == "blocked" else last), f"{email}: ledger {row.status}, ESP {last}"
         assert row.attempts == len(history), f"{email}: ledger counts {row.attempts} attempts, ESP {len(history)}"
-        assert row.provider_message_id == history[-1]["id"]
+        assert attempts[(email, row.attempts)].provider_message_id == history[-1]["id"], "its latest attempt"
         for number, message in enumerate(history, 1):
             attempt = attempts[(email, number)]
             assert (attempt.provider_message_id, attempt.idempotency_key) == (message["id"], message["idempotency_key"])

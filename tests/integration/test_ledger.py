@@ -22,7 +22,9 @@ from welcome_mailer.ledger import (
     ledger_runs,
     send_attempts,
     sent_contacts,
+    shown_status,
     utcnow,
+    with_latest_attempt,
 )
 from welcome_mailer.ledger.migrate import head_revision, upgrade
 from welcome_mailer.outcomes.events import OutcomeEvent
@@ -42,9 +44,13 @@ def stage_and_claim(
 
 
 def statuses(ledger: Ledger) -> dict[str, tuple[str, str, int]]:
+    """Every contact's state as shown (a sending contact whose latest attempt was accepted: sent), its run
+    and its attempts."""
     with ledger.engine.connect() as conn:
         rows = conn.execute(
-            select(sent_contacts.c.email, sent_contacts.c.status, sent_contacts.c.run_id, sent_contacts.c.attempts)
+            select(sent_contacts.c.email, shown_status(), sent_contacts.c.run_id, sent_contacts.c.attempts).select_from(
+                with_latest_attempt()
+            )
         )
         return {email: (status, run_id, attempts) for email, status, run_id, attempts in rows}
 
@@ -91,9 +97,10 @@ def test_claim_takes_new_contacts_in_bounded_batches(ledger):
 
 def test_a_first_claim_writes_each_new_contact_once_and_a_mixed_one_renumbers(ledger):
     """Issue 14: numbering the claimed contacts afterwards wrote a second version of every row (a third of
-    a 400k claim on Postgres), and starting their first attempt a third. New contacts get their batch and
-    their first attempt as they are inserted; the numbering then only rewrites what differs, as when
-    contacts already contacted leave gaps."""
+    a 400k claim on Postgres), starting their first attempt a third, and recording the provider's
+    acceptance a fourth. New contacts get their batch and their first attempt as they are inserted, an
+    accepted send is the attempt's; the numbering then only rewrites what differs, as when contacts
+    already contacted leave gaps."""
     renumbered = []
     contact_rows_updated = []
 
@@ -105,9 +112,16 @@ def test_a_first_claim_writes_each_new_contact_once_and_a_mixed_one_renumbers(le
 
     event.listen(ledger.engine, "after_cursor_execute", count_updates)
     first = stage_and_claim(ledger, "run-1", [f"u{i:02}@example.com" for i in range(25)], batch_size=1, max_batches=4)
-    assert [len(ledger.start_attempts("run-1", b)) for b in first.batches] == [7, 7, 7, 4]
+    started = [ledger.start_attempts("run-1", b) for b in first.batches]
+    assert [len(batch) for batch in started] == [7, 7, 7, 4]
     assert sum(renumbered) == 0, "every new contact inserted with its batch"
     assert sum(contact_rows_updated) == 0, "and with its first attempt: claimed and started, no row rewritten"
+    for batch in started:
+        ledger.record_sent("run-1", [AcceptedAttempt(a.email, a.attempt, f"m-{a.email}") for a in batch])
+    assert sum(contact_rows_updated) == 0, "an accepted attempt is written on the attempt only"
+    assert len(list(ledger.pending_messages("run-1"))) == 25 and ledger.count_awaiting_outcome("run-1") == 25
+    assert {status for status, _, _ in statuses(ledger).values()} == {"sent"}, "shown as sent"
+    assert [ledger.start_attempts("run-1", b) for b in first.batches] == [[]] * 4, "accepted: nothing to resend"
     # Half of the next file was contacted by run-1: the batch numbers taken from the file are renumbered.
     renumbered.clear()
     mixed = [f"u{i:02}@example.com" for i in range(0, 50, 2)]
@@ -304,6 +318,24 @@ def test_a_dead_runs_late_reply_cannot_settle_an_attempt_ahead_of_its_contact(le
     assert ledger.run_summary("taker")["messages_sent"] == 1
 
 
+def test_an_outcome_waiting_for_a_taken_over_send_stays_through_the_dead_runs_late_reply(ledger):
+    """An outcome that came before the send was recorded waits in the inbox. The dead run's late reply
+    cannot record the attempt (the taker holds it now), so the event must stay for the taker's
+    record_sent, not be removed with the dead run's: else the bounce is lost and the contact waits."""
+    claimed = stage_and_claim(ledger, "dead", ["x@example.com"])
+    [attempt] = ledger.start_attempts("dead", claimed.batches[0])
+    with ledger.engine.begin() as conn:  # the run stopped renewing its lease
+        conn.execute(update(ledger_runs).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    taker = stage_and_claim(ledger, "taker", ["x@example.com"])
+    pushed = OutcomeEvent("bounced", idempotency_key=attempt.idempotency_key, source="push")
+    assert ledger.record_outcomes([pushed]).inboxed == 1
+    ledger.record_sent("dead", [AcceptedAttempt(attempt.email, attempt.attempt, "m1")])
+    assert ledger.inbox_size() == 1, "the attempt is the taker's: its outcome still waits for it"
+    [again] = ledger.start_attempts("taker", taker.batches[0])
+    ledger.record_sent("taker", [AcceptedAttempt(again.email, again.attempt, "m1")])
+    assert statuses(ledger)["x@example.com"][0] == "bounced" and ledger.inbox_size() == 0
+
+
 @pytest.mark.postgres
 @pytest.mark.timeout(60)
 def test_record_outcomes_locks_a_contact_before_its_attempt_as_every_writer_does(postgres_url):
@@ -399,7 +431,12 @@ def test_chunk_updates_are_driven_by_the_primary_key_whatever_the_statistics(pos
     event.listen(ledger.engine, "before_cursor_execute", explain, retval=True)
     event.listen(ledger.engine, "after_cursor_execute", keep)
     try:
-        ledger.record_sent("big", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in unsent])
+        refused, accepted = unsent[:1], unsent[1:]  # a refused attempt's contact is updated (bounced) too
+        ledger.record_sent(
+            "big",
+            [AcceptedAttempt(a.email, a.attempt, None, "550 5.1.1") for a in refused]
+            + [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in accepted],
+        )
         ledger.record_outcomes([OutcomeEvent("delivered", provider_message_id=f"id-{a.email}") for a in sent])
     finally:
         event.remove(ledger.engine, "before_cursor_execute", explain)
@@ -407,7 +444,8 @@ def test_chunk_updates_are_driven_by_the_primary_key_whatever_the_statistics(pos
         ledger.engine.dispose()
     contacts_by_pk = [("Index Scan", "sent_contacts", "sent_contacts_pkey")]
     attempts_by_pk = [("Index Scan", "send_attempts", "send_attempts_pkey")]
-    # record_sent updates contacts, then attempts; record_outcomes (its rows locked already) attempts, then contacts
+    # record_sent updates contacts (the refused), then attempts; record_outcomes (its rows locked already)
+    # attempts, then contacts
     assert plans == [contacts_by_pk, attempts_by_pk, attempts_by_pk, contacts_by_pk]
 
 

@@ -166,6 +166,68 @@ def test_0005_one_run_index_serves_a_run_in_flight_across_the_upgrade(engine):
     assert "ix_sent_contacts_run_status_batch" not in indexes
 
 
+def test_0006_a_run_sent_at_0005_waits_for_its_outcomes_at_head_and_comes_back_on_downgrade(engine):
+    """0006: a contact's row no longer records the provider's acceptance (its latest attempt does). A run
+    sent at 0005 (one contact accepted, one still pending) upgrades: the accepted one waits for its
+    outcome (shown as sent), the pending one is still owed its send; on downgrade both read as 0005 wrote
+    them (sent with its message id; sending). Rows two fixed bugs of 0005's code could leave are
+    reconciled: a sent contact whose attempt was never recorded (under a dead run), or already settled."""
+    from tests.integration.test_ledger import stage_and_claim, statuses
+    from welcome_mailer.ledger import AcceptedAttempt
+    from welcome_mailer.outcomes.events import OutcomeEvent
+
+    upgrade(engine, "0005")
+    ledger = Ledger(engine)
+    emails = ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
+    [batch] = stage_and_claim(ledger, "run-1", emails).batches
+    as_0005_left_them = {  # contact state, its latest attempt's state and run; b@ not recorded yet
+        "a": ("sent", "sent", "run-1"),
+        "c": ("sent", "pending", "dead-run"),  # a dead run's late reply settled the contact alone
+        "d": ("sent", "delivered", "run-1"),  # an outcome found the attempt settled, not the contact
+    }
+    with engine.begin() as conn:
+        for name, (contact, attempt, attempt_run) in as_0005_left_them.items():
+            message_id = None if attempt == "pending" else f"m-{name}"
+            where = {"e": f"{name}@example.com"}
+            conn.execute(
+                text("UPDATE send_attempts SET status = :s, run_id = :r, provider_message_id = :m WHERE email = :e"),
+                {"s": attempt, "r": attempt_run, "m": message_id, **where},
+            )
+            conn.execute(
+                text("UPDATE sent_contacts SET status = :s, provider_message_id = :m WHERE email = :e"),
+                {"s": contact, "m": f"m-{name}", **where},
+            )
+    assert upgrade(engine) == ("0005", head_revision())
+    check_at_head(engine)
+    assert {e: s for e, (s, _, _) in statuses(ledger).items()} == {
+        "a@example.com": "sent",
+        "b@example.com": "sending",
+        "c@example.com": "sent",
+        "d@example.com": "delivered",
+    }
+    assert sorted((m.email, m.message_id) for m in ledger.pending_messages("run-1")) == [
+        ("a@example.com", "m-a"),
+        ("c@example.com", "m-c"),
+    ]
+    assert ledger.count_awaiting_outcome("run-1") == 2
+    assert [a.email for a in ledger.start_attempts("run-1", batch)] == ["b@example.com"], "only the unsent"
+    indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("send_attempts")}
+    assert indexes["ix_send_attempts_run_status"] == ["run_id", "status"] and "ix_send_attempts_run" not in indexes
+    assert "provider_message_id" not in {c["name"] for c in inspect(engine).get_columns("sent_contacts")}
+    ledger.record_sent("run-1", [AcceptedAttempt("b@example.com", 1, "m-b")])
+    ledger.record_outcomes([OutcomeEvent("delivered", provider_message_id=m) for m in ("m-a", "m-c")])
+    assert downgrade(engine, "0005") == (head_revision(), "0005")
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT email, status, provider_message_id FROM sent_contacts ORDER BY email")).all()
+    assert [tuple(r) for r in rows] == [
+        ("a@example.com", "delivered", "m-a"),
+        ("b@example.com", "sent", "m-b"),
+        ("c@example.com", "delivered", "m-c"),
+        ("d@example.com", "delivered", "m-d"),
+    ]
+    assert "ix_send_attempts_run" in {ix["name"] for ix in inspect(engine).get_indexes("send_attempts")}
+
+
 def test_the_command_line_downgrades_to_an_earlier_revision_and_refuses_what_is_not_one(ledger_url, capsys):
     """`welcome-mailer db downgrade --to REVISION`: a rollback to an older release's schema, and back;
     a missing, unknown or later revision changes nothing and exits 2 with what to give instead."""

@@ -24,7 +24,9 @@ from welcome_mailer.ledger.rules import (
     OutgoingAttempt,
     PendingMessage,
     idempotency_key,
+    shown_status,
     utcnow,
+    with_latest_attempt,
 )
 from welcome_mailer.ledger.schema import (
     ledger_runs,
@@ -63,6 +65,8 @@ __all__ = [
     "outcome_inbox",
     "send_attempts",
     "sent_contacts",
+    "shown_status",
     "staged_contacts",
     "utcnow",
+    "with_latest_attempt",
 ]

@@ -4,7 +4,8 @@ email per contact" lives in this module; tables are in ``schema``, SQL plumbing 
 Contact states (``sent_contacts.status``)::
 
     (a new contact) --claim--> sending              (its first attempt recorded with it, pending)
-    claimed --start_attempts--> sending --record_sent--> sent --record_outcomes--> delivered | bounced | blocked
+    claimed --start_attempts--> sending --record_outcomes--> delivered | bounced | blocked
+                                sending --record_sent(refused)--> bounced
     blocked --requeue_blocked--> claimed            (a NEW attempt, while claim_attempts < max_attempts)
     blocked --close_out--> failed                   (max_attempts reached)
     failed  --claim by a later run--> claimed       (listed again, once retry_failed_after has passed)
@@ -20,11 +21,16 @@ Contact states (``sent_contacts.status``)::
   a complaint either; nothing a provider reports overrules unsubscribed or suppressed).
 - An erased address has no row anywhere, only its keyed hash: ``claim`` drops staged contacts whose hash
   is erased, so erasing never causes a new email.
-- ``sending`` means an attempt is recorded but the provider's acceptance is unconfirmed. Through an
-  idempotent transport it is only ever re-sent with the same idempotency key. Through one without
+- ``sending`` means the contact's latest attempt (``attempts``) is on its way; that attempt's own state
+  says how far: ``pending`` / ``dispatched`` (recorded, the provider's acceptance not yet), ``sent``
+  (accepted, no outcome yet). ``record_sent`` writes only the attempt; reports and pages show such a
+  contact as ``sent`` (``shown_status``). A contact row is written when its state changes, not for
+  every step of a message (issue 14: a row version fewer per contact and message, under 3 indexes).
+- An attempt not accepted yet is only ever re-sent with the same idempotency key, through an idempotent
+  transport. Through one without
   idempotency (SMTP after DATA without a reply) it becomes ``unconfirmed`` and is never resent
   automatically: at most once beats at least once.
-- claimed / sending / sent / blocked contacts of a run whose lease expired (or that finished without
+- claimed / sending / blocked contacts of a run whose lease expired (or that finished without
   closing them) are taken over by the next run that lists them, with their state and attempt as they are.
 - Every write of a run is guarded by the owning run id (the contact's, and the attempt's: a take-over
   moves the attempts not yet recorded to the taker), so a run that lost its contacts cannot touch them.
@@ -70,7 +76,7 @@ from welcome_mailer.outcomes.events import BLOCKED, BOUNCED, COMPLAINED, DELIVER
 CLAIMED, SENDING, SENT, FAILED, UNCONFIRMED = "claimed", "sending", "sent", "failed", "unconfirmed"
 UNSUBSCRIBED = "unsubscribed"  # the person's own one-click unsubscribe
 SUPPRESSED = "suppressed"  # an operator's "never email this address"
-IN_FLIGHT_STATES = (CLAIMED, SENDING, SENT, BLOCKED)
+IN_FLIGHT_STATES = (CLAIMED, SENDING, BLOCKED)
 FINAL_STATES = (DELIVERED, BOUNCED, COMPLAINED, UNSUBSCRIBED, SUPPRESSED)
 # The person's wish and the operator's decision outrank anything a provider reports about its messages.
 CONTACT_STRENGTH = {**STRENGTH, UNSUBSCRIBED: max(STRENGTH.values()) + 1, SUPPRESSED: max(STRENGTH.values()) + 1}
@@ -310,7 +316,6 @@ class Ledger:
             to_send, size, batches = self._number_batches(
                 conn,
                 run_id,
-                (CLAIMED, SENDING),
                 batch_size,
                 max_batches,
                 min_batch_contacts,
@@ -439,28 +444,30 @@ class Ledger:
     def _number_batches(
         conn,
         run_id: str,
-        states: Sequence[str],
         batch_size: int,
         max_batches: int,
         min_batch_contacts: int = 1,
         numbered_by_insert: int | None = None,
     ) -> tuple[int, int, list[int]]:
-        """Batches of at least ``batch_size``, at most ``max_batches`` of them, and at most one per
-        ``min_batch_contacts`` (a send task costs Airflow more than sending a few thousand emails).
-        ``numbered_by_insert``: how many contacts claim inserted, numbered among themselves; when they are
-        all there is to send, their numbers stand."""
-        selected = and_(sent_contacts.c.run_id == run_id, sent_contacts.c.status.in_(states))
-        count = conn.execute(select(func.count()).select_from(sent_contacts).where(selected)).scalar_one()
+        """The run's contacts with a message due (``_due``), numbered into batches of at least
+        ``batch_size``, at most ``max_batches`` of them, and at most one per ``min_batch_contacts`` (a send
+        task costs Airflow more than sending a few thousand emails). ``numbered_by_insert``: how many
+        contacts claim inserted, numbered among themselves; when they are all the run holds in flight, their
+        numbers stand (they all have their first attempt due: nothing else is looked up)."""
+        in_flight = conn.execute(
+            select(func.count()).where(sent_contacts.c.run_id == run_id, sent_contacts.c.status.in_((CLAIMED, SENDING)))
+        ).scalar_one()  # an index count; those due are among them
+        if in_flight == numbered_by_insert:  # all inserted now: every one is due
+            count = in_flight
+        else:
+            count = conn.execute(select(func.count()).select_from(_due(run_id).subquery())).scalar_one()
         if count == 0:
             return 0, batch_size, []
         size = _batch_size(count, batch_size, max_batches, min_batch_contacts)
         if count == numbered_by_insert:
             return count, size, list(range(math.ceil(count / size)))
-        numbered = (
-            select(sent_contacts.c.email, _batch_no(sent_contacts.c.email, size).label("batch_no"))
-            .where(selected)
-            .subquery()
-        )
+        due = _due(run_id).subquery()
+        numbered = select(due.c.email, _batch_no(due.c.email, size).label("batch_no")).subquery()
         # Only rows whose number changes are written: a first claim of a file's contacts numbered them as it
         # inserted them, and writes nothing here (rewriting every row, each a new version under 4 indexes then,
         # was a third of a 400k claim on Postgres).
@@ -496,7 +503,6 @@ class Ledger:
                     status=SENDING,
                     attempts=sent_contacts.c.attempts + 1,
                     claim_attempts=sent_contacts.c.claim_attempts + 1,
-                    provider_message_id=None,
                     updated_at=now,
                 )
                 .returning(sent_contacts.c.email, sent_contacts.c.attempts)
@@ -512,7 +518,9 @@ class Ledger:
             )
             rows = conn.execute(
                 select(sent_contacts.c.email, sent_contacts.c.name, sent_contacts.c.attempts)
+                .select_from(sent_contacts.join(send_attempts, _latest_attempt()))
                 .where(in_batch, sent_contacts.c.status == SENDING)
+                .where(send_attempts.c.status.in_(UNRECORDED_ATTEMPT_STATES))  # not those already accepted
                 .order_by(sent_contacts.c.email)
             ).all()
         return [OutgoingAttempt(email, name, attempt) for email, name, attempt in rows]
@@ -577,8 +585,9 @@ class Ledger:
                 )
 
     def record_sent(self, run_id: str, accepted: Sequence[AcceptedAttempt]) -> None:
-        """The provider accepted (or refused) these attempts: sending -> sent (or bounced when refused).
-        Outcome events that arrived before this (kept in the inbox) are applied right after."""
+        """The provider accepted (or refused) these attempts: the attempt becomes sent, its contact stays
+        sending (shown as sent); a refused attempt becomes refused and its contact bounced. Outcome events
+        that arrived before this (kept in the inbox) are applied right after."""
         if not accepted:
             return
         rows = [
@@ -587,19 +596,22 @@ class Ledger:
                 "attempt": a.attempt,
                 "message_id": a.message_id,
                 "error": a.error,
-                "contact_status": SENT if a.message_id else BOUNCED,
                 "attempt_status": SENT if a.message_id else REFUSED,
             }
             for a in accepted
         ]
         now = utcnow()
         with self.engine.begin() as conn:
+            # Every contact of the chunk is locked first, in key order, though only refused ones change (a
+            # lock writes no row version): the inbox's events applied below, a take-over moving these
+            # attempts, and record_outcomes all take a contact before its attempt.
+            _lock_contacts(conn, sorted(a.email for a in accepted))
             bulk.update_rows(
                 conn,
                 sent_contacts,
-                rows,
+                [{**row, "contact_status": BOUNCED} for row in rows if row["message_id"] is None],
                 match={"email": "email", "attempts": "attempt"},
-                assign={"status": "contact_status", "provider_message_id": "message_id"},
+                assign={"status": "contact_status"},
                 guards={"run_id": run_id, "status": SENDING},
                 constants={"updated_at": now},
             )
@@ -616,7 +628,7 @@ class Ledger:
                 constants={"updated_at": now},
             )
             if conn.execute(select(exists().select_from(outcome_inbox))).scalar():
-                self._apply_inbox(conn, [a.message_id for a in accepted if a.message_id], now)
+                self._apply_inbox(conn, accepted, now)
 
     # -- outcomes -----------------------------------------------------------------------------------
     def pending_messages(self, run_id: str) -> Iterator[PendingMessage]:
@@ -626,12 +638,17 @@ class Ledger:
         held them all at once: 680 MB in the sensor's process."""
         with self.engine.connect() as conn:
             conn.execution_options(stream_results=True, yield_per=PENDING_PAGE, **{READ_SNAPSHOT: True})
-            query = select(
-                sent_contacts.c.email,
-                sent_contacts.c.attempts,
-                sent_contacts.c.provider_message_id,
-                sent_contacts.c.updated_at,  # set by record_sent, unchanged until an outcome
-            ).where(sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENT)
+            query = (
+                select(
+                    send_attempts.c.email,
+                    send_attempts.c.attempt,
+                    send_attempts.c.provider_message_id,
+                    send_attempts.c.updated_at,  # set by record_sent, unchanged until an outcome
+                )
+                .select_from(sent_contacts.join(send_attempts, _latest_attempt()))
+                .where(sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENDING)
+                .where(send_attempts.c.status == SENT)
+            )
             for row in conn.execute(query):
                 yield PendingMessage(*row)
 
@@ -676,25 +693,29 @@ class Ledger:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(outcome_inbox)).scalar_one()
 
-    def _apply_inbox(self, conn, message_ids: Sequence[str], now: datetime) -> None:
-        """Apply the inbox's events for messages whose send was just recorded, and remove them."""
-        for chunk in _chunks(message_ids, MATCH_CHUNK):
-            # The attempts just recorded, so both of their ids are known: by message id or by key.
-            keys = conn.execute(
-                select(send_attempts.c.idempotency_key).where(send_attempts.c.provider_message_id.in_(chunk))
-            ).scalars()
+    def _apply_inbox(self, conn, accepted: Sequence[AcceptedAttempt], now: datetime) -> None:
+        """Apply the inbox's events for these attempts (by message id or by idempotency key), whose send
+        was just recorded, and remove those applied. An event whose attempt this run could not record (a
+        taker holds it now) stays, for the taker's record_sent."""
+        for chunk in _chunks([a for a in accepted if a.message_id], MATCH_CHUNK):
             waiting = conn.execute(
                 select(outcome_inbox).where(
-                    or_(outcome_inbox.c.provider_message_id.in_(chunk), outcome_inbox.c.idempotency_key.in_(list(keys)))
+                    or_(
+                        outcome_inbox.c.provider_message_id.in_([a.message_id for a in chunk]),
+                        outcome_inbox.c.idempotency_key.in_([idempotency_key(a.email, a.attempt) for a in chunk]),
+                    )
                 )
             ).all()
             if not waiting:
                 continue
-            events = [
-                OutcomeEvent(r.outcome, r.provider_message_id, r.idempotency_key, r.source, r.detail) for r in waiting
-            ]
-            self._apply(conn, events, now)
-            conn.execute(delete(outcome_inbox).where(outcome_inbox.c.id.in_([r.id for r in waiting])))
+            events = {
+                r.id: OutcomeEvent(r.outcome, r.provider_message_id, r.idempotency_key, r.source, r.detail)
+                for r in waiting
+            }
+            _, _, unmatched = self._apply(conn, list(events.values()), now)
+            still_waiting = {id(event) for event in unmatched}
+            applied = [row_id for row_id, event in events.items() if id(event) not in still_waiting]
+            conn.execute(delete(outcome_inbox).where(outcome_inbox.c.id.in_(applied)))
 
     def _apply(self, conn, events: list[OutcomeEvent], now: datetime) -> tuple[int, int, list[OutcomeEvent]]:
         """The rules of record_outcomes, inside the caller's transaction. Returns (applied, unchanged,
@@ -790,13 +811,7 @@ class Ledger:
                     keys.add((row.email, row.attempt))
             # Contacts first, then their attempts, as every other writer (claim, record_sent, the take-over)
             # takes them: locking an attempt before its contact could close a cycle with one of those.
-            for chunk in _chunks(sorted({email for email, _ in keys}), MATCH_CHUNK):
-                conn.execute(
-                    select(sent_contacts.c.email)
-                    .where(sent_contacts.c.email.in_(chunk))
-                    .order_by(sent_contacts.c.email)
-                    .with_for_update()
-                ).all()
+            _lock_contacts(conn, sorted({email for email, _ in keys}))
             for chunk in _chunks(sorted(keys), MATCH_CHUNK):
                 given = bulk.unnest(
                     send_attempts,
@@ -850,19 +865,15 @@ class Ledger:
     def count_awaiting_outcome(self, run_id: str) -> int:
         """The run's messages that were accepted and have no outcome yet."""
         with self.engine.connect() as conn:
-            return conn.execute(
-                select(func.count())
-                .select_from(sent_contacts)
-                .where(sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENT)
-            ).scalar_one()
+            return _sending_split(conn, run_id)[SENT]
 
     def count_in_flight(self, run_id: str) -> int:
-        """The run's contacts with a message on its way: claimed, sending or sent."""
+        """The run's contacts with a message on its way: claimed or sending (sent included)."""
         with self.engine.connect() as conn:
             return conn.execute(
                 select(func.count())
                 .select_from(sent_contacts)
-                .where(sent_contacts.c.run_id == run_id, sent_contacts.c.status.in_((CLAIMED, SENDING, SENT)))
+                .where(sent_contacts.c.run_id == run_id, sent_contacts.c.status.in_((CLAIMED, SENDING)))
             ).scalar_one()
 
     def requeue_blocked(
@@ -876,7 +887,7 @@ class Ledger:
                 .where(self._resendable(run_id, max_attempts), sent_contacts.c.updated_at <= blocked_before)
                 .values(status=CLAIMED, updated_at=utcnow())
             )
-            _, _, batches = self._number_batches(conn, run_id, (CLAIMED, SENDING), batch_size, max_batches)
+            _, _, batches = self._number_batches(conn, run_id, batch_size, max_batches)
         return batches
 
     def close_out(self, run_id: str, max_attempts: int) -> int:
@@ -910,6 +921,8 @@ class Ledger:
                     select(sent_contacts.c.status, func.count()).where(owned).group_by(sent_contacts.c.status)
                 ).all()
             )
+            if by_status.pop(SENDING, 0):  # shown as sending (not accepted yet) and sent (accepted)
+                by_status.update({state: n for state, n in _sending_split(conn, run_id).items() if n})
             histogram = dict(
                 conn.execute(
                     select(sent_contacts.c.claim_attempts, func.count())
@@ -997,6 +1010,72 @@ class Ledger:
         return deleted
 
 
+def _latest_attempt():
+    """Join condition: a contact and its latest attempt (``sent_contacts.attempts`` numbers it)."""
+    return and_(send_attempts.c.email == sent_contacts.c.email, send_attempts.c.attempt == sent_contacts.c.attempts)
+
+
+def shown_status():
+    """A contact's state as reports and pages show it (SQL, over ``with_latest_attempt``): ``sent`` for a
+    sending contact whose latest attempt the provider accepted, else its own state."""
+    return case(
+        (and_(sent_contacts.c.status == SENDING, send_attempts.c.status == SENT), SENT), else_=sent_contacts.c.status
+    )
+
+
+def with_latest_attempt():
+    """sent_contacts outer-joined to each contact's latest attempt (an erased or never-sent row has none)."""
+    return sent_contacts.outerjoin(send_attempts, _latest_attempt())
+
+
+def _unaccepted(run_id: str):
+    """The run's sending contacts whose latest attempt the provider has not accepted yet (pending,
+    dispatched), found from the attempts' (run_id, status) index: such an attempt always belongs to its
+    contact's run (claim and start_attempts record it for their run, a take-over moves it to the taker)."""
+    return (
+        select(sent_contacts.c.email)
+        .select_from(send_attempts.join(sent_contacts, _latest_attempt()))
+        .where(send_attempts.c.run_id == run_id, send_attempts.c.status.in_(UNRECORDED_ATTEMPT_STATES))
+        .where(sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENDING)
+    )
+
+
+def _due(run_id: str):
+    """The run's contacts with a message due: claimed (a new attempt is due), or sending with their latest
+    attempt not accepted yet (a send task's, or a crashed one's, to send with the same key)."""
+    claimed = select(sent_contacts.c.email).where(sent_contacts.c.run_id == run_id, sent_contacts.c.status == CLAIMED)
+    return claimed.union_all(_unaccepted(run_id))
+
+
+def _sending_split(conn, run_id: str) -> dict[str, int]:
+    """The run's sending contacts, as shown: {sending: latest attempt not accepted yet, sent: accepted,
+    waiting for its outcome}. A sending contact's latest attempt is one or the other (its outcome moves
+    the contact on), so sent is the difference of two index counts, not a join over every sent message."""
+    sending, unaccepted = conn.execute(
+        select(
+            select(func.count())
+            .where(sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENDING)
+            .scalar_subquery(),
+            select(func.count()).select_from(_unaccepted(run_id).subquery()).scalar_subquery(),
+        )
+    ).one()
+    return {SENDING: unaccepted, SENT: sending - unaccepted}
+
+
+def _lock_contacts(conn, emails: Sequence[str]) -> None:
+    """Postgres: lock these contacts (sorted) in key order, as every writer that takes a contact and its
+    attempts does first. SQLite: one writer holds the database."""
+    if not bulk.is_postgres(conn):
+        return
+    for chunk in _chunks(emails, MATCH_CHUNK):
+        conn.execute(
+            select(sent_contacts.c.email)
+            .where(sent_contacts.c.email.in_(chunk))
+            .order_by(sent_contacts.c.email)
+            .with_for_update()
+        ).all()
+
+
 def _set_final_status(conn, new_rows: list[dict], status: str, now: datetime) -> int:
     """The contacts become ``status`` (unsubscribed, suppressed) whatever their state; an address the ledger
     does not know gets a row (``new_rows``: its columns) in that state, so no run ever claims it. One upsert:
@@ -1047,8 +1126,8 @@ def _already_applied(attempt_status: str, outcome: str) -> bool:
 
 def _contact_follows(contact_status: str, contact_attempt: int, attempt: int, outcome: str) -> bool:
     """Whether a message's outcome changes its contact's state (see record_outcomes)."""
-    if outcome == BLOCKED:
-        return attempt == contact_attempt and contact_status in (SENT, UNCONFIRMED)
+    if outcome == BLOCKED:  # an event only ever applies to an accepted attempt: sending means sent here
+        return attempt == contact_attempt and contact_status in (SENDING, UNCONFIRMED)
     current = CONTACT_STRENGTH[contact_status] if contact_status in FINAL_STATES else 0
     return STRENGTH[outcome] > current
 

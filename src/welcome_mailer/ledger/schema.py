@@ -1,7 +1,8 @@
 """The ledger's tables. Alembic migrations (``welcome_mailer/migrations``) create and change them; this
 module describes the current head, for the code's queries and for ``alembic check``.
 
-- ``sent_contacts``: one row per normalised email, owned by one run at a time.
+- ``sent_contacts``: one row per normalised email, owned by one run at a time; ``attempts`` numbers its
+  latest attempt, whose row says how far that message got.
 - ``send_attempts``: one row per message, written BEFORE the provider is called, keyed by (email, attempt).
 - ``ledger_runs``: the runs that own contacts, with a lease renewed by every task of the run.
 - ``staged_contacts``: a run's parsed, de-duplicated contacts, waiting to be claimed.
@@ -29,7 +30,6 @@ sent_contacts = Table(
     Column("claim_attempts", Integer, nullable=False),  # attempts under the current claim; <= max_attempts
     Column("run_id", String(250), nullable=False),  # the owning run
     Column("batch_no", Integer),
-    Column("provider_message_id", String(100)),  # of the latest attempt
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
     Column("source_line", Integer),  # the line of the owning run's file it came from (NULL: before 0004)
@@ -49,7 +49,7 @@ send_attempts = Table(
     Column("error", String(500)),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
-    Index("ix_send_attempts_run", "run_id"),
+    Index("ix_send_attempts_run_status", "run_id", "status"),  # a run's messages not accepted yet; its summary
     Index("ix_send_attempts_provider_message_id", "provider_message_id"),
     Index("ix_send_attempts_created_at", "created_at"),  # the UI's messages per day, over recent days only
 )
