@@ -450,6 +450,47 @@ def test_chunk_updates_are_driven_by_the_primary_key_whatever_the_statistics(pos
 
 
 @pytest.mark.postgres
+def test_without_statistics_sends_and_outcomes_lock_and_update_their_rows_by_primary_key(postgres_url):
+    """Issue 14: on tables just bulk-loaded and never analysed (autovacuum behind, or off), the planner
+    read the whole of a 20k-contact ledger for every chunk: record_sent's and record_outcomes' row locks
+    (an IN list: a seq scan with a hashed filter; a join: a hash join over seq scans), and a 5,000-row
+    UPDATE (a hash join over a seq scan). Every lock and update of a chunk must find its rows by key."""
+    engine = connect(postgres_url)
+    upgrade(engine)
+    ledger = Ledger(engine)
+    [batch] = stage_and_claim(ledger, "big", [f"u{i}@example.com" for i in range(20_000)], max_batches=1).batches
+    attempts = ledger.start_attempts("big", batch)
+    sent = attempts[:5_000]
+    ledger.record_sent("big", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in sent[:4_500]])
+    plans = []
+
+    def explain(conn, cursor, statement, parameters, context, executemany):
+        chunk_work = "FOR UPDATE" in statement or statement.startswith("WITH given AS MATERIALIZED")
+        return ("EXPLAIN (FORMAT JSON) " + statement if chunk_work else statement), parameters
+
+    def keep(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("EXPLAIN"):
+            plans.append(_scans(cursor.fetchone()[0][0]["Plan"]))
+            cursor.execute(statement.removeprefix("EXPLAIN (FORMAT JSON) "), parameters)
+
+    event.listen(ledger.engine, "before_cursor_execute", explain, retval=True)
+    event.listen(ledger.engine, "after_cursor_execute", keep)
+    try:
+        ledger.record_sent("big", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in sent[4_500:]])
+        counts = ledger.record_outcomes([OutcomeEvent("delivered", provider_message_id=f"id-{a.email}") for a in sent])
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", explain)
+        event.remove(ledger.engine, "after_cursor_execute", keep)
+        ledger.engine.dispose()
+    assert counts.applied == 5_000
+    assert len(plans) >= 5, "record_sent: lock, update; record_outcomes: two locks, two updates"
+    for scans in plans:
+        assert scans and all(node == "Index Scan" and index and index.endswith("_pkey") for node, _, index in scans), (
+            scans
+        )
+
+
+@pytest.mark.postgres
 def test_outcome_lookups_probe_the_message_id_index_whatever_the_statistics(postgres_url):
     """Issue 14: at 1M rows on the stack, statistics taken while few message ids were known made the
     planner expect ~140 attempts per message id, so each 1000-id lookup of record_outcomes read the whole
