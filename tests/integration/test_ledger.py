@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -393,6 +395,28 @@ def test_concurrent_claimers_never_claim_a_contact_twice(ledger, ledger_url):
         assert count == sum(1 for _, owner, _ in ledger_rows.values() if owner == run_id)
 
 
+@contextlib.contextmanager
+def plans_of(engine, wanted: Callable[[str], bool]):
+    """The scans (``_scans``) of every statement ``wanted`` picks, run under EXPLAIN and then for real."""
+    plans: list[list[tuple[str, str, str | None]]] = []
+
+    def explain(conn, cursor, statement, parameters, context, executemany):
+        return ("EXPLAIN (FORMAT JSON) " + statement if wanted(statement) else statement), parameters
+
+    def keep(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("EXPLAIN"):
+            plans.append(_scans(cursor.fetchone()[0][0]["Plan"]))
+            cursor.execute(statement.removeprefix("EXPLAIN (FORMAT JSON) "), parameters)
+
+    event.listen(engine, "before_cursor_execute", explain, retval=True)
+    event.listen(engine, "after_cursor_execute", keep)
+    try:
+        yield plans
+    finally:
+        event.remove(engine, "before_cursor_execute", explain)
+        event.remove(engine, "after_cursor_execute", keep)
+
+
 def _scans(plan: dict) -> list[tuple[str, str, str | None]]:
     """(node type, table, index) of every scan of a table or an index in an EXPLAIN (FORMAT JSON) plan."""
     scans = ("Relation Name" in plan or "Index Name" in plan) and plan["Node Type"] != "ModifyTable"
@@ -462,25 +486,16 @@ def test_without_statistics_sends_and_outcomes_lock_and_update_their_rows_by_pri
     attempts = ledger.start_attempts("big", batch)
     sent = attempts[:5_000]
     ledger.record_sent("big", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in sent[:4_500]])
-    plans = []
 
-    def explain(conn, cursor, statement, parameters, context, executemany):
-        chunk_work = "FOR UPDATE" in statement or statement.startswith("WITH given AS MATERIALIZED")
-        return ("EXPLAIN (FORMAT JSON) " + statement if chunk_work else statement), parameters
+    def chunk_work(statement: str) -> bool:
+        return "FOR UPDATE" in statement or statement.startswith("WITH given AS MATERIALIZED")
 
-    def keep(conn, cursor, statement, parameters, context, executemany):
-        if statement.startswith("EXPLAIN"):
-            plans.append(_scans(cursor.fetchone()[0][0]["Plan"]))
-            cursor.execute(statement.removeprefix("EXPLAIN (FORMAT JSON) "), parameters)
-
-    event.listen(ledger.engine, "before_cursor_execute", explain, retval=True)
-    event.listen(ledger.engine, "after_cursor_execute", keep)
     try:
-        ledger.record_sent("big", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in sent[4_500:]])
-        counts = ledger.record_outcomes([OutcomeEvent("delivered", provider_message_id=f"id-{a.email}") for a in sent])
+        with plans_of(ledger.engine, chunk_work) as plans:
+            ledger.record_sent("big", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in sent[4_500:]])
+            events = [OutcomeEvent("delivered", provider_message_id=f"id-{a.email}") for a in sent]
+            counts = ledger.record_outcomes(events)
     finally:
-        event.remove(ledger.engine, "before_cursor_execute", explain)
-        event.remove(ledger.engine, "after_cursor_execute", keep)
         ledger.engine.dispose()
     assert counts.applied == 5_000
     assert len(plans) >= 5, "record_sent: lock, update; record_outcomes: two locks, two updates"
@@ -510,26 +525,13 @@ def test_outcome_lookups_probe_the_message_id_index_whatever_the_statistics(post
     sent = ledger.start_attempts("big", batch)[:20]
     ledger.record_sent("big", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in sent])
 
-    plans = []
-
-    def explain(conn, cursor, statement, parameters, context, executemany):
-        return ("EXPLAIN (FORMAT JSON) " + statement if statement.startswith("SELECT") else statement), parameters
-
-    def keep(conn, cursor, statement, parameters, context, executemany):
-        if statement.startswith("EXPLAIN"):
-            plans.append(_scans(cursor.fetchone()[0][0]["Plan"]))
-            cursor.execute(statement.removeprefix("EXPLAIN (FORMAT JSON) "), parameters)
-
-    event.listen(ledger.engine, "before_cursor_execute", explain, retval=True)
-    event.listen(ledger.engine, "after_cursor_execute", keep)
     try:
-        with ledger.engine.begin() as conn:
+        selects = plans_of(ledger.engine, lambda statement: statement.startswith("SELECT"))
+        with selects as plans, ledger.engine.begin() as conn:
             found = ledger._find_attempts(
                 conn, [OutcomeEvent("delivered", provider_message_id=f"id-{a.email}") for a in sent]
             )
     finally:
-        event.remove(ledger.engine, "before_cursor_execute", explain)
-        event.remove(ledger.engine, "after_cursor_execute", keep)
         ledger.engine.dispose()
     assert {(row.email, row.attempt) for row in found.values()} == {(a.email, a.attempt) for a in sent}
     probe, lock_contacts, lock = plans
