@@ -17,7 +17,20 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from operator import itemgetter
 
-from sqlalchemy import Connection, DateTime, Table, bindparam, func, insert, literal, or_, select, true, update
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    FromClause,
+    Table,
+    bindparam,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 
@@ -139,7 +152,15 @@ def update_rows(
     return result.rowcount
 
 
-def probe(table: Table, column: str, values: Sequence, returning: Sequence[str], *, lock: bool = False):
+def probe(
+    table: Table,
+    column: str | Sequence[str],
+    values: Sequence,
+    returning: Sequence,
+    *,
+    source: FromClause | None = None,
+    lock: bool = False,
+):
     """Postgres: ``SELECT returning FROM table WHERE column IN values``, each value an index probe of its
     own whatever the statistics say. With the values as an IN list, statistics taken while the column held
     few distinct values (before a run's sends) made the planner expect ~140 rows per value, and at 1M rows
@@ -147,11 +168,22 @@ def probe(table: Table, column: str, values: Sequence, returning: Sequence[str],
     just bulk-loaded, autovacuum behind), a 500-key lookup of 100k rows was a seq scan too (20 ms, where
     the probes take 2). As a LATERAL subquery behind an OFFSET 0 fence (which keeps the planner from
     flattening it into a join), each value is a lookup of its own, and for one value the index is the
-    cheaper plan even by those statistics. ``lock``: FOR UPDATE, row by row in the order of ``values``."""
-    given = unnest(table, [{column: value} for value in values], [(column, column)])
-    found = select(*(table.c[name] for name in returning)).where(table.c[column] == given.c[column]).offset(0)
+    cheaper plan even by those statistics.
+
+    ``column``: one column (``values`` its values) or a key of several (``values`` tuples); ``returning``:
+    column names of ``table``, or columns of ``source`` (``table`` joined to others); ``lock``: FOR UPDATE
+    of ``table``'s rows, one by one in the order of ``values``."""
+    columns = [column] if isinstance(column, str) else list(column)
+    rows = [dict(zip(columns, value if len(columns) > 1 else (value,), strict=True)) for value in values]
+    given = unnest(table, rows, [(col, col) for col in columns])
+    found = (
+        select(*(table.c[c] if isinstance(c, str) else c for c in returning))
+        .select_from(table if source is None else source)
+        .where(*(table.c[col] == given.c[col] for col in columns))
+        .offset(0)
+    )
     if lock:
-        found = found.with_for_update()
+        found = found.with_for_update(of=table)
     found = found.lateral("found")
     return select(found).select_from(given.join(found, true()))
 

@@ -57,7 +57,7 @@ from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import NamedTuple
 
-from sqlalchemy import Engine, and_, case, delete, exists, func, literal, or_, select, text, true, update
+from sqlalchemy import Engine, and_, case, delete, exists, func, literal, or_, select, text, update
 
 from welcome_mailer.contacts import Contact
 from welcome_mailer.ledger import bulk
@@ -455,11 +455,11 @@ class Ledger:
         task costs Airflow more than sending a few thousand emails). ``numbered_by_insert``: how many
         contacts claim inserted, numbered among themselves; when they are all the run holds in flight, their
         numbers stand (they all have their first attempt due: nothing else is looked up)."""
-        in_flight = conn.execute(
-            select(func.count()).where(sent_contacts.c.run_id == run_id, sent_contacts.c.status.in_((CLAIMED, SENDING)))
-        ).scalar_one()  # an index count; those due are among them
-        if in_flight == numbered_by_insert:  # all inserted now: every one is due
-            count = in_flight
+        in_flight = select(func.count()).where(  # an index count; those due are among them
+            sent_contacts.c.run_id == run_id, sent_contacts.c.status.in_((CLAIMED, SENDING))
+        )
+        if numbered_by_insert is not None and conn.execute(in_flight).scalar_one() == numbered_by_insert:
+            count = numbered_by_insert  # everything the run holds in flight was inserted now: all due
         else:
             count = conn.execute(select(func.count()).select_from(_due(run_id).subquery())).scalar_one()
         if count == 0:
@@ -709,13 +709,12 @@ class Ledger:
             ).all()
             if not waiting:
                 continue
-            events = {
-                r.id: OutcomeEvent(r.outcome, r.provider_message_id, r.idempotency_key, r.source, r.detail)
-                for r in waiting
-            }
-            _, _, unmatched = self._apply(conn, list(events.values()), now)
-            still_waiting = {id(event) for event in unmatched}
-            applied = [row_id for row_id, event in events.items() if id(event) not in still_waiting]
+            events = [
+                OutcomeEvent(r.outcome, r.provider_message_id, r.idempotency_key, r.source, r.detail) for r in waiting
+            ]
+            _, _, unmatched = self._apply(conn, events, now)
+            still_waiting = set(unmatched)
+            applied = [r.id for r, event in zip(waiting, events, strict=True) if event not in still_waiting]
             conn.execute(delete(outcome_inbox).where(outcome_inbox.c.id.in_(applied)))
 
     def _apply(self, conn, events: list[OutcomeEvent], now: datetime) -> tuple[int, int, list[OutcomeEvent]]:
@@ -799,7 +798,7 @@ class Ledger:
             probed = []
             for column, values in lookups:
                 for chunk in _chunks(values, MATCH_CHUNK):
-                    probe = bulk.probe(send_attempts, column, chunk, [c.name for c in columns[:5]])
+                    probe = bulk.probe(send_attempts, column, chunk, columns[:5])
                     probed.extend(_FoundAttempt(*row) for row in conn.execute(probe).all())
             keys, settled = set(), {}
             probed_by = _by_message(probed)
@@ -815,24 +814,11 @@ class Ledger:
             # takes them: locking an attempt before its contact could close a cycle with one of those.
             _lock_contacts(conn, sorted({email for email, _ in keys}))
             for chunk in _chunks(sorted(keys), MATCH_CHUNK):
-                given = bulk.unnest(
-                    send_attempts,
-                    [{"email": email, "attempt": attempt} for email, attempt in chunk],
-                    [("email", "email"), ("attempt", "attempt")],
-                )
-                # Each attempt a lookup of its own, locked in the keys' order (bulk.probe's fence: joined
-                # as a whole, a 1,000-attempt lock of a 100k-row ledger without fresh statistics was a
-                # hash join over seq scans, 40 ms)
-                found = (
-                    select(*columns)
-                    .select_from(joined)
-                    .where(send_attempts.c.email == given.c.email, send_attempts.c.attempt == given.c.attempt)
-                    .offset(0)
-                    .with_for_update(of=send_attempts)
-                    .lateral("found")
-                )
-                query = select(found).select_from(given.join(found, true()))
-                rows.extend(_FoundAttempt(*row) for row in conn.execute(query).all())
+                # Each attempt a lookup of its own, locked in the keys' order (joined as a whole, a
+                # 1,000-attempt lock of a 100k-row ledger without fresh statistics was a hash join over
+                # seq scans, 40 ms)
+                lock = bulk.probe(send_attempts, ("email", "attempt"), chunk, columns, source=joined, lock=True)
+                rows.extend(_FoundAttempt(*row) for row in conn.execute(lock).all())
             rows.extend(row for key, row in settled.items() if key not in keys)
         else:
             for column, values in lookups:
@@ -1070,7 +1056,7 @@ def _lock_contacts(conn, emails: Sequence[str]) -> None:
     if not bulk.is_postgres(conn):
         return
     for chunk in _chunks(emails, MATCH_CHUNK):
-        conn.execute(bulk.probe(sent_contacts, "email", chunk, ["email"], lock=True)).all()  # in the keys' order
+        conn.execute(bulk.probe(sent_contacts, "email", chunk, [sent_contacts.c.email], lock=True)).all()
 
 
 def _set_final_status(conn, new_rows: list[dict], status: str, now: datetime) -> int:
