@@ -67,7 +67,9 @@ class Explainer:
         self.wanted.label = label
 
     def before(self, conn, cursor, statement, parameters, context, executemany):
-        if getattr(self.wanted, "label", None) and " UPDATE " in f" {statement}":
+        # an UPDATE statement, not a row lock (SELECT ... FOR UPDATE): explaining a lock lost its rows, and
+        # every later outcome of the thread went to the inbox as unmatched
+        if getattr(self.wanted, "label", None) and " UPDATE " in f" {statement}" and " FOR UPDATE" not in statement:
             statement = "EXPLAIN (ANALYZE, BUFFERS) " + statement
             self.wanted.active = True
         return statement, parameters
@@ -169,6 +171,18 @@ def outcome_phase(ledger: Ledger, explainer: Explainer, run_id: str, chunk: int,
     }
 
 
+def row_updates(engine, table: str) -> dict:
+    """The table's row updates so far and how many were heap-only (HOT: no index entry written), from
+    Postgres's statistics, once every backend of ``engine`` has reported its own (they do at exit)."""
+    engine.dispose()
+    time.sleep(1)
+    with engine.connect() as conn:
+        updates, heap_only = conn.execute(
+            text("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = :table"), {"table": table}
+        ).one()
+    return {"updates": updates, "heap_only": heap_only}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -212,6 +226,7 @@ def main() -> None:
         report["send"] = send_phase(ledger, explainer, run_id, batches, args.chunk, args.sample)
         print(json.dumps(report["send"]), flush=True)
         report["outcomes"] = outcome_phase(ledger, explainer, run_id, args.outcome_chunk, args.outcome_limit)
+        report["send_attempts_updates"] = row_updates(engine, "send_attempts")
         print(json.dumps(report, indent=1))
         for label, plan in explainer.plans.items():
             print(f"\n-- EXPLAIN (ANALYZE, BUFFERS) of the {label}\n{plan}")
