@@ -212,7 +212,7 @@ def test_0006_a_run_sent_at_0005_waits_for_its_outcomes_at_head_and_comes_back_o
     assert ledger.count_awaiting_outcome("run-1") == 2
     assert [a.email for a in ledger.start_attempts("run-1", batch)] == ["b@example.com"], "only the unsent"
     indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("send_attempts")}
-    assert indexes["ix_send_attempts_run_status"] == ["run_id", "status"] and "ix_send_attempts_run" not in indexes
+    assert "ix_send_attempts_run_status" not in indexes, "0007 replaces it by indexes without status"
     assert "provider_message_id" not in {c["name"] for c in inspect(engine).get_columns("sent_contacts")}
     ledger.record_sent("run-1", [AcceptedAttempt("b@example.com", 1, "m-b")])
     ledger.record_outcomes([OutcomeEvent("delivered", provider_message_id=m) for m in ("m-a", "m-c")])
@@ -254,3 +254,42 @@ def test_the_command_line_downgrades_to_an_earlier_revision_and_refuses_what_is_
         assert cli("migrate") == 0 and current_revision(engine) == head_revision()
     finally:
         engine.dispose()
+
+
+def attempt_indexes(engine) -> dict[str, list[str]]:
+    return {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("send_attempts")}
+
+
+def test_0007_no_index_of_the_attempts_names_their_state_and_a_run_still_finds_what_it_owes(engine):
+    """0007: an outcome changes an attempt's state only, and no index names the state (on Postgres its
+    update is then heap-only: no index entry written). A run claimed and half sent at 0006 still finds
+    its unsent attempts (the partial index of attempts without a message id) and its awaiting messages at
+    head; the downgrade restores 0006's index."""
+    from tests.integration.test_ledger import stage_and_claim
+    from welcome_mailer.ledger import AcceptedAttempt
+    from welcome_mailer.outcomes.events import OutcomeEvent
+
+    upgrade(engine, "0006")
+    ledger = Ledger(engine)
+    [batch] = stage_and_claim(ledger, "run-1", ["a@example.com", "b@example.com", "c@example.com"]).batches
+    ledger.record_sent("run-1", [AcceptedAttempt("a@example.com", 1, "m-a")])
+    assert upgrade(engine) == ("0006", head_revision())
+    check_at_head(engine)
+    indexes = attempt_indexes(engine)
+    assert not [name for name, columns in indexes.items() if "status" in columns]
+    assert indexes["ix_send_attempts_unaccepted"] == ["run_id"] and indexes["ix_send_attempts_run"] == ["run_id"]
+    assert ledger.count_awaiting_outcome("run-1") == 1
+    assert [a.email for a in ledger.start_attempts("run-1", batch)] == ["b@example.com", "c@example.com"]
+    ledger.record_sent("run-1", [AcceptedAttempt("b@example.com", 1, "m-b")])
+    assert ledger.count_awaiting_outcome("run-1") == 2
+    ledger.record_outcomes([OutcomeEvent("delivered", provider_message_id="m-a")])
+    assert ledger.count_awaiting_outcome("run-1") == 1
+    assert ledger.run_summary("run-1")["messages_sent"] == 2  # c@'s attempt is still pending: not a message
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            options = conn.execute(text("SELECT reloptions FROM pg_class WHERE relname = 'send_attempts'")).scalar()
+        assert options == ["fillfactor=50"]
+    assert downgrade(engine, "0006") == (head_revision(), "0006")
+    indexes = attempt_indexes(engine)
+    assert indexes["ix_send_attempts_run_status"] == ["run_id", "status"]
+    assert {"ix_send_attempts_unaccepted", "ix_send_attempts_run"}.isdisjoint(indexes)

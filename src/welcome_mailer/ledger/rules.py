@@ -1018,12 +1018,15 @@ def with_latest_attempt():
 
 def _unaccepted(run_id: str):
     """The run's sending contacts whose latest attempt the provider has not accepted yet (pending,
-    dispatched), found from the attempts' (run_id, status) index: such an attempt always belongs to its
-    contact's run (claim and start_attempts record it for their run, a take-over moves it to the taker)."""
+    dispatched), found from the attempts' partial index of those without a provider message id
+    (``ix_send_attempts_unaccepted``: it holds what is still owed, not every message): such an attempt
+    always belongs to its contact's run (claim and start_attempts record it for their run, a take-over
+    moves it to the taker), and has no message id until record_sent gives it one."""
     return (
         select(sent_contacts.c.email)
         .select_from(send_attempts.join(sent_contacts, _latest_attempt()))
-        .where(send_attempts.c.run_id == run_id, send_attempts.c.status.in_(UNRECORDED_ATTEMPT_STATES))
+        .where(send_attempts.c.run_id == run_id, send_attempts.c.provider_message_id.is_(None))
+        .where(send_attempts.c.status.in_(UNRECORDED_ATTEMPT_STATES))
         .where(sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENDING)
     )
 

@@ -16,9 +16,12 @@ Other modules add tables of their own to ``metadata`` (the drop folder's ``proce
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Column, DateTime, Index, Integer, MetaData, String, Table, Text, text
 
 metadata = MetaData()
+# A send_attempts row without a provider message id: not accepted yet (pending, dispatched), or refused or
+# unconfirmed (few).
+UNACCEPTED = text("provider_message_id IS NULL")
 
 sent_contacts = Table(
     "sent_contacts",
@@ -49,9 +52,12 @@ send_attempts = Table(
     Column("error", String(500)),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
-    Index("ix_send_attempts_run_status", "run_id", "status"),  # a run's messages not accepted yet; its summary
+    # No index names status: an outcome's update is then heap-only on Postgres (migration 0007 says why).
+    Index("ix_send_attempts_unaccepted", "run_id", postgresql_where=UNACCEPTED, sqlite_where=UNACCEPTED),
+    Index("ix_send_attempts_run", "run_id"),  # a run's messages, for its summary
     Index("ix_send_attempts_provider_message_id", "provider_message_id"),
     Index("ix_send_attempts_created_at", "created_at"),  # the UI's messages per day, over recent days only
+    postgresql_with={"fillfactor": 50},  # room on the page for the outcome's row version (heap-only update)
 )
 
 ledger_runs = Table(
