@@ -44,10 +44,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import httpx
+import psutil
 
 from include.generate_contacts import write_file
 from include.run_embedded import (
@@ -387,10 +388,12 @@ def stack_runs(stack, journal: Path, benchmark: str, csv_paths: list[Path]) -> d
 
     config = stack.config
     empty_ledger(f"{config.postgres}/{config.ledger_db}")
+    cpu_before = component_cpu(stack)
     started = time.time()
     run_ids = [stack.trigger("welcome_emails", {"csv_path": str(path)}) for path in csv_paths]
     states = [wait_for_run(stack, run_id) for run_id in run_ids]
     finished = time.time()
+    cpu_after = component_cpu(stack)
     instances = task_instances(f"{config.postgres}/{config.metadata_db}", run_ids)
     runs = []
     for run_id in run_ids:
@@ -406,10 +409,53 @@ def stack_runs(stack, journal: Path, benchmark: str, csv_paths: list[Path]) -> d
         **hold_chain_floor(journal_messages(journal, since=started, until=finished)),
         # the stack's mock ESP (push mode) holds every message since the stack came up (goal at 1M: <= 1 GB)
         "esp_peak_rss_mb": _rss_mb(stack.pid("mock-esp")) if stack.pid("mock-esp") else None,
+        **cpu_figures(cpu_before, cpu_after, finished - started),
     }
     if len(run_ids) == 1:
         return {**result, **(runs[0] if runs else {})}
     return {**result, "runs": runs}
+
+
+def process_tree_cpu(root: psutil.Process) -> float:
+    """CPU seconds of a process and every live descendant, each with the children it has reaped (an
+    exited task process counts in its parent's, a closed Postgres backend in the postmaster's): every
+    process of the tree counted once, whether it is still running or not."""
+    total = 0.0
+    for process in (root, *root.children(recursive=True)):
+        with suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def postmaster() -> psutil.Process | None:
+    """The local Postgres server's main process (the stack's and the ledger's database server)."""
+    for process in psutil.process_iter(["name", "ppid"]):
+        if process.info["name"] in ("postgres", "postmaster") and process.info["ppid"] <= 1:
+            return process
+    return None
+
+
+def component_cpu(stack) -> dict[str, float]:
+    """CPU seconds used so far by each component of the stack (the worker's task processes with it) and by
+    the Postgres server: on 2 cores, who the time went to."""
+    from include.stack import COMPONENTS
+
+    roots = {name: stack.pid(name) for name in COMPONENTS}
+    processes = {name: psutil.Process(pid) for name, pid in roots.items() if pid}
+    server = postmaster()
+    if server is not None:
+        processes["postgres"] = server
+    return {name: process_tree_cpu(process) for name, process in processes.items()}
+
+
+def cpu_figures(before: dict[str, float], after: dict[str, float], seconds: float) -> dict:
+    """CPU seconds per component between two readings, most first, and how busy that kept the machine's
+    cores (1.0: every core all the time)."""
+    used = {name: round(after[name] - before.get(name, 0.0), 1) for name in after}
+    used = dict(sorted(used.items(), key=lambda item: -item[1]))
+    cores = os.cpu_count() or 1
+    return {"cpu_seconds": used, "cpu_busy": round(sum(used.values()) / (seconds * cores), 2) if seconds else None}
 
 
 def empty_ledger(url: str) -> None:
@@ -619,6 +665,9 @@ def summary_lines(results: list[dict]) -> list[str]:
             if run.get("peak_rss_mb"):
                 peaks = " | ".join(f"{task} {mb}" for task, mb in run["peak_rss_mb"].items())
                 lines.append(f"  peak RSS MB: {peaks} ({run['peak_rss_scope']})")
+        if result.get("cpu_seconds"):
+            used = " | ".join(f"{name} {cpu}" for name, cpu in result["cpu_seconds"].items())
+            lines.append(f"  CPU s: {used} ({result['cpu_busy']:.0%} of {os.cpu_count()} cores busy)")
         if result.get("esp_peak_rss_mb"):
             lines.append(f"  the stack's mock ESP: peak RSS {result['esp_peak_rss_mb']} MB (goal at 1M: <= 1 GB)")
     return lines

@@ -1,14 +1,25 @@
-"""The bench's own figures: where an end-to-end run's time went, and the floor the mock's holds set."""
+"""The bench's own figures: where an end-to-end run's time went, the floor the mock's holds set, and who
+used the CPU."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime
 
+import psutil
 import pytest
 
-from include.bench import hold_chain_floor, journal_messages, phase_breakdown, task_instances
+from include.bench import (
+    cpu_figures,
+    hold_chain_floor,
+    journal_messages,
+    phase_breakdown,
+    process_tree_cpu,
+    task_instances,
+)
 from include.mock_esp.store import MessageStore, OutcomeSettings
 
 
@@ -140,3 +151,38 @@ def test_a_sensor_whose_first_poke_airflow_did_not_record_counts_from_its_own_cl
 
     assert breakdown["resends"] == 24.0 and breakdown["scheduling waits"] == 0.0
     assert sum(breakdown.values()) == pytest.approx(31.0)
+
+
+BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n{then}"
+
+
+def test_a_process_trees_cpu_counts_its_live_children_and_those_it_reaped():
+    """A component's CPU is its own, its running descendants' (a task process in flight) and that of the
+    children it has waited for (a finished task process, a closed Postgres backend)."""
+    me = psutil.Process()
+    before = process_tree_cpu(me)
+    subprocess.run([sys.executable, "-c", BURN.format(seconds=0.3, then="")], check=True)
+    reaped = process_tree_cpu(me)
+    assert reaped - before >= 0.3
+    child = subprocess.Popen(
+        [sys.executable, "-c", BURN.format(seconds=0.3, then="print('done', flush=True); time.sleep(30)")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline() == "done\n"
+        assert process_tree_cpu(me) - reaped >= 0.3
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_cpu_figures_are_each_components_share_of_the_run_most_first_and_the_cores_kept_busy(monkeypatch):
+    monkeypatch.setattr("include.bench.os.cpu_count", lambda: 2)
+    before = {"postgres": 100.0, "worker": 10.0, "mock-esp": 5.0}
+    after = {"postgres": 160.0, "worker": 40.0, "mock-esp": 35.0, "api-server": 5.0}
+    figures = cpu_figures(before, after, seconds=100.0)
+    assert list(figures["cpu_seconds"].items()) == [
+        ("postgres", 60.0), ("worker", 30.0), ("mock-esp", 30.0), ("api-server", 5.0)
+    ]  # fmt: skip
+    assert figures["cpu_busy"] == 0.62  # 125 CPU seconds over 100 s on 2 cores
