@@ -57,7 +57,7 @@ from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import NamedTuple
 
-from sqlalchemy import Engine, and_, case, delete, exists, func, literal, or_, select, text, update
+from sqlalchemy import Engine, and_, case, delete, exists, func, literal, or_, select, text, tuple_, update
 
 from welcome_mailer.contacts import Contact
 from welcome_mailer.ledger import bulk
@@ -1021,13 +1021,22 @@ def _unaccepted(run_id: str):
     dispatched), found from the attempts' partial index of those without a provider message id
     (``ix_send_attempts_unaccepted``: it holds what is still owed, not every message): such an attempt
     always belongs to its contact's run (claim and start_attempts record it for their run, a take-over
-    moves it to the taker), and has no message id until record_sent gives it one."""
+    moves it to the taker), and has no message id until record_sent gives it one.
+
+    Each attempt's contact is checked by its primary key, one probe per attempt, whatever the statistics:
+    a correlated IN (unlike a join or EXISTS, which Postgres plans as a join) is a subquery run per
+    attempt, and its only condition, the email, leaves the primary key as its only index. As a join, on a
+    claim's just-inserted rows that were never analysed, each attempt scanned the run's contacts through
+    their (run, state) index: 30k contacts counted in 39 s, and four overlapping 250k-contact claims
+    stalled for minutes."""
+    contact = select(sent_contacts.c.run_id, sent_contacts.c.status, sent_contacts.c.attempts).where(
+        sent_contacts.c.email == send_attempts.c.email
+    )
     return (
-        select(sent_contacts.c.email)
-        .select_from(send_attempts.join(sent_contacts, _latest_attempt()))
+        select(send_attempts.c.email)
         .where(send_attempts.c.run_id == run_id, send_attempts.c.provider_message_id.is_(None))
         .where(send_attempts.c.status.in_(UNRECORDED_ATTEMPT_STATES))
-        .where(sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENDING)
+        .where(tuple_(literal(run_id), literal(SENDING), send_attempts.c.attempt).in_(contact))
     )
 
 
