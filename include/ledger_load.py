@@ -171,16 +171,21 @@ def outcome_phase(ledger: Ledger, explainer: Explainer, run_id: str, chunk: int,
     }
 
 
-def row_updates(engine, table: str) -> dict:
+def row_updates(engine, table: str, at_least: int = 0) -> dict:
     """The table's row updates so far and how many were heap-only (HOT: no index entry written), from
-    Postgres's statistics, once every backend of ``engine`` has reported its own (they do at exit)."""
+    Postgres's statistics. A backend reports its own when it exits, so ``engine``'s connections are closed
+    first, and the figures read again until they show ``at_least`` updates (10 s at most)."""
     engine.dispose()
-    time.sleep(1)
-    with engine.connect() as conn:
-        updates, heap_only = conn.execute(
-            text("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = :table"), {"table": table}
-        ).one()
-    return {"updates": updates, "heap_only": heap_only}
+    deadline = time.monotonic() + 10
+    while True:
+        with engine.connect() as conn:
+            updates, heap_only = conn.execute(
+                text("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = :table"),
+                {"table": table},
+            ).one()
+        if updates >= at_least or time.monotonic() > deadline:
+            return {"updates": updates, "heap_only": heap_only}
+        time.sleep(0.1)
 
 
 def main() -> None:
@@ -226,7 +231,8 @@ def main() -> None:
         report["send"] = send_phase(ledger, explainer, run_id, batches, args.chunk, args.sample)
         print(json.dumps(report["send"]), flush=True)
         report["outcomes"] = outcome_phase(ledger, explainer, run_id, args.outcome_chunk, args.outcome_limit)
-        report["send_attempts_updates"] = row_updates(engine, "send_attempts")
+        sent = args.prior_rows + args.rows  # one update per recorded send, then one per recorded outcome
+        report["send_attempts_updates"] = row_updates(engine, "send_attempts", at_least=sent)
         print(json.dumps(report, indent=1))
         for label, plan in explainer.plans.items():
             print(f"\n-- EXPLAIN (ANALYZE, BUFFERS) of the {label}\n{plan}")

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import event, func, select, update
 from sqlalchemy.exc import OperationalError
 
+from include.ledger_load import row_updates
 from welcome_mailer.contacts import Contact
 from welcome_mailer.ledger import (
     AcceptedAttempt,
@@ -574,24 +575,6 @@ def test_a_claim_with_known_contacts_finds_what_is_due_by_primary_key_whatever_t
         assert contacts.count("ix_sent_contacts_run_status_batch") <= 1, f"the run's contacts read once: {scans}"
 
 
-def attempt_updates(postgres_url: str, at_least: int = 0) -> tuple[int, int]:
-    """(row updates, of which heap-only) of send_attempts so far, from Postgres's statistics, once the
-    backends that made them have reported them (a backend reports at exit: dispose the engine first)."""
-    engine = connect(postgres_url)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with engine.connect() as conn:
-                updates, heap_only = conn.exec_driver_sql(
-                    "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'send_attempts'"
-                ).one()
-            if updates >= at_least or time.monotonic() > deadline:
-                return updates, heap_only
-            time.sleep(0.1)
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.postgres
 def test_an_outcome_updates_its_attempt_without_writing_an_index_entry(postgres_url):
     """Issue 14: recording an outcome changes the attempt's state, which no index of send_attempts names
@@ -606,8 +589,7 @@ def test_an_outcome_updates_its_attempt_without_writing_an_index_entry(postgres_
     [batch] = stage_and_claim(ledger, "run-1", [f"u{i}@example.com" for i in range(2_000)], max_batches=1).batches
     attempts = ledger.start_attempts("run-1", batch)
     ledger.record_sent("run-1", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in attempts])
-    engine.dispose()
-    sends, _ = attempt_updates(postgres_url, at_least=len(attempts))
+    sends = row_updates(engine, "send_attempts", at_least=len(attempts))["updates"]
     events = [OutcomeEvent("delivered", provider_message_id=m.message_id) for m in ledger.pending_messages("run-1")]
     poll = ledger.pending_messages("run-1")
     try:
@@ -615,8 +597,11 @@ def test_an_outcome_updates_its_attempt_without_writing_an_index_entry(postgres_
         assert ledger.record_outcomes(events).applied == len(attempts)
     finally:
         poll.close()
+    try:
+        counted = row_updates(engine, "send_attempts", at_least=sends + len(attempts))
+    finally:
         engine.dispose()
-    updates, heap_only = attempt_updates(postgres_url, at_least=sends + len(attempts))
+    updates, heap_only = counted["updates"], counted["heap_only"]
     assert updates - sends == len(attempts)
     assert heap_only >= 0.9 * len(attempts), f"{updates - sends} outcomes: {heap_only} heap-only updates"
 
