@@ -111,13 +111,18 @@ async def deliver(contacts: list[tuple[str, str]], esp_url: str, api_key: str) -
     return final, {"send": sent - started, "outcomes": time.perf_counter() - sent}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The command line of both baselines (this one and include/baseline_pipeline.py), as the bench calls them."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("csv", type=Path)
     parser.add_argument("--esp-url", required=True)
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--ledger-url", help="SQLAlchemy URL of an empty ledger (default: a SQLite file)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments(__doc__).parse_args(argv)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="baseline-") as tmp:
         contacts, phases = parse_and_claim(args.csv, args.ledger_url or f"sqlite:///{Path(tmp) / 'ledger.db'}")

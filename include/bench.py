@@ -1,8 +1,10 @@
 """Benchmark: prints figures and appends them to bench/results.jsonl (`make bench`).
 
 - end to end: 10k and 100k rows through `airflow dags test` on the embedded default (fresh ledger and
-  fresh mock ESP each), each beside the no-orchestration baseline (include/baseline.py) on the same file,
-  as a ratio to it;
+  fresh mock ESP each), each beside two programs without Airflow on the same file, as a ratio to each:
+  the no-orchestration baseline (include/baseline.py: records nothing after its claim) and the pipeline
+  without Airflow (include/baseline_pipeline.py: the DAG's own steps, everything recorded, on the same
+  ledger backend; the ratio to it is Airflow's share);
 - parse + claim of 1M rows, in a child process so its peak RSS is its own (SQLite ledger; add
   ``--postgres URL`` for Postgres too);
 - the mock ESP accepting 1,000-message batches;
@@ -215,35 +217,99 @@ def smtp_rate(workdir: Path, messages: int = 2000) -> list[dict]:
     return results
 
 
-def baseline(rows: int) -> dict:
-    """The same file through include/baseline.py (no Airflow) against a fresh mock ESP of its own."""
+def baseline(rows: int, program: str = "baseline", postgres: str | None = None) -> dict:
+    """The same file through a program without Airflow against a fresh mock ESP of its own:
+    include/baseline.py (records nothing after its claim; the issue's baseline) or
+    include/baseline_pipeline.py (the DAG's own steps, everything recorded: a run's time over it is
+    Airflow's). ``postgres``: a server's URL, for a ledger in a scratch database there (default: SQLite),
+    and the stack's push mode: the mock also posts every outcome to the plugin app's webhook, served on its
+    own (``python -m welcome_mailer.web``) on that ledger."""
     csv_path = write_file(BENCH_DIR / "files" / f"contacts_{rows}.csv", rows, seed=7)
-    journal = Path(tempfile.mkdtemp(prefix="welcome-bench-baseline-")) / "esp.jsonl"
-    with bench_esp(journal) as (url, _):
-        command = [sys.executable, "-m", "include.baseline", str(csv_path), "--esp-url", url]
-        output = subprocess.run(
-            [*command, "--api-key", BENCH_ESP_KEY], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
-        ).stdout
+    journal = Path(tempfile.mkdtemp(prefix=f"welcome-bench-{program}-")) / "esp.jsonl"
+    command = [sys.executable, "-m", f"include.{program}", str(csv_path)]
+    with ExitStack() as running:
+        esp_flags = []
+        if postgres:
+            ledger_url = running.enter_context(scratch_database(postgres, f"{STACK_DB_PREFIX}{program}_"))
+            command += ["--ledger-url", ledger_url]
+            esp_flags = running.enter_context(events_app(ledger_url))
+        url, _ = running.enter_context(bench_esp(journal, esp_flags))
+        command += ["--esp-url", url, "--api-key", BENCH_ESP_KEY]
+        output = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
     floor = hold_chain_floor(journal_messages(journal))
     journal.unlink()
     journal.parent.rmdir()
-    return {"benchmark": f"baseline_{rows}", **json.loads(output.strip().splitlines()[-1]), **floor}
+    name = f"{program}_postgres_{rows}" if postgres else f"{program}_{rows}"
+    return {"benchmark": name, **json.loads(output.strip().splitlines()[-1]), **floor}
+
+
+@contextmanager
+def events_app(ledger_url: str) -> Iterator[list[str]]:
+    """The plugin app on its own (webhooks) on this ledger, migrated first: yields the mock ESP's flags
+    that push to it, as the stack's mock pushes to the api-server."""
+    from include.stack import mock_push_flags
+    from welcome_mailer.ledger import connect
+    from welcome_mailer.ledger.migrate import upgrade
+
+    engine = connect(ledger_url)
+    upgrade(engine)
+    engine.dispose()
+    port, secret = free_port(), "bench-push-secret"
+    env = {**os.environ, "WELCOME_MAILER_LEDGER_URL": ledger_url, "WELCOME_MAILER_MOCK_WEBHOOK_SECRET": secret}
+    app = subprocess.Popen(
+        [sys.executable, "-m", "welcome_mailer.web", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/welcome-mailer"
+        wait_healthy(f"{url}/health", app)
+        yield mock_push_flags(url, secret)
+    finally:
+        app.terminate()
+        app.wait(timeout=10)
 
 
 def with_ratios(results: list[dict]) -> list[dict]:
-    """Each end-to-end figure as a ratio to the baseline of the same size, measured in the same run."""
-    floors = {
-        r["benchmark"].removeprefix("baseline_"): r["seconds"]
-        for r in results
-        if r["benchmark"].startswith("baseline_")
-    }
+    """Each end-to-end figure as a ratio to the baselines of the same size, measured in the same run: the
+    issue's (include/baseline.py), and the pipeline without Airflow on the same ledger backend (SQLite for
+    `make run`, Postgres for the stack)."""
+    seconds = {r["benchmark"]: r["seconds"] for r in results if r["benchmark"].startswith("baseline")}
     for result in results:
-        rows = result["benchmark"].rsplit("_", 1)[-1]
-        if "end_to_end_" in result["benchmark"] and rows in floors and floors[rows]:
-            result["ratio_to_baseline"] = round(result["seconds"] / floors[rows], 2)
+        name = result["benchmark"]
+        rows = name.rsplit("_", 1)[-1]
+        if "end_to_end_" in name and seconds.get(f"baseline_{rows}"):
+            result["ratio_to_baseline"] = round(result["seconds"] / seconds[f"baseline_{rows}"], 2)
+        pipeline = {f"end_to_end_{rows}": f"baseline_pipeline_{rows}",
+                    f"stack_end_to_end_{rows}": f"baseline_pipeline_postgres_{rows}"}.get(name)  # fmt: skip
+        if pipeline and seconds.get(pipeline):
+            result["ratio_to_pipeline_without_airflow"] = round(result["seconds"] / seconds[pipeline], 2)
         if result.get("floor_s"):
             result["ratio_to_floor"] = round(result["seconds"] / result["floor_s"], 2)
     return results
+
+
+@contextmanager
+def scratch_database(server: str, prefix: str, keep: bool = False) -> Iterator[str]:
+    """A new empty Postgres database on ``server`` (a SQLAlchemy URL without a database): yields its URL,
+    drops it after (unless ``keep``)."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield f"{server}/{name}"
+    finally:
+        if not keep:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def parse_and_claim(rows: int, ledger_url: str) -> dict:
@@ -281,13 +347,14 @@ print(json.dumps({{"parse": round(t1 - t0, 2), "claim": round(t2 - t1, 2), "cont
 
 
 @contextmanager
-def bench_esp(journal: Path | None = None):
+def bench_esp(journal: Path | None = None, flags: Iterable[str] = ()):
     """A fresh mock ESP of the benchmark's own (key BENCH_ESP_KEY): yields its URL and process, stops it
-    after. ``journal``: where it logs every message it accepts (as make run's mock does), for the floor."""
+    after. ``journal``: where it logs every message it accepts (as make run's mock does), for the floor;
+    ``flags``: more of the mock's flags."""
     port = free_port()
     logged = ["--journal", str(journal)] if journal else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "include.mock_esp", "--port", str(port), "--api-key", BENCH_ESP_KEY, *logged],
+        [sys.executable, "-m", "include.mock_esp", "--port", str(port), "--api-key", BENCH_ESP_KEY, *logged, *flags],
         cwd=PROJECT_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -650,6 +717,8 @@ def summary_lines(results: list[dict]) -> list[str]:
         if "floor_s" not in result or seconds is None:
             continue
         ratios = [f"{result['ratio_to_baseline']}x the baseline"] if "ratio_to_baseline" in result else []
+        if "ratio_to_pipeline_without_airflow" in result:
+            ratios.append(f"{result['ratio_to_pipeline_without_airflow']}x the pipeline without Airflow")
         if "ratio_to_one_file" in result:
             ratios.append(f"{result['ratio_to_one_file']}x one file of the same rows (target <= 1.25)")
         floor = f"hold-chain floor {result['floor_s']} s ({result['floor_chain_messages']} messages)"
@@ -707,7 +776,12 @@ def main(argv: list[str] | None = None) -> None:
         for rows in sorted(set(args.sizes) | set(stack_sizes)):
             results.append(baseline(rows))
             if rows in args.sizes:
+                results.append(baseline(rows, "baseline_pipeline"))
                 results.append(end_to_end(rows, workdir))
+            if rows in stack_sizes:
+                from include.stack import StackConfig
+
+                results.append(baseline(rows, "baseline_pipeline", postgres=StackConfig.from_env().postgres))
         if args.smtp:
             results.extend(smtp_rate(workdir))
             http = next((r for r in results if r["benchmark"] == f"end_to_end_{args.smtp}"), None)

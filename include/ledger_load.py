@@ -23,10 +23,10 @@ import re
 import statistics
 import threading
 import time
-import uuid
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import event, text
 
+from include.bench import scratch_database
 from welcome_mailer.contacts import Contact
 from welcome_mailer.ledger import AcceptedAttempt, Ledger, connect
 from welcome_mailer.ledger.migrate import upgrade
@@ -205,43 +205,36 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    name = f"wm_load_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(f"{ADMIN_URL}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = connect(f"{ADMIN_URL}/{name}")
-    try:
-        upgrade(engine)
-        with engine.begin() as conn:
-            for statement in args.sql:
-                conn.exec_driver_sql(statement)
-        ledger = Ledger(engine)
-        explainer = Explainer(engine)
-        report: dict = {"rows": args.rows, "tasks": args.tasks, "database": name}
-        if args.prior_rows:
-            batches, _ = stage_and_claim(ledger, "prior-run", args.prior_rows, 1)
-            for b in batches:
-                a = ledger.start_attempts("prior-run", b)
-                ledger.record_sent("prior-run", [AcceptedAttempt(x.email, x.attempt, f"m-{x.email}") for x in a])
+    with scratch_database(ADMIN_URL, "wm_load_", keep=args.keep) as url:
+        engine = connect(url)
+        try:
+            upgrade(engine)
             with engine.begin() as conn:
-                conn.exec_driver_sql("ANALYZE")
-        run_id = "load-run"
-        batches, claim_s = stage_and_claim(ledger, run_id, args.rows, args.tasks)
-        report["stage_and_claim_s"] = round(claim_s, 1)
-        report["send"] = send_phase(ledger, explainer, run_id, batches, args.chunk, args.sample)
-        print(json.dumps(report["send"]), flush=True)
-        report["outcomes"] = outcome_phase(ledger, explainer, run_id, args.outcome_chunk, args.outcome_limit)
-        sent = args.prior_rows + args.rows  # one update per recorded send, then one per recorded outcome
-        report["send_attempts_updates"] = row_updates(engine, "send_attempts", at_least=sent)
-        print(json.dumps(report, indent=1))
-        for label, plan in explainer.plans.items():
-            print(f"\n-- EXPLAIN (ANALYZE, BUFFERS) of the {label}\n{plan}")
-    finally:
-        engine.dispose()
-        if not args.keep:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+                for statement in args.sql:
+                    conn.exec_driver_sql(statement)
+            ledger = Ledger(engine)
+            explainer = Explainer(engine)
+            report: dict = {"rows": args.rows, "tasks": args.tasks, "database": url.rsplit("/", 1)[-1]}
+            if args.prior_rows:
+                batches, _ = stage_and_claim(ledger, "prior-run", args.prior_rows, 1)
+                for b in batches:
+                    a = ledger.start_attempts("prior-run", b)
+                    ledger.record_sent("prior-run", [AcceptedAttempt(x.email, x.attempt, f"m-{x.email}") for x in a])
+                with engine.begin() as conn:
+                    conn.exec_driver_sql("ANALYZE")
+            run_id = "load-run"
+            batches, claim_s = stage_and_claim(ledger, run_id, args.rows, args.tasks)
+            report["stage_and_claim_s"] = round(claim_s, 1)
+            report["send"] = send_phase(ledger, explainer, run_id, batches, args.chunk, args.sample)
+            print(json.dumps(report["send"]), flush=True)
+            report["outcomes"] = outcome_phase(ledger, explainer, run_id, args.outcome_chunk, args.outcome_limit)
+            sent = args.prior_rows + args.rows  # one update per recorded send, then one per recorded outcome
+            report["send_attempts_updates"] = row_updates(engine, "send_attempts", at_least=sent)
+            print(json.dumps(report, indent=1))
+            for label, plan in explainer.plans.items():
+                print(f"\n-- EXPLAIN (ANALYZE, BUFFERS) of the {label}\n{plan}")
+        finally:
+            engine.dispose()
 
 
 if __name__ == "__main__":

@@ -47,6 +47,14 @@ COMPONENTS = ("mock-esp", "api-server", "scheduler", "dag-processor", "triggerer
 HEALTH_CHECKED = ("scheduler", "triggerer", "dag_processor", "metadatabase")  # by /api/v2/monitor/health
 
 
+def mock_push_flags(app_url: str, secret: str) -> list[str]:
+    """The mock ESP's flags for push mode, where every outcome also reaches the ledger through the plugin
+    app's webhook (at ``app_url``: the api-server's /welcome-mailer, or ``python -m welcome_mailer.web``)."""
+    # 500 events a post, as Brevo's batched webhooks: with 100, the 1M run's pushes lagged minutes
+    # behind the sends (one post at a time, each a ledger transaction)
+    return ["--push-url", f"{app_url}/events/mock", "--push-secret", secret, "--push-batch-size", "500"]
+
+
 @dataclass(frozen=True)
 class StackConfig:
     home: Path
@@ -154,15 +162,7 @@ class Stack:
                 str(c.esp_port),
                 "--api-key",
                 c.esp_api_key,
-                # push mode: every outcome also reaches the ledger through the plugin's webhook
-                "--push-url",
-                f"{c.api_url}/welcome-mailer/events/mock",
-                "--push-secret",
-                c.esp_push_secret,
-                # 500 events a post, as Brevo's batched webhooks: with 100, the 1M run's pushes lagged
-                # minutes behind the sends (one post at a time, each a ledger transaction)
-                "--push-batch-size",
-                "500",
+                *mock_push_flags(f"{c.api_url}/welcome-mailer", c.esp_push_secret),
             ],
             "api-server": [airflow, "api-server", "--port", str(c.api_port), "--host", "127.0.0.1"],
             "scheduler": [airflow, "scheduler"],

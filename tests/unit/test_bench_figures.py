@@ -18,7 +18,9 @@ from include.bench import (
     journal_messages,
     phase_breakdown,
     process_tree_cpu,
+    summary_lines,
     task_instances,
+    with_ratios,
 )
 from include.mock_esp.store import MessageStore, OutcomeSettings
 
@@ -187,3 +189,30 @@ def test_cpu_figures_are_each_components_share_of_the_run_most_first_and_the_cor
         ("postgres", 60.0), ("worker", 30.0), ("mock-esp", 30.0), ("api-server", 5.0)
     ]  # fmt: skip
     assert figures["cpu_busy"] == 0.62  # 125 CPU seconds over 100 s on 2 cores
+
+
+def test_each_figure_is_a_ratio_to_both_baselines_of_its_size_and_ledger_backend():
+    results = with_ratios(
+        [
+            {"benchmark": "baseline_100000", "seconds": 10.0, "floor_s": 9.0, "floor_chain_messages": 3},
+            {"benchmark": "baseline_pipeline_100000", "seconds": 20.0, "floor_s": 9.0, "floor_chain_messages": 3},
+            {"benchmark": "baseline_pipeline_postgres_100000", "seconds": 25.0},
+            {"benchmark": "end_to_end_100000", "seconds": 30.0, "floor_s": 10.0, "floor_chain_messages": 3},
+            {"benchmark": "stack_end_to_end_100000", "seconds": 40.0},
+            {"benchmark": "smtp_end_to_end_100000", "seconds": 33.0},
+            {"benchmark": "stack_end_to_end_10000", "seconds": 20.0},  # no baseline of its size ran
+        ]
+    )
+    figures = {r["benchmark"]: r for r in results}
+
+    assert figures["end_to_end_100000"]["ratio_to_baseline"] == 3.0
+    assert figures["end_to_end_100000"]["ratio_to_pipeline_without_airflow"] == 1.5  # SQLite, as make run's
+    assert figures["stack_end_to_end_100000"]["ratio_to_baseline"] == 4.0
+    assert figures["stack_end_to_end_100000"]["ratio_to_pipeline_without_airflow"] == 1.6  # Postgres
+    assert "ratio_to_pipeline_without_airflow" not in figures["smtp_end_to_end_100000"]  # the pipeline's is HTTP
+    assert "ratio_to_baseline" not in figures["stack_end_to_end_10000"]
+    assert "ratio_to_baseline" not in figures["baseline_pipeline_100000"]
+    assert figures["end_to_end_100000"]["ratio_to_floor"] == 3.0
+    assert "end_to_end_100000: 30.0 s; 3.0x the baseline; 1.5x the pipeline without Airflow; hold-chain floor" in (
+        "\n".join(summary_lines(results))
+    )
