@@ -38,6 +38,7 @@ import itertools
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -228,25 +229,40 @@ def baseline(rows: int, program: str = "baseline", postgres: str | None = None) 
     journal = Path(tempfile.mkdtemp(prefix=f"welcome-bench-{program}-")) / "esp.jsonl"
     command = [sys.executable, "-m", f"include.{program}", str(csv_path)]
     with ExitStack() as running:
-        esp_flags = []
+        esp_flags, helpers = [], {}
         if postgres:
             ledger_url = running.enter_context(scratch_database(postgres, f"{STACK_DB_PREFIX}{program}_"))
             command += ["--ledger-url", ledger_url]
-            esp_flags = running.enter_context(events_app(ledger_url))
-        url, _ = running.enter_context(bench_esp(journal, esp_flags))
+            esp_flags, helpers["events-app"] = running.enter_context(events_app(ledger_url))
+        url, helpers["mock-esp"] = running.enter_context(bench_esp(journal, esp_flags))
         command += ["--esp-url", url, "--api-key", BENCH_ESP_KEY]
+        cpu_before = baseline_cpu(helpers)
+        started = time.time()
         output = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
+        cpu = cpu_figures(cpu_before, baseline_cpu(helpers), time.time() - started)
     floor = hold_chain_floor(journal_messages(journal))
     journal.unlink()
     journal.parent.rmdir()
     name = f"{program}_postgres_{rows}" if postgres else f"{program}_{rows}"
-    return {"benchmark": name, **json.loads(output.strip().splitlines()[-1]), **floor}
+    return {"benchmark": name, **json.loads(output.strip().splitlines()[-1]), **floor, **cpu}
+
+
+def baseline_cpu(helpers: dict[str, subprocess.Popen]) -> dict[str, float]:
+    """CPU seconds used so far by a baseline program (this process's finished children: the program
+    and the send processes it reaped), the processes that serve it, and the Postgres server."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = {"program": children.ru_utime + children.ru_stime}
+    used.update({name: process_tree_cpu(psutil.Process(process.pid)) for name, process in helpers.items()})
+    server = postmaster()
+    if server is not None:
+        used["postgres"] = process_tree_cpu(server)
+    return used
 
 
 @contextmanager
-def events_app(ledger_url: str) -> Iterator[list[str]]:
+def events_app(ledger_url: str) -> Iterator[tuple[list[str], subprocess.Popen]]:
     """The plugin app on its own (webhooks) on this ledger, migrated first: yields the mock ESP's flags
-    that push to it, as the stack's mock pushes to the api-server."""
+    that push to it, as the stack's mock pushes to the api-server, and the app's process."""
     from include.stack import mock_push_flags
     from welcome_mailer.ledger import connect
     from welcome_mailer.ledger.migrate import upgrade
@@ -266,7 +282,7 @@ def events_app(ledger_url: str) -> Iterator[list[str]]:
     try:
         url = f"http://127.0.0.1:{port}/welcome-mailer"
         wait_healthy(f"{url}/health", app)
-        yield mock_push_flags(url, secret)
+        yield mock_push_flags(url, secret), app
     finally:
         app.terminate()
         app.wait(timeout=10)
