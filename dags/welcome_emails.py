@@ -201,17 +201,16 @@ def welcome_emails():
         outcome sources on the way (pushed outcomes land in the ledger by themselves). Done as soon as
         blocked contacts can be resent too: resend_blocked then takes over the waiting, so resends overlap
         the slow outcomes instead of queuing behind them."""
+        from welcome_mailer import pipeline
         from welcome_mailer.hooks.esp import EspHook
         from welcome_mailer.hooks.ledger import LedgerHook
-        from welcome_mailer.pipeline import collect_outcomes, log
 
         ledger = LedgerHook().get_conn()
         ledger.renew_lease(run_id)
         with EspHook().get_conn() as transport:
-            resolved, left = collect_outcomes(ledger, EspHook.outcome_sources(transport), run_id)
-        resendable = ledger.count_resendable(run_id, params["max_attempts"])
-        log.info("%s outcomes recorded; %s messages still without one; %s blocked contacts", resolved, left, resendable)
-        return PokeReturnValue(is_done=left == 0 or resendable > 0, xcom_value={"finished": time.time()})
+            sources = EspHook.outcome_sources(transport)
+            done = pipeline.await_delivery(ledger, sources, run_id, params["max_attempts"])
+        return PokeReturnValue(is_done=done, xcom_value={"finished": time.time()})
 
     @task.branch
     def decide(params: dict | None = None, run_id: str | None = None) -> list[str]:

@@ -102,10 +102,7 @@ def run(csv_path: Path, ledger_url: str, esp_url: str, api_key: str, workdir: Pa
     phase("send")
     with open_transport(esp_url, api_key) as transport:
         sources = [HttpLookupSource(transport)]
-        while True:  # await_delivery's pokes
-            _, left = pipeline.collect_outcomes(ledger, sources, RUN_ID)
-            if not left or ledger.count_resendable(RUN_ID, params["max_attempts"]):
-                break
+        while not pipeline.await_delivery(ledger, sources, RUN_ID, params["max_attempts"]):
             time.sleep(dag.RESEND_POLL_SECONDS)
         phase("awaiting outcomes")
         while not pipeline.resend_blocked(  # resend_blocked's pokes, each after the last without a wait

@@ -226,6 +226,16 @@ def collect_outcomes(ledger: Ledger, sources: Sequence[OutcomeSource], run_id: s
     return recorded, ledger.count_awaiting_outcome(run_id)
 
 
+def await_delivery(ledger: Ledger, sources: Sequence[OutcomeSource], run_id: str, max_attempts: int) -> bool:
+    """One poke of the delivery sensor: record what the sources know, then say whether waiting is over:
+    no message of the run lacks an outcome, or blocked contacts can be resent (resend_blocked then takes
+    over the waiting, so resends overlap the slow outcomes instead of queuing behind them)."""
+    resolved, left = collect_outcomes(ledger, sources, run_id)
+    resendable = ledger.count_resendable(run_id, max_attempts)
+    log.info("%s outcomes recorded; %s messages still without one; %s blocked contacts", resolved, left, resendable)
+    return left == 0 or resendable > 0
+
+
 def resend_blocked(
     ledger: Ledger,
     transport: EmailProvider,

@@ -119,6 +119,26 @@ def test_unresolved_messages_are_reconciled_never_resent(ledger, ledger_url, sta
     assert_ledger_matches(ledger_url, messages)
 
 
+@pytest.mark.parametrize(
+    ("outcomes", "done"),
+    [
+        ({"hold_rate": 1, "hold_min_seconds": 30, "hold_max_seconds": 30}, False),  # every message held
+        ({"delivered_rate": 1, "bounced_rate": 0, "blocked_rate": 0, "hold_rate": 0}, True),  # none left
+        ({"delivered_rate": 0, "bounced_rate": 0, "blocked_rate": 1, "hold_rate": 0}, True),  # resends due
+    ],
+)
+def test_the_delivery_poke_waits_until_no_message_lacks_an_outcome_or_a_resend_is_due(
+    ledger, start_esp, contact_file, tmp_path, outcomes, done
+):
+    esp = start_esp(**outcomes)
+    _, claimed = parse_and_claim(ledger, "run", contact_file, tmp_path)
+    with HttpEmailProvider(esp.url, esp.api_key) as client:
+        for batch_no in claimed["batches"]:
+            pipeline.send_batch(ledger, client, "run", batch_no, 50)
+        assert pipeline.await_delivery(ledger, [HttpLookupSource(client)], "run", max_attempts=5) is done
+    assert ledger.count_awaiting_outcome("run") == (0 if done else 120)
+
+
 def test_a_resend_poke_works_while_resends_are_due_and_gives_its_slot_back_otherwise(
     ledger, ledger_url, start_esp, contact_file, tmp_path
 ):
