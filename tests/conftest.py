@@ -7,7 +7,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,22 +134,16 @@ def postgres_server() -> str:
 @pytest.fixture
 def postgres_url(postgres_server) -> Iterator[str]:
     """A fresh database, dropped afterwards."""
-    from sqlalchemy import create_engine, text
+    from include.bench import scratch_database
 
-    name = f"wm_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{postgres_server}/{name}"
-    finally:
-        from welcome_mailer.hooks.ledger import _check_schema_once, _engine
+    with scratch_database(postgres_server, "wm_test_") as url:
+        try:
+            yield url
+        finally:
+            from welcome_mailer.hooks.ledger import _check_schema_once, _engine
 
-        _engine.cache_clear()
-        _check_schema_once.cache_clear()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+            _engine.cache_clear()
+            _check_schema_once.cache_clear()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
