@@ -229,22 +229,29 @@ def baseline(rows: int, program: str = "baseline", postgres: str | None = None) 
     journal = Path(tempfile.mkdtemp(prefix=f"welcome-bench-{program}-")) / "esp.jsonl"
     command = [sys.executable, "-m", f"include.{program}", str(csv_path)]
     with ExitStack() as running:
-        esp_flags, helpers = [], {}
+        esp_flags, helpers, program_env = [], {}, dict(os.environ)
         if postgres:
             ledger_url = running.enter_context(scratch_database(postgres, f"{STACK_DB_PREFIX}{program}_"))
             command += ["--ledger-url", ledger_url]
-            esp_flags, helpers["events-app"] = running.enter_context(events_app(ledger_url))
+            esp_flags, links, helpers["events-app"] = running.enter_context(events_app(ledger_url))
+            program_env.update(links)  # every message carries the stack's List-Unsubscribe headers
         url, helpers["mock-esp"] = running.enter_context(bench_esp(journal, esp_flags))
         command += ["--esp-url", url, "--api-key", BENCH_ESP_KEY]
         cpu_before = baseline_cpu(helpers)
         started = time.time()
-        output = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
+        output = subprocess.run(
+            command, cwd=PROJECT_ROOT, env=program_env, capture_output=True, text=True, check=True
+        ).stdout
         cpu = cpu_figures(cpu_before, baseline_cpu(helpers), time.time() - started)
-    floor = hold_chain_floor(journal_messages(journal))
+    from_journal = hold_chain_floor(journal_messages(journal))
+    if postgres:  # the stack's job: every message with its List-Unsubscribe link
+        from_journal["messages_with_unsubscribe_link"] = sum(
+            1 for message in journal_messages(journal) if "List-Unsubscribe" in (message.get("headers") or {})
+        )
     journal.unlink()
     journal.parent.rmdir()
     name = f"{program}_postgres_{rows}" if postgres else f"{program}_{rows}"
-    return {"benchmark": name, **json.loads(output.strip().splitlines()[-1]), **floor, **cpu}
+    return {"benchmark": name, **json.loads(output.strip().splitlines()[-1]), **from_journal, **cpu}
 
 
 def baseline_cpu(helpers: dict[str, subprocess.Popen]) -> dict[str, float]:
@@ -260,10 +267,11 @@ def baseline_cpu(helpers: dict[str, subprocess.Popen]) -> dict[str, float]:
 
 
 @contextmanager
-def events_app(ledger_url: str) -> Iterator[tuple[list[str], subprocess.Popen]]:
-    """The plugin app on its own (webhooks) on this ledger, migrated first: yields the mock ESP's flags
-    that push to it, as the stack's mock pushes to the api-server, and the app's process."""
-    from include.stack import mock_push_flags
+def events_app(ledger_url: str) -> Iterator[tuple[list[str], dict[str, str], subprocess.Popen]]:
+    """The plugin app on its own (webhooks, unsubscribe) on this ledger, migrated first: yields the mock
+    ESP's flags that push to it, as the stack's mock pushes to the api-server; the environment that gives
+    a sender the stack's List-Unsubscribe links, pointing at it; and the app's process."""
+    from include.stack import StackConfig, mock_push_flags, unsubscribe_env
     from welcome_mailer.ledger import connect
     from welcome_mailer.ledger.migrate import upgrade
 
@@ -271,7 +279,9 @@ def events_app(ledger_url: str) -> Iterator[tuple[list[str], subprocess.Popen]]:
     upgrade(engine)
     engine.dispose()
     port, secret = free_port(), "bench-push-secret"
-    env = {**os.environ, "WELCOME_MAILER_LEDGER_URL": ledger_url, "WELCOME_MAILER_MOCK_WEBHOOK_SECRET": secret}
+    url = f"http://127.0.0.1:{port}/welcome-mailer"
+    links = unsubscribe_env(f"{url}/unsubscribe", StackConfig.unsubscribe_secret)
+    env = {**os.environ, **links, "WELCOME_MAILER_LEDGER_URL": ledger_url, "WELCOME_MAILER_MOCK_WEBHOOK_SECRET": secret}
     app = subprocess.Popen(
         [sys.executable, "-m", "welcome_mailer.web", "--port", str(port)],
         cwd=PROJECT_ROOT,
@@ -280,9 +290,8 @@ def events_app(ledger_url: str) -> Iterator[tuple[list[str], subprocess.Popen]]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        url = f"http://127.0.0.1:{port}/welcome-mailer"
         wait_healthy(f"{url}/health", app)
-        yield mock_push_flags(url, secret), app
+        yield mock_push_flags(url, secret), links, app
     finally:
         app.terminate()
         app.wait(timeout=10)

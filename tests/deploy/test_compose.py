@@ -87,7 +87,9 @@ def test_official_shape_plus_the_mock_esp(compose):
 def test_postgres_health_check_and_one_image_as_upstream(compose):
     services = compose["services"]
     assert services["postgres"]["image"] == "postgres:16"
-    assert "http://localhost:8080/api/v2/monitor/health" in services["airflow-apiserver"]["healthcheck"]["test"]
+    api_check = " ".join(services["airflow-apiserver"]["healthcheck"]["test"])
+    assert "curl --fail http://localhost:8080/api/v2/monitor/health" in api_check
+    assert "curl --fail http://localhost:8080/execution/health" in api_check, "the workers' API answers"
     builders = [name for name, service in services.items() if "build" in service]
     assert builders == ["airflow-init"], "the image is built once"
     image = services["airflow-init"]["image"]

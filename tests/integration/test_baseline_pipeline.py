@@ -67,6 +67,8 @@ def test_the_bench_runs_it_on_postgres_with_outcomes_pushed_as_on_the_stack(post
     # every valid, unique contact of the generated file, counted independently of the pipeline's parser
     assert sum(final.values()) == result["contacts"] == len(expected_contacts(BENCH_DIR / "files" / "contacts_300.csv"))
     assert result["summary"]["messages_sent"] == result["contacts"] + result["summary"]["resent_after_block"]
+    # the stack's whole job: each message (the mock's journal) carried a signed List-Unsubscribe link
+    assert result["messages_with_unsubscribe_link"] == result["summary"]["messages_sent"]
     # who used the CPU: the program (with its send processes), the mock, the webhook app, Postgres
     assert set(result["cpu_seconds"]) == {"program", "mock-esp", "events-app", "postgres"}
     assert result["cpu_seconds"]["program"] > 0.5  # at least its interpreters' start (Airflow's SDK: the DAG file)
