@@ -29,7 +29,7 @@ from welcome_mailer.ledger import (
     utcnow,
     with_latest_attempt,
 )
-from welcome_mailer.ledger.migrate import head_revision, upgrade
+from welcome_mailer.ledger.migrate import HEAD_REVISION, upgrade
 from welcome_mailer.outcomes.events import OutcomeEvent
 
 
@@ -85,7 +85,7 @@ def send_everything(ledger: Ledger, run_id: str, batches, outcome: str | dict[st
 
 
 def test_migrating_again_changes_nothing(ledger):
-    assert upgrade(ledger.engine) == (head_revision(), head_revision())
+    assert upgrade(ledger.engine) == (HEAD_REVISION, HEAD_REVISION)
 
 
 def test_claim_takes_new_contacts_in_bounded_batches(ledger):

@@ -12,12 +12,13 @@ from sqlalchemy import inspect, text
 from welcome_mailer.ledger import Ledger, connect
 from welcome_mailer.ledger.migrate import (
     BASELINE,
+    HEAD_REVISION,
     VERSION_TABLE,
     LedgerSchemaError,
     check_at_head,
     current_revision,
     downgrade,
-    head_revision,
+    revision_scripts,
     target_metadata,
     upgrade,
 )
@@ -49,8 +50,43 @@ def make_v1_ledger(engine) -> None:
             conn.execute(text(statement))
 
 
+def test_the_code_names_the_newest_revision_script_as_its_head():
+    """HEAD_REVISION (what tasks check for without loading Alembic) is Alembic's own head: a new
+    revision script must raise it."""
+    assert revision_scripts().get_current_head() == HEAD_REVISION
+
+
+def test_checking_a_ledger_at_head_loads_nothing_of_alembic(ledger_url, tmp_path):
+    """Every task checks the ledger's revision, and `make run` migrates before each run: at head, both are
+    one query. Run in a fresh interpreter, where nothing imported Alembic yet."""
+    import subprocess
+    import sys
+
+    engine = connect(ledger_url)
+    upgrade(engine)
+    engine.dispose()
+    script = (
+        "import sys\n"
+        "from welcome_mailer.ledger import connect\n"
+        "from welcome_mailer.ledger.migrate import check_at_head, upgrade\n"
+        f"engine = connect({str(ledger_url)!r})\n"
+        "check_at_head(engine)\n"
+        "print(upgrade(engine), sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"('{HEAD_REVISION}', '{HEAD_REVISION}') []"
+
+
+def test_a_version_table_naming_two_revisions_is_refused(engine):
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO {VERSION_TABLE} (version_num) VALUES ('0003')"))
+    with pytest.raises(LedgerSchemaError, match="several revisions"):
+        check_at_head(engine)
+
+
 def test_a_fresh_ledger_is_created_at_head(engine):
-    assert upgrade(engine) == (None, head_revision())
+    assert upgrade(engine) == (None, HEAD_REVISION)
     check_at_head(engine)
     assert "ledger_schema" not in inspect(engine).get_table_names()
 
@@ -58,7 +94,7 @@ def test_a_fresh_ledger_is_created_at_head(engine):
 def test_a_ledger_made_before_alembic_is_stamped_and_upgraded_with_its_data(engine):
     make_v1_ledger(engine)
     assert current_revision(engine) is None
-    assert upgrade(engine) == (None, head_revision())
+    assert upgrade(engine) == (None, HEAD_REVISION)
     with engine.connect() as conn:
         for table in V1_ROWS:
             assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 1, table
@@ -97,7 +133,7 @@ def test_a_ledger_with_data_at_0002_is_upgraded_and_takes_the_new_states(engine)
     make_v1_ledger(engine)
     upgrade(engine, "0002")
     upgrade(engine)
-    assert current_revision(engine) == head_revision()
+    assert current_revision(engine) == HEAD_REVISION
     with engine.connect() as conn:
         for table in V1_ROWS:
             assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 1, table
@@ -118,7 +154,7 @@ def test_0004_keeps_the_data_and_the_ledger_works_after_it(engine, tmp_path):
     with engine.begin() as conn:
         for table in ("sent_contacts", "send_attempts", "ledger_runs"):
             conn.execute(text(V1_ROWS[table]))
-    assert upgrade(engine) == ("0002", head_revision())
+    assert upgrade(engine) == ("0002", HEAD_REVISION)
     check_at_head(engine)
     ledger = Ledger(engine, erase_key=b"k")
     view = operations.lookup(ledger, tmp_path, "OLD@example.com")
@@ -145,7 +181,7 @@ def test_0005_one_run_index_serves_a_run_in_flight_across_the_upgrade(engine):
     upgrade(engine, "0004")
     ledger = Ledger(engine)
     claimed = stage_and_claim(ledger, "run-1", ["a@example.com", "b@example.com", "c@example.com"], batch_size=2)
-    assert upgrade(engine) == ("0004", head_revision())
+    assert upgrade(engine) == ("0004", HEAD_REVISION)
     indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("sent_contacts")}
     assert indexes["ix_sent_contacts_run_status_batch"] == ["run_id", "status", "batch_no"]
     assert not {"ix_sent_contacts_run_status", "ix_sent_contacts_run_batch"} & set(indexes)
@@ -160,7 +196,7 @@ def test_0005_one_run_index_serves_a_run_in_flight_across_the_upgrade(engine):
     ledger.record_outcomes([OutcomeEvent("blocked", provider_message_id="m-a@example.com")])
     assert ledger.requeue_blocked("run-1", 3, utcnow() + timedelta(minutes=1), 2, 8) == [0]
     assert [a.attempt for a in ledger.start_attempts("run-1", 0)] == [2]
-    assert downgrade(engine, "0004") == (head_revision(), "0004")
+    assert downgrade(engine, "0004") == (HEAD_REVISION, "0004")
     indexes = {ix["name"] for ix in inspect(engine).get_indexes("sent_contacts")}
     assert {"ix_sent_contacts_run_status", "ix_sent_contacts_run_batch"} <= indexes
     assert "ix_sent_contacts_run_status_batch" not in indexes
@@ -197,7 +233,7 @@ def test_0006_a_run_sent_at_0005_waits_for_its_outcomes_at_head_and_comes_back_o
                 text("UPDATE sent_contacts SET status = :s, provider_message_id = :m WHERE email = :e"),
                 {"s": contact, "m": f"m-{name}", **where},
             )
-    assert upgrade(engine) == ("0005", head_revision())
+    assert upgrade(engine) == ("0005", HEAD_REVISION)
     check_at_head(engine)
     assert {e: s for e, (s, _, _) in statuses(ledger).items()} == {
         "a@example.com": "sent",
@@ -216,7 +252,7 @@ def test_0006_a_run_sent_at_0005_waits_for_its_outcomes_at_head_and_comes_back_o
     assert "provider_message_id" not in {c["name"] for c in inspect(engine).get_columns("sent_contacts")}
     ledger.record_sent("run-1", [AcceptedAttempt("b@example.com", 1, "m-b")])
     ledger.record_outcomes([OutcomeEvent("delivered", provider_message_id=m) for m in ("m-a", "m-c")])
-    assert downgrade(engine, "0005") == (head_revision(), "0005")
+    assert downgrade(engine, "0005") == (HEAD_REVISION, "0005")
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT email, status, provider_message_id FROM sent_contacts ORDER BY email")).all()
     assert [tuple(r) for r in rows] == [
@@ -240,18 +276,18 @@ def test_the_command_line_downgrades_to_an_earlier_revision_and_refuses_what_is_
     try:
         assert cli("migrate") == 0
         assert cli("downgrade", "--to", "0004") == 0
-        assert f"downgraded from {head_revision()} to 0004" in capsys.readouterr().out
+        assert f"downgraded from {HEAD_REVISION} to 0004" in capsys.readouterr().out
         assert current_revision(engine) == "0004"
         assert cli("check") == 1, "tasks would refuse it until it is migrated again"
         for refused, why in (
             ((), "needs --to REVISION"),
             (("--to", "0042"), "no ledger revision '0042': the revisions are 0001, 0002"),
-            (("--to", head_revision()), f"at revision 0004: {head_revision()} is not below it"),
+            (("--to", HEAD_REVISION), f"at revision 0004: {HEAD_REVISION} is not below it"),
         ):
             assert cli("downgrade", *refused) == 2
             assert why in capsys.readouterr().err
         assert current_revision(engine) == "0004", "a refused downgrade changes nothing"
-        assert cli("migrate") == 0 and current_revision(engine) == head_revision()
+        assert cli("migrate") == 0 and current_revision(engine) == HEAD_REVISION
     finally:
         engine.dispose()
 
@@ -273,7 +309,7 @@ def test_0007_no_index_of_the_attempts_names_their_state_and_a_run_still_finds_w
     ledger = Ledger(engine)
     [batch] = stage_and_claim(ledger, "run-1", ["a@example.com", "b@example.com", "c@example.com"]).batches
     ledger.record_sent("run-1", [AcceptedAttempt("a@example.com", 1, "m-a")])
-    assert upgrade(engine) == ("0006", head_revision())
+    assert upgrade(engine) == ("0006", HEAD_REVISION)
     check_at_head(engine)
     indexes = attempt_indexes(engine)
     assert not [name for name, columns in indexes.items() if "status" in columns]
@@ -289,7 +325,7 @@ def test_0007_no_index_of_the_attempts_names_their_state_and_a_run_still_finds_w
         with engine.connect() as conn:
             options = conn.execute(text("SELECT reloptions FROM pg_class WHERE relname = 'send_attempts'")).scalar()
         assert options == ["fillfactor=50"]
-    assert downgrade(engine, "0006") == (head_revision(), "0006")
+    assert downgrade(engine, "0006") == (HEAD_REVISION, "0006")
     indexes = attempt_indexes(engine)
     assert indexes["ix_send_attempts_run_status"] == ["run_id", "status"]
     assert {"ix_send_attempts_unaccepted", "ix_send_attempts_run"}.isdisjoint(indexes)
