@@ -17,7 +17,8 @@ three. From a shell: `airflow dags test welcome_emails -c '{"csv_path": "input.c
    `retry_failed_after_hours` have passed).
 3. `send_batch` (one mapped task per batch) records each attempt, then sends it with an idempotency key.
 4. `await_delivery` polls the provider and records outcomes until every message has one, or until some
-   blocked contacts can be resent (reschedule mode: no slot held between pokes).
+   blocked contacts can be resent (reschedule mode: a poke goes on while outcomes arrive; no slot held
+   between pokes).
 5. `decide` -> `resend_blocked` sends a NEW email to each blocked contact once its backoff is over, up to
    `max_attempts`, and keeps recording outcomes until none is missing (a reschedule-mode sensor too: it
    gives its slot back whenever the next resend is more than a poke away); `close_out` marks the ones
@@ -41,7 +42,7 @@ from welcome_mailer.task_memory import push_peak_rss, start_measuring
 ESP_POOL = "email_provider"  # the provider's concurrency limit, shared by every run
 DELIVERY_TIMEOUT = timedelta(hours=1)  # then messages stay 'sent' for a later run to reconcile
 RESEND_TIMEOUT = timedelta(days=1)  # room for max_attempts backoffs of up to an hour each
-RESEND_POLL_SECONDS = 0.25  # within a poke: how soon to look for the outcomes of resent messages
+POLL_SECONDS = 0.25  # within a sensor's poke: how often to look for outcomes
 SETTINGS = Settings.from_env()  # environment only: cheap at parse time
 MIN_CONTACTS_PER_SEND_TASK = 10_000  # see the Param; measured in the README's performance section
 
@@ -200,16 +201,19 @@ def welcome_emails():
         """Wait on the ledger until none of this run's messages lacks an outcome, polling the provider's
         outcome sources on the way (pushed outcomes land in the ledger by themselves). Done as soon as
         blocked contacts can be resent too: resend_blocked then takes over the waiting, so resends overlap
-        the slow outcomes instead of queuing behind them."""
+        the slow outcomes instead of queuing behind them. A poke goes on while outcomes arrive, and gives
+        its slot back after a poke interval without one."""
         from welcome_mailer import pipeline
         from welcome_mailer.hooks.esp import EspHook
         from welcome_mailer.hooks.ledger import LedgerHook
 
         ledger = LedgerHook().get_conn()
-        ledger.renew_lease(run_id)
         with EspHook().get_conn() as transport:
             sources = EspHook.outcome_sources(transport)
-            done = pipeline.await_delivery(ledger, sources, run_id, params["max_attempts"])
+            done = pipeline.await_delivery(
+                ledger, sources, run_id, params["max_attempts"],
+                linger_seconds=SETTINGS.poke_seconds, poll_seconds=POLL_SECONDS,
+            )  # fmt: skip
         return PokeReturnValue(is_done=done, xcom_value={"finished": time.time()})
 
     @task.branch
@@ -246,7 +250,7 @@ def welcome_emails():
                 max_batches=max_mapped_batches(),
                 backoff_seconds=params["resend_backoff_seconds"],
                 linger_seconds=SETTINGS.poke_seconds,
-                poll_seconds=RESEND_POLL_SECONDS,
+                poll_seconds=POLL_SECONDS,
                 requests_in_flight=SETTINGS.requests_in_flight,
             )
         return PokeReturnValue(is_done=done, xcom_value={"finished": time.time()})

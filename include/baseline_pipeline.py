@@ -5,7 +5,7 @@
 The welcome_emails DAG's steps with the DAG's own functions and parameter defaults (welcome_mailer.pipeline,
 the ledger), called in order by one program: parse; claim; every send batch at once, each in a process of
 its own as the DAG's mapped send tasks run on the stack (one after another on SQLite: one writer, as under
-`dags test`); then outcomes polled every RESEND_POLL_SECONDS until each message has one or blocked contacts
+`dags test`); then outcomes polled every POLL_SECONDS until each message has one or blocked contacts
 can be resent; pipeline.resend_blocked until it is done; close_out. Everything the DAG records is
 recorded, so a DAG run's time over this one is Airflow's: scheduling, task start-up, its metadata database
 (and the DAG's report). include/baseline.py is the other baseline: a program that records nothing after
@@ -102,17 +102,20 @@ def run(csv_path: Path, ledger_url: str, esp_url: str, api_key: str, workdir: Pa
     phase("send")
     with open_transport(esp_url, api_key) as transport:
         sources = [HttpLookupSource(transport)]
-        while not pipeline.await_delivery(ledger, sources, RUN_ID, params["max_attempts"]):
-            time.sleep(dag.RESEND_POLL_SECONDS)
+        while not pipeline.await_delivery(  # the sensor's pokes, each after the last without a wait
+            ledger, sources, RUN_ID, params["max_attempts"],
+            linger_seconds=settings.poke_seconds, poll_seconds=dag.POLL_SECONDS,
+        ):  # fmt: skip
+            time.sleep(dag.POLL_SECONDS)
         phase("awaiting outcomes")
         while not pipeline.resend_blocked(  # resend_blocked's pokes, each after the last without a wait
             ledger, transport, sources, RUN_ID,
             max_attempts=params["max_attempts"], batch_size=params["batch_size"],
             max_batches=params["max_send_tasks"], backoff_seconds=params["resend_backoff_seconds"],
-            linger_seconds=settings.poke_seconds, poll_seconds=dag.RESEND_POLL_SECONDS,
+            linger_seconds=settings.poke_seconds, poll_seconds=dag.POLL_SECONDS,
             requests_in_flight=settings.requests_in_flight,
         ):  # fmt: skip
-            time.sleep(dag.RESEND_POLL_SECONDS)
+            time.sleep(dag.POLL_SECONDS)
     phase("resends")
     failed = ledger.close_out(RUN_ID, params["max_attempts"])
     ledger.finish_run(RUN_ID)

@@ -226,14 +226,42 @@ def collect_outcomes(ledger: Ledger, sources: Sequence[OutcomeSource], run_id: s
     return recorded, ledger.count_awaiting_outcome(run_id)
 
 
-def await_delivery(ledger: Ledger, sources: Sequence[OutcomeSource], run_id: str, max_attempts: int) -> bool:
+def await_delivery(
+    ledger: Ledger,
+    sources: Sequence[OutcomeSource],
+    run_id: str,
+    max_attempts: int,
+    *,
+    linger_seconds: float = 0.0,
+    poll_seconds: float = 0.25,
+    max_seconds: float = 600.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
     """One poke of the delivery sensor: record what the sources know, then say whether waiting is over:
     no message of the run lacks an outcome, or blocked contacts can be resent (resend_blocked then takes
-    over the waiting, so resends overlap the slow outcomes instead of queuing behind them)."""
-    resolved, left = collect_outcomes(ledger, sources, run_id)
-    resendable = ledger.count_resendable(run_id, max_attempts)
-    log.info("%s outcomes recorded; %s messages still without one; %s blocked contacts", resolved, left, resendable)
-    return left == 0 or resendable > 0
+    over the waiting, so resends overlap the slow outcomes instead of queuing behind them).
+
+    While outcomes keep arriving, the poke polls again every ``poll_seconds``: it gives the worker slot back
+    (returns False) once ``linger_seconds`` pass with none (no longer than a reschedule would take anyway),
+    or after ``max_seconds`` in all. A reschedule costs a task start; a million-row run's outcomes arrive
+    for minutes, and were recorded a poke interval and a task start apart."""
+    started = last_progress = time.monotonic()
+    recorded, polls, fewest_left = 0, 0, None
+    while True:
+        ledger.renew_lease(run_id)
+        resolved, left = collect_outcomes(ledger, sources, run_id)
+        resendable = ledger.count_resendable(run_id, max_attempts)
+        recorded, polls, now = recorded + resolved, polls + 1, time.monotonic()
+        if fewest_left is None or left < fewest_left:
+            fewest_left, last_progress = left, now
+        done = left == 0 or resendable > 0
+        if done or now - last_progress >= linger_seconds or now - started + poll_seconds > max_seconds:
+            log.info(
+                "%s outcomes recorded in %s polls; %s messages still without one; %s blocked contacts",
+                recorded, polls, left, resendable,
+            )  # fmt: skip
+            return done
+        sleep(poll_seconds)
 
 
 def resend_blocked(

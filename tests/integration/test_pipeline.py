@@ -139,6 +139,44 @@ def test_the_delivery_poke_waits_until_no_message_lacks_an_outcome_or_a_resend_i
     assert ledger.count_awaiting_outcome("run") == (0 if done else 120)
 
 
+HELD = {"delivered_rate": 1, "bounced_rate": 0, "blocked_rate": 0, "hold_rate": 1}
+
+
+@pytest.mark.parametrize(
+    ("holds", "poke", "done", "seconds", "left"),
+    [
+        # every outcome held 30 s: after a linger without one, the poke ends, not done
+        ((30, 30), {"linger_seconds": 0.5}, False, (0.5, 5), 120),
+        # outcomes spread over 0.2-2 s: one poke records them all, however long beyond the linger
+        ((0.2, 2), {"linger_seconds": 0.5}, True, (0.2, 10), 0),
+        # max_seconds bounds a poke even while outcomes still arrive
+        ((0.1, 20), {"linger_seconds": 5, "max_seconds": 1}, False, (0.5, 3), "some"),
+    ],
+    ids=["none-arrive", "all-arrive", "bounded"],
+)
+def test_a_delivery_poke_goes_on_while_outcomes_arrive_and_gives_its_slot_back_when_none_does(
+    ledger, start_esp, contact_file, tmp_path, holds, poke, done, seconds, left
+):
+    slept: list[float] = []
+
+    def sleep(interval: float) -> None:
+        slept.append(interval)
+        time.sleep(interval)
+
+    esp = start_esp(**HELD, hold_min_seconds=holds[0], hold_max_seconds=holds[1])
+    _, claimed = parse_and_claim(ledger, "run", contact_file, tmp_path)
+    with HttpEmailProvider(esp.url, esp.api_key) as client:
+        for batch_no in claimed["batches"]:
+            pipeline.send_batch(ledger, client, "run", batch_no, 50)
+        started = time.monotonic()
+        sources = [HttpLookupSource(client)]
+        assert pipeline.await_delivery(ledger, sources, "run", 5, poll_seconds=0.1, sleep=sleep, **poke) is done
+        assert seconds[0] <= time.monotonic() - started < seconds[1]
+    assert len(slept) >= 2, "it polled again within the poke"
+    awaiting = ledger.count_awaiting_outcome("run")
+    assert 0 < awaiting < 120 if left == "some" else awaiting == left
+
+
 def test_a_resend_poke_works_while_resends_are_due_and_gives_its_slot_back_otherwise(
     ledger, ledger_url, start_esp, contact_file, tmp_path
 ):
