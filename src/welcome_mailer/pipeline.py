@@ -29,6 +29,7 @@ from welcome_mailer.transports import EmailProvider, OutgoingMessage, SendResult
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 LEASE_RENEWAL_SECONDS = 60  # a long send task renews its run's lease this often (leases last minutes)
+PROGRESS_LOG_SECONDS = 30  # a long delivery poke logs how far it is this often
 
 
 def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -244,8 +245,9 @@ def await_delivery(
     While outcomes keep arriving, the poke polls again every ``poll_seconds``: it gives the worker slot back
     (returns False) once ``linger_seconds`` pass with none (no longer than a reschedule would take anyway),
     or after ``max_seconds`` in all. A reschedule costs a task start; a million-row run's outcomes arrive
-    for minutes, and were recorded a poke interval and a task start apart."""
-    started = last_progress = time.monotonic()
+    for minutes, and were recorded a poke interval and a task start apart. The task log shows the count
+    every PROGRESS_LOG_SECONDS and when the poke ends."""
+    started = last_progress = last_log = time.monotonic()
     recorded, polls, fewest_left = 0, 0, None
     while True:
         ledger.renew_lease(run_id)
@@ -255,11 +257,14 @@ def await_delivery(
         if fewest_left is None or left < fewest_left:
             fewest_left, last_progress = left, now
         done = left == 0 or resendable > 0
-        if done or now - last_progress >= linger_seconds or now - started + poll_seconds > max_seconds:
+        ending = done or now - last_progress >= linger_seconds or now - started + poll_seconds > max_seconds
+        if ending or now - last_log >= PROGRESS_LOG_SECONDS:
             log.info(
                 "%s outcomes recorded in %s polls; %s messages still without one; %s blocked contacts",
                 recorded, polls, left, resendable,
             )  # fmt: skip
+            last_log = now
+        if ending:
             return done
         sleep(poll_seconds)
 

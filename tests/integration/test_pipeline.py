@@ -177,6 +177,24 @@ def test_a_delivery_poke_goes_on_while_outcomes_arrive_and_gives_its_slot_back_w
     assert 0 < awaiting < 120 if left == "some" else awaiting == left
 
 
+def test_a_long_delivery_poke_logs_its_progress(ledger, start_esp, contact_file, tmp_path, monkeypatch, caplog):
+    """The task log shows how far a poke is while it goes on (every PROGRESS_LOG_SECONDS), not only at its
+    end: a million-row run's first poke lasts minutes."""
+    monkeypatch.setattr(pipeline, "PROGRESS_LOG_SECONDS", 0)
+    esp = start_esp(**HELD, hold_min_seconds=1, hold_max_seconds=3)
+    _, claimed = parse_and_claim(ledger, "run", contact_file, tmp_path)
+    with HttpEmailProvider(esp.url, esp.api_key) as client:
+        for batch_no in claimed["batches"]:
+            pipeline.send_batch(ledger, client, "run", batch_no, 50)
+        with caplog.at_level("INFO", logger=pipeline.log.name):
+            assert pipeline.await_delivery(ledger, [HttpLookupSource(client)], "run", 5, linger_seconds=1,
+                                           poll_seconds=0.1)  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if "messages still without one" in r.getMessage()]
+    assert len(lines) >= 3, "one line a poll here, not one a poke"
+    left = [int(line.split("; ")[1].split()[0]) for line in lines]
+    assert left == sorted(left, reverse=True) and left[0] > 0 and left[-1] == 0
+
+
 def test_a_resend_poke_works_while_resends_are_due_and_gives_its_slot_back_otherwise(
     ledger, ledger_url, start_esp, contact_file, tmp_path
 ):
