@@ -334,6 +334,24 @@ def test_after_a_lost_reply_the_requests_already_under_way_are_recorded_not_left
     assert ledger.run_summary("run")["by_status"] == {"sent": 110, "unconfirmed": 10}
 
 
+def test_the_lease_is_renewed_at_the_first_call_then_once_an_interval_has_passed(ledger, monkeypatch):
+    """Polls every 0.25 s do not each commit a renewal: once LEASE_RENEWAL_SECONDS (at most a quarter of
+    the lease) have passed."""
+    renewals: list[str] = []
+    monkeypatch.setattr(ledger, "renew_lease", renewals.append)
+    keep = pipeline.lease_keeper(ledger, "run")
+    for _ in range(5):
+        keep()
+    assert renewals == ["run"], "the first call renews, the next ones within the interval do not"
+    ledger.lease = timedelta(seconds=0.4)  # a quarter: 0.1 s, shorter than LEASE_RENEWAL_SECONDS
+    keep = pipeline.lease_keeper(ledger, "run")
+    keep()
+    time.sleep(0.15)
+    keep()
+    keep()
+    assert renewals == ["run"] * 3, "renewed again once a quarter of the lease had passed"
+
+
 def test_a_long_send_task_keeps_renewing_its_runs_lease(ledger, ledger_url, contact_file, tmp_path, monkeypatch):
     """A send task longer than the lease would lose its contacts to another run mid-way: it renews the
     run's lease as it records its requests (every LEASE_RENEWAL_SECONDS; here at every request)."""
