@@ -258,12 +258,8 @@ def baseline_cpu(helpers: dict[str, subprocess.Popen]) -> dict[str, float]:
     """CPU seconds used so far by a baseline program (this process's finished children: the program
     and the send processes it reaped), the processes that serve it, and the Postgres server."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    used = {"program": children.ru_utime + children.ru_stime}
-    used.update({name: process_tree_cpu(psutil.Process(process.pid)) for name, process in helpers.items()})
-    server = postmaster()
-    if server is not None:
-        used["postgres"] = process_tree_cpu(server)
-    return used
+    served_by = {name: psutil.Process(process.pid) for name, process in helpers.items()}
+    return {"program": children.ru_utime + children.ru_stime, **tree_cpu_with_postgres(served_by)}
 
 
 @contextmanager
@@ -534,10 +530,14 @@ def component_cpu(stack) -> dict[str, float]:
     from include.stack import COMPONENTS
 
     roots = {name: stack.pid(name) for name in COMPONENTS}
-    processes = {name: psutil.Process(pid) for name, pid in roots.items() if pid}
+    return tree_cpu_with_postgres({name: psutil.Process(pid) for name, pid in roots.items() if pid})
+
+
+def tree_cpu_with_postgres(processes: dict[str, psutil.Process]) -> dict[str, float]:
+    """CPU seconds so far of each named process tree, and of the local Postgres server's as "postgres"."""
     server = postmaster()
     if server is not None:
-        processes["postgres"] = server
+        processes = {**processes, "postgres": server}
     return {name: process_tree_cpu(process) for name, process in processes.items()}
 
 
