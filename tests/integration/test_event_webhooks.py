@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from tests.integration.test_outcome_events import attempt_statuses, contact_status, sent
-from tests.webhook_payloads import (
+from tests.support.webhook_payloads import (
     SNS_TOPIC,
     SendGridSigner,
     SnsSigner,

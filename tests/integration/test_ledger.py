@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import event, func, select, update
 from sqlalchemy.exc import OperationalError
 
-from include.ledger_load import row_updates
+from include.bench.postgres import row_updates
 from welcome_mailer.contacts import Contact
 from welcome_mailer.ledger import (
     AcceptedAttempt,

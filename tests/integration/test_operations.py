@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 from tests.integration.test_pipeline import finish
-from tests.invariants import messages_by_recipient
+from tests.support.invariants import messages_by_recipient
 from welcome_mailer import operations, pipeline
 from welcome_mailer.ledger import Ledger, sent_contacts
 from welcome_mailer.ledger.rules import EraseKeyMissing

@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from tests.smtp_relay import FROM_EMAIL, imap, self_signed_certificate, start_relay  # noqa: F401 (fixtures)
+from tests.support.smtp_relay import FROM_EMAIL, imap, self_signed_certificate, start_relay  # noqa: F401 (fixtures)
 from welcome_mailer import pipeline
 from welcome_mailer.ledger import send_attempts, sent_contacts
 from welcome_mailer.outcomes.dsn import DsnSource, MailboxSettings
@@ -268,7 +268,7 @@ def stored(maildir) -> list:
 
 
 def test_an_unreachable_mailbox_delays_outcomes_and_never_fails_the_poll():
-    from include.run_embedded import free_port
+    from include.local.net import free_port
     from welcome_mailer.ledger.rules import PendingMessage, utcnow
 
     closed = MailboxSettings("127.0.0.1", free_port(), "bounces", "pw", use_ssl=False, timeout=2)
@@ -327,7 +327,7 @@ def test_a_block_report_waiting_in_the_mailbox_wins_over_the_settle_time_and_a_l
     (the contact is blocked, resent later). A block report read after the settle time counted the message
     delivered changes nothing (blocked is weaker than delivered); a bounce report still overrules it. Once
     nothing of the run is pending its sensors stop polling: such late reports are read by a later run's."""
-    from include.mock_smtp.relay import Maildir, delivery_report
+    from include.mocks.smtp_relay.relay import Maildir, delivery_report
 
     contacts_csv = tmp_path / "contacts.csv"
     contacts_csv.write_text("Ann, ann@example.com\nBob, bob@example.com\n")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.webhook_payloads import (
+from tests.support.webhook_payloads import (
     SNS_TOPIC,
     SendGridSigner,
     SnsSigner,

@@ -208,6 +208,6 @@ def array_literal(values: Iterable[object]) -> str:
     sent as one text parameter cast to the array's type: the server reads it as a single constant. A
     Python list goes as an ARRAY[...] constructor instead, one expression per element for the server to
     parse, plan and cast: a statement of 5,000 emails and attempts took 18.6 ms that way, 2.7 ms as one
-    literal, and recording 400k outcomes (include/ledger_load.py) 24.4 / 26.0 s -> 19.3 / 21.0 s."""
+    literal, and recording 400k outcomes (include/bench/ledger_load.py) 24.4 / 26.0 s -> 19.3 / 21.0 s."""
     quoted = ("NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
     return "{" + ",".join(quoted) + "}"
