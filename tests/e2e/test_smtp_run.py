@@ -11,9 +11,8 @@ from sqlalchemy import create_engine, select
 
 from include.tools.generate_contacts import write_file
 from tests.e2e.test_welcome_run import MAX_ATTEMPTS, run_welcome
-from tests.integration.test_smtp import assert_relay_log_invariants, by_recipient
 from tests.support.invariants import expected_contacts
-from tests.support.smtp_relay import imap, start_relay  # noqa: F401 (fixtures)
+from tests.support.smtp_relay import assert_relay_log_invariants, by_recipient, imap, start_relay  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 

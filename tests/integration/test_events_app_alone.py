@@ -10,8 +10,8 @@ import sys
 import httpx
 
 from include.local.net import free_port, wait_healthy
-from tests.integration.test_outcome_events import contact_status, sent
 from tests.support import PROJECT_ROOT
+from tests.support.ledger import contact_status, sent
 from tests.support.webhook_payloads import mock_push
 from welcome_mailer.ledger import Ledger, connect
 from welcome_mailer.ledger.migrate import upgrade

@@ -4,8 +4,6 @@ own log (raw bytes included) and the ledger."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 import time
 from collections import defaultdict
 from datetime import timedelta
@@ -13,7 +11,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from tests.support.smtp_relay import FROM_EMAIL, imap, self_signed_certificate, start_relay  # noqa: F401 (fixtures)
+from tests.support.smtp_relay import (  # noqa: F401 (fixtures)
+    FROM_EMAIL,
+    assert_relay_log_invariants,
+    by_recipient,
+    imap,
+    self_signed_certificate,
+    start_relay,
+)
 from welcome_mailer import pipeline
 from welcome_mailer.ledger import send_attempts, sent_contacts
 from welcome_mailer.outcomes.dsn import DsnSource, MailboxSettings
@@ -65,42 +70,11 @@ def run_through(ledger, transport, sources, run_id, path, tmp_path, max_attempts
     ledger.close_out(run_id, max_attempts)
 
 
-def by_recipient(entries: list[dict]) -> dict[str, list[dict]]:
-    grouped = defaultdict(list)
-    for entry in entries:
-        grouped[entry["to"]].append(entry)
-    return grouped
-
-
 def ledger_rows(ledger):
     with ledger.engine.connect() as conn:
         contacts = {r.email: r for r in conn.execute(select(sent_contacts))}
         attempts = {(r.email, r.attempt): r for r in conn.execute(select(send_attempts))}
     return contacts, attempts
-
-
-def assert_relay_log_invariants(entries, expected: dict[str, str], max_attempts: int) -> dict[str, int]:
-    """From the relay's log: nobody got a message after one that could arrive; nobody forgotten; every
-    received message is the right greeting, with its own Message-ID, to exactly one recipient."""
-    grouped = by_recipient(entries)
-    assert set(grouped) == set(expected), "every contact reached the relay, and nobody else"
-    received = [e for e in entries if e["received"]]
-    assert len({e["message_id"] for e in received}) == len(received), "a Message-ID was reused"
-    finals = defaultdict(int)
-    for address, history in grouped.items():
-        outcomes = [e["outcome"] for e in history]
-        assert "sent" not in [e["status"] for e in history], f"{address}: an outcome never came: {outcomes}"
-        assert all(o == "blocked" for o in outcomes[:-1]), f"{address}: a message after a final one: {outcomes}"
-        assert len(history) <= max_attempts
-        if outcomes[-1] == "blocked":
-            assert len(history) == max_attempts, f"{address}: blocked but resent {len(history)} times"
-        for entry in history:
-            if entry["received"]:
-                message = email.message_from_bytes(entry["raw"], policy=email.policy.default)
-                assert [a.addr_spec for a in message["To"].addresses] == [address]
-                assert message.get_content().strip() == f"Hi {expected[address]}, Welcome!"
-        finals[outcomes[-1]] += 1
-    return dict(finals)
 
 
 @pytest.mark.parametrize("pipelining", [1, 0], ids=["pipelining", "one-by-one"])

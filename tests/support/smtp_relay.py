@@ -4,6 +4,8 @@ self-signed certificate. Test modules import the fixtures they use."""
 from __future__ import annotations
 
 import datetime
+import email
+import email.policy
 import os
 import shutil
 import socket
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,3 +147,34 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_path, key_path
+
+
+def by_recipient(entries: list[dict]) -> dict[str, list[dict]]:
+    grouped = defaultdict(list)
+    for entry in entries:
+        grouped[entry["to"]].append(entry)
+    return grouped
+
+
+def assert_relay_log_invariants(entries, expected: dict[str, str], max_attempts: int) -> dict[str, int]:
+    """From the relay's log: nobody got a message after one that could arrive; nobody forgotten; every
+    received message is the right greeting, with its own Message-ID, to exactly one recipient."""
+    grouped = by_recipient(entries)
+    assert set(grouped) == set(expected), "every contact reached the relay, and nobody else"
+    received = [e for e in entries if e["received"]]
+    assert len({e["message_id"] for e in received}) == len(received), "a Message-ID was reused"
+    finals = defaultdict(int)
+    for address, history in grouped.items():
+        outcomes = [e["outcome"] for e in history]
+        assert "sent" not in [e["status"] for e in history], f"{address}: an outcome never came: {outcomes}"
+        assert all(o == "blocked" for o in outcomes[:-1]), f"{address}: a message after a final one: {outcomes}"
+        assert len(history) <= max_attempts
+        if outcomes[-1] == "blocked":
+            assert len(history) == max_attempts, f"{address}: blocked but resent {len(history)} times"
+        for entry in history:
+            if entry["received"]:
+                message = email.message_from_bytes(entry["raw"], policy=email.policy.default)
+                assert [a.addr_spec for a in message["To"].addresses] == [address]
+                assert message.get_content().strip() == f"Hi {expected[address]}, Welcome!"
+        finals[outcomes[-1]] += 1
+    return dict(finals)

@@ -11,9 +11,9 @@ import sys
 import time
 
 from include.local.net import free_port, wait_healthy
-from tests.integration.test_ledger import stage_and_claim
 from tests.support import PROJECT_ROOT
 from tests.support.invariants import assert_ledger_matches, messages_by_recipient
+from tests.support.ledger import stage_and_claim
 from welcome_mailer import pipeline
 from welcome_mailer.ledger import Ledger, connect
 from welcome_mailer.ledger.migrate import upgrade
