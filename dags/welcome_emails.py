@@ -138,12 +138,12 @@ def welcome_emails():
         from airflow.sdk.exceptions import AirflowFailException
 
         from welcome_mailer.hooks.ledger import LedgerHook
-        from welcome_mailer.pipeline import parse_file, run_directory
-        from welcome_mailer.settings import InvalidCsvPath, resolve_csv_path
+        from welcome_mailer.pipeline import parse_file
+        from welcome_mailer.run_files import REJECTED_CSV, InvalidCsvPath, resolve_csv_path, run_directory
         from welcome_mailer.storage import describe, location, readable_csv
 
         reports_dir = location(SETTINGS.reports_dir, SETTINGS.storage_conn_id)  # a directory or a URI
-        rejected_csv = run_directory(reports_dir, run_id) / "rejected.csv"
+        rejected_csv = run_directory(reports_dir, run_id) / REJECTED_CSV
         try:
             csv_path = resolve_csv_path(params["csv_path"], SETTINGS.data_roots)
             ledger = LedgerHook().get_conn()

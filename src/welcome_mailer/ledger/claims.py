@@ -72,6 +72,11 @@ class Claims:
                 )
             )
 
+    def record_source_file(self, run_id: str, source_file: str) -> None:
+        """The contact list the run reads (parse records it), for pages and lookups to name."""
+        with self.engine.begin() as conn:
+            conn.execute(update(ledger_runs).where(ledger_runs.c.run_id == run_id).values(source_file=source_file))
+
     def finish_run(self, run_id: str) -> None:
         """The run is over: whatever it still holds (e.g. messages it never saw resolved) is free to take over."""
         with self.engine.begin() as conn:
