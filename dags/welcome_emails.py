@@ -44,7 +44,7 @@ DELIVERY_TIMEOUT = timedelta(hours=1)  # then messages stay 'sent' for a later r
 RESEND_TIMEOUT = timedelta(days=1)  # room for max_attempts backoffs of up to an hour each
 POLL_SECONDS = 0.25  # within a sensor's poke: how often to look for outcomes
 SETTINGS = Settings.from_env()  # environment only: cheap at parse time
-MIN_CONTACTS_PER_SEND_TASK = 10_000  # see the Param; measured in the README's performance section
+MIN_CONTACTS_PER_SEND_TASK = 10_000  # see the Param; measured in docs/performance.md
 
 
 @dag(

@@ -131,8 +131,8 @@ def overview(
     since = (utcnow() - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
     with ledger.engine.connect() as conn:
         if is_postgres(conn):
-            # Counting 10M index entries looks costly enough for JIT compilation, which then adds ~0.2 s
-            # to a 0.4 s count (make bench-ui). For this transaction only.
+            # Counting millions of index entries looks costly enough for JIT compilation, which then costs
+            # more than the count itself (docs/performance.md, make bench-ui). For this transaction only.
             conn.execute(text("SET LOCAL jit = off"))
         states = dict(conn.execute(select(sent_contacts.c.status, func.count()).group_by(sent_contacts.c.status)).all())
         if states.get(SENDING):  # split as shown: not accepted yet / sent (few, but for runs in progress)
