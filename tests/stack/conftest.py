@@ -11,7 +11,7 @@ import pytest
 from include.local.net import free_port
 from include.local.stack import Stack, StackConfig
 
-S3_ROOT = "s3://wm-stack/incoming"  # a data root on the local S3 API (tests/s3.py), beside the local one
+S3_ROOT = "s3://wm-stack/incoming"  # a data root on the local S3 API (tests/support/s3.py), beside the local one
 
 
 def _redis_available() -> bool:

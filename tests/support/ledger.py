@@ -13,7 +13,7 @@ from welcome_mailer.ledger import (
     shown_status,
     with_latest_attempt,
 )
-from welcome_mailer.outcomes.events import OutcomeEvent
+from welcome_mailer.vocabulary import OutcomeEvent
 
 
 def contacts(*emails: str) -> list[Contact]:
