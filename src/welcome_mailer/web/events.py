@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from welcome_mailer.ledger import Ledger, utcnow
 from welcome_mailer.ledger.schema import provider_events
-from welcome_mailer.outcomes.webhooks import Parsed, Refused, mailgun, mock, postmark, sendgrid, ses
+from welcome_mailer.outcomes.webhooks import Parsed, Refused, mailgun, mock, postmark, replay, sendgrid, ses
 from welcome_mailer.outcomes.webhooks.mapping import to_outcome_event
 from welcome_mailer.web.ledger import ledger_source
 
@@ -167,11 +167,13 @@ async def postmark_events(request: Request, settings: Settings, ledgers: Ledgers
 
 @router.post("/mailgun")
 async def mailgun_events(request: Request, settings: Settings, ledgers: Ledgers) -> JSONResponse:
-    """Mailgun webhooks (HMAC-SHA256 of timestamp + token)."""
+    """Mailgun webhooks (HMAC-SHA256 of timestamp + token; each token honoured once)."""
 
     def handle(body: bytes) -> dict:
-        mailgun.verify(body, settings.mailgun_signing_key, settings.max_age_seconds)
-        return record(ledgers(), mailgun.PROVIDER, body, mailgun.parse(body))
+        timestamp, token = mailgun.verify(body, settings.mailgun_signing_key, settings.max_age_seconds)
+        ledger = ledgers()
+        with replay.used_once(ledger.engine, mailgun.PROVIDER, token, timestamp, settings.max_age_seconds):
+            return record(ledger, mailgun.PROVIDER, body, mailgun.parse(body))
 
     return await _receive(request, mailgun.PROVIDER, settings.mailgun_signing_key, handle)
 

@@ -28,8 +28,9 @@ def sign(signing_key: str, timestamp: str, token: str) -> str:
     return hmac.new(signing_key.encode(), f"{timestamp}{token}".encode(), hashlib.sha256).hexdigest()
 
 
-def verify(body: bytes, signing_key: str, max_age_seconds: float) -> None:
-    """The signature travels inside the body: the body must be read to check it."""
+def verify(body: bytes, signing_key: str, max_age_seconds: float) -> tuple[str, str]:
+    """The signature travels inside the body: the body must be read to check it. Returns the signed
+    (timestamp, token): the token must be honoured once (``replay.used_once``)."""
     try:
         signature = json.loads(body)["signature"]
         timestamp, token, given = str(signature["timestamp"]), str(signature["token"]), str(signature["signature"])
@@ -38,6 +39,7 @@ def verify(body: bytes, signing_key: str, max_age_seconds: float) -> None:
     if not check_secret(given, sign(signing_key, timestamp, token)):
         raise Refused(403, "the HMAC signature does not match")
     check_age(timestamp, max_age_seconds)
+    return timestamp, token
 
 
 def parse(body: bytes) -> Parsed:
