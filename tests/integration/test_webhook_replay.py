@@ -38,20 +38,20 @@ def test_a_captured_mailgun_signature_with_another_event_is_refused(client, ledg
 
 def test_a_request_that_failed_gives_its_token_back_for_the_providers_retry(ledger):
     stamp = str(int(time.time()))
-    with pytest.raises(RuntimeError), used_once(ledger.engine, "mailgun", "t" * 50, stamp, 60):
+    with pytest.raises(RuntimeError), used_once(ledger, "mailgun", "t" * 50, stamp, 60):
         raise RuntimeError("the ledger went away")
-    with used_once(ledger.engine, "mailgun", "t" * 50, stamp, 60):
+    with used_once(ledger, "mailgun", "t" * 50, stamp, 60):
         pass
-    with pytest.raises(Refused) as refused, used_once(ledger.engine, "mailgun", "t" * 50, stamp, 60):
+    with pytest.raises(Refused) as refused, used_once(ledger, "mailgun", "t" * 50, stamp, 60):
         pass
     assert refused.value.status_code == 403
 
 
 def test_tokens_are_kept_only_while_their_timestamp_is_accepted(ledger):
     old = str(int(time.time()) - 120)
-    with used_once(ledger.engine, "mailgun", "old-token", old, 60):
+    with used_once(ledger, "mailgun", "old-token", old, 60):
         pass
-    with used_once(ledger.engine, "mailgun", "new-token", str(int(time.time())), 60):
+    with used_once(ledger, "mailgun", "new-token", str(int(time.time())), 60):
         pass
     with ledger.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(webhook_tokens)).scalar() == 1

@@ -34,10 +34,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import insert
 from starlette.concurrency import run_in_threadpool
 
-from welcome_mailer.ledger import Ledger, utcnow
+from welcome_mailer.ledger import Ledger
 from welcome_mailer.ledger.schema import provider_events
 from welcome_mailer.outcomes.webhooks import Parsed, Refused, mailgun, mock, postmark, replay, sendgrid, ses
 from welcome_mailer.outcomes.webhooks.mapping import to_outcome_event
+from welcome_mailer.vocabulary import utcnow
 from welcome_mailer.web.ledger import ledger_source
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ async def mailgun_events(request: Request, settings: Settings, ledgers: Ledgers)
     def handle(body: bytes) -> dict:
         timestamp, token = mailgun.verify(body, settings.mailgun_signing_key, settings.max_age_seconds)
         ledger = ledgers()
-        with replay.used_once(ledger.engine, mailgun.PROVIDER, token, timestamp, settings.max_age_seconds):
+        with replay.used_once(ledger, mailgun.PROVIDER, token, timestamp, settings.max_age_seconds):
             return record(ledger, mailgun.PROVIDER, body, mailgun.parse(body))
 
     return await _receive(request, mailgun.PROVIDER, settings.mailgun_signing_key, handle)
