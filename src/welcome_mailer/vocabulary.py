@@ -46,6 +46,9 @@ class OutcomeEvent:
 
 # -- the idempotency key --------------------------------------------------------------------------------
 KEY_PREFIX = "welcome-"
+# Its name as a provider's custom metadata: SendGrid custom/unique args, Postmark Metadata, Mailgun user
+# variables, an SES message tag. Set at send (HTTP body, SMTP header), read back from webhook events.
+METADATA_KEY = "welcome_idempotency_key"
 # The one spelling of a key, for every reader that finds one inside other text (a Message-ID, a bounce
 # report's Original-Envelope-Id): ``welcome-<first 40 hex digits of sha256(email)>-<attempt>``.
 KEY_PATTERN = rf"{KEY_PREFIX}[0-9a-f]{{40}}-\d+"

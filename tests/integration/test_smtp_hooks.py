@@ -25,6 +25,7 @@ def test_an_smtp_connection_selects_the_smtp_transport(monkeypatch):
         "policy_rejection": "bounced",
         "list_unsubscribe": "https://mailer.example/u?k={key}",
         "settle_seconds": 60,
+        "provider": "Postmark",
     }
     with_connection(
         monkeypatch, "esp_default", conn_type="smtp", host="smtp.relay.example", port=587, login="u", password="p",
@@ -38,6 +39,7 @@ def test_an_smtp_connection_selects_the_smtp_transport(monkeypatch):
         assert (s.use_ssl, s.starttls, s.verify_certificate) == (False, True, True)  # STARTTLS on 587
         assert (s.timeout, s.retry_limit, s.max_connections) == (12, 2, 6)
         assert (s.from_email, s.from_name, s.policy_rejection) == ("welcome@mailer.example", "Welcome Team", "bounced")
+        assert s.provider == "postmark", "the relay's provider: its metadata header on every message"
         [source] = EspHook.outcome_sources(transport)
         assert source.mailbox is None and source.settle == timedelta(seconds=60)
         assert source.policy_rejection == "bounced"

@@ -11,9 +11,13 @@ login, password; extras ``from_email``, ``disable_ssl``, ``disable_tls``, ``time
 | ``policy_rejection`` | ``blocked`` | what a 5.7.x reply or report becomes: ``blocked`` or ``bounced`` |
 | ``list_unsubscribe`` | "" | List-Unsubscribe URIs, comma-separated, ``{email}`` and ``{key}`` filled in (*) |
 | ``settle_seconds`` | 1800 | an accepted message with no bounce report after this long counts as delivered |
+| ``provider`` | "" | ``postmark``, ``sendgrid``, ``mailgun`` or ``ses``: the relay's metadata header (**) |
 
 (*) Only when the plugin app's unsubscribe endpoint is not configured (``WELCOME_MAILER_UNSUBSCRIBE_URL``
 and ``_SECRET``): then every message carries its signed one-click link, as over HTTP.
+
+(**) Each message carries the idempotency key in that provider's metadata header, so that its webhook
+events match mail sent over SMTP (``transports.smtp_metadata``); unset for any other relay.
 
 ``bounce_mailbox`` (type ``imap``, optional): host, port, login, password; extras ``use_ssl`` (default
 true, as Airflow's IMAP provider), ``starttls``, ``ssl_context`` ("none": no certificate check),
@@ -58,6 +62,7 @@ def smtp_settings(conn) -> SmtpSettings:
         unsubscribe=UnsubscribeSettings.from_env(),
         list_unsubscribe=extra.get("list_unsubscribe", ""),
         settle_seconds=float(extra.get("settle_seconds", DEFAULT_SETTLE_SECONDS)),
+        provider=str(extra.get("provider", "")).strip().lower(),
     )
 
 

@@ -43,6 +43,7 @@ from email.header import Header
 from email.utils import formataddr, formatdate
 
 from welcome_mailer.transports import OutgoingMessage, SendResult
+from welcome_mailer.transports.smtp_metadata import METADATA_HEADERS, metadata_headers
 from welcome_mailer.unsubscribe import UnsubscribeSettings, list_unsubscribe_headers
 from welcome_mailer.vocabulary import BLOCKED, BOUNCED, key_from_message_id
 
@@ -88,8 +89,13 @@ class SmtpSettings:
     list_unsubscribe: str = ""
     settle_seconds: float = 1800.0  # no bounce report this long after acceptance: delivered (outcomes.dsn)
     helo: str | None = None
+    # The relay's provider (postmark, sendgrid, mailgun, ses): its metadata header carries the idempotency
+    # key, so that its webhook events find the attempt (transports.smtp_metadata). "" for another relay.
+    provider: str = ""
 
     def __post_init__(self) -> None:
+        if self.provider and self.provider not in METADATA_HEADERS:
+            raise ValueError(f"provider must be one of {sorted(METADATA_HEADERS)} or empty, not {self.provider!r}")
         if self.policy_rejection not in POLICY_REJECTION_CHOICES:
             raise ValueError(
                 f"policy_rejection must be one of {POLICY_REJECTION_CHOICES}, not {self.policy_rejection!r}"
@@ -207,6 +213,7 @@ def render_message(settings: SmtpSettings, message: OutgoingMessage) -> bytes:
         headers.append(("List-Unsubscribe", ", ".join(f"<{_safe_display_name(uri)}>" for uri in uris)))
         if any(uri.lower().startswith("https://") for uri in uris):  # RFC 8058: one-click needs an HTTPS URI
             headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    headers += metadata_headers(settings.provider, message.idempotency_key)
     headers += [
         ("MIME-Version", "1.0"),
         ("Content-Type", 'text/plain; charset="utf-8"'),

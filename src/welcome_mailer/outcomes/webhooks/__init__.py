@@ -7,7 +7,7 @@ One module per provider (``sendgrid``, ``postmark``, ``mailgun``, ``ses``, ``moc
 them to HTTP and to ``Ledger.record_outcomes``.
 
 How an event finds its attempt: by the provider's message id recorded at send time, or by the attempt's
-idempotency key carried as the provider's custom metadata (``METADATA_KEY``) or inside the Message-ID
+idempotency key carried as the provider's custom metadata (``vocabulary.METADATA_KEY``) or inside the Message-ID
 header the transport set (``<welcome-...-N@host>``).
 """
 
@@ -18,7 +18,6 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-METADATA_KEY = "welcome_idempotency_key"  # custom args / metadata / user variables / SES tag name
 IDEMPOTENCY_HEADER = "X-Welcome-Idempotency-Key"  # the same as a header, for providers that echo headers
 
 

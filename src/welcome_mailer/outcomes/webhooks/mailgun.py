@@ -9,7 +9,6 @@ import hmac
 import json
 
 from welcome_mailer.outcomes.webhooks import (
-    METADATA_KEY,
     Parsed,
     Refused,
     Signal,
@@ -19,7 +18,7 @@ from welcome_mailer.outcomes.webhooks import (
     load_json,
     text,
 )
-from welcome_mailer.vocabulary import key_from_message_id
+from welcome_mailer.vocabulary import METADATA_KEY, key_from_message_id
 
 PROVIDER = "mailgun"
 
