@@ -31,8 +31,10 @@ from datetime import timedelta
 from airflow.sdk import BaseHook
 
 from welcome_mailer.outcomes.dsn import DsnSource, MailboxSettings
+from welcome_mailer.settings import Settings
 from welcome_mailer.transports.smtp import SmtpEmailProvider, SmtpSettings
 from welcome_mailer.unsubscribe import UnsubscribeSettings
+from welcome_mailer.vocabulary import tag_key
 
 BOUNCE_MAILBOX_CONN_ID = "bounce_mailbox"
 DEFAULT_SETTLE_SECONDS = 1800.0  # most asynchronous bounces from real relays come within minutes
@@ -63,6 +65,7 @@ def smtp_settings(conn) -> SmtpSettings:
         list_unsubscribe=extra.get("list_unsubscribe", ""),
         settle_seconds=float(extra.get("settle_seconds", DEFAULT_SETTLE_SECONDS)),
         provider=str(extra.get("provider", "")).strip().lower(),
+        key_of_tags=tag_key(Settings.from_env().erase_key),
     )
 
 
@@ -96,4 +99,10 @@ def dsn_source(settings: SmtpSettings, mailbox_conn_id: str = BOUNCE_MAILBOX_CON
         mailbox = mailbox_settings(BaseHook.get_connection(mailbox_conn_id))
     except AirflowNotFoundException:
         mailbox = None
-    return DsnSource(mailbox, timedelta(seconds=settings.settle_seconds), settings.policy_rejection)
+    return DsnSource(
+        mailbox,
+        timedelta(seconds=settings.settle_seconds),
+        settings.policy_rejection,
+        key_of_tags=settings.key_of_tags,
+        from_email=settings.from_email,
+    )
