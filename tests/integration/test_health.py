@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from include.run_embedded import embedded_ledger_url
 from welcome_mailer.ledger import Ledger, connect
 from welcome_mailer.web import __main__ as alone
-from welcome_mailer.web import create_app
+from welcome_mailer.web.app import create_app
 from welcome_mailer.web.ledger import ledger_source
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from welcome_mailer.dropzone import run_failed_note
 from welcome_mailer.run_failure import FAILURE_KEY, error_text, first_failure, record_failure
-from welcome_mailer.settings import InvalidCsvPath
+from welcome_mailer.run_files import InvalidCsvPath
 
 
 class FakeTi:
@@ -19,7 +19,7 @@ class FakeTi:
 def test_errors_read_as_the_last_line_of_their_traceback():
     assert error_text(NotADirectoryError(20, "Not a directory")) == "NotADirectoryError: [Errno 20] Not a directory"
     assert error_text(InvalidCsvPath("outside the data roots")) == (
-        "welcome_mailer.settings.InvalidCsvPath: outside the data roots"
+        "welcome_mailer.run_files.InvalidCsvPath: outside the data roots"
     )
     assert error_text(None) == "failed (no exception recorded)"
 

@@ -12,6 +12,8 @@ from welcome_mailer.outcomes.webhooks import (
     Parsed,
     Refused,
     Signal,
+    WebhookProvider,
+    WebhookRequest,
     check_age,
     check_secret,
     from_epoch,
@@ -74,3 +76,13 @@ def parse(body: bytes) -> Parsed:
         )
     )
     return parsed
+
+
+def receive(request: WebhookRequest, signing_key: object) -> Parsed:
+    timestamp, token = verify(request.body, str(signing_key), request.max_age_seconds)
+    parsed = parse(request.body)
+    parsed.once = (token, timestamp)  # the signature does not cover the event: its token is honoured once
+    return parsed
+
+
+WEBHOOK = WebhookProvider(PROVIDER, "mailgun_signing_key", receive)
