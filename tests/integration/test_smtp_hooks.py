@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from welcome_mailer.hooks.esp import EspHook
 from welcome_mailer.transports.smtp import SmtpEmailProvider
+from welcome_mailer.vocabulary import tag_key
 
 
 def with_connection(monkeypatch, conn_id: str, **fields) -> None:
@@ -32,6 +33,7 @@ def test_an_smtp_connection_selects_the_smtp_transport(monkeypatch):
         extra=extra,
     )  # fmt: skip
     monkeypatch.delenv("AIRFLOW_CONN_BOUNCE_MAILBOX", raising=False)
+    monkeypatch.setenv("WELCOME_MAILER_ERASE_KEY", "the-erase-key")
     with EspHook().get_conn() as transport:
         assert isinstance(transport, SmtpEmailProvider) and transport.idempotent is False
         s = transport.settings
@@ -43,6 +45,9 @@ def test_an_smtp_connection_selects_the_smtp_transport(monkeypatch):
         [source] = EspHook.outcome_sources(transport)
         assert source.mailbox is None and source.settle == timedelta(seconds=60)
         assert source.policy_rejection == "bounced"
+        # Message-IDs carry a tag keyed from the erase key; the bounce reports are checked with the same key
+        assert s.key_of_tags == source.key_of_tags == tag_key(b"the-erase-key") is not None
+        assert source.from_email == "welcome@mailer.example"
 
 
 def test_the_bounce_mailbox_comes_from_its_connection(monkeypatch):
