@@ -5,14 +5,16 @@ Attempts sent before tags keep matching by their untagged Message-ID, with no mi
 
 from __future__ import annotations
 
+import time
+
 from include.mock_smtp.relay import delivery_report
 from tests.integration.test_ledger import stage_and_claim
 from tests.integration.test_outcome_events import contact_status
-from tests.smtp_relay import FROM_EMAIL
+from tests.smtp_relay import FROM_EMAIL, launch_relay
 from welcome_mailer.ledger import AcceptedAttempt
 from welcome_mailer.outcomes.dsn import _parsed_report, events_of, parse_report
 from welcome_mailer.transports import OutgoingMessage
-from welcome_mailer.transports.smtp import SmtpSettings, message_id, render_message
+from welcome_mailer.transports.smtp import SmtpEmailProvider, SmtpSettings, message_id, render_message
 from welcome_mailer.vocabulary import idempotency_key, key_from_message_id, tag_key
 
 KEY_OF_TAGS = tag_key(b"the deployment's erase key")
@@ -69,3 +71,29 @@ def test_without_a_secret_reports_match_by_key_as_before():
     key = idempotency_key("ann@example.com", 1)
     [event] = events_of(parse_report(bounce_of(UNTAGGED, "ann@example.com", key)))
     assert (event.outcome, event.idempotency_key) == ("bounced", key)
+
+
+def test_the_mock_relays_own_report_carries_the_tag_and_is_believed(tmp_path):
+    """End to end without a mailbox server: the relay's report (returned headers, Original-Envelope-Id)
+    for a tagged message, read from its Maildir, names the attempt."""
+    maildir = tmp_path / "maildir"
+    relay = launch_relay(tmp_path, maildir, delivered_rate=0, bounced_rate=1, blocked_rate=0, in_dialogue_rate=0,
+                         report_min_seconds=0, report_max_seconds=0)  # fmt: skip
+    key = idempotency_key("ann@example.com", 1)
+    settings = SmtpSettings(host="127.0.0.1", port=relay.port, from_email=FROM_EMAIL, use_ssl=False,
+                            starttls=False, timeout=10, key_of_tags=KEY_OF_TAGS)  # fmt: skip
+    try:
+        with SmtpEmailProvider(settings) as transport:
+            [result] = transport.send_batch([OutgoingMessage("ann@example.com", "Welcome", "Hi", key)])
+        deadline = time.monotonic() + 20
+        while not list((maildir / "new").glob("*")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [report] = [path.read_bytes() for path in (maildir / "new").glob("*")]
+    finally:
+        relay.stop()
+    assert result.message_id == message_id(key, FROM_EMAIL, KEY_OF_TAGS)
+    [event] = events(report)
+    assert (event.outcome, event.idempotency_key) == ("bounced", key)
+    # the same report with the tag cut off the returned Message-ID: it names only an untagged (older) send
+    [untagged] = events(report.replace(result.message_id[1:-1].encode(), f"{key}@x".encode()))
+    assert (untagged.idempotency_key, untagged.provider_message_id) == (None, message_id(key, FROM_EMAIL))
