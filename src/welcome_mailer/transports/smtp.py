@@ -219,6 +219,7 @@ def render_message(settings: SmtpSettings, message: OutgoingMessage) -> bytes:
 
 
 class SmtpEmailProvider:
+    kind = "smtp"
     idempotent = False  # SMTP has no idempotency key: a message whose reply was lost may have gone out
     max_batch = MAX_BATCH
 
