@@ -10,10 +10,10 @@ import dataclasses
 
 import pytest
 
-from include.stack import Stack, StackConfig, unsubscribe_env
-from tests.conftest import PROJECT_ROOT
+from include.local.stack import Stack, StackConfig, unsubscribe_env
 from tests.deploy.compose import COMPOSE_FILE, docker_env, load
 from tests.deploy.test_compose import airflow_services, connection
+from tests.support import PROJECT_ROOT
 
 SMTP_PROVIDER = '{"conn_type": "smtp", "host": "smtp.example.com", "port": 587}'
 

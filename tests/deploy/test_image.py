@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from include.lock import canonical, closure, installed, lock, requirement_lines
-from tests.conftest import PROJECT_ROOT
+from include.tools.lock import canonical, closure, installed, lock, requirement_lines
 from tests.deploy import image_set
+from tests.support import PROJECT_ROOT
 
 RUNTIME_LOCK = PROJECT_ROOT / "requirements.lock"
 DEV_LOCK = PROJECT_ROOT / "requirements-dev.lock"

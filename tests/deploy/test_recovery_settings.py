@@ -1,4 +1,4 @@
-"""The shared Airflow settings (include/stack/airflow.env, read by both deployments) name options Airflow
+"""The shared Airflow settings (include/local/stack/airflow.env, read by both deployments) name options Airflow
 3.3 and its Celery provider really have (a misspelt AIRFLOW__X__Y is silently ignored), and they bound the
 recovery from a lost worker to 2 minutes (issue #30; proven on the stack by test_lost_worker_stack.py).
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from include.stack import shared_settings
+from include.local.stack import shared_settings
 
 RECOVERY_BOUND = 120  # seconds
 

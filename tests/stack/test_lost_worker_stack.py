@@ -1,6 +1,6 @@
 """A lost worker, or lost ledger connections, cost minutes, never an email twice (issue #30, item 2).
 
-The settings under test are include/stack/airflow.env's (docker-compose.yaml reads the same file): a task
+The settings under test are include/local/stack/airflow.env's (docker-compose.yaml reads the same file): a task
 the dead worker held but had not started stays `queued` until `[scheduler] task_queued_timeout` puts it
 back; one it was running stops heartbeating and is retried after `task_instance_heartbeat_timeout`.
 Without them the first kind waited over 10 minutes (the default timeout 600 s, checked every 120 s).
@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import create_engine, text
 
-from include.generate_contacts import generate_rows
+from include.tools.generate_contacts import generate_rows
 from tests.stack.helpers import assert_proven_from_outside, esp_faults, messages_for, with_domain
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
