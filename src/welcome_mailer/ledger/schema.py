@@ -10,7 +10,12 @@ module describes the current head, for the code's queries and for ``alembic chec
 - ``provider_events``: every request a provider's webhook made that passed its signature check, as
   received, stored before it is answered (audit, and the events that could not be read).
 - ``erased_contacts``: keyed hashes of erased addresses (GDPR art. 17), so they stay deduplicated and
-  are never emailed again; ``operator_actions``: the audit trail of suppress, erase and release.
+  are never emailed again; ``operator_actions``: the audit trail of suppress, erase and release (and of
+  template test sends).
+- ``run_templates``: the template each run uses, snapshot at parse (its content and hash): every send and
+  resend of the run renders this copy, whatever happens to the files meanwhile. It is what each attempt
+  was rendered from: an attempt's ``run_id`` is the run that sends it (a take-over moves the attempt to
+  the run that then sends it), and a run's snapshot never changes.
 Other modules add tables of their own to ``metadata`` (the drop folder's ``processed_files``).
 """
 
@@ -123,4 +128,17 @@ operator_actions = Table(
     Column("email_hash", String(64), index=True),  # set when the contact is erased
     Column("reason", Text, nullable=False),
     Column("detail", Text),
+)
+
+run_templates = Table(
+    "run_templates",
+    metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),  # SHA-256 of the content (welcome_mailer.templates)
+    Column("subject", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("html", Text),
+    Column("origin", Text, nullable=False),  # where it was read from (a directory, or "built-in")
+    Column("taken_at", DateTime, nullable=False),
 )

@@ -22,6 +22,7 @@ class OutgoingMessage:
     text: str
     idempotency_key: str
     to_name: str = ""
+    html: str | None = None  # an HTML body beside the text (multipart/alternative over SMTP)
 
 
 @dataclass(frozen=True)
