@@ -24,8 +24,8 @@ from pathlib import Path
 from sqlalchemy import Column, DateTime, Engine, String, Table, select, update
 
 from welcome_mailer.ledger import bulk
-from welcome_mailer.ledger.rules import utcnow
 from welcome_mailer.ledger.schema import metadata
+from welcome_mailer.vocabulary import utcnow
 
 NOT_READY_SUFFIXES = (".part", ".tmp")
 CSV_SUFFIXES = (".csv", ".txt")

@@ -20,14 +20,14 @@ from typing import TypeVar
 
 from welcome_mailer import templates
 from welcome_mailer.contacts import DEFAULT_CHUNK_SIZE, ContactReader
-from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt, utcnow
+from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt
 from welcome_mailer.outcomes import OutcomeSource
-from welcome_mailer.outcomes.events import OutcomeEvent
 from welcome_mailer.settings import DEFAULT_REQUESTS_IN_FLIGHT
 from welcome_mailer.storage import describe, ensure_directory
 from welcome_mailer.templates import WELCOME, TemplateSource
 from welcome_mailer.transports import EmailProvider, SendResult
 from welcome_mailer.unsubscribe import UnsubscribeSettings
+from welcome_mailer.vocabulary import OutcomeEvent, utcnow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -37,10 +37,10 @@ from sqlalchemy import Engine, select
 from welcome_mailer.contacts import Contact, RejectedRow
 from welcome_mailer.greeting import SUBJECT, welcome_text
 from welcome_mailer.ledger import bulk
-from welcome_mailer.ledger.rules import utcnow
 from welcome_mailer.ledger.schema import run_templates
 from welcome_mailer.transports import OutgoingMessage
 from welcome_mailer.unsubscribe import UnsubscribeSettings, unsubscribe_url
+from welcome_mailer.vocabulary import utcnow
 
 BUILTIN = "welcome"
 # The columns of a contact the parser keeps (welcome_mailer.contacts.Contact): what a template may use.

@@ -12,8 +12,7 @@ from sqlalchemy import create_engine, select, text
 from tests.integration.test_pipeline import finish
 from tests.invariants import messages_by_recipient
 from welcome_mailer import operations, pipeline
-from welcome_mailer.ledger import Ledger, sent_contacts
-from welcome_mailer.ledger.rules import EraseKeyMissing
+from welcome_mailer.ledger import EraseKeyMissing, Ledger, sent_contacts
 from welcome_mailer.report import build_report, write_report
 from welcome_mailer.transports.http import HttpEmailProvider
 

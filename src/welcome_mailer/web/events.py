@@ -34,10 +34,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import insert
 from starlette.concurrency import run_in_threadpool
 
-from welcome_mailer.ledger import Ledger, utcnow
+from welcome_mailer.ledger import Ledger
 from welcome_mailer.ledger.schema import provider_events
 from welcome_mailer.outcomes.webhooks import Parsed, Refused, mailgun, mock, postmark, sendgrid, ses
 from welcome_mailer.outcomes.webhooks.mapping import to_outcome_event
+from welcome_mailer.vocabulary import utcnow
 from welcome_mailer.web.ledger import ledger_source
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 METADATA_KEY = "welcome_idempotency_key"  # custom args / metadata / user variables / SES tag name
 IDEMPOTENCY_HEADER = "X-Welcome-Idempotency-Key"  # the same as a header, for providers that echo headers
-_KEY_IN_MESSAGE_ID = re.compile(r"^<?(welcome-[0-9a-f]{40}-\d+)@[^>]*>?$")
 
 
 class Refused(Exception):
@@ -62,12 +60,6 @@ def load_json(body: bytes | str, parsed: Parsed, what: str = "body") -> object |
     except (ValueError, TypeError) as exc:
         parsed.unparsed.append(f"{what} is not JSON: {exc}")
         return None
-
-
-def key_from_message_id(message_id: str | None) -> str | None:
-    """The idempotency key inside a Message-ID the transport made (``<welcome-<hash>-<n>@host>``)."""
-    match = _KEY_IN_MESSAGE_ID.match((message_id or "").strip())
-    return match.group(1) if match else None
 
 
 def check_secret(given: str | bytes, expected: str | bytes) -> bool:

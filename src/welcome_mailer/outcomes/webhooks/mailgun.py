@@ -16,10 +16,10 @@ from welcome_mailer.outcomes.webhooks import (
     check_age,
     check_secret,
     from_epoch,
-    key_from_message_id,
     load_json,
     text,
 )
+from welcome_mailer.vocabulary import key_from_message_id
 
 PROVIDER = "mailgun"
 

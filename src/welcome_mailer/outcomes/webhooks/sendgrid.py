@@ -17,10 +17,10 @@ from welcome_mailer.outcomes.webhooks import (
     Signal,
     check_age,
     from_epoch,
-    key_from_message_id,
     load_json,
     text,
 )
+from welcome_mailer.vocabulary import key_from_message_id
 
 PROVIDER = "sendgrid"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"

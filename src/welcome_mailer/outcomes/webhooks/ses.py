@@ -30,10 +30,10 @@ from welcome_mailer.outcomes.webhooks import (
     Refused,
     Signal,
     from_iso,
-    key_from_message_id,
     load_json,
     text,
 )
+from welcome_mailer.vocabulary import key_from_message_id
 
 PROVIDER = "ses"
 CERT_HOST = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
