@@ -180,19 +180,20 @@ class CompiledTemplate:
         self._needs_unsubscribe = UNSUBSCRIBE_VARIABLE in self.variables
         self._screened: dict[bool, str | None] = {}  # has a name -> why such a contact is refused (None: fine)
 
-    def context(self, email: str, name: str) -> dict[str, str]:
-        """The variables of one contact; an empty value is left out (a missing value)."""
+    def context(self, email: str, name: str, recipient: str | None = None) -> dict[str, str]:
+        """The variables of one contact; an empty value is left out (a missing value). ``recipient``: where
+        the message goes when it is not the contact (a test send): the unsubscribe link is theirs."""
         values = {"email": email}
         if name:
             values["name"] = name
         if self._needs_unsubscribe:
-            values[UNSUBSCRIBE_VARIABLE] = unsubscribe_url(email, self.unsubscribe)
+            values[UNSUBSCRIBE_VARIABLE] = unsubscribe_url(recipient or email, self.unsubscribe)
         return values
 
-    def render(self, email: str, name: str) -> Rendered:
+    def render(self, email: str, name: str, recipient: str | None = None) -> Rendered:
         """Raises RefusedMessage: a value the template needs is missing, or the subject holds a control
         character."""
-        values = self.context(email, name)
+        values = self.context(email, name, recipient)
         try:
             subject = self._subject.render(values)
             text = self._text.render(values)
@@ -251,7 +252,7 @@ class _Welcome(CompiledTemplate):
     """The built-in text, rendered by ``greeting.welcome_text``: the same bytes as its template (a test
     proves it), at the cost of an f-string: a million messages are not slowed by Jinja's machinery."""
 
-    def render(self, email: str, name: str) -> Rendered:
+    def render(self, email: str, name: str, recipient: str | None = None) -> Rendered:
         return Rendered(SUBJECT, welcome_text(name))
 
     def message(self, to: str, name: str, idempotency_key: str) -> OutgoingMessage:
