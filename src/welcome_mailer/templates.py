@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import escape
 from sqlalchemy import Engine, select
 
 from welcome_mailer.contacts import Contact, RejectedRow
@@ -156,13 +157,14 @@ class CompiledTemplate:
         parts = [(SUBJECT_FILE, source.subject, _TEXT_ENV), (TEXT_FILE, source.text, _TEXT_ENV)]
         if source.html is not None:
             parts.append((HTML_FILE, source.html, _HTML_ENV))
-        compiled: dict[str, jinja2.Template] = {}
+        compiled: dict[str, _Part] = {}
         self.variables: set[str] = set()
         for filename, content, env in parts:
             where = f"{source.origin}/{filename}" if source.origin != "built-in" else f"{source.name} ({filename})"
             try:
-                used = meta.find_undeclared_variables(env.parse(content))
-                compiled[filename] = env.from_string(content)
+                tree = env.parse(content)
+                used = meta.find_undeclared_variables(tree)
+                compiled[filename] = _Part(env.from_string(content), _segments(tree), bool(env.autoescape))
             except TemplateSyntaxError as exc:
                 raise TemplateError(f"{where}, line {exc.lineno}: {exc.message}") from None
             unknown = sorted(used - available)
@@ -246,6 +248,66 @@ class CompiledTemplate:
             except RefusedMessage as exc:
                 refused[n] = str(exc)
         return messages, refused
+
+
+_TEXT, _VALUE, _DEFAULT = "text", "value", "default"
+
+
+def _segments(tree: nodes.Template) -> list[tuple[str, str, str]] | None:
+    """A part made only of text, ``{{ variable }}`` and ``{{ variable | default("text") }}`` (most
+    templates) as a list of segments; None for anything else (``if``, ``for``, other filters...)."""
+    if not tree.body:
+        return []
+    if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
+        return None
+    segments = []
+    for node in tree.body[0].nodes:
+        if isinstance(node, nodes.TemplateData):
+            segments.append((_TEXT, node.data, ""))
+        elif isinstance(node, nodes.Name) and node.ctx == "load":
+            segments.append((_VALUE, node.name, ""))
+        elif (
+            isinstance(node, nodes.Filter)
+            and node.name in ("default", "d")
+            and isinstance(node.node, nodes.Name)
+            and len(node.args) == 1
+            and isinstance(node.args[0], nodes.Const)
+            and isinstance(node.args[0].value, str)
+            and not node.kwargs
+            and node.dyn_args is None
+            and node.dyn_kwargs is None
+        ):
+            segments.append((_DEFAULT, node.node.name, node.args[0].value))
+        else:
+            return None
+    return segments
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One file of a template, compiled. A part made of text and plain variables is rendered by joining
+    its segments (about 1 us, where Jinja's render takes about 10 us: a million messages of three parts
+    would spend half a minute in Jinja's machinery); the same text as Jinja's (tests compare them)."""
+
+    template: jinja2.Template
+    segments: list[tuple[str, str, str]] | None
+    escaped: bool
+
+    def render(self, values: dict[str, str]) -> str:
+        if self.segments is None:
+            return self.template.render(values)
+        out = []
+        for kind, text, fallback in self.segments:
+            if kind is _TEXT:
+                out.append(text)
+                continue
+            value = values.get(text)
+            if value is None:
+                if kind is _VALUE:
+                    raise jinja2.UndefinedError(f"{text!r} is undefined")
+                value = fallback
+            out.append(escape(value) if self.escaped else value)
+        return "".join(out)
 
 
 class _Welcome(CompiledTemplate):
