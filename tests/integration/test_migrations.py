@@ -148,7 +148,7 @@ def test_a_ledger_with_data_at_0002_is_upgraded_and_takes_the_new_states(engine)
 def test_0004_keeps_the_data_and_the_ledger_works_after_it(engine, tmp_path):
     """Operator actions (0004) on a ledger at 0002 with contacts: rows kept, source line unknown, the new
     tables and indexes there, and the kept contacts can be looked up, suppressed and erased."""
-    from welcome_mailer import operations
+    from welcome_mailer import operator_actions
 
     upgrade(engine, "0002")
     with engine.begin() as conn:
@@ -157,7 +157,7 @@ def test_0004_keeps_the_data_and_the_ledger_works_after_it(engine, tmp_path):
     assert upgrade(engine) == ("0002", HEAD_REVISION)
     check_at_head(engine)
     ledger = Ledger(engine, erase_key=b"k")
-    view = operations.lookup(ledger, tmp_path, "OLD@example.com")
+    view = operator_actions.lookup(ledger, "OLD@example.com")
     assert (view.status, view.source_line, [a["provider_message_id"] for a in view.history]) == (
         "sent",
         None,
@@ -165,8 +165,8 @@ def test_0004_keeps_the_data_and_the_ledger_works_after_it(engine, tmp_path):
     )
     indexes = {ix["name"] for ix in inspect(engine).get_indexes("sent_contacts")}
     assert "ix_sent_contacts_status" in indexes
-    operations.suppress(ledger, ["old@example.com"], "t", "why")
-    assert operations.erase(ledger, "old@example.com", "t", "gdpr", [])["sent_contacts"] == 1
+    operator_actions.suppress(ledger, ["old@example.com"], "t", "why")
+    assert operator_actions.erase(ledger, "old@example.com", "t", "gdpr", [])["sent_contacts"] == 1
 
 
 def test_0005_one_run_index_serves_a_run_in_flight_across_the_upgrade(engine):

@@ -15,6 +15,8 @@ from welcome_mailer.outcomes.webhooks import (
     Parsed,
     Refused,
     Signal,
+    WebhookProvider,
+    WebhookRequest,
     check_age,
     from_epoch,
     load_json,
@@ -82,3 +84,11 @@ def parse(body: bytes) -> Parsed:
             )
         )
     return parsed
+
+
+def receive(request: WebhookRequest, public_key: object) -> Parsed:
+    verify(request.headers, request.body, str(public_key), request.max_age_seconds)
+    return parse(request.body)
+
+
+WEBHOOK = WebhookProvider(PROVIDER, "sendgrid_public_key", receive)
