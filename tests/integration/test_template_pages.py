@@ -13,15 +13,17 @@ from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tests.integration.test_operations import whole_run, write_contacts
+from tests.integration.test_operator_actions import whole_run, write_contacts
 from tests.unit.test_templates import write_template
-from welcome_mailer import cli, operations
+from welcome_mailer import cli
+from welcome_mailer import operator_actions as actions
 from welcome_mailer.ledger import send_attempts, sent_contacts
 from welcome_mailer.ledger.schema import operator_actions
 from welcome_mailer.settings import Settings
 from welcome_mailer.templates import load_template
 from welcome_mailer.transports.http import HttpEmailProvider
-from welcome_mailer.web import create_app, template_pages, ui
+from welcome_mailer.web import template_pages, ui
+from welcome_mailer.web.app import create_app
 
 RUN = "manual__2026-12-06T04:00:00+00:00"
 SCRIPT = "<script>alert(1)</script>"
@@ -134,7 +136,7 @@ def test_lookup_and_pages_show_the_template_and_version_each_contact_got(setup, 
     client, _, esp, path, settings = setup
     whole_run(ledger, esp, RUN, path, settings.reports_dir)  # the built-in welcome: nameless rows greeted too
     template = load_template("welcome", None)
-    view = operations.lookup(ledger, settings.reports_dir, "s@example.com")
+    view = actions.lookup(ledger, "s@example.com")
     assert {(a["template"], a["template_hash"]) for a in view.history} == {("welcome", template.hash)}
     page = client.get("/ui/contact", params={"email": "s@example.com"}).text
     assert f'welcome <span class="mono">{template.version}</span>' in page

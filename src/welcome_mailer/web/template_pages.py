@@ -20,7 +20,8 @@ from starlette.concurrency import run_in_threadpool
 
 from welcome_mailer import template_tools
 from welcome_mailer.contacts import Contact
-from welcome_mailer.settings import InvalidCsvPath, Settings, resolve_csv_path
+from welcome_mailer.run_files import InvalidCsvPath, resolve_csv_path
+from welcome_mailer.settings import Settings
 from welcome_mailer.templates import RefusedMessage, TemplateError, list_templates, load_template
 from welcome_mailer.transports import EmailProvider
 from welcome_mailer.unsubscribe import UnsubscribeSettings
