@@ -4,7 +4,8 @@ send of one rendered message to an address the operator types. The UI's template
 
 A test send goes through the configured provider like any message, but it is nobody's welcome: it is
 never a contact's attempt, never counted in a run, and is recorded in the audit trail (``operator_actions``,
-action ``test_send``: who, when, to which address, which template and version, what the provider said).
+action ``test_send``, the address in its email column (so an erase clears it): who, when, which
+template and version, what the provider said).
 Its idempotency key starts with ``test-``: no bounce report or webhook can match it to a contact.
 """
 
@@ -109,7 +110,9 @@ def test_send(
         "to": address,
         "template": source.name,
         "template_hash": source.hash,
-        "rendered_for": contact.email,
+        # Not the contact's address: an erase (GDPR) clears a contact from the audit trail's email column,
+        # never from a detail's text.
+        "rendered_for": f"line {contact.line_no} of a file" if contact.line_no else "typed or sample values",
         "idempotency_key": key,
         "provider_message_id": result.message_id,
         "error": result.error,
@@ -120,9 +123,11 @@ def test_send(
                 at=utcnow(),
                 actor=actor,
                 action=TEST_SEND,
-                email=None,  # nobody's contact record: the address is in the detail
+                # The address the test went to: shown on its page, and cleared by an erase (GDPR) as any
+                # audit row of that address is.
+                email=address,
                 reason=f"test send of template {source.name} ({source.version})",
-                detail=json.dumps(outcome),
+                detail=json.dumps({k: v for k, v in outcome.items() if k != "to"}),
             )
         )
     return outcome

@@ -17,7 +17,7 @@ from tests.integration.test_operator_actions import whole_run, write_contacts
 from tests.unit.test_templates import write_template
 from welcome_mailer import cli
 from welcome_mailer import operator_actions as actions
-from welcome_mailer.ledger import send_attempts, sent_contacts
+from welcome_mailer.ledger import Ledger, send_attempts, sent_contacts
 from welcome_mailer.ledger.schema import operator_actions
 from welcome_mailer.settings import Settings
 from welcome_mailer.templates import load_template
@@ -114,10 +114,16 @@ def test_a_test_send_goes_to_the_typed_address_audited_and_never_a_contacts_atte
     with ledger.engine.connect() as conn:
         audit = conn.execute(select(operator_actions)).one()
     detail = json.loads(audit.detail)
-    assert (audit.action, audit.actor, audit.email) == ("test_send", "alice", None)
+    assert (audit.action, audit.actor, audit.email) == ("test_send", "alice", "me@example.com")
     template = load_template("spring", setup[4].templates_dir)
-    assert detail["to"] == "me@example.com" and detail["template_hash"] == template.hash
+    assert detail["template_hash"] == template.hash
+    assert detail["rendered_for"] == "line 1 of a file" and "s@example.com" not in audit.detail  # no contact's address
     assert detail["provider_message_id"] == message["id"]
+    # Erasing the address the test went to (GDPR) leaves it nowhere in the audit trail.
+    actions.erase(Ledger(ledger.engine, erase_key=b"k"), "me@example.com", "alice", "GDPR", [])
+    with ledger.engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(select(operator_actions))]
+    assert rows and "me@example.com" not in json.dumps(rows, default=str)
 
 
 def test_a_test_send_needs_edit_rights(setup):

@@ -124,7 +124,7 @@ operator_actions = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", DateTime, nullable=False),
     Column("actor", String(250), nullable=False),  # the Airflow user, or "cli:<os user>"
-    Column("action", String(32), nullable=False),  # suppress | erase | release
+    Column("action", String(32), nullable=False),  # suppress | erase | release | test_send
     Column("email", String(320), index=True),  # NULL once the contact is erased
     Column("email_hash", String(64), index=True),  # set when the contact is erased
     Column("reason", Text, nullable=False),
