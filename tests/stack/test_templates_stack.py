@@ -8,9 +8,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.invariants import messages_by_recipient
 from tests.stack.helpers import messages_for, run_and_wait
 from tests.stack.test_ui_browser import browser, log_in, shot, wait_for  # noqa: F401 (the browser fixture)
+from tests.support.invariants import messages_by_recipient
 from tests.unit.test_templates import write_template
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
