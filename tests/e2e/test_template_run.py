@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_welcome_run import run_welcome, sqlite_ledger
-from tests.unit.test_templates import write_template
+from tests.support.dags_test import run_welcome, sqlite_ledger
+from tests.support.templates import write_template
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tests.integration.test_operator_actions import whole_run, write_contacts
-from tests.unit.test_templates import write_template
+from tests.support.runs import whole_run, write_contacts
+from tests.support.templates import write_template
 from welcome_mailer import cli
 from welcome_mailer import operator_actions as actions
 from welcome_mailer.ledger import Ledger, send_attempts, sent_contacts

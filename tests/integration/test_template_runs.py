@@ -11,9 +11,9 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from tests.integration.test_pipeline import finish
+from tests.support.runs import finish
 from tests.support.smtp_relay import FROM_EMAIL, launch_relay
-from tests.unit.test_templates import write_template
+from tests.support.templates import write_template
 from welcome_mailer import pipeline
 from welcome_mailer.ledger import staged_contacts
 from welcome_mailer.ledger.schema import run_templates

@@ -11,7 +11,7 @@ import pytest
 from tests.stack.helpers import messages_for, run_and_wait
 from tests.stack.test_ui_browser import browser, log_in, shot, wait_for  # noqa: F401 (the browser fixture)
 from tests.support.invariants import messages_by_recipient
-from tests.unit.test_templates import write_template
+from tests.support.templates import write_template
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 SCRIPT = "<script>alert(1)</script>"

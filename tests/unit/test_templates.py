@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from jinja2 import StrictUndefined
 
+from tests.support.templates import write_template
 from welcome_mailer.contacts import Contact
 from welcome_mailer.greeting import SUBJECT, welcome_text
 from welcome_mailer.templates import (
@@ -24,16 +24,6 @@ from welcome_mailer.templates import (
 from welcome_mailer.unsubscribe import UnsubscribeSettings
 
 NAMES = ["Ann", "", "Zoë Ångström", "<b>x</b>", "{{ email }}", "O'Brien, Jr.", "a" * 100, "x % y {% raw %}"]
-
-
-def write_template(folder: Path, name: str, subject: str, text: str, html: str | None = None) -> Path:
-    directory = folder / name
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "subject.txt").write_text(subject, encoding="utf-8")
-    (directory / "body.txt").write_text(text, encoding="utf-8")
-    if html is not None:
-        (directory / "body.html").write_text(html, encoding="utf-8")
-    return directory
 
 
 @pytest.mark.parametrize("name", NAMES)
