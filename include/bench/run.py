@@ -67,9 +67,16 @@ STACK_REDIS_DB = os.environ.get("WELCOME_MAILER_TEST_REDIS_DB", "10")
 MEMORY_DIR = Path("/dev/shm")  # tmpfs on Linux: the SMTP mocks' files (see smtp_end_to_end)
 
 
-def end_to_end(rows: int, workdir: Path, connections: dict[str, str] | None = None, name: str = "end_to_end") -> dict:
+def end_to_end(
+    rows: int,
+    workdir: Path,
+    connections: dict[str, str] | None = None,
+    name: str = "end_to_end",
+    template: Path | None = None,
+) -> dict:
     """``connections``: AIRFLOW_CONN_* variables of the provider (default: a fresh mock ESP of the bench's own,
-    whose journal gives the run's hold-chain floor)."""
+    whose journal gives the run's hold-chain floor). ``template``: a template's directory to send instead of
+    the built-in text."""
     csv_path = write_file(BENCH_DIR / "files" / f"contacts_{rows}.csv", rows, seed=7)
     env = airflow_env()
     env.update(
@@ -79,6 +86,7 @@ def end_to_end(rows: int, workdir: Path, connections: dict[str, str] | None = No
             ),
             "WELCOME_MAILER_REPORTS_DIR": str(workdir / "reports"),
             "WELCOME_MAILER_DATA_ROOTS": str(csv_path.parent),
+            **({"WELCOME_MAILER_TEMPLATES_DIR": str(template.parent)} if template else {}),
         }
     )
     env.pop("AIRFLOW_CONN_ESP_DEFAULT", None)
@@ -90,8 +98,9 @@ def end_to_end(rows: int, workdir: Path, connections: dict[str, str] | None = No
         env.update(connections)
         ensure_metadata_db(env)
         started = time.time()
+        command = [sys.executable, "-m", "include.local.run_embedded", str(csv_path)]
         completed = subprocess.run(
-            [sys.executable, "-m", "include.local.run_embedded", str(csv_path)],
+            [*command, *(["--template", template.name] if template else [])],
             env=env,
             cwd=PROJECT_ROOT,
             capture_output=True,
@@ -107,6 +116,28 @@ def end_to_end(rows: int, workdir: Path, connections: dict[str, str] | None = No
     if journal.exists():
         result.update(hold_chain_floor(journal_messages(journal)))
     return result
+
+
+def html_template(workdir: Path) -> Path:
+    """A welcome email with a subject, a text and an HTML body using the contact's values (docs/templates.md)."""
+    directory = workdir / "templates" / "bench-html"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "subject.txt").write_text('Welcome to Acme, {{ name | default("friend") }}!\n')
+    text = 'Hi {{ name | default("there") }},\n\nthanks for signing up with {{ email }}.\n'
+    (directory / "body.txt").write_text(text)
+    (directory / "body.html").write_text(
+        '<h1>Hi {{ name | default("there") }}!</h1>\n<p>Thanks for signing up with <b>{{ email }}</b>.</p>\n'
+    )
+    return directory
+
+
+def template_cost(rows: int, workdir: Path) -> list[dict]:
+    """The same file end to end with the built-in text and with an HTML template (issue 31: at most 10% more)."""
+    builtin = end_to_end(rows, workdir, name="end_to_end_builtin")
+    html = end_to_end(rows, workdir, name="end_to_end_html_template", template=html_template(workdir))
+    if builtin["ok"] and html["ok"]:
+        html["ratio_to_builtin"] = round(html["seconds"] / builtin["seconds"], 3)  # target: <= 1.10
+    return [builtin, html]
 
 
 def run_figures(report: dict, instances: list[dict], started: float, finished: float) -> dict:
@@ -717,6 +748,8 @@ def summary_lines(results: list[dict]) -> list[str]:
         ratios = [f"{result['ratio_to_baseline']}x the baseline"] if "ratio_to_baseline" in result else []
         if "ratio_to_pipeline_without_airflow" in result:
             ratios.append(f"{result['ratio_to_pipeline_without_airflow']}x the pipeline without Airflow")
+        if "ratio_to_builtin" in result:
+            ratios.append(f"{result['ratio_to_builtin']}x the built-in text (target <= 1.10)")
         if "ratio_to_one_file" in result:
             ratios.append(f"{result['ratio_to_one_file']}x one file of the same rows (target <= 1.25)")
         floor = f"hold-chain floor {result['floor_s']} s ({result['floor_chain_messages']} messages)"
@@ -759,6 +792,10 @@ def main(argv: list[str] | None = None) -> None:
         help="on the stack: four files of ROWS/4 triggered together against one of ROWS (the issue: 1000000)",
     )  # fmt: skip
     parser.add_argument("--smtp", type=int, default=10_000, help="rows end to end over SMTP, beside HTTP (0: skip)")
+    parser.add_argument(
+        "--template", type=int, default=0, metavar="ROWS",
+        help="ROWS end to end with the built-in text and with an HTML template, both printed (the issue: 1000000)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     stack_sizes = args.stack_sizes if args.stack_sizes is not None else (args.sizes if args.stack else [])
     if args.million:
@@ -789,6 +826,8 @@ def main(argv: list[str] | None = None) -> None:
             if http and http["ok"] and smtp["ok"]:
                 smtp["ratio_to_http"] = round(smtp["seconds"] / http["seconds"], 2)  # target: <= 1.5
             results.append(smtp)
+        if args.template:
+            results.extend(template_cost(args.template, workdir))
         if stack_sizes or args.overlap:
             results.extend(on_stack(stack_sizes, workdir, args.overlap))
     results = with_ratios(results)
