@@ -65,3 +65,20 @@ def test_an_encoded_word_in_a_subject_template_never_becomes_a_header(subject):
     message = parse(smtp_raw(source, "=?utf-8?q?x=0D=0ABcc:_victim@example.com?="))
     assert sorted(k.lower() for k in message) == sorted([*HEADERS, "content-transfer-encoding"])
     assert message.get_all("Bcc") is None and "\n" not in str(message["Subject"])
+
+
+@pytest.mark.parametrize("provider", ["postmark", "sendgrid", "mailgun", "ses"])
+def test_a_message_with_html_carries_the_providers_metadata_header_once(provider):
+    """The header that brings the idempotency key back in the provider's events, on the message itself
+    (not inside a part), as on a text-only message."""
+    from dataclasses import replace
+
+    settings = replace(SETTINGS, provider=provider)
+    html = parse(render_message(settings, compile_template(TEMPLATE).message("ann@example.com", "Ann", KEY)))
+    text = parse(
+        render_message(settings, compile_template(TemplateSource("t", "Hi", "Hi")).message("a@x.org", "", KEY))
+    )
+    extra = sorted(set(k.lower() for k in text) - {"content-transfer-encoding", *HEADERS})
+    assert len(extra) == 1, extra
+    assert html.get_all(extra[0]) == text.get_all(extra[0]) and KEY in str(html[extra[0]])
+    assert all(part.get(extra[0]) is None for part in html.iter_parts())
