@@ -33,7 +33,6 @@ AIRFLOW_EXTRAS = (
 # apache-airflow 3.3.2 reached PyPI on 2026-09-17 at 08:39 UTC (its files' upload time); nothing newer.
 RELEASED = "2026-09-17T09:00:00Z"
 PYTHON = ("3.11", "x86_64-unknown-linux-gnu")  # apache/airflow:3.3.2-python3.11, linux/amd64
-INDEX = "https://pypi.org/simple"
 
 DATA = Path(__file__).parent / "data"
 PINS = DATA / f"airflow-{AIRFLOW_VERSION}-image.txt"
@@ -42,14 +41,14 @@ METADATA = DATA / f"airflow-{AIRFLOW_VERSION}-image.jsonl"
 
 def compile_command(uv: str, source: str, output: str) -> list[str]:
     return [
-        uv, "pip", "compile", "--no-config", "--index-url", INDEX, "--exclude-newer", RELEASED,
+        uv, "pip", "compile", "--no-config", "--exclude-newer", RELEASED,
         "--python-version", PYTHON[0], "--python-platform", PYTHON[1], "--no-annotate", "--no-header",
         source, "-o", output,
     ]  # fmt: skip
 
 
 def _uv_args(uv: str, *args: str) -> list[str]:
-    return [uv, "pip", *args, "--no-config", "--index-url", INDEX, "--python-version", PYTHON[0],
+    return [uv, "pip", *args, "--no-config", "--python-version", PYTHON[0],
             "--python-platform", PYTHON[1]]  # fmt: skip
 
 
@@ -69,7 +68,7 @@ def _sdist_metadata(pin: str, work: Path) -> dict:
     here (mysqlclient needs the MySQL headers) declares no dependencies of its own, so only its pin counts."""
     target = work / "sdists"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--isolated", "--index-url", INDEX, "--no-deps",
+        [sys.executable, "-m", "pip", "download", "--isolated", "--no-deps",
          "--no-binary", ":all:", "-d", str(target), pin],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from welcome_mailer.ledger import Ledger
 from welcome_mailer.ledger.schema import provider_events
-from welcome_mailer.outcomes.webhooks import Answered, Parsed, Refused, WebhookRequest
+from welcome_mailer.outcomes.webhooks import Answered, Parsed, Refused, WebhookRequest, replay
 from welcome_mailer.outcomes.webhooks.mapping import to_outcome_event
 from welcome_mailer.outcomes.webhooks.providers import PROVIDERS
 from welcome_mailer.vocabulary import utcnow
@@ -165,7 +165,8 @@ async def receive_events(
     sns: Annotated[tuple[Callable[[str], bytes], Callable[[str], None]], Depends(sns_client)],
 ) -> JSONResponse:
     """A provider's events (``outcomes.webhooks.providers.PROVIDERS``: SendGrid's Signed Event Webhook,
-    Postmark's basic auth, Mailgun's HMAC, SES through SNS, the mock ESP's push mode), verified its own way."""
+    Postmark's basic auth, Mailgun's HMAC (each token honoured once), SES through SNS, the mock ESP's push
+    mode), verified its own way."""
     webhook = PROVIDERS.get(provider)
     if webhook is None:
         return JSONResponse({"error": f"no provider {provider[:40]!r}; known: {', '.join(PROVIDERS)}"}, status_code=404)
@@ -181,6 +182,10 @@ async def receive_events(
                 confirm(received.confirm_url)
             log.info("%s webhook: %s", webhook.name, received.note)
             return received.reply
-        return record(ledgers(), webhook.name, body, received)
+        ledger = ledgers()
+        if received.once is None:
+            return record(ledger, webhook.name, body, received)
+        with replay.used_once(ledger, webhook.name, *received.once, settings.max_age_seconds):
+            return record(ledger, webhook.name, body, received)
 
     return await _receive(request, webhook.name, secret, handle)
