@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from welcome_mailer.contacts import DEFAULT_CHUNK_SIZE, ContactReader
 from welcome_mailer.greeting import SUBJECT, welcome_text
-from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt, utcnow
+from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt, limits, utcnow
 from welcome_mailer.outcomes import OutcomeSource
 from welcome_mailer.outcomes.events import OutcomeEvent
 from welcome_mailer.settings import DEFAULT_REQUESTS_IN_FLIGHT
@@ -29,6 +29,12 @@ from welcome_mailer.transports import EmailProvider, OutgoingMessage, SendResult
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 LEASE_RENEWAL_SECONDS = 60  # a long task renews its run's lease this often (leases last minutes)
+# Throttled messages (the provider's rate or quota) are sent again after the provider's Retry-After, else
+# after a backoff from THROTTLE_BACKOFF_SECONDS doubling up to THROTTLE_MAX_WAIT_SECONDS; a send task that
+# has waited THROTTLE_PATIENCE_SECONDS in all fails (its retry sends the same attempts again).
+THROTTLE_BACKOFF_SECONDS = 0.5
+THROTTLE_MAX_WAIT_SECONDS = 60.0
+THROTTLE_PATIENCE_SECONDS = 900.0
 PROGRESS_LOG_SECONDS = 30  # a long delivery poke logs how far it is this often
 
 
@@ -138,6 +144,11 @@ def claim_contacts(
     }
 
 
+class StillThrottled(RuntimeError):
+    """The provider kept throttling a send task's messages for THROTTLE_PATIENCE_SECONDS: none of them was
+    sent and none spent an attempt; the task's retry sends the same attempts again."""
+
+
 def send_batch(
     ledger: Ledger,
     transport: EmailProvider,
@@ -145,6 +156,8 @@ def send_batch(
     batch_no: int,
     request_size: int,
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict:
     """Send one batch: record the attempts, then send them in requests of ``request_size``.
 
@@ -156,10 +169,15 @@ def send_batch(
     idempotency key, through an idempotent transport: the provider returns the message it already
     accepted. Through a transport without idempotency each request's attempts are marked dispatched just
     before it goes, and such an attempt is never sent again (unconfirmed). After a failed request nothing
-    new is sent; the replies of requests already under way are still recorded, then the failure raised."""
+    new is sent; the replies of requests already under way are still recorded, then the failure raised.
+
+    Messages the provider throttled (its rate or quota: nothing was sent) are sent again, the same
+    attempts, once every request has been answered, after the provider's Retry-After or a backoff."""
     started = time.time()
     attempts = ledger.start_attempts(run_id, batch_no, resend_unconfirmed=transport.idempotent)
-    accepted = refused = unconfirmed = 0
+    accepted = refused = unconfirmed = throttled_requests = 0
+    throttled: list[OutgoingAttempt] = []  # this pass's throttled attempts, for the next pass
+    retry_after = 0.0
 
     def send(chunk: Sequence[OutgoingAttempt]) -> list[SendResult]:
         if not transport.idempotent:
@@ -171,9 +189,17 @@ def send_batch(
     keep_lease = lease_keeper(ledger, run_id)
 
     def record(chunk: Sequence[OutgoingAttempt], results: list[SendResult]) -> None:
-        nonlocal accepted, refused, unconfirmed
+        nonlocal accepted, refused, unconfirmed, throttled_requests, retry_after
         keep_lease()
         pairs = list(zip(chunk, results, strict=True))
+        held = [(a, r) for a, r in pairs if r.throttled]
+        if held:  # nothing of these went out: the same attempts again, later (never a new email)
+            throttled_requests += 1
+            throttled.extend(a for a, _ in held)
+            retry_after = max([retry_after, *(r.retry_after or 0.0 for _, r in held)])
+            if not transport.idempotent:
+                limits.hand_back(ledger, run_id, [a for a, _ in held])
+            pairs = [(a, r) for a, r in pairs if not r.throttled]
         # Handed over without a reply (only through a transport without idempotency): never resent.
         lost = [a for a, r in pairs if r.unconfirmed]
         ledger.mark_unconfirmed(run_id, lost)
@@ -207,19 +233,34 @@ def send_batch(
             raise
         record(chunk, results)
 
+    waited, backoff = 0.0, THROTTLE_BACKOFF_SECONDS
     try:
-        for chunk in chunked(attempts, min(request_size, transport.max_batch)):
-            in_flight.append((chunk, requests.submit(send, chunk)))
-            if len(in_flight) > requests_in_flight:
+        while attempts:
+            for chunk in chunked(attempts, min(request_size, transport.max_batch)):
+                in_flight.append((chunk, requests.submit(send, chunk)))
+                if len(in_flight) > requests_in_flight:
+                    record_oldest()
+            while in_flight:
                 record_oldest()
-        while in_flight:
-            record_oldest()
+            attempts, throttled[:] = list(throttled), []
+            if attempts:
+                wait = min(retry_after or backoff, THROTTLE_MAX_WAIT_SECONDS)
+                if waited + wait > THROTTLE_PATIENCE_SECONDS:
+                    raise StillThrottled(
+                        f"the provider throttled {len(attempts)} messages for {waited:.0f} s: none of them was "
+                        "sent, none spent an attempt; the task's retry sends them"
+                    )
+                log.info("the provider throttled %s messages: the same ones again in %.1f s", len(attempts), wait)
+                sleep(wait)
+                waited, backoff, retry_after = waited + wait, min(backoff * 2, THROTTLE_MAX_WAIT_SECONDS), 0.0
     finally:
         requests.shutdown(cancel_futures=True)  # after a failure in recording too
     return {
         "sent": accepted,
         "refused": refused,
         "unconfirmed": unconfirmed,
+        "throttled_requests": throttled_requests,
+        "throttle_wait_seconds": round(waited, 3),
         "started": started,
         "finished": time.time(),
     }

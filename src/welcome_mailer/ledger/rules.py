@@ -558,15 +558,7 @@ class Ledger:
         nothing) when another run has taken any of them over (this run's lease expired): through such a
         transport the taker sends them, and sending them here too would email them twice."""
         with self.engine.begin() as conn:
-            marked = bulk.update_rows(
-                conn,
-                send_attempts,
-                [{"email": a.email, "attempt": a.attempt, "status": DISPATCHED} for a in attempts],
-                match={"email": "email", "attempt": "attempt"},
-                assign={"status": "status"},
-                guards={"run_id": run_id, "status": PENDING},
-                constants={"updated_at": utcnow()},
-            )
+            marked = move_attempts(conn, run_id, attempts, PENDING, DISPATCHED)
             if marked != len(attempts):  # raised inside the transaction: it rolls back
                 raise ContactsTakenOver(
                     f"run {run_id} no longer holds {len(attempts) - marked} of these {len(attempts)} attempts "
@@ -996,6 +988,19 @@ class Ledger:
             )
             _audit(conn, now, audit, [None], email_hash=digest)
         return deleted
+
+
+def move_attempts(conn, run_id: str, attempts: Sequence[OutgoingAttempt], old: str, new: str) -> int:
+    """These attempts of the run go from state ``old`` to ``new`` (those still in ``old``); returns how many."""
+    return bulk.update_rows(
+        conn,
+        send_attempts,
+        [{"email": a.email, "attempt": a.attempt, "status": new} for a in attempts],
+        match={"email": "email", "attempt": "attempt"},
+        assign={"status": "status"},
+        guards={"run_id": run_id, "status": old},
+        constants={"updated_at": utcnow()},
+    )
 
 
 def _latest_attempt():
