@@ -158,9 +158,9 @@ def welcome_emails():
     def claim(parsed: dict, params: dict | None = None, run_id: str | None = None, ti=None) -> list[dict]:
         """Take this run's new contacts into the ledger (set-based statements) and number the batches.
         Returns one small ref per batch; the counts go to the report under the XCom key "summary"."""
-        from welcome_mailer.airflow_glue import max_mapped_batches
         from welcome_mailer.hooks.ledger import LedgerHook
         from welcome_mailer.pipeline import claim_contacts
+        from welcome_mailer.report_task import max_mapped_batches
 
         ledger = LedgerHook().get_conn()
         ledger.renew_lease(run_id)
@@ -234,9 +234,9 @@ def welcome_emails():
         """A NEW email to each blocked contact with attempts left once its backoff is over; record outcomes
         until none is missing. Works through a poke while resends are due within a poke interval."""
         from welcome_mailer import pipeline
-        from welcome_mailer.airflow_glue import max_mapped_batches
         from welcome_mailer.hooks.esp import EspHook
         from welcome_mailer.hooks.ledger import LedgerHook
+        from welcome_mailer.report_task import max_mapped_batches
 
         ledger = LedgerHook().get_conn()
         with EspHook().get_conn() as transport:
@@ -266,7 +266,7 @@ def welcome_emails():
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=1)
     def report(run_id: str | None = None, ti=None, dag_run=None) -> dict:
         """Count outcomes, log them as a table, write report.md/.json; fail the run if a phase failed."""
-        from welcome_mailer.airflow_glue import report_run
+        from welcome_mailer.report_task import report_run
 
         return report_run(ti, dag_run, run_id)
 

@@ -181,9 +181,9 @@ def _start_relay(port: int, maildir: Path, log: Path, *flags: str) -> subprocess
 def smtp_rate(workdir: Path, messages: int = 2000) -> list[dict]:
     """The SMTP transport against the mock relay (everything delivered): messages per second, with one
     connection and with the default eight."""
-    from welcome_mailer.ledger import idempotency_key
     from welcome_mailer.transports import OutgoingMessage
     from welcome_mailer.transports.smtp import SmtpEmailProvider, SmtpSettings
+    from welcome_mailer.vocabulary import idempotency_key
 
     port = free_port()
     relay = _start_relay(port, workdir / "rate_maildir", workdir / "rate.jsonl", "--delivered-rate", "1",

@@ -1,7 +1,7 @@
 """How fast the ledger's pages answer on a big ledger (``make bench-ui``): a Postgres ledger of N contacts
 (default 10M) generated with INSERT ... SELECT generate_series (attempts spread over 90 days, outcomes in
 the mock's proportions), then the contact lookup and the overview, as the UI's pages call them
-(``welcome_mailer.operations``). Targets: lookup under 50 ms, overview under 1 s.
+(``welcome_mailer.operator_actions``). Targets: lookup under 50 ms, overview under 1 s.
 
     python -m include.bench_ui [--contacts 10000000] [--postgres postgresql://postgres@127.0.0.1:5432]
     [--keep]   keep the database (wm_bench_ui) for a second look; reused, not regenerated, next time
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from welcome_mailer import operations
+from welcome_mailer import operator_actions
 from welcome_mailer.ledger import Ledger, connect
 from welcome_mailer.ledger.migrate import upgrade
 
@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         reports_dir = Path(reports)
         emails = [f"c{rng.randint(1, args.contacts)}@example.com" for _ in range(200)]
         lookups = iter(emails * 2)
-        operations.lookup(ledger, reports_dir, emails[0])  # connection pool warmed
-        lookup = timed(lambda: operations.lookup(ledger, reports_dir, next(lookups)), len(emails))
-        overview_seconds = timed(lambda: operations.overview(ledger, reports_dir), 5)
+        operator_actions.lookup(ledger, reports_dir, emails[0])  # connection pool warmed
+        lookup = timed(lambda: operator_actions.lookup(ledger, reports_dir, next(lookups)), len(emails))
+        overview_seconds = timed(lambda: operator_actions.overview(ledger, reports_dir), 5)
     result = {
         "bench": "ui",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -19,12 +19,12 @@ from typing import TypeVar
 
 from welcome_mailer.contacts import DEFAULT_CHUNK_SIZE, ContactReader
 from welcome_mailer.greeting import SUBJECT, welcome_text
-from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt, limits, utcnow
+from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt
 from welcome_mailer.outcomes import OutcomeSource
-from welcome_mailer.outcomes.events import OutcomeEvent
 from welcome_mailer.settings import DEFAULT_REQUESTS_IN_FLIGHT
 from welcome_mailer.storage import describe, ensure_directory
 from welcome_mailer.transports import EmailProvider, OutgoingMessage, SendResult
+from welcome_mailer.vocabulary import OutcomeEvent, utcnow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -198,7 +198,7 @@ def send_batch(
             throttled.extend(a for a, _ in held)
             retry_after = max([retry_after, *(r.retry_after or 0.0 for _, r in held)])
             if not transport.idempotent:
-                limits.hand_back(ledger, run_id, [a for a, _ in held])
+                ledger.hand_back(run_id, [a for a, _ in held])
             pairs = [(a, r) for a, r in pairs if not r.throttled]
         # Handed over without a reply (only through a transport without idempotency): never resent.
         lost = [a for a, r in pairs if r.unconfirmed]

@@ -25,6 +25,9 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+# Where the api-server mounts the plugin's web app (welcome_mailer.plugin, welcome_mailer.web).
+URL_PREFIX = "/welcome-mailer"
+
 
 def home(environ: Mapping[str, str] | None = None) -> Path:
     """The directory the defaults live under. Never the package's own location: installed code has no

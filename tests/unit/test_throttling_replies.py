@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from welcome_mailer.outcomes.events import BLOCKED, BOUNCED
 from welcome_mailer.transports.smtp import RETRY, THROTTLED, classify, is_throttling
+from welcome_mailer.vocabulary import BLOCKED, BOUNCED
 
 
 @pytest.mark.parametrize(

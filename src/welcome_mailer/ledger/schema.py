@@ -124,3 +124,15 @@ operator_actions = Table(
     Column("reason", Text, nullable=False),
     Column("detail", Text),
 )
+
+# The drop folder's memory of file contents (welcome_mailer.dropzone), so a file dropped again is not
+# processed twice, whatever its name.
+processed_files = Table(
+    "processed_files",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("file_name", String(500), nullable=False),
+    Column("status", String(16), nullable=False),  # processing | done | failed
+    Column("run_id", String(250)),
+    Column("updated_at", DateTime, nullable=False),
+)

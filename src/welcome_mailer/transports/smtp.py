@@ -49,9 +49,9 @@ from dataclasses import dataclass, field, replace
 from email.header import Header
 from email.utils import formataddr, formatdate
 
-from welcome_mailer.outcomes.events import BLOCKED, BOUNCED
 from welcome_mailer.transports import OutgoingMessage, SendResult
 from welcome_mailer.unsubscribe import UnsubscribeSettings, list_unsubscribe_headers
+from welcome_mailer.vocabulary import BLOCKED, BOUNCED, key_from_message_id
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,6 @@ def message_id(idempotency_key: str, from_email: str) -> str:
     return candidate if len(candidate) <= MAX_MESSAGE_ID else f"<{idempotency_key}@{MESSAGE_ID_DOMAIN_FALLBACK}>"
 
 
-def idempotency_key_from_message_id(value: str) -> str | None:
-    """The idempotency key in one of our Message-IDs (None: not one of ours)."""
-    found = re.search(r"<?(welcome-[0-9a-f]{40}-\d+)@", value or "")
-    return found.group(1) if found else None
-
-
 @functools.cache
 def tls_context(verify_certificate: bool) -> ssl.SSLContext:
     """The client TLS context of SMTP and IMAP connections, made once per process: loading the trusted
@@ -247,6 +241,7 @@ def render_message(settings: SmtpSettings, message: OutgoingMessage) -> bytes:
 
 
 class SmtpEmailProvider:
+    kind = "smtp"
     idempotent = False  # SMTP has no idempotency key: a message whose reply was lost may have gone out
     max_batch = MAX_BATCH
 
@@ -421,7 +416,7 @@ class SmtpEmailProvider:
         after the settle time."""
         mail, rcpt = self._mail_from, f"RCPT TO:{smtplib.quoteaddr(to)}"
         if conn.has_extn("dsn"):  # RFC 3461: ask for a report on success too, matched by ENVID or Message-ID
-            key = idempotency_key_from_message_id(msg_id) or ""
+            key = key_from_message_id(msg_id) or ""
             mail += f" RET=HDRS ENVID={xtext(key)}" if key else " RET=HDRS"
             rcpt += f" NOTIFY={DSN_NOTIFY} ORCPT=rfc822;{xtext(to)}"
         return [mail, rcpt, "DATA"]

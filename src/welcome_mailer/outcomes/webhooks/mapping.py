@@ -9,8 +9,8 @@ a temporary failure) or the event says nothing about delivery.
 
 from __future__ import annotations
 
-from welcome_mailer.outcomes.events import BLOCKED, BOUNCED, COMPLAINED, DELIVERED, OutcomeEvent
 from welcome_mailer.outcomes.webhooks import Signal
+from welcome_mailer.vocabulary import BLOCKED, BOUNCED, COMPLAINED, DELIVERED, OutcomeEvent
 
 IGNORED = None
 

@@ -25,17 +25,10 @@ from pathlib import Path
 from sqlalchemy import func, or_, select, text
 
 from welcome_mailer.contacts import InvalidEmail, normalise_email
+from welcome_mailer.ledger import Ledger
 from welcome_mailer.ledger.bulk import is_postgres
-from welcome_mailer.ledger.rules import (
-    RELEASED_AT,
-    SENDING,
-    EraseKeyMissing,
-    Ledger,
-    erased_hash,
-    shown_status,
-    utcnow,
-    with_latest_attempt,
-)
+from welcome_mailer.ledger.queries import shown_status, with_latest_attempt
+from welcome_mailer.ledger.rules import RELEASED_AT, SENDING, EraseKeyMissing, erased_hash
 from welcome_mailer.ledger.schema import (
     erased_contacts,
     ledger_runs,
@@ -45,6 +38,7 @@ from welcome_mailer.ledger.schema import (
 )
 from welcome_mailer.pipeline import run_directory
 from welcome_mailer.settings import Settings
+from welcome_mailer.vocabulary import utcnow
 
 __all__ = [
     "ContactView",
