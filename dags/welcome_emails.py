@@ -182,10 +182,12 @@ def welcome_emails():
         get_current_context()["batch_label"] = f"batch {batch_no + 1}/{batch_count}"
         ledger = LedgerHook().get_conn()
         ledger.renew_lease(run_id)
-        with EspHook().get_conn() as transport:
+        esp = EspHook()
+        with esp.get_conn() as transport:
             result = pipeline.send_batch(
-                ledger, transport, run_id, batch_no, params["batch_size"], SETTINGS.requests_in_flight
-            )
+                ledger, transport, run_id, batch_no, params["batch_size"], SETTINGS.requests_in_flight,
+                limiter=esp.send_limiter(ledger),
+            )  # fmt: skip
         pipeline.log.info(
             "batch %s/%s: %s sent, %s refused", batch_no + 1, batch_count, result["sent"], result["refused"]
         )
@@ -239,7 +241,8 @@ def welcome_emails():
         from welcome_mailer.report_task import max_mapped_batches
 
         ledger = LedgerHook().get_conn()
-        with EspHook().get_conn() as transport:
+        esp = EspHook()
+        with esp.get_conn() as transport:
             done = pipeline.resend_blocked(
                 ledger,
                 transport,
@@ -252,6 +255,7 @@ def welcome_emails():
                 linger_seconds=SETTINGS.poke_seconds,
                 poll_seconds=POLL_SECONDS,
                 requests_in_flight=SETTINGS.requests_in_flight,
+                limiter=esp.send_limiter(ledger),
             )
         return PokeReturnValue(is_done=done, xcom_value={"finished": time.time()})
 

@@ -20,6 +20,7 @@ from typing import TypeVar
 from welcome_mailer.contacts import DEFAULT_CHUNK_SIZE, ContactReader
 from welcome_mailer.greeting import SUBJECT, welcome_text
 from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt
+from welcome_mailer.ledger.limits import SendLimiter
 from welcome_mailer.outcomes import OutcomeSource
 from welcome_mailer.settings import DEFAULT_REQUESTS_IN_FLIGHT
 from welcome_mailer.storage import describe, ensure_directory
@@ -157,6 +158,7 @@ def send_batch(
     request_size: int,
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT,
     *,
+    limiter: SendLimiter | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict:
     """Send one batch: record the attempts, then send them in requests of ``request_size``.
@@ -172,7 +174,10 @@ def send_batch(
     new is sent; the replies of requests already under way are still recorded, then the failure raised.
 
     Messages the provider throttled (its rate or quota: nothing was sent) are sent again, the same
-    attempts, once every request has been answered, after the provider's Retry-After or a backoff."""
+    attempts, once every request has been answered, after the provider's Retry-After or a backoff.
+
+    With a ``limiter`` (the provider's limits, ``welcome_mailer.ledger.limits``) each request waits for its
+    send slot first, shared with every other send task, and carries no more than the limiter allows."""
     started = time.time()
     attempts = ledger.start_attempts(run_id, batch_no, resend_unconfirmed=transport.idempotent)
     accepted = refused = unconfirmed = throttled_requests = 0
@@ -180,6 +185,8 @@ def send_batch(
     retry_after = 0.0
 
     def send(chunk: Sequence[OutgoingAttempt]) -> list[SendResult]:
+        if limiter is not None:
+            limiter.acquire(len(chunk))
         if not transport.idempotent:
             ledger.mark_dispatched(run_id, chunk)  # a lost reply now parks the chunk as unconfirmed, never resent
         return transport.send_batch(
@@ -234,9 +241,10 @@ def send_batch(
         record(chunk, results)
 
     waited, backoff = 0.0, THROTTLE_BACKOFF_SECONDS
+    request_size = min(request_size, transport.max_batch, (limiter and limiter.request_cap) or request_size)
     try:
         while attempts:
-            for chunk in chunked(attempts, min(request_size, transport.max_batch)):
+            for chunk in chunked(attempts, request_size):
                 in_flight.append((chunk, requests.submit(send, chunk)))
                 if len(in_flight) > requests_in_flight:
                     record_oldest()
@@ -255,12 +263,17 @@ def send_batch(
                 waited, backoff, retry_after = waited + wait, min(backoff * 2, THROTTLE_MAX_WAIT_SECONDS), 0.0
     finally:
         requests.shutdown(cancel_futures=True)  # after a failure in recording too
+        rate_wait = limiter.rate_wait_seconds if limiter is not None else 0.0
+        ledger.add_limit_figures(
+            run_id, throttled_requests=throttled_requests, throttle_wait_seconds=waited, rate_wait_seconds=rate_wait
+        )
     return {
         "sent": accepted,
         "refused": refused,
         "unconfirmed": unconfirmed,
         "throttled_requests": throttled_requests,
         "throttle_wait_seconds": round(waited, 3),
+        "rate_wait_seconds": round(rate_wait, 3),
         "started": started,
         "finished": time.time(),
     }
@@ -339,6 +352,7 @@ def resend_blocked(
     linger_seconds: float,
     poll_seconds: float,
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT,
+    limiter: SendLimiter | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
     """One poke of the resend phase: record outcomes, and send a NEW email to every blocked contact with
@@ -359,7 +373,8 @@ def resend_blocked(
         )
         if batches:
             sent = sum(
-                send_batch(ledger, transport, run_id, b, batch_size, requests_in_flight)["sent"] for b in batches
+                send_batch(ledger, transport, run_id, b, batch_size, requests_in_flight, limiter=limiter)["sent"]
+                for b in batches
             )
             log.info("resent %s blocked contacts: a new email each", sent)
             sleep(poll_seconds)  # their outcomes are often back at once
