@@ -186,7 +186,7 @@ def welcome_emails():
         with esp.get_conn() as transport:
             result = pipeline.send_batch(
                 ledger, transport, run_id, batch_no, params["batch_size"], SETTINGS.requests_in_flight,
-                limiter=esp.send_limiter(ledger),
+                limiter=esp.send_limiter(ledger), quota_linger_seconds=SETTINGS.poke_seconds,
             )  # fmt: skip
         pipeline.log.info(
             "batch %s/%s: %s sent, %s refused", batch_no + 1, batch_count, result["sent"], result["refused"]
@@ -220,11 +220,14 @@ def welcome_emails():
 
     @task.branch
     def decide(params: dict | None = None, run_id: str | None = None) -> list[str]:
-        """Resend when blocked contacts have attempts left; always close out."""
+        """Resend when blocked contacts have attempts left, or when the quota held messages back; always
+        close out."""
         from welcome_mailer.hooks.ledger import LedgerHook
 
-        resendable = LedgerHook().get_conn().count_resendable(run_id, params["max_attempts"])
-        return ["resend_blocked", "close_out"] if resendable else ["close_out"]
+        ledger = LedgerHook().get_conn()
+        # Also when the provider's quota stopped a send task: resend_blocked sends the rest when it frees.
+        waiting = ledger.count_resendable(run_id, params["max_attempts"]) or ledger.count_unsent(run_id)
+        return ["resend_blocked", "close_out"] if waiting else ["close_out"]
 
     @task.sensor(
         poke_interval=SETTINGS.poke_seconds,

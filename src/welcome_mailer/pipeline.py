@@ -20,7 +20,7 @@ from typing import TypeVar
 from welcome_mailer.contacts import DEFAULT_CHUNK_SIZE, ContactReader
 from welcome_mailer.greeting import SUBJECT, welcome_text
 from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt
-from welcome_mailer.ledger.limits import SendLimiter
+from welcome_mailer.ledger.limits import QuotaExhausted, SendLimiter
 from welcome_mailer.outcomes import OutcomeSource
 from welcome_mailer.settings import DEFAULT_REQUESTS_IN_FLIGHT
 from welcome_mailer.storage import describe, ensure_directory
@@ -159,6 +159,7 @@ def send_batch(
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT,
     *,
     limiter: SendLimiter | None = None,
+    quota_linger_seconds: float = 5.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict:
     """Send one batch: record the attempts, then send them in requests of ``request_size``.
@@ -177,16 +178,24 @@ def send_batch(
     attempts, once every request has been answered, after the provider's Retry-After or a backoff.
 
     With a ``limiter`` (the provider's limits, ``welcome_mailer.ledger.limits``) each request waits for its
-    send slot first, shared with every other send task, and carries no more than the limiter allows."""
+    send slot first, shared with every other send task, and carries no more than the limiter allows. When
+    the rolling quota is used up for longer than ``quota_linger_seconds``, the task stops: what it has not
+    sent stays the run's, due (``Ledger.count_unsent``), for resend_blocked to send once the window frees
+    (the result's ``quota_resumes_at``); it never becomes failed."""
     started = time.time()
     attempts = ledger.start_attempts(run_id, batch_no, resend_unconfirmed=transport.idempotent)
     accepted = refused = unconfirmed = throttled_requests = 0
     throttled: list[OutgoingAttempt] = []  # this pass's throttled attempts, for the next pass
     retry_after = 0.0
+    quota_held: list[OutgoingAttempt] = []  # not sent: the quota is used up (QuotaExhausted)
+    quota: QuotaExhausted | None = None
 
-    def send(chunk: Sequence[OutgoingAttempt]) -> list[SendResult]:
+    def send(chunk: Sequence[OutgoingAttempt]) -> list[SendResult] | QuotaExhausted:
         if limiter is not None:
-            limiter.acquire(len(chunk))
+            try:
+                limiter.acquire(len(chunk))
+            except QuotaExhausted as exc:
+                return exc
         if not transport.idempotent:
             ledger.mark_dispatched(run_id, chunk)  # a lost reply now parks the chunk as unconfirmed, never resent
         return transport.send_batch(
@@ -195,9 +204,13 @@ def send_batch(
 
     keep_lease = lease_keeper(ledger, run_id)
 
-    def record(chunk: Sequence[OutgoingAttempt], results: list[SendResult]) -> None:
-        nonlocal accepted, refused, unconfirmed, throttled_requests, retry_after
+    def record(chunk: Sequence[OutgoingAttempt], results: list[SendResult] | QuotaExhausted) -> None:
+        nonlocal accepted, refused, unconfirmed, throttled_requests, retry_after, quota
         keep_lease()
+        if isinstance(results, QuotaExhausted):
+            quota_held.extend(chunk)
+            quota = results if quota is None or results.resumes_at > quota.resumes_at else quota
+            return
         pairs = list(zip(chunk, results, strict=True))
         held = [(a, r) for a, r in pairs if r.throttled]
         if held:  # nothing of these went out: the same attempts again, later (never a new email)
@@ -240,7 +253,7 @@ def send_batch(
             raise
         record(chunk, results)
 
-    waited, backoff = 0.0, THROTTLE_BACKOFF_SECONDS
+    waited, quota_waited, backoff = 0.0, 0.0, THROTTLE_BACKOFF_SECONDS
     request_size = min(request_size, transport.max_batch, (limiter and limiter.request_cap) or request_size)
     try:
         while attempts:
@@ -251,6 +264,20 @@ def send_batch(
             while in_flight:
                 record_oldest()
             attempts, throttled[:] = list(throttled), []
+            if quota is not None:  # the quota is used up: wait here a little, else stop and leave them due
+                if quota.wait_seconds > quota_linger_seconds:
+                    ledger.pause_for_quota(run_id, quota.resumes_at)
+                    log.info("%s (%s messages of this batch wait for it)", quota, len(attempts) + len(quota_held))
+                    break
+                log.info("the quota frees in %.1f s: %s messages wait for it", quota.wait_seconds, len(quota_held))
+                sleep(quota.wait_seconds)
+                attempts, quota_held[:], quota_waited, quota = (
+                    attempts + quota_held,
+                    [],
+                    quota_waited + quota.wait_seconds,
+                    None,
+                )
+                continue
             if attempts:
                 wait = min(retry_after or backoff, THROTTLE_MAX_WAIT_SECONDS)
                 if waited + wait > THROTTLE_PATIENCE_SECONDS:
@@ -265,8 +292,14 @@ def send_batch(
         requests.shutdown(cancel_futures=True)  # after a failure in recording too
         rate_wait = limiter.rate_wait_seconds if limiter is not None else 0.0
         ledger.add_limit_figures(
-            run_id, throttled_requests=throttled_requests, throttle_wait_seconds=waited, rate_wait_seconds=rate_wait
+            run_id,
+            throttled_requests=throttled_requests,
+            throttle_wait_seconds=waited,
+            rate_wait_seconds=rate_wait,
+            quota_wait_seconds=quota_waited,
         )
+    if quota is None and accepted:
+        ledger.end_quota_pause(run_id)
     return {
         "sent": accepted,
         "refused": refused,
@@ -274,6 +307,9 @@ def send_batch(
         "throttled_requests": throttled_requests,
         "throttle_wait_seconds": round(waited, 3),
         "rate_wait_seconds": round(rate_wait, 3),
+        "quota_wait_seconds": round(quota_waited, 3),
+        "unsent": len(attempts) + len(quota_held) if quota is not None else 0,
+        "quota_resumes_at": quota.resumes_at.isoformat() if quota is not None else None,  # naive UTC
         "started": started,
         "finished": time.time(),
     }
@@ -326,7 +362,8 @@ def await_delivery(
         recorded, polls, now = recorded + resolved, polls + 1, time.monotonic()
         if fewest_left is None or left < fewest_left:
             fewest_left, last_progress = left, now
-        done = left == 0 or resendable > 0
+        # Contacts a send task left for the quota: resend_blocked sends them once the window frees.
+        done = left == 0 or resendable > 0 or ledger.count_unsent(run_id) > 0
         ending = done or now - last_progress >= linger_seconds or now - started + poll_seconds > max_seconds
         if ending or now - last_log >= PROGRESS_LOG_SECONDS:
             log.info(
@@ -371,12 +408,26 @@ def resend_blocked(
         batches = ledger.requeue_blocked(
             run_id, max_attempts, now - timedelta(seconds=backoff_seconds), batch_size, max_batches
         )
-        if batches:
-            sent = sum(
-                send_batch(ledger, transport, run_id, b, batch_size, requests_in_flight, limiter=limiter)["sent"]
-                for b in batches
+        resumes_at = ledger.quota_pause(run_id)
+        if batches and resumes_at is not None and (resumes_at - now).total_seconds() > linger_seconds:
+            log.info(
+                "the provider's quota is used up: %s contacts wait, sending goes on at %s UTC",
+                ledger.count_unsent(run_id),
+                resumes_at,
             )
-            log.info("resent %s blocked contacts: a new email each", sent)
+            return False  # the worker slot is given back while the window frees
+        if batches:
+            results = [
+                send_batch(
+                    ledger, transport, run_id, b, batch_size, requests_in_flight,
+                    limiter=limiter, quota_linger_seconds=linger_seconds, sleep=sleep,
+                )
+                for b in batches
+            ]  # fmt: skip
+            log.info(
+                "sent %s messages (new emails to blocked contacts, or ones the quota held)",
+                sum(r["sent"] for r in results),
+            )
             sleep(poll_seconds)  # their outcomes are often back at once
             continue
         earliest_blocked = ledger.earliest_resendable(run_id, max_attempts)

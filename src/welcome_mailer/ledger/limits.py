@@ -10,9 +10,9 @@ any process, any machine) honours them together, with no process of their own to
   free one instead of crowding the next slots' messages: the messages of any one-second window stay within
   the rate (measured: tests/integration/test_send_limits.py).
 - **The rolling quota** (``max_messages_per_24h``, over ``quota_window_seconds``): in the same
-  transaction, the messages reserved in the last window are counted (time buckets, a 1440th of the
-  window each); a reservation that would pass the quota is rolled back and raises ``QuotaExhausted``
-  with the time the window frees enough for it.
+  transaction, the messages reserved in the last window (plus QUOTA_MARGIN_SECONDS) are counted (time
+  buckets, a 1440th of the window each); a reservation that would pass the quota is rolled back and
+  raises ``QuotaExhausted`` with the time the window frees enough for it.
 - Times come from the database's clock, so workers whose clocks differ still share one schedule.
 - ``RunLimits`` (a part of ``Ledger``): each run's figures, for its report: throttled requests, the
   time spent waiting for the rate, after throttling and for the quota.
@@ -26,14 +26,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, Float, cast, delete, func, literal, select, text
+from sqlalchemy import Engine, Float, cast, delete, func, literal, select, text, update
 
 from welcome_mailer.ledger import bulk
+from welcome_mailer.ledger.queries import due_contacts
 from welcome_mailer.ledger.schema import run_limits, send_limits, send_quota_usage
 from welcome_mailer.vocabulary import utcnow
 
 DAY_SECONDS = 86400.0
 QUOTA_BUCKETS = 1440  # per window: a minute's buckets for a day's quota
+# A message counts against the quota for a window, and this much longer, from the end of its bucket: its
+# slot is reserved before it reaches the provider, whose clock starts at its acceptance.
+QUOTA_MARGIN_SECONDS = 1.0
 SLOTS_PER_SECOND = 25  # a reservation holds at most a 25th of a second's messages
 LATE_SECONDS = 0.04  # a sender that wakes this much after its slot started takes a new one
 FIGURES = ("throttled_requests", "throttle_wait_seconds", "rate_wait_seconds", "quota_wait_seconds")
@@ -152,7 +156,8 @@ class SendLimiter:
         bucket_seconds = limits.quota_window_seconds / QUOTA_BUCKETS
         bucket = math.floor(start / bucket_seconds)
         key = send_quota_usage.c.limit_key == limits.key
-        oldest = bucket - QUOTA_BUCKETS + 1  # the window's buckets: (start - window, start]
+        counted = limits.quota_window_seconds + QUOTA_MARGIN_SECONDS
+        oldest = math.floor((start - counted) / bucket_seconds)  # buckets that still count against the quota
         conn.execute(delete(send_quota_usage).where(key, send_quota_usage.c.bucket_no < oldest))
         used = conn.execute(
             select(send_quota_usage.c.bucket_no, send_quota_usage.c.messages).where(key).order_by("bucket_no")
@@ -160,11 +165,11 @@ class SendLimiter:
         room = limits.max_messages_per_24h - sum(messages for _, messages in used)
         if count > room:
             freed = 0
-            frees_at = start + limits.quota_window_seconds  # a request larger than the quota: a window on
+            frees_at = start + counted  # a request larger than the quota: a window on
             for bucket_no, messages in used:
                 freed += messages
                 if count <= room + freed:
-                    frees_at = (bucket_no + QUOTA_BUCKETS) * bucket_seconds
+                    frees_at = (bucket_no + 1) * bucket_seconds + counted
                     break
             wait = max(frees_at - now, bucket_seconds)
             raise QuotaExhausted(utcnow() + timedelta(seconds=wait), wait, limits.max_messages_per_24h)
@@ -180,9 +185,59 @@ class SendLimiter:
 
 
 class RunLimits:
-    """Each run's figures about the provider's limits (a part of ``Ledger``)."""
+    """Each run's figures about the provider's limits, and its pauses for the quota (a part of ``Ledger``)."""
 
     engine: Engine
+
+    def count_unsent(self, run_id: str) -> int:
+        """The run's contacts whose message is due and not sent yet (a send stopped by the quota)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(due_contacts(run_id).subquery())).scalar_one()
+
+    def pause_for_quota(self, run_id: str, resumes_at: datetime) -> None:
+        """The run waits for the quota until ``resumes_at`` (the latest any of its tasks was told)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            values = {name: 0 for name in FIGURES} | {"quota_resumes_at": resumes_at, "quota_paused_at": now}
+            insert = bulk.dialect_insert(conn, run_limits).values(run_id=run_id, **values)
+            latest = func.greatest if bulk.is_postgres(conn) else func.max
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[run_limits.c.run_id],
+                    set_={
+                        "quota_resumes_at": latest(
+                            func.coalesce(run_limits.c.quota_resumes_at, resumes_at), resumes_at
+                        ),
+                        "quota_paused_at": func.coalesce(run_limits.c.quota_paused_at, now),
+                    },
+                )
+            )
+
+    def quota_pause(self, run_id: str) -> datetime | None:
+        """When the run's pause for the quota ends (None: it is not paused)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(run_limits.c.quota_resumes_at).where(run_limits.c.run_id == run_id)
+            ).scalar_one_or_none()
+
+    def end_quota_pause(self, run_id: str) -> None:
+        """The run sends again: the pause's length goes to its quota_wait_seconds."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            paused_at = conn.execute(
+                select(run_limits.c.quota_paused_at).where(run_limits.c.run_id == run_id).with_for_update()
+            ).scalar_one_or_none()
+            if paused_at is None:
+                return
+            conn.execute(
+                update(run_limits)
+                .where(run_limits.c.run_id == run_id)
+                .values(
+                    quota_wait_seconds=run_limits.c.quota_wait_seconds + (now - paused_at).total_seconds(),
+                    quota_paused_at=None,
+                    quota_resumes_at=None,
+                )
+            )
 
     def add_limit_figures(self, run_id: str, **figures: float) -> None:
         """Add to the run's figures (``FIGURES``: throttled requests, seconds waited), in one upsert."""

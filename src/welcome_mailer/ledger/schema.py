@@ -166,6 +166,7 @@ run_limits = Table(
     Column("rate_wait_seconds", Float, nullable=False),  # waits for a send slot (max_messages_per_second)
     Column("quota_wait_seconds", Float, nullable=False),  # waits for the rolling quota to free
     Column("quota_resumes_at", DateTime),  # naive UTC: when the quota lets the run go on (while it waits)
+    Column("quota_paused_at", DateTime),  # since when it waits
     Column("guard_stopped_at", DateTime),  # the reputation guard stopped the run's sending
     Column("guard_detail", Text),  # its figures, as JSON
 )

@@ -43,6 +43,7 @@ def upgrade() -> None:
         sa.Column("rate_wait_seconds", sa.Float, nullable=False),
         sa.Column("quota_wait_seconds", sa.Float, nullable=False),
         sa.Column("quota_resumes_at", sa.DateTime),
+        sa.Column("quota_paused_at", sa.DateTime),
         sa.Column("guard_stopped_at", sa.DateTime),
         sa.Column("guard_detail", sa.Text),
     )
