@@ -44,7 +44,7 @@ DELIVERY_TIMEOUT = timedelta(hours=1)  # then messages stay 'sent' for a later r
 RESEND_TIMEOUT = timedelta(days=1)  # room for max_attempts backoffs of up to an hour each
 POLL_SECONDS = 0.25  # within a sensor's poke: how often to look for outcomes
 SETTINGS = Settings.from_env()  # environment only: cheap at parse time
-MIN_CONTACTS_PER_SEND_TASK = 10_000  # see the Param; measured in the README's performance section
+MIN_CONTACTS_PER_SEND_TASK = 10_000  # see the Param; measured in docs/performance.md
 
 
 @dag(
@@ -138,12 +138,12 @@ def welcome_emails():
         from airflow.sdk.exceptions import AirflowFailException
 
         from welcome_mailer.hooks.ledger import LedgerHook
-        from welcome_mailer.pipeline import parse_file, run_directory
-        from welcome_mailer.settings import InvalidCsvPath, resolve_csv_path
+        from welcome_mailer.pipeline import parse_file
+        from welcome_mailer.run_files import REJECTED_CSV, InvalidCsvPath, resolve_csv_path, run_directory
         from welcome_mailer.storage import describe, location, readable_csv
 
         reports_dir = location(SETTINGS.reports_dir, SETTINGS.storage_conn_id)  # a directory or a URI
-        rejected_csv = run_directory(reports_dir, run_id) / "rejected.csv"
+        rejected_csv = run_directory(reports_dir, run_id) / REJECTED_CSV
         try:
             csv_path = resolve_csv_path(params["csv_path"], SETTINGS.data_roots)
             ledger = LedgerHook().get_conn()

@@ -472,7 +472,7 @@ def on_stack(sizes: list[int], workdir: Path, overlap: int = 0) -> list[dict]:
 def stack_runs(stack, journal: Path, benchmark: str, csv_paths: list[Path]) -> dict:
     """One run per file, triggered together; timed from the first trigger until the last run ended. Each
     run's figures come from its report and from the stack's metadata DB."""
-    from welcome_mailer.pipeline import run_directory
+    from welcome_mailer.run_files import run_directory
 
     config = stack.config
     empty_ledger(f"{config.postgres}/{config.ledger_db}")

@@ -92,7 +92,7 @@ def _contact(args: argparse.Namespace) -> int:
     ledger, settings = _ledger(args)
     try:
         if args.action == "lookup":
-            view = operator_actions.lookup(ledger, settings.reports_dir, args.email, settings.data_roots)
+            view = operator_actions.lookup(ledger, args.email, settings.data_roots)
             print(json.dumps(dataclasses.asdict(view), default=str, indent=2) if args.json else _describe(view))
             return 0 if view.status or view.erased_at else 3
         if not args.reason:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -61,12 +60,6 @@ def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def run_directory(reports_dir: Path, run_id: str) -> Path:
-    """Where a run's report and rejected-rows CSV go: one directory per run, named after the run id.
-    ``reports_dir`` may be an ObjectStoragePath too (storage.location): the result is one as well."""
-    return reports_dir / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
-
-
 def parse_file(
     ledger: Ledger,
     run_id: str,
@@ -81,6 +74,7 @@ def parse_file(
     a local copy of it (an object on object storage)."""
     started = time.time()
     ledger.clear_stage(run_id)  # a retried parse starts over
+    ledger.record_source_file(run_id, source or str(csv_path))
     reader = ContactReader(csv_path, chunk_size)
     ensure_directory(rejected_csv.parent)
     with rejected_csv.open("w", newline="", encoding="utf-8") as handle:

@@ -46,8 +46,8 @@ def report_run(ti, dag_run, run_id: str) -> dict:
 
     from airflow.sdk.exceptions import AirflowFailException
 
-    from welcome_mailer.pipeline import run_directory
     from welcome_mailer.report import build_report, render_markdown, write_report
+    from welcome_mailer.run_files import run_directory
     from welcome_mailer.storage import describe, location
 
     log = logging.getLogger(__name__)

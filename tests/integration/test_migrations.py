@@ -157,7 +157,7 @@ def test_0004_keeps_the_data_and_the_ledger_works_after_it(engine, tmp_path):
     assert upgrade(engine) == ("0002", HEAD_REVISION)
     check_at_head(engine)
     ledger = Ledger(engine, erase_key=b"k")
-    view = operator_actions.lookup(ledger, tmp_path, "OLD@example.com")
+    view = operator_actions.lookup(ledger, "OLD@example.com")
     assert (view.status, view.source_line, [a["provider_message_id"] for a in view.history]) == (
         "sent",
         None,

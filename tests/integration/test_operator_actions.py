@@ -4,6 +4,7 @@ What a later run sends is proven from the ESP's own message log."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
 
 import pytest
@@ -11,7 +12,7 @@ from sqlalchemy import create_engine, select, text
 
 from tests.integration.test_pipeline import finish
 from tests.invariants import messages_by_recipient
-from welcome_mailer import operator_actions, pipeline
+from welcome_mailer import operator_actions, pipeline, run_files
 from welcome_mailer.ledger import EraseKeyMissing, Ledger, sent_contacts
 from welcome_mailer.report import build_report, write_report
 from welcome_mailer.transports.http import HttpEmailProvider
@@ -37,7 +38,7 @@ def write_contacts(path, rows):
 
 def whole_run(ledger, esp, run_id, path, reports):
     """parse -> claim -> send -> outcomes and resends -> close_out -> report, as the DAG does."""
-    directory = pipeline.run_directory(reports, run_id)
+    directory = run_files.run_directory(reports, run_id)
     ledger.renew_lease(run_id)
     parsed = pipeline.parse_file(ledger, run_id, path, directory / "rejected.csv")
     claimed = pipeline.claim_contacts(ledger, run_id, 50, 1024)
@@ -70,20 +71,24 @@ def test_lookup_shows_state_source_line_and_every_attempt(keyed, start_esp, tmp_
     whole_run(keyed, esp, "run-1", path, reports)
     by_recipient = messages_by_recipient(esp.messages())
     email = max(by_recipient, key=lambda e: len(by_recipient[e]))  # someone who was blocked at least once
-    view = operator_actions.lookup(keyed, reports, f"  {email.upper()} ")
+    view = operator_actions.lookup(keyed, f"  {email.upper()} ")
     assert view.email == email and view.run_id == "run-1"
     assert view.name == f"Person {int(email[1:].split('@')[0])}"
     assert (view.source_file, view.source_line) == (str(path), int(email[1:].split("@")[0]) + 1)
-    shown = operator_actions.lookup(keyed, reports, email, data_roots=[tmp_path / "elsewhere", tmp_path])
+    shown = operator_actions.lookup(keyed, email, data_roots=[tmp_path / "elsewhere", tmp_path])
     assert shown.source_file == "in.csv", "as the form's csv_path: relative to its data root"
+    shutil.rmtree(reports)  # the file is the ledger's record, not read back from the run's report
+    assert operator_actions.lookup(keyed, email).source_file == str(path)
+    [run] = operator_actions.overview(keyed, reports, data_roots=[tmp_path])["runs"]
+    assert run["file"] == "in.csv"
     sent = by_recipient[email]
     assert [a["provider_message_id"] for a in view.history] == [m["id"] for m in sent]
     assert [a["idempotency_key"] for a in view.history] == [m["idempotency_key"] for m in sent]
     assert [a["status"] for a in view.history] == [m["status"] for m in sent]
     assert view.status == ("failed" if sent[-1]["status"] == "blocked" else sent[-1]["status"])
-    assert operator_actions.lookup(keyed, reports, "nobody@example.com").status is None
+    assert operator_actions.lookup(keyed, "nobody@example.com").status is None
     with pytest.raises(operator_actions.InvalidEmail):
-        operator_actions.lookup(keyed, reports, "not an address")
+        operator_actions.lookup(keyed, "not an address")
 
 
 def test_suppressed_and_imported_addresses_are_never_emailed_and_audited(keyed, start_esp, tmp_path, reports):
@@ -98,7 +103,7 @@ def test_suppressed_and_imported_addresses_are_never_emailed_and_audited(keyed, 
     with listing.open() as handle:
         counts = operator_actions.import_suppressions(keyed, handle, ACTOR, "CRM unsubscribes", source=str(listing))
     assert counts == {"suppressed": 2, "already": 1, "erased": 0, "invalid": 0}
-    view = operator_actions.lookup(keyed, reports, "s16@example.com")
+    view = operator_actions.lookup(keyed, "s16@example.com")
     assert view.status == "suppressed"
     assert [(a["action"], a["actor"], a["reason"], a["detail"]) for a in view.actions] == [
         ("suppress", ACTOR, "CRM unsubscribes", f"imported from {listing}")
@@ -107,14 +112,14 @@ def test_suppressed_and_imported_addresses_are_never_emailed_and_audited(keyed, 
     whole_run(keyed, esp, "run-2", write_contacts(tmp_path / "second.csv", rows), reports)
     later = messages_by_recipient(esp.messages()[before:])
     assert set(later) == {f"s{i}@example.com" for i in range(10, 20)} - {f"s{i}@example.com" for i in (15, 16, 17)}
-    assert operator_actions.lookup(keyed, reports, "s15@example.com").status == "suppressed"
+    assert operator_actions.lookup(keyed, "s15@example.com").status == "suppressed"
 
 
 def test_release_makes_a_failed_contact_due_at_once(keyed, start_esp, tmp_path, reports):
     esp = start_esp(hold_rate=0, seed=7, blocked_rate=1, delivered_rate=0, bounced_rate=0)
     path = write_contacts(tmp_path / "in.csv", [("Jane", "jane@example.com"), ("Joe", "joe@example.com")])
     whole_run(keyed, esp, "run-1", path, reports)
-    assert operator_actions.lookup(keyed, reports, "jane@example.com").status == "failed"
+    assert operator_actions.lookup(keyed, "jane@example.com").status == "failed"
     assert operator_actions.release(keyed, "JANE@example.com", ACTOR, "the block was lifted") is True
     assert operator_actions.release(keyed, "nobody@example.com", ACTOR, "x") is False
     with pytest.raises(ValueError, match="say why"):
@@ -126,7 +131,7 @@ def test_release_makes_a_failed_contact_due_at_once(keyed, start_esp, tmp_path, 
     claimed = keyed.claim("run-2", 50, 1024, retry_failed_after=timedelta(hours=24))
     assert (claimed.owned, claimed.failed_recently) == (1, 1)
     assert esp.messages()[before:] == []
-    view = operator_actions.lookup(keyed, reports, "jane@example.com")
+    view = operator_actions.lookup(keyed, "jane@example.com")
     assert view.run_id == "run-2" and view.actions[0]["action"] == "release"
 
 
@@ -153,7 +158,7 @@ def test_erase_leaves_no_trace_and_the_address_is_never_emailed_again(keyed, led
         if file.is_file():
             assert "jane@example.com" not in file.read_text().lower(), file
     assert "joe@example.com" in (tmp_path / "dropzone" / "archive" / "old.csv").read_text()
-    view = operator_actions.lookup(keyed, reports, "jane@example.com")
+    view = operator_actions.lookup(keyed, "jane@example.com")
     assert view.status is None and view.erased_at is not None
     assert [a["action"] for a in view.actions] == ["erase", "suppress"] and all(
         a["email"] is None for a in view.actions

@@ -223,9 +223,8 @@ class Outcomes:
             # takes them: locking an attempt before its contact could close a cycle with one of those.
             lock_contacts(conn, sorted({email for email, _ in keys}))
             for chunk in chunks(sorted(keys), MATCH_CHUNK):
-                # Each attempt a lookup of its own, locked in the keys' order (joined as a whole, a
-                # 1,000-attempt lock of a 100k-row ledger without fresh statistics was a hash join over
-                # seq scans, 40 ms)
+                # Each attempt a lookup of its own, locked in the keys' order (joined as a whole, without
+                # fresh statistics the lock became a hash join over sequential scans of the ledger)
                 lock = bulk.probe(send_attempts, ("email", "attempt"), chunk, columns, source=joined, lock=True)
                 rows.extend(_FoundAttempt(*row) for row in conn.execute(lock).all())
             rows.extend(row for key, row in settled.items() if key not in keys)
@@ -239,7 +238,7 @@ class Outcomes:
 
 class _FoundAttempt(NamedTuple):
     """An attempt an outcome event names, as ``_find_attempts`` reads it: a plain tuple (reading a Row's
-    attributes took a sixth of the time of recording 100k outcomes on SQLite)."""
+    attributes by name was a large share of recording outcomes on SQLite)."""
 
     email: str
     attempt: int

@@ -55,8 +55,8 @@ def number_batches(
     due = due_contacts(run_id).subquery()
     numbered = select(due.c.email, batch_no_of(due.c.email, size).label("batch_no")).subquery()
     # Only rows whose number changes are written: a first claim of a file's contacts numbered them as it
-    # inserted them, and writes nothing here (rewriting every row, each a new version under 4 indexes then,
-    # was a third of a 400k claim on Postgres).
+    # inserted them, and writes nothing here (rewriting every row makes a new version of each, under every
+    # index of the table: a large share of a claim).
     conn.execute(
         update(sent_contacts)
         .where(
@@ -97,8 +97,7 @@ def unaccepted_attempts(run_id: str):
     a correlated IN (unlike a join or EXISTS, which Postgres plans as a join) is a subquery run per
     attempt, and its only condition, the email, leaves the primary key as its only index. As a join, on a
     claim's just-inserted rows that were never analysed, each attempt scanned the run's contacts through
-    their (run, state) index: 30k contacts counted in 39 s, and four overlapping 250k-contact claims
-    stalled for minutes."""
+    their (run, state) index: quadratic in the run's size (docs/performance-history.md)."""
     contact = select(sent_contacts.c.run_id, sent_contacts.c.status, sent_contacts.c.attempts).where(
         sent_contacts.c.email == send_attempts.c.email
     )

@@ -67,6 +67,7 @@ ledger_runs = Table(
     Column("lease_expires_at", DateTime, nullable=False),
     Column("finished_at", DateTime),
     Column("created_at", DateTime, nullable=False),
+    Column("source_file", Text),  # the contact list the run read, as the person gave it (parse records it)
 )
 
 staged_contacts = Table(

@@ -90,7 +90,7 @@ class SmtpSettings:
     timeout: float = 30.0
     retry_limit: int = 5  # reconnects per message before the data went out
     max_connections: int = 8
-    policy_rejection: str = BLOCKED  # what a 5.7.x reply becomes (see the README)
+    policy_rejection: str = BLOCKED  # what a 5.7.x reply becomes (docs/smtp.md)
     # One-click unsubscribe through the plugin app's endpoint (welcome_mailer.unsubscribe), when configured;
     # else ``list_unsubscribe``: URI templates, comma-separated, {email} and {key} filled in (a provider's own).
     unsubscribe: UnsubscribeSettings = field(default_factory=UnsubscribeSettings)

@@ -139,7 +139,7 @@ def contact(
 ) -> HTMLResponse:
     view, error = None, None
     try:
-        view = operator_actions.lookup(ledger, settings.reports_dir, email, settings.data_roots)
+        view = operator_actions.lookup(ledger, email, settings.data_roots)
     except operator_actions.InvalidEmail as exc:
         error = str(exc)
     return _page(request, "contact.html", view=view, error=error, asked=email, notice=notice)

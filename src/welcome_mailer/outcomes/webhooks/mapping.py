@@ -1,5 +1,5 @@
-"""THE mapping table: what each provider's event means for the ledger. The README's "Provider events"
-section explains every row.
+"""THE mapping table: what each provider's event means for the ledger. docs/provider-events.md explains
+every row.
 
 Keys are (provider, event, kind); kind ``*`` matches any subtype. An event no row names is ignored
 (opens, clicks, "processed", ...): it changes nothing, and is counted as ignored in ``provider_events``.
