@@ -47,6 +47,13 @@ SETTINGS = Settings.from_env()  # environment only: cheap at parse time
 MIN_CONTACTS_PER_SEND_TASK = 10_000  # see the Param; measured in docs/performance.md
 
 
+def reputation_guard(params: dict):
+    """The run's reputation guard, from its params (docs/limits.md)."""
+    from welcome_mailer.ledger.limits import ReputationGuard
+
+    return ReputationGuard(params["guard_min_outcomes"], params["max_bounce_rate"], params["max_complaint_rate"])
+
+
 @dag(
     dag_id="welcome_emails",
     schedule=None,
@@ -129,6 +136,33 @@ MIN_CONTACTS_PER_SEND_TASK = 10_000  # see the Param; measured in docs/performan
             "mock provider; "
             "with a real provider use 600 or more, so that temporary blocks can clear.",
         ),
+        # The reputation guard (docs/limits.md): a run that burns the sender's reputation stops sending.
+        "guard_min_outcomes": Param(
+            200,
+            type="integer",
+            minimum=1,
+            title="Reputation guard: outcomes before it judges",
+            description="The guard looks at the run's bounce and complaint shares once this many of its "
+            "messages have an outcome.",
+        ),
+        "max_bounce_rate": Param(
+            0.2,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Reputation guard: max bounce rate",
+            description="Above this share of bounced messages the run stops sending and releases every "
+            "contact it has not emailed, and ends failed. 0 turns this limit off. 0.2 lets the mock "
+            "provider's 10% through; use 0.05 with a real account (SES reviews an account at 5%).",
+        ),
+        "max_complaint_rate": Param(
+            0.005,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Reputation guard: max complaint rate",
+            description="Above this share of spam complaints the run stops as above. 0 turns it off.",
+        ),
     },
 )
 def welcome_emails():
@@ -187,6 +221,7 @@ def welcome_emails():
             result = pipeline.send_batch(
                 ledger, transport, run_id, batch_no, params["batch_size"], SETTINGS.requests_in_flight,
                 limiter=esp.send_limiter(ledger), quota_linger_seconds=SETTINGS.poke_seconds,
+                guard=reputation_guard(params),
             )  # fmt: skip
         pipeline.log.info(
             "batch %s/%s: %s sent, %s refused", batch_no + 1, batch_count, result["sent"], result["refused"]
@@ -214,7 +249,7 @@ def welcome_emails():
             sources = EspHook.outcome_sources(transport)
             done = pipeline.await_delivery(
                 ledger, sources, run_id, params["max_attempts"],
-                linger_seconds=SETTINGS.poke_seconds, poll_seconds=POLL_SECONDS,
+                linger_seconds=SETTINGS.poke_seconds, poll_seconds=POLL_SECONDS, guard=reputation_guard(params),
             )  # fmt: skip
         return PokeReturnValue(is_done=done, xcom_value={"finished": time.time()})
 
@@ -259,6 +294,7 @@ def welcome_emails():
                 poll_seconds=POLL_SECONDS,
                 requests_in_flight=SETTINGS.requests_in_flight,
                 limiter=esp.send_limiter(ledger),
+                guard=reputation_guard(params),
             )
         return PokeReturnValue(is_done=done, xcom_value={"finished": time.time()})
 

@@ -19,7 +19,7 @@ from typing import TypeVar
 from welcome_mailer.contacts import DEFAULT_CHUNK_SIZE, ContactReader
 from welcome_mailer.greeting import SUBJECT, welcome_text
 from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt
-from welcome_mailer.ledger.limits import QuotaExhausted, SendLimiter
+from welcome_mailer.ledger.limits import QuotaExhausted, ReputationGuard, SendLimiter
 from welcome_mailer.outcomes import OutcomeSource
 from welcome_mailer.settings import DEFAULT_REQUESTS_IN_FLIGHT
 from welcome_mailer.storage import describe, ensure_directory
@@ -139,6 +139,39 @@ def claim_contacts(
     }
 
 
+GUARD_CHECK_SECONDS = 5.0  # how often a task works out the run's bounce and complaint shares
+
+
+def guard_keeper(ledger: Ledger, run_id: str, guard: ReputationGuard | None) -> Callable[[], bool]:
+    """A function to call as often as convenient: True once the run must not send any more. At its first
+    call, then once GUARD_CHECK_SECONDS have passed, it works out the run's outcome shares (a count over
+    the run's messages) and, when they pass the guard's limits, stops the run (``Ledger.stop_for_guard``:
+    every contact it has not sent to is released for a later run) and says so in the task log."""
+    checked: float | None = None
+    stopped = False
+
+    def must_stop() -> bool:
+        nonlocal checked, stopped
+        if guard is None or stopped:
+            return stopped
+        if checked is not None and time.monotonic() - checked < GUARD_CHECK_SECONDS:
+            return False
+        checked = time.monotonic()
+        figures = ledger.outcome_figures(run_id)
+        reason = guard.verdict(figures)
+        if reason is not None:
+            released = ledger.stop_for_guard(run_id, reason, figures)
+            log.error(
+                "reputation guard: %s after %s outcomes (%s bounced, %s complained): the run stops sending; "
+                "%s contacts it had not sent to are released for a later run",
+                reason, figures["outcomes"], figures["bounced"], figures["complained"], released,
+            )  # fmt: skip
+        stopped = ledger.guard_stopped(run_id)
+        return stopped
+
+    return must_stop
+
+
 class StillThrottled(RuntimeError):
     """The provider kept throttling a send task's messages for THROTTLE_PATIENCE_SECONDS: none of them was
     sent and none spent an attempt; the task's retry sends the same attempts again."""
@@ -154,6 +187,7 @@ def send_batch(
     *,
     limiter: SendLimiter | None = None,
     quota_linger_seconds: float = 5.0,
+    guard: ReputationGuard | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict:
     """Send one batch: record the attempts, then send them in requests of ``request_size``.
@@ -175,7 +209,8 @@ def send_batch(
     send slot first, shared with every other send task, and carries no more than the limiter allows. When
     the rolling quota is used up for longer than ``quota_linger_seconds``, the task stops: what it has not
     sent stays the run's, due (``Ledger.count_unsent``), for resend_blocked to send once the window frees
-    (the result's ``quota_resumes_at``); it never becomes failed."""
+    (the result's ``quota_resumes_at``); it never becomes failed. Once the reputation ``guard`` stops the
+    run (this task's check or another's), no further request goes out."""
     started = time.time()
     attempts = ledger.start_attempts(run_id, batch_no, resend_unconfirmed=transport.idempotent)
     accepted = refused = unconfirmed = throttled_requests = 0
@@ -184,7 +219,11 @@ def send_batch(
     quota_held: list[OutgoingAttempt] = []  # not sent: the quota is used up (QuotaExhausted)
     quota: QuotaExhausted | None = None
 
-    def send(chunk: Sequence[OutgoingAttempt]) -> list[SendResult] | QuotaExhausted:
+    must_stop = guard_keeper(ledger, run_id, guard)
+
+    def send(chunk: Sequence[OutgoingAttempt]) -> list[SendResult] | QuotaExhausted | None:
+        if must_stop():
+            return None  # released by the guard: a later run sends it
         if limiter is not None:
             try:
                 limiter.acquire(len(chunk))
@@ -198,9 +237,11 @@ def send_batch(
 
     keep_lease = lease_keeper(ledger, run_id)
 
-    def record(chunk: Sequence[OutgoingAttempt], results: list[SendResult] | QuotaExhausted) -> None:
+    def record(chunk: Sequence[OutgoingAttempt], results: list[SendResult] | QuotaExhausted | None) -> None:
         nonlocal accepted, refused, unconfirmed, throttled_requests, retry_after, quota
         keep_lease()
+        if results is None:
+            return
         if isinstance(results, QuotaExhausted):
             quota_held.extend(chunk)
             quota = results if quota is None or results.resumes_at > quota.resumes_at else quota
@@ -258,6 +299,8 @@ def send_batch(
             while in_flight:
                 record_oldest()
             attempts, throttled[:] = list(throttled), []
+            if must_stop():
+                break
             if quota is not None:  # the quota is used up: wait here a little, else stop and leave them due
                 if quota.wait_seconds > quota_linger_seconds:
                     ledger.pause_for_quota(run_id, quota.resumes_at)
@@ -335,6 +378,7 @@ def await_delivery(
     linger_seconds: float = 0.0,
     poll_seconds: float = 0.25,
     max_seconds: float = 600.0,
+    guard: ReputationGuard | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
     """One poke of the delivery sensor: record what the sources know, then say whether waiting is over:
@@ -349,9 +393,11 @@ def await_delivery(
     started = last_progress = last_log = time.monotonic()
     recorded, polls, fewest_left = 0, 0, None
     keep_lease = lease_keeper(ledger, run_id)
+    must_stop = guard_keeper(ledger, run_id, guard)
     while True:
         keep_lease()
         resolved, left = collect_outcomes(ledger, sources, run_id)
+        must_stop()  # the reputation guard, on the outcomes known so far
         resendable = ledger.count_resendable(run_id, max_attempts)
         recorded, polls, now = recorded + resolved, polls + 1, time.monotonic()
         if fewest_left is None or left < fewest_left:
@@ -384,6 +430,7 @@ def resend_blocked(
     poll_seconds: float,
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT,
     limiter: SendLimiter | None = None,
+    guard: ReputationGuard | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
     """One poke of the resend phase: record outcomes, and send a NEW email to every blocked contact with
@@ -395,9 +442,11 @@ def resend_blocked(
     and gives the worker slot back (returns False) when only outcomes or longer backoffs are left to wait for.
     """
     keep_lease = lease_keeper(ledger, run_id)
+    must_stop = guard_keeper(ledger, run_id, guard)
     while True:
         keep_lease()
         collect_outcomes(ledger, sources, run_id)
+        must_stop()  # a stopped run has released what it has not sent: nothing is requeued below
         now = utcnow()
         batches = ledger.requeue_blocked(
             run_id, max_attempts, now - timedelta(seconds=backoff_seconds), batch_size, max_batches
@@ -414,7 +463,7 @@ def resend_blocked(
             results = [
                 send_batch(
                     ledger, transport, run_id, b, batch_size, requests_in_flight,
-                    limiter=limiter, quota_linger_seconds=linger_seconds, sleep=sleep,
+                    limiter=limiter, quota_linger_seconds=linger_seconds, guard=guard, sleep=sleep,
                 )
                 for b in batches
             ]  # fmt: skip

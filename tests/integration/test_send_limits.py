@@ -196,7 +196,7 @@ def test_a_run_that_crosses_the_quota_pauses_without_a_worker_and_goes_on_when_t
     assert all(m["idempotency_key"].endswith("-1") for m in messages), "no attempt spent waiting"
     stamps = [datetime.fromisoformat(m["created_at"]).timestamp() for m in messages]
     assert busiest_window(stamps, 4.0) <= 100, "the rolling quota held"
-    assert max(stamps) - min(stamps) >= 10.0, "two windows (and margins) had to free"
+    assert max(stamps) - min(stamps) >= 8.0, "two windows had to free"
     figures = ledger.limit_figures("run0")
     assert figures["quota_wait_seconds"] > 0 and figures["quota_resumes_at"] is None
     assert ledger.count_unsent("run0") == 0 and pokes > 2

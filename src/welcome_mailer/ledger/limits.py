@@ -15,23 +15,34 @@ any process, any machine) honours them together, with no process of their own to
   raises ``QuotaExhausted`` with the time the window frees enough for it.
 - Times come from the database's clock, so workers whose clocks differ still share one schedule.
 - ``RunLimits`` (a part of ``Ledger``): each run's figures, for its report: throttled requests, the
-  time spent waiting for the rate, after throttling and for the quota.
+  time spent waiting for the rate, after throttling and for the quota; and the reputation guard
+  (``ReputationGuard``): a run whose bounce or complaint share passes its limit stops sending, and every
+  contact it has not sent to is released (``stop_for_guard``) for a later run.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, Float, cast, delete, func, literal, select, text, update
+from sqlalchemy import Engine, Float, and_, cast, delete, func, literal, or_, select, text, update
 
 from welcome_mailer.ledger import bulk
 from welcome_mailer.ledger.queries import due_contacts
-from welcome_mailer.ledger.schema import run_limits, send_limits, send_quota_usage
-from welcome_mailer.vocabulary import utcnow
+from welcome_mailer.ledger.rules import CLAIMED, PENDING, REFUSED, SENDING
+from welcome_mailer.ledger.schema import (
+    ledger_runs,
+    run_limits,
+    send_attempts,
+    send_limits,
+    send_quota_usage,
+    sent_contacts,
+)
+from welcome_mailer.vocabulary import BLOCKED, BOUNCED, COMPLAINED, DELIVERED, utcnow
 
 DAY_SECONDS = 86400.0
 QUOTA_BUCKETS = 1440  # per window: a minute's buckets for a day's quota
@@ -40,6 +51,7 @@ QUOTA_BUCKETS = 1440  # per window: a minute's buckets for a day's quota
 QUOTA_MARGIN_SECONDS = 1.0
 SLOTS_PER_SECOND = 25  # a reservation holds at most a 25th of a second's messages
 LATE_SECONDS = 0.04  # a sender that wakes this much after its slot started takes a new one
+OUTCOME_STATES = (DELIVERED, BOUNCED, REFUSED, COMPLAINED, BLOCKED)  # an attempt's states once it has one
 FIGURES = ("throttled_requests", "throttle_wait_seconds", "rate_wait_seconds", "quota_wait_seconds")
 
 
@@ -79,6 +91,26 @@ class ProviderLimits:
     @property
     def limited(self) -> bool:
         return self.max_messages_per_second is not None or self.max_messages_per_24h is not None
+
+
+@dataclass(frozen=True)
+class ReputationGuard:
+    """Per run: once ``min_outcomes`` of its messages have an outcome, a bounced share above
+    ``max_bounce_rate`` or a complained share above ``max_complaint_rate`` stops it. 0 turns a limit off."""
+
+    min_outcomes: int = 200
+    max_bounce_rate: float = 0.2
+    max_complaint_rate: float = 0.005
+
+    def verdict(self, figures: dict) -> str | None:
+        """Why the run must stop (None: it may go on), from ``RunLimits.outcome_figures``."""
+        if figures["outcomes"] < max(self.min_outcomes, 1):
+            return None
+        if self.max_bounce_rate and figures["bounce_rate"] > self.max_bounce_rate:
+            return f"bounce rate {figures['bounce_rate']:.1%} > {self.max_bounce_rate:.1%}"
+        if self.max_complaint_rate and figures["complaint_rate"] > self.max_complaint_rate:
+            return f"complaint rate {figures['complaint_rate']:.2%} > {self.max_complaint_rate:.2%}"
+        return None
 
 
 class QuotaExhausted(Exception):
@@ -189,6 +221,84 @@ class RunLimits:
 
     engine: Engine
 
+    def outcome_figures(self, run_id: str) -> dict:
+        """The run's messages with an outcome, and the shares of them bounced (refused at once included)
+        and complained."""
+        with self.engine.connect() as conn:
+            counts = dict(
+                conn.execute(
+                    select(send_attempts.c.status, func.count())
+                    .where(send_attempts.c.run_id == run_id, send_attempts.c.status.in_(OUTCOME_STATES))
+                    .group_by(send_attempts.c.status)
+                ).all()
+            )
+        outcomes = sum(counts.values())
+        bounced, complained = counts.get(BOUNCED, 0) + counts.get(REFUSED, 0), counts.get(COMPLAINED, 0)
+        return {
+            "outcomes": outcomes,
+            "bounced": bounced,
+            "complained": complained,
+            "bounce_rate": round(bounced / outcomes, 4) if outcomes else 0.0,
+            "complaint_rate": round(complained / outcomes, 4) if outcomes else 0.0,
+        }
+
+    def guard_stopped(self, run_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(select(run_limits.c.guard_stopped_at).where(run_limits.c.run_id == run_id)).scalar()
+                is not None
+            )
+
+    def stop_for_guard(self, run_id: str, reason: str, figures: dict) -> int:
+        """The reputation guard stops the run: every contact it has not sent to (claimed, blocked, or
+        sending with an attempt never handed over) goes to a finished stand-in run, ``<run>#released``,
+        with its unsent attempt, so the next run that lists it takes it over (claim's rule for a dead
+        run's contacts: the same attempt, the same key). Messages under way keep their outcomes coming.
+        Returns how many contacts were released (0 when the run was stopped before)."""
+        now = utcnow()
+        released_run = f"{run_id}#released"[:250]
+        with self.engine.begin() as conn:
+            insert = bulk.dialect_insert(conn, run_limits).values(
+                run_id=run_id, **{name: 0 for name in FIGURES}, guard_stopped_at=now,
+                guard_detail=json.dumps({"reason": reason, **figures}),
+            )  # fmt: skip
+            stopped = conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[run_limits.c.run_id],
+                    set_={"guard_stopped_at": now, "guard_detail": insert.excluded.guard_detail},
+                    where=run_limits.c.guard_stopped_at.is_(None),
+                )
+            ).rowcount
+            if not stopped:
+                return 0
+            conn.execute(
+                bulk.dialect_insert(conn, ledger_runs)
+                .values(run_id=released_run, lease_expires_at=now, finished_at=now, created_at=now)
+                .on_conflict_do_nothing()
+            )
+            unsent = (
+                select(send_attempts.c.email)
+                .where(send_attempts.c.run_id == run_id, send_attempts.c.status == PENDING)
+                .scalar_subquery()
+            )
+            released = conn.execute(
+                update(sent_contacts)
+                .where(sent_contacts.c.run_id == run_id)
+                .where(
+                    or_(
+                        sent_contacts.c.status.in_((CLAIMED, BLOCKED)),
+                        and_(sent_contacts.c.status == SENDING, sent_contacts.c.email.in_(unsent)),
+                    )
+                )
+                .values(run_id=released_run, updated_at=now)
+            ).rowcount
+            conn.execute(
+                update(send_attempts)
+                .where(send_attempts.c.run_id == run_id, send_attempts.c.status == PENDING)
+                .values(run_id=released_run, updated_at=now)
+            )
+        return released
+
     def count_unsent(self, run_id: str) -> int:
         """The run's contacts whose message is due and not sent yet (a send stopped by the quota)."""
         with self.engine.connect() as conn:
@@ -263,4 +373,6 @@ class RunLimits:
             figures["guard_detail"] = row["guard_detail"]
         for name in FIGURES[1:]:
             figures[name] = round(figures[name], 3)
+        for name in ("quota_resumes_at", "guard_stopped_at"):  # naive UTC, as text: the report is JSON
+            figures[name] = figures[name].isoformat(timespec="seconds") if figures[name] else None
         return figures
