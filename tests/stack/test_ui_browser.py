@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PROJECT_ROOT
-from tests.invariants import messages_by_recipient
 from tests.stack.helpers import contact_file, messages_for, run_and_wait
+from tests.support import PROJECT_ROOT
+from tests.support.invariants import messages_by_recipient
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts" / "ui"
