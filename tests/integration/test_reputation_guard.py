@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.integration.test_send_limits import claim_runs
+from tests.support.limits import claim_runs
 from welcome_mailer import pipeline
 from welcome_mailer.ledger.limits import ReputationGuard
 from welcome_mailer.outcomes.http_lookup import HttpLookupSource
@@ -61,9 +61,9 @@ def test_a_list_with_40_percent_bounces_stops_at_the_guard_and_the_next_run_send
 
 
 def test_the_report_shows_the_limits_and_the_guards_figures(ledger):
-    from tests.integration.test_held_by_other_runs import SUMMARY
     from welcome_mailer.report import build_report, render_markdown
 
+    summary = {"by_status": {}, "attempts_histogram": {}, "messages_sent": 0, "resent_after_block": 0}
     ledger.add_limit_figures("run", throttled_requests=3, throttle_wait_seconds=2.5, rate_wait_seconds=1.25)
     figures = {"outcomes": 250, "bounced": 100, "complained": 0, "bounce_rate": 0.4, "complaint_rate": 0.0}
     ledger.stop_for_guard("run", "bounce rate 40.0% > 20.0%", figures)
@@ -71,7 +71,7 @@ def test_the_report_shows_the_limits_and_the_guards_figures(ledger):
     parsed = {"csv_path": "f.csv", "rejected_csv": "r.csv", "encoding": "utf-8", "encoding_warning": None}
     parsed |= {"rows_read": 1, "rejected": 0, "duplicates_in_file": 0, "contacts": 1}
     claimed = {"skipped": 0, "failed_recently": 0, "owned": 1, "claimed_new": 1, "taken_over": 0}
-    text = render_markdown(build_report(run_id="run", parsed=parsed, claimed=claimed, summary=SUMMARY, phases={},
+    text = render_markdown(build_report(run_id="run", parsed=parsed, claimed=claimed, summary=summary, phases={},
                                         limits=limits))  # fmt: skip
     assert "| throttled requests (the provider's rate or quota; no attempt spent) | 3 |" in text
     assert "| seconds waiting for the send rate | 1.25 |" in text

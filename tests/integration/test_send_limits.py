@@ -10,7 +10,8 @@ from datetime import datetime
 
 import pytest
 
-from tests.smtp_relay import FROM_EMAIL, launch_relay
+from tests.support.limits import busiest_window, claim_runs
+from tests.support.smtp_relay import FROM_EMAIL, launch_relay
 from welcome_mailer import pipeline
 from welcome_mailer.ledger import Ledger, connect
 from welcome_mailer.ledger.limits import ProviderLimits, QuotaExhausted, SendLimiter
@@ -20,19 +21,9 @@ from welcome_mailer.transports.smtp import SmtpEmailProvider, SmtpSettings
 ALL_DELIVERED = {"delivered_rate": 1.0, "bounced_rate": 0, "blocked_rate": 0}
 
 
-def busiest_second(timestamps: list[float]) -> int:
-    """The most messages in any one-second window [t, t + 1) that starts at a message."""
-    stamps, most, end = sorted(timestamps), 0, 0
-    for start, stamp in enumerate(stamps):
-        while end < len(stamps) and stamps[end] < stamp + 1.0:
-            end += 1
-        most = max(most, end - start)
-    return most
-
-
-def test_busiest_second_counts_a_sliding_window():
-    assert busiest_second([0.0, 0.5, 0.99, 1.0, 1.2, 3.0]) == 4  # 0.5, 0.99, 1.0, 1.2
-    assert busiest_second([]) == 0
+def test_busiest_window_counts_a_sliding_window():
+    assert busiest_window([0.0, 0.5, 0.99, 1.0, 1.2, 3.0]) == 4  # 0.5, 0.99, 1.0, 1.2
+    assert busiest_window([]) == 0
 
 
 def test_reservations_of_several_limiters_take_consecutive_slots(ledger):
@@ -74,18 +65,6 @@ def _send_batches(ledger_url: str, provider: dict, run_id: str, batch_nos: list[
         )
 
 
-def claim_runs(ledger, tmp_path, runs: int, contacts: int, batches: int) -> dict[str, list[int]]:
-    claimed = {}
-    for n in range(runs):
-        run_id = f"run{n}"
-        path = tmp_path / f"{run_id}.csv"
-        path.write_text("".join(f"User {i}, r{n}.user{i}@example.com\n" for i in range(contacts)))
-        ledger.renew_lease(run_id)
-        pipeline.parse_file(ledger, run_id, path, tmp_path / f"{run_id}-rejected.csv")
-        claimed[run_id] = pipeline.claim_contacts(ledger, run_id, contacts // batches, batches)["batches"]
-    return claimed
-
-
 def send_in_processes(ledger_url, provider, claimed, limits) -> int:
     """Every batch of every run in a process of its own, all at once."""
     jobs = [(ledger_url, provider, run_id, [b], limits) for run_id, batches in claimed.items() for b in batches]
@@ -109,8 +88,8 @@ def test_the_rate_holds_across_send_tasks_and_runs_and_is_reached(ledger, ledger
     stamps = [datetime.fromisoformat(m["created_at"]).timestamp() for m in esp.messages()]
     assert sent == len(stamps) == 1200
     reached = (len(stamps) - 1) / (max(stamps) - min(stamps))
-    print(f"busiest second {busiest_second(stamps)}, reached {reached:.1f}/s of {RATE}/s")
-    assert busiest_second(stamps) <= RATE * 1.1
+    print(f"busiest second {busiest_window(stamps)}, reached {reached:.1f}/s of {RATE}/s")
+    assert busiest_window(stamps) <= RATE * 1.1
     assert reached >= RATE * 0.9
     assert esp.client.get("/healthz").json()["throttled"] == 0
     assert ledger.limit_figures("run0")["rate_wait_seconds"] > 0
@@ -133,7 +112,7 @@ def test_the_rate_keeps_an_ses_like_relay_from_throttling(ledger, ledger_url, tm
     assert sent == len(stamps) == 400
     assert not [e for e in entries if e["throttled"]], "the relay never had to throttle"
     reached = (len(stamps) - 1) / (max(stamps) - min(stamps))
-    print(f"SMTP: busiest second {busiest_second(stamps)}, reached {reached:.1f}/s of 50/s")
+    print(f"SMTP: busiest second {busiest_window(stamps)}, reached {reached:.1f}/s of 50/s")
 
 
 def test_the_limits_come_from_the_provider_connections_extras():
@@ -146,11 +125,6 @@ def test_the_limits_come_from_the_provider_connections_extras():
     assert limits.limited and not ProviderLimits.from_extra("esp_default", {"max_messages_per_second": ""}).limited
     with pytest.raises(ValueError, match="above 0"):
         ProviderLimits.from_extra("esp_default", {"max_messages_per_second": 0})
-
-
-def busiest_window(timestamps: list[float], seconds: float) -> int:
-    stamps = sorted(timestamps)
-    return max((sum(1 for t in stamps[i:] if t < s + seconds) for i, s in enumerate(stamps)), default=0)
 
 
 def test_a_run_that_crosses_the_quota_pauses_without_a_worker_and_goes_on_when_the_window_frees(

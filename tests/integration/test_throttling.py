@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from tests.smtp_relay import FROM_EMAIL, launch_relay
+from tests.support.smtp_relay import FROM_EMAIL, launch_relay
 from welcome_mailer import pipeline
 from welcome_mailer.ledger import send_attempts, sent_contacts
 from welcome_mailer.transports.http import HttpEmailProvider
