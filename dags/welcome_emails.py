@@ -224,8 +224,10 @@ def welcome_emails():
                 guard=reputation_guard(params),
             )  # fmt: skip
         pipeline.log.info(
-            "batch %s/%s: %s sent, %s refused", batch_no + 1, batch_count, result["sent"], result["refused"]
-        )
+            "batch %s/%s: %s sent, %s refused, %s throttled requests; %s left for the quota (it frees at %s UTC)",
+            batch_no + 1, batch_count, result["sent"], result["refused"], result["throttled_requests"],
+            result["unsent"], result["quota_resumes_at"],
+        )  # fmt: skip
         return result
 
     @task.sensor(
