@@ -9,6 +9,7 @@ pipeline, the web app and the CLI use. The state machine is written out in docs/
 - ``resends``: resending blocked contacts, closing a run out, its summary
 - ``operator``: unsubscribe, suppress, release, erase
 - ``limits``: the provider's send rate and rolling quota, shared through the database; each run's figures
+- ``webhook_tokens``: signature tokens a provider's webhook already used (honoured once)
 - ``queries``: SQL pieces those share; ``bulk``: set-based SQL for many rows, per backend
 - ``schema``: every table; ``migrate``: their history (Alembic, ``welcome_mailer/migrations``)
 - ``engine``: opening the database (URL from a connection, SQLite pragmas)
@@ -48,10 +49,11 @@ from welcome_mailer.ledger.schema import (
     sent_contacts,
     staged_contacts,
 )
+from welcome_mailer.ledger.webhook_tokens import WebhookTokens
 from welcome_mailer.vocabulary import BLOCKED, BOUNCED, DELIVERED
 
 
-class Ledger(Claims, Attempts, Outcomes, Resends, OperatorActions, RunLimits):
+class Ledger(Claims, Attempts, Outcomes, Resends, OperatorActions, WebhookTokens, RunLimits):
     """The ledger on one database: every operation of every concern, on one engine."""
 
     def __init__(
