@@ -50,6 +50,13 @@ SETTINGS = Settings.from_env()  # environment only: cheap at parse time
 MIN_CONTACTS_PER_SEND_TASK = 10_000  # see the Param; measured in docs/performance.md
 
 
+def reputation_guard(params: dict):
+    """The run's reputation guard, from its params (docs/limits.md)."""
+    from welcome_mailer.ledger.limits import ReputationGuard
+
+    return ReputationGuard(params["guard_min_outcomes"], params["max_bounce_rate"], params["max_complaint_rate"])
+
+
 @dag(
     dag_id="welcome_emails",
     schedule=None,
@@ -146,6 +153,33 @@ MIN_CONTACTS_PER_SEND_TASK = 10_000  # see the Param; measured in docs/performan
             "mock provider; "
             "with a real provider use 600 or more, so that temporary blocks can clear.",
         ),
+        # The reputation guard (docs/limits.md): a run that burns the sender's reputation stops sending.
+        "guard_min_outcomes": Param(
+            200,
+            type="integer",
+            minimum=1,
+            title="Reputation guard: outcomes before it judges",
+            description="The guard looks at the run's bounce and complaint shares once this many of its "
+            "messages have an outcome.",
+        ),
+        "max_bounce_rate": Param(
+            0.2,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Reputation guard: max bounce rate",
+            description="Above this share of bounced messages the run stops sending and releases every "
+            "contact it has not emailed, and ends failed. 0 turns this limit off. 0.2 lets the mock "
+            "provider's 10% through; use 0.05 with a real account (SES reviews an account at 5%).",
+        ),
+        "max_complaint_rate": Param(
+            0.005,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Reputation guard: max complaint rate",
+            description="Above this share of spam complaints the run stops as above. 0 turns it off.",
+        ),
     },
 )
 def welcome_emails():
@@ -203,13 +237,18 @@ def welcome_emails():
         get_current_context()["batch_label"] = f"batch {batch_no + 1}/{batch_count}"
         ledger = LedgerHook().get_conn()
         ledger.renew_lease(run_id)
-        with EspHook().get_conn() as transport:
+        esp = EspHook()
+        with esp.get_conn() as transport:
             result = pipeline.send_batch(
-                ledger, transport, run_id, batch_no, params["batch_size"], SETTINGS.requests_in_flight
-            )
+                ledger, transport, run_id, batch_no, params["batch_size"], SETTINGS.requests_in_flight,
+                limiter=esp.send_limiter(ledger), quota_linger_seconds=SETTINGS.poke_seconds,
+                guard=reputation_guard(params),
+            )  # fmt: skip
         pipeline.log.info(
-            "batch %s/%s: %s sent, %s refused", batch_no + 1, batch_count, result["sent"], result["refused"]
-        )
+            "batch %s/%s: %s sent, %s refused, %s throttled requests; %s left for the quota (it frees at %s UTC)",
+            batch_no + 1, batch_count, result["sent"], result["refused"], result["throttled_requests"],
+            result["unsent"], result["quota_resumes_at"],
+        )  # fmt: skip
         return result
 
     @task.sensor(
@@ -233,17 +272,20 @@ def welcome_emails():
             sources = EspHook.outcome_sources(transport)
             done = pipeline.await_delivery(
                 ledger, sources, run_id, params["max_attempts"],
-                linger_seconds=SETTINGS.poke_seconds, poll_seconds=POLL_SECONDS,
+                linger_seconds=SETTINGS.poke_seconds, poll_seconds=POLL_SECONDS, guard=reputation_guard(params),
             )  # fmt: skip
         return PokeReturnValue(is_done=done, xcom_value={"finished": time.time()})
 
     @task.branch
     def decide(params: dict | None = None, run_id: str | None = None) -> list[str]:
-        """Resend when blocked contacts have attempts left; always close out."""
+        """Resend when blocked contacts have attempts left, or when the quota held messages back; always
+        close out."""
         from welcome_mailer.hooks.ledger import LedgerHook
 
-        resendable = LedgerHook().get_conn().count_resendable(run_id, params["max_attempts"])
-        return ["resend_blocked", "close_out"] if resendable else ["close_out"]
+        ledger = LedgerHook().get_conn()
+        # Also when the provider's quota stopped a send task: resend_blocked sends the rest when it frees.
+        waiting = ledger.count_resendable(run_id, params["max_attempts"]) or ledger.count_unsent(run_id)
+        return ["resend_blocked", "close_out"] if waiting else ["close_out"]
 
     @task.sensor(
         poke_interval=SETTINGS.poke_seconds,
@@ -260,7 +302,8 @@ def welcome_emails():
         from welcome_mailer.report_task import max_mapped_batches
 
         ledger = LedgerHook().get_conn()
-        with EspHook().get_conn() as transport:
+        esp = EspHook()
+        with esp.get_conn() as transport:
             done = pipeline.resend_blocked(
                 ledger,
                 transport,
@@ -273,6 +316,8 @@ def welcome_emails():
                 linger_seconds=SETTINGS.poke_seconds,
                 poll_seconds=POLL_SECONDS,
                 requests_in_flight=SETTINGS.requests_in_flight,
+                limiter=esp.send_limiter(ledger),
+                guard=reputation_guard(params),
             )
         return PokeReturnValue(is_done=done, xcom_value={"finished": time.time()})
 

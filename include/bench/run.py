@@ -18,6 +18,10 @@ Long modes, for the speed issue's remaining figures: ``--million`` adds 1M rows 
 on the stack, with its baseline; ``--overlap 1000000`` triggers four 250k files together on the stack
 against one 1M file (their ratio: target <= 1.25).
 
+With ``--rated ROWS`` (the limits issue: 100000): ROWS end to end with the provider connection's
+``max_messages_per_second`` at ``--rate`` (500), against ROWS / rate s plus the run's own fixed cost (the
+unlimited run of the same file, less its send phase; target: within 10%).
+
 Beside every end-to-end figure (and every baseline) the bench prints the hold-chain floor of that run,
 computed from its mock ESP's journal (``hold_chain_floor``), and the figure as a ratio to it; for every
 run of the pipeline, where its time went (``phase_breakdown``: Airflow's fixed cost, parse, claim, send,
@@ -138,6 +142,22 @@ def template_cost(rows: int, workdir: Path) -> list[dict]:
     if builtin["ok"] and html["ok"]:
         html["ratio_to_builtin"] = round(html["seconds"] / builtin["seconds"], 3)  # target: <= 1.10
     return [builtin, html]
+
+
+def rated_end_to_end(rows: int, rate: float, workdir: Path, unlimited: dict | None) -> dict:
+    """``rows`` end to end with the provider's send rate at ``rate`` messages/s (docs/limits.md), beside
+    rows / rate plus the fixed cost of the ``unlimited`` run of the same file (its time less its send)."""
+    name = f"rated_{rate:g}"
+    with bench_esp(workdir / f"esp_{name}_{rows}.jsonl") as (url, _):
+        connection = json.loads(esp_connection(httpx.URL(url).port, BENCH_ESP_KEY))
+        connection["extra"] = {"max_messages_per_second": rate}
+        result = end_to_end(rows, workdir, {"AIRFLOW_CONN_ESP_DEFAULT": json.dumps(connection)}, name=name)
+    result["rate"] = rate
+    if unlimited and unlimited.get("ok") and result["ok"]:
+        fixed = unlimited["seconds"] - unlimited.get("phase_seconds", {}).get("send", 0.0)
+        result["expected_s"] = round(rows / rate + fixed, 1)
+        result["ratio_to_expected"] = round(result["seconds"] / result["expected_s"], 3)  # target <= 1.10
+    return result
 
 
 def run_figures(report: dict, instances: list[dict], started: float, finished: float) -> dict:
@@ -796,7 +816,14 @@ def main(argv: list[str] | None = None) -> None:
         "--template", type=int, default=0, metavar="ROWS",
         help="ROWS end to end with the built-in text and with an HTML template, both printed (the issue: 1000000)",
     )  # fmt: skip
+    parser.add_argument(
+        "--rated", type=int, default=0, metavar="ROWS",
+        help="also ROWS end to end with the provider's send rate at --rate (the limits issue: 100000)",
+    )  # fmt: skip
+    parser.add_argument("--rate", type=float, default=500.0, help="messages per second for --rated")
     args = parser.parse_args(argv)
+    if args.rated and args.rated not in args.sizes:
+        args.sizes = [*args.sizes, args.rated]  # its fixed cost comes from the unlimited run of the same file
     stack_sizes = args.stack_sizes if args.stack_sizes is not None else (args.sizes if args.stack else [])
     if args.million:
         args.sizes, stack_sizes = [*args.sizes, 1_000_000], [*stack_sizes, 1_000_000]
@@ -828,6 +855,10 @@ def main(argv: list[str] | None = None) -> None:
             results.append(smtp)
         if args.template:
             results.extend(template_cost(args.template, workdir))
+        if args.rated:
+            unlimited = next((r for r in results if r["benchmark"] == f"end_to_end_{args.rated}"), None)
+            rated = rated_end_to_end(args.rated, args.rate, workdir, unlimited)
+            results.append(rated)
         if stack_sizes or args.overlap:
             results.extend(on_stack(stack_sizes, workdir, args.overlap))
     results = with_ratios(results)
@@ -840,6 +871,13 @@ def main(argv: list[str] | None = None) -> None:
     for result in results:
         print(json.dumps(result))
     print("\n".join(summary_lines(results)))
+    for result in results:
+        if "ratio_to_expected" in result:
+            print(
+                f"{result['benchmark']}_{result['contacts']}: {result['seconds']} s at {result['rate']:g} messages/s; "
+                f"expected {result['expected_s']} s (rows / rate + the unlimited run's fixed cost): "
+                f"{result['ratio_to_expected']}x (target <= 1.10)"
+            )
     print(f"appended to {RESULTS}")
 
 

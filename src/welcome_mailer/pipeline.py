@@ -20,6 +20,7 @@ from typing import TypeVar
 from welcome_mailer import templates
 from welcome_mailer.contacts import DEFAULT_CHUNK_SIZE, ContactReader
 from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt
+from welcome_mailer.ledger.limits import QuotaExhausted, ReputationGuard, SendLimiter
 from welcome_mailer.outcomes import OutcomeSource
 from welcome_mailer.settings import DEFAULT_REQUESTS_IN_FLIGHT
 from welcome_mailer.storage import describe, ensure_directory
@@ -31,6 +32,12 @@ from welcome_mailer.vocabulary import OutcomeEvent, utcnow
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 LEASE_RENEWAL_SECONDS = 60  # a long task renews its run's lease this often (leases last minutes)
+# Throttled messages (the provider's rate or quota) are sent again after the provider's Retry-After, else
+# after a backoff from THROTTLE_BACKOFF_SECONDS doubling up to THROTTLE_MAX_WAIT_SECONDS; a send task that
+# has waited THROTTLE_PATIENCE_SECONDS in all fails (its retry sends the same attempts again).
+THROTTLE_BACKOFF_SECONDS = 0.5
+THROTTLE_MAX_WAIT_SECONDS = 60.0
+THROTTLE_PATIENCE_SECONDS = 900.0
 PROGRESS_LOG_SECONDS = 30  # a long delivery poke logs how far it is this often
 
 
@@ -149,6 +156,44 @@ def claim_contacts(
     }
 
 
+GUARD_CHECK_SECONDS = 5.0  # how often a task works out the run's bounce and complaint shares
+
+
+def guard_keeper(ledger: Ledger, run_id: str, guard: ReputationGuard | None) -> Callable[[], bool]:
+    """A function to call as often as convenient: True once the run must not send any more. At its first
+    call, then once GUARD_CHECK_SECONDS have passed, it works out the run's outcome shares (a count over
+    the run's messages) and, when they pass the guard's limits, stops the run (``Ledger.stop_for_guard``:
+    every contact it has not sent to is released for a later run) and says so in the task log."""
+    checked: float | None = None
+    stopped = False
+
+    def must_stop() -> bool:
+        nonlocal checked, stopped
+        if guard is None or stopped:
+            return stopped
+        if checked is not None and time.monotonic() - checked < GUARD_CHECK_SECONDS:
+            return False
+        checked = time.monotonic()
+        figures = ledger.outcome_figures(run_id)
+        reason = guard.verdict(figures)
+        if reason is not None:
+            released = ledger.stop_for_guard(run_id, reason, figures)
+            log.error(
+                "reputation guard: %s after %s outcomes (%s bounced, %s complained): the run stops sending; "
+                "%s contacts it had not sent to are released for a later run",
+                reason, figures["outcomes"], figures["bounced"], figures["complained"], released,
+            )  # fmt: skip
+        stopped = ledger.guard_stopped(run_id)
+        return stopped
+
+    return must_stop
+
+
+class StillThrottled(RuntimeError):
+    """The provider kept throttling a send task's messages for THROTTLE_PATIENCE_SECONDS: none of them was
+    sent and none spent an attempt; the task's retry sends the same attempts again."""
+
+
 def send_batch(
     ledger: Ledger,
     transport: EmailProvider,
@@ -157,6 +202,11 @@ def send_batch(
     request_size: int,
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT,
     unsubscribe: UnsubscribeSettings | None = None,
+    *,
+    limiter: SendLimiter | None = None,
+    quota_linger_seconds: float = 5.0,
+    guard: ReputationGuard | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict:
     """Send one batch: record the attempts, then send them in requests of ``request_size``.
 
@@ -168,14 +218,37 @@ def send_batch(
     idempotency key, through an idempotent transport: the provider returns the message it already
     accepted. Through a transport without idempotency each request's attempts are marked dispatched just
     before it goes, and such an attempt is never sent again (unconfirmed). After a failed request nothing
-    new is sent; the replies of requests already under way are still recorded, then the failure raised."""
+    new is sent; the replies of requests already under way are still recorded, then the failure raised.
+
+    Messages the provider throttled (its rate or quota: nothing was sent) are sent again, the same
+    attempts, once every request has been answered, after the provider's Retry-After or a backoff.
+
+    With a ``limiter`` (the provider's limits, ``welcome_mailer.ledger.limits``) each request waits for its
+    send slot first, shared with every other send task, and carries no more than the limiter allows. When
+    the rolling quota is used up for longer than ``quota_linger_seconds``, the task stops: what it has not
+    sent stays the run's, due (``Ledger.count_unsent``), for resend_blocked to send once the window frees
+    (the result's ``quota_resumes_at``); it never becomes failed. Once the reputation ``guard`` stops the
+    run (this task's check or another's), no further request goes out."""
     started = time.time()
     attempts = ledger.start_attempts(run_id, batch_no, resend_unconfirmed=transport.idempotent)
-    accepted = refused = unconfirmed = 0
+    accepted = refused = unconfirmed = throttled_requests = 0
+    throttled: list[OutgoingAttempt] = []  # this pass's throttled attempts, for the next pass
+    retry_after = 0.0
+    quota_held: list[OutgoingAttempt] = []  # not sent: the quota is used up (QuotaExhausted)
+    quota: QuotaExhausted | None = None
     # The run's snapshot, compiled once per process; unsubscribe_url as the transports read it.
     message = templates.for_run(ledger.engine, run_id, unsubscribe or UnsubscribeSettings.from_env())
 
-    def send(chunk: Sequence[OutgoingAttempt]) -> list[SendResult]:
+    must_stop = guard_keeper(ledger, run_id, guard)
+
+    def send(chunk: Sequence[OutgoingAttempt]) -> list[SendResult] | QuotaExhausted | None:
+        if must_stop():
+            return None  # released by the guard: a later run sends it
+        if limiter is not None:
+            try:
+                limiter.acquire(len(chunk))
+            except QuotaExhausted as exc:
+                return exc
         if not transport.idempotent:
             ledger.mark_dispatched(run_id, chunk)  # a lost reply now parks the chunk as unconfirmed, never resent
         messages, unrendered = message.messages([(a.email, a.name, a.idempotency_key) for a in chunk])
@@ -190,10 +263,24 @@ def send_batch(
 
     keep_lease = lease_keeper(ledger, run_id)
 
-    def record(chunk: Sequence[OutgoingAttempt], results: list[SendResult]) -> None:
-        nonlocal accepted, refused, unconfirmed
+    def record(chunk: Sequence[OutgoingAttempt], results: list[SendResult] | QuotaExhausted | None) -> None:
+        nonlocal accepted, refused, unconfirmed, throttled_requests, retry_after, quota
         keep_lease()
+        if results is None:
+            return
+        if isinstance(results, QuotaExhausted):
+            quota_held.extend(chunk)
+            quota = results if quota is None or results.resumes_at > quota.resumes_at else quota
+            return
         pairs = list(zip(chunk, results, strict=True))
+        held = [(a, r) for a, r in pairs if r.throttled]
+        if held:  # nothing of these went out: the same attempts again, later (never a new email)
+            throttled_requests += 1
+            throttled.extend(a for a, _ in held)
+            retry_after = max([retry_after, *(r.retry_after or 0.0 for _, r in held)])
+            if not transport.idempotent:
+                ledger.hand_back(run_id, [a for a, _ in held])
+            pairs = [(a, r) for a, r in pairs if not r.throttled]
         # Handed over without a reply (only through a transport without idempotency): never resent.
         lost = [a for a, r in pairs if r.unconfirmed]
         ledger.mark_unconfirmed(run_id, lost)
@@ -227,19 +314,65 @@ def send_batch(
             raise
         record(chunk, results)
 
+    waited, quota_waited, backoff = 0.0, 0.0, THROTTLE_BACKOFF_SECONDS
+    request_size = min(request_size, transport.max_batch, (limiter and limiter.request_cap) or request_size)
     try:
-        for chunk in chunked(attempts, min(request_size, transport.max_batch)):
-            in_flight.append((chunk, requests.submit(send, chunk)))
-            if len(in_flight) > requests_in_flight:
+        while attempts:
+            for chunk in chunked(attempts, request_size):
+                in_flight.append((chunk, requests.submit(send, chunk)))
+                if len(in_flight) > requests_in_flight:
+                    record_oldest()
+            while in_flight:
                 record_oldest()
-        while in_flight:
-            record_oldest()
+            attempts, throttled[:] = list(throttled), []
+            if must_stop():
+                break
+            if quota is not None:  # the quota is used up: wait here a little, else stop and leave them due
+                if quota.wait_seconds > quota_linger_seconds:
+                    ledger.pause_for_quota(run_id, quota.resumes_at)
+                    log.info("%s (%s messages of this batch wait for it)", quota, len(attempts) + len(quota_held))
+                    break
+                log.info("the quota frees in %.1f s: %s messages wait for it", quota.wait_seconds, len(quota_held))
+                sleep(quota.wait_seconds)
+                attempts, quota_held[:], quota_waited, quota = (
+                    attempts + quota_held,
+                    [],
+                    quota_waited + quota.wait_seconds,
+                    None,
+                )
+                continue
+            if attempts:
+                wait = min(retry_after or backoff, THROTTLE_MAX_WAIT_SECONDS)
+                if waited + wait > THROTTLE_PATIENCE_SECONDS:
+                    raise StillThrottled(
+                        f"the provider throttled {len(attempts)} messages for {waited:.0f} s: none of them was "
+                        "sent, none spent an attempt; the task's retry sends them"
+                    )
+                log.info("the provider throttled %s messages: the same ones again in %.1f s", len(attempts), wait)
+                sleep(wait)
+                waited, backoff, retry_after = waited + wait, min(backoff * 2, THROTTLE_MAX_WAIT_SECONDS), 0.0
     finally:
         requests.shutdown(cancel_futures=True)  # after a failure in recording too
+        rate_wait = limiter.rate_wait_seconds if limiter is not None else 0.0
+        ledger.add_limit_figures(
+            run_id,
+            throttled_requests=throttled_requests,
+            throttle_wait_seconds=waited,
+            rate_wait_seconds=rate_wait,
+            quota_wait_seconds=quota_waited,
+        )
+    if quota is None and accepted:
+        ledger.end_quota_pause(run_id)
     return {
         "sent": accepted,
         "refused": refused,
         "unconfirmed": unconfirmed,
+        "throttled_requests": throttled_requests,
+        "throttle_wait_seconds": round(waited, 3),
+        "rate_wait_seconds": round(rate_wait, 3),
+        "quota_wait_seconds": round(quota_waited, 3),
+        "unsent": len(attempts) + len(quota_held) if quota is not None else 0,
+        "quota_resumes_at": quota.resumes_at.isoformat() if quota is not None else None,  # naive UTC
         "started": started,
         "finished": time.time(),
     }
@@ -271,6 +404,7 @@ def await_delivery(
     linger_seconds: float = 0.0,
     poll_seconds: float = 0.25,
     max_seconds: float = 600.0,
+    guard: ReputationGuard | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
     """One poke of the delivery sensor: record what the sources know, then say whether waiting is over:
@@ -285,14 +419,17 @@ def await_delivery(
     started = last_progress = last_log = time.monotonic()
     recorded, polls, fewest_left = 0, 0, None
     keep_lease = lease_keeper(ledger, run_id)
+    must_stop = guard_keeper(ledger, run_id, guard)
     while True:
         keep_lease()
         resolved, left = collect_outcomes(ledger, sources, run_id)
+        must_stop()  # the reputation guard, on the outcomes known so far
         resendable = ledger.count_resendable(run_id, max_attempts)
         recorded, polls, now = recorded + resolved, polls + 1, time.monotonic()
         if fewest_left is None or left < fewest_left:
             fewest_left, last_progress = left, now
-        done = left == 0 or resendable > 0
+        # Contacts a send task left for the quota: resend_blocked sends them once the window frees.
+        done = left == 0 or resendable > 0 or ledger.count_unsent(run_id) > 0
         ending = done or now - last_progress >= linger_seconds or now - started + poll_seconds > max_seconds
         if ending or now - last_log >= PROGRESS_LOG_SECONDS:
             log.info(
@@ -318,6 +455,8 @@ def resend_blocked(
     linger_seconds: float,
     poll_seconds: float,
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT,
+    limiter: SendLimiter | None = None,
+    guard: ReputationGuard | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
     """One poke of the resend phase: record outcomes, and send a NEW email to every blocked contact with
@@ -329,18 +468,35 @@ def resend_blocked(
     and gives the worker slot back (returns False) when only outcomes or longer backoffs are left to wait for.
     """
     keep_lease = lease_keeper(ledger, run_id)
+    must_stop = guard_keeper(ledger, run_id, guard)
     while True:
         keep_lease()
         collect_outcomes(ledger, sources, run_id)
+        must_stop()  # a stopped run has released what it has not sent: nothing is requeued below
         now = utcnow()
         batches = ledger.requeue_blocked(
             run_id, max_attempts, now - timedelta(seconds=backoff_seconds), batch_size, max_batches
         )
-        if batches:
-            sent = sum(
-                send_batch(ledger, transport, run_id, b, batch_size, requests_in_flight)["sent"] for b in batches
+        resumes_at = ledger.quota_pause(run_id)
+        if batches and resumes_at is not None and (resumes_at - now).total_seconds() > linger_seconds:
+            log.info(
+                "the provider's quota is used up: %s contacts wait, sending goes on at %s UTC",
+                ledger.count_unsent(run_id),
+                resumes_at,
             )
-            log.info("resent %s blocked contacts: a new email each", sent)
+            return False  # the worker slot is given back while the window frees
+        if batches:
+            results = [
+                send_batch(
+                    ledger, transport, run_id, b, batch_size, requests_in_flight,
+                    limiter=limiter, quota_linger_seconds=linger_seconds, guard=guard, sleep=sleep,
+                )
+                for b in batches
+            ]  # fmt: skip
+            log.info(
+                "sent %s messages (new emails to blocked contacts, or ones the quota held)",
+                sum(r["sent"] for r in results),
+            )
             sleep(poll_seconds)  # their outcomes are often back at once
             continue
         earliest_blocked = ledger.earliest_resendable(run_id, max_attempts)

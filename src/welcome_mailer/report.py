@@ -23,9 +23,18 @@ OUTCOME_ORDER = (
 
 
 def build_report(
-    *, run_id: str, parsed: dict, claimed: dict, summary: dict, phases: dict[str, float], peak_rss: dict | None = None
+    *,
+    run_id: str,
+    parsed: dict,
+    claimed: dict,
+    summary: dict,
+    phases: dict[str, float],
+    peak_rss: dict | None = None,
+    limits: dict | None = None,
 ) -> dict:
-    """``peak_rss``: welcome_mailer.task_memory.summarize's view of each task's peak RSS."""
+    """``peak_rss``: welcome_mailer.task_memory.summarize's view of each task's peak RSS. ``limits``: the
+    run's figures about the provider's limits and its reputation guard (``Ledger.limit_figures``, with
+    ``outcome_figures`` under "guard")."""
     by_status = summary["by_status"]
     return {
         "run_id": run_id,
@@ -54,6 +63,7 @@ def build_report(
         "phase_seconds": {name: round(seconds, 2) for name, seconds in phases.items()},
         "peak_rss_mb": (peak_rss or {}).get("by_task", {}),
         "peak_rss_scope": (peak_rss or {}).get("scope", "not measured"),
+        "limits": limits or {},
     }
 
 
@@ -94,8 +104,33 @@ def report_rows(report: dict) -> list[tuple[str, object]]:
     ]
     if report.get("peak_rss_mb"):
         rows.append(("  peak RSS measured", report["peak_rss_scope"]))
+    rows += limit_rows(report.get("limits") or {})
     if report["encoding_warning"]:
         rows.append(("warning", report["encoding_warning"]))
+    return rows
+
+
+def limit_rows(limits: dict) -> list[tuple[str, object]]:
+    """The provider's limits and the reputation guard, as the run met them (docs/limits.md)."""
+    if not limits:
+        return []
+    rows = [
+        ("throttled requests (the provider's rate or quota; no attempt spent)", limits["throttled_requests"]),
+        ("seconds waiting after throttling", limits["throttle_wait_seconds"]),
+        ("seconds waiting for the send rate", limits["rate_wait_seconds"]),
+        ("seconds waiting for the quota", limits["quota_wait_seconds"]),
+    ]
+    if limits.get("quota_resumes_at"):
+        rows.append(("quota used up: sending goes on at (UTC)", limits["quota_resumes_at"]))
+    guard = limits.get("guard") or {}
+    if guard:
+        rows.append(
+            ("reputation guard: outcomes, bounce rate, complaint rate",
+             f"{guard['outcomes']}, {guard['bounce_rate']:.1%}, {guard['complaint_rate']:.2%}")
+        )  # fmt: skip
+    if limits.get("guard_stopped_at"):
+        reason = json.loads(limits["guard_detail"])["reason"]
+        rows.append(("reputation guard STOPPED the run", f"{limits['guard_stopped_at']}: {reason}"))
     return rows
 
 

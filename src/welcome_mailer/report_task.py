@@ -80,12 +80,18 @@ def report_run(ti, dag_run, run_id: str) -> dict:
         summary=ledger.run_summary(run_id),
         phases=phases,
         peak_rss=summarize(peak_rss_by_task(ti, len(claimed["batches"]))),
+        limits=ledger.limit_figures(run_id) | {"guard": ledger.outcome_figures(run_id)},
     )
     settings = Settings.from_env()
     reports_dir = location(settings.reports_dir, settings.storage_conn_id)  # a directory or a URI
     json_path, markdown_path = write_report(report, run_directory(reports_dir, run_id))
     report["report_files"] = [describe(str(json_path)), describe(str(markdown_path))]
     log.info("Welcome run report (%s):\n%s", markdown_path, render_markdown(report))
+    if report["limits"]["guard_stopped_at"]:
+        raise AirflowFailException(
+            f"the reputation guard stopped the run: {report['limits']['guard_detail']}; the contacts it had "
+            "not emailed were released for a later run (docs/limits.md)"
+        )
     unfinished = {s: n for s, n in report["outcomes"].items() if s in UNFINISHED_STATES}
     if results["close_out"] is not None and unfinished:
         raise AirflowFailException(f"the run closed out with contacts still in flight: {unfinished}")

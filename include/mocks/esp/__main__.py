@@ -32,6 +32,10 @@ OPTIONS: dict[str, tuple[str, type, object]] = {
     "lose-response-rate": ("MOCK_ESP_LOSE_RESPONSE_RATE", float, 0.0),
     "rate-limit-rps": ("MOCK_ESP_RATE_LIMIT_RPS", float, 0.0),
     "latency-ms": ("MOCK_ESP_LATENCY_MS", float, 0.0),
+    # an account's sending limits (0: none): 429 + Retry-After, nothing accepted
+    "max-messages-per-second": ("MOCK_ESP_MAX_MESSAGES_PER_SECOND", float, 0.0),
+    "daily-quota": ("MOCK_ESP_DAILY_QUOTA", int, 0),
+    "quota-window-seconds": ("MOCK_ESP_QUOTA_WINDOW_SECONDS", float, 86400.0),
     "journal": ("MOCK_ESP_JOURNAL", str, ""),  # a file that keeps the messages across restarts
     # push mode (off without a URL): signed outcome events posted to this webhook, as real providers do
     "push-url": ("MOCK_ESP_PUSH_URL", str, ""),
@@ -64,6 +68,9 @@ def build_app(args: argparse.Namespace):
         rate_limit_rps=args.rate_limit_rps,
         latency_ms=args.latency_ms,
         seed=args.seed,
+        max_messages_per_second=args.max_messages_per_second,
+        daily_quota=args.daily_quota,
+        quota_window_seconds=args.quota_window_seconds,
     )
     push = None
     if args.push_url:

@@ -7,6 +7,7 @@ audit the message log depend on them. See docs/mock-esp.md.
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import random
 import re
@@ -37,6 +38,11 @@ class FaultSettings:
     rate_limit_rps: float = 0.0  # /v1 requests per second before 429 + Retry-After; 0 = unlimited
     latency_ms: float = 0.0  # added to every request
     seed: int = 7
+    # An account's sending limits, as SES/SendGrid enforce them: a send over either is answered 429 with
+    # Retry-After and nothing of it is accepted. 0: no limit.
+    max_messages_per_second: float = 0.0  # new messages a second (a bucket of one second's worth)
+    daily_quota: int = 0  # new messages per quota_window_seconds, rolling
+    quota_window_seconds: float = 86400.0
 
 
 class FaultsIn(BaseModel):
@@ -45,6 +51,9 @@ class FaultsIn(BaseModel):
     rate_limit_rps: float = Field(0.0, ge=0)
     latency_ms: float = Field(0.0, ge=0)
     seed: int = 7
+    max_messages_per_second: float = Field(0.0, ge=0)
+    daily_quota: int = Field(0, ge=0)
+    quota_window_seconds: float = Field(86400.0, gt=0)
 
 
 class MessageIn(BaseModel):
@@ -88,6 +97,44 @@ class _TokenBucket:
         return (1 - self.tokens) / self.rate
 
 
+class _SendingLimits:
+    """An account's message rate (a bucket of one second's tokens; a request larger than the bucket goes
+    when it is full, leaving a debt) and its rolling quota."""
+
+    def __init__(self, settings: FaultSettings) -> None:
+        self.rate, self.quota, self.window = (
+            settings.max_messages_per_second, settings.daily_quota, settings.quota_window_seconds
+        )  # fmt: skip
+        self.tokens, self.stamp = self.rate, time.monotonic()
+        self.accepted: collections.deque[float] = collections.deque()
+        self.throttled = 0  # requests answered 429 for these limits
+
+    def check(self, count: int) -> None:
+        """Take ``count`` new messages, or raise the 429 (nothing taken)."""
+        if not count:
+            return
+        now = time.monotonic()
+        if self.quota:
+            while self.accepted and self.accepted[0] <= now - self.window:
+                self.accepted.popleft()
+            if len(self.accepted) + count > self.quota:
+                self.throttled += 1
+                frees_at = self.accepted[len(self.accepted) + count - self.quota - 1] + self.window
+                retry = max(1, math.ceil(frees_at - now)) if count <= self.quota else math.ceil(self.window)
+                raise EspError(429, "Daily message quota exceeded", {"Retry-After": str(retry)})
+        if self.rate:
+            self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            need = min(count, self.rate)
+            if self.tokens < need:
+                self.throttled += 1
+                retry = max(1, math.ceil((need - self.tokens) / self.rate))
+                raise EspError(429, "Maximum sending rate exceeded", {"Retry-After": str(retry)})
+            self.tokens -= count
+        if self.quota:
+            self.accepted.extend([now] * count)
+
+
 class _LiveFaults:
     def __init__(self, settings: FaultSettings) -> None:
         self.replace(settings)
@@ -96,6 +143,7 @@ class _LiveFaults:
         self.settings = settings
         self.rng = random.Random(settings.seed)
         self.bucket = _TokenBucket(settings.rate_limit_rps) if settings.rate_limit_rps > 0 else None
+        self.limits = _SendingLimits(settings)
 
 
 # Most addresses are plain ASCII: for them this check is enough and 20x cheaper than email-validator,
@@ -204,7 +252,8 @@ def create_app(
     @app.get("/healthz")
     async def healthz() -> dict:
         pushed = {"pushed": pusher.posted, "failed_pushes": pusher.failed_posts} if pusher else {}
-        return {"status": "ok", "messages": len(store), "lookups": lookups, **pushed}
+        limited = {"throttled": live.limits.throttled}
+        return {"status": "ok", "messages": len(store), "lookups": lookups, **limited, **pushed}
 
     @app.post("/v1/messages", status_code=202, dependencies=v1)
     async def send_message(
@@ -213,6 +262,7 @@ def create_app(
         error = _address_error(body.to)
         if error:
             raise EspError(422, error)
+        live.limits.check(0 if store.known_key(idempotency_key) else 1)
         try:
             message, created = accept(body.to, body.subject, body.text, idempotency_key, body.headers, body.html)
         except IdempotencyConflict:
@@ -231,6 +281,7 @@ def create_app(
         if isinstance(raw, dict) and isinstance(raw.get("messages"), list) and len(raw["messages"]) > MAX_BATCH:
             raise EspError(413, f"a batch holds at most {MAX_BATCH} messages")
         body = BatchIn.model_validate(raw)
+        live.limits.check(sum(1 for item in body.messages if not store.known_key(item.idempotency_key)))
         results = []
         for item in body.messages:
             error = _address_error(item.to)

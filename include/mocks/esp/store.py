@@ -180,6 +180,10 @@ class MessageStore:
             self._journal.flush()
         return message, True
 
+    def known_key(self, idempotency_key: str | None) -> bool:
+        """A message was accepted under this key (sending it again makes no new message)."""
+        return idempotency_key is not None and idempotency_key in self._by_key
+
     def _remember(self, message: Message) -> None:
         self._log.append(message)
         if _position(message.id) != message.seq:

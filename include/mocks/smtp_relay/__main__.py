@@ -37,6 +37,10 @@ OPTIONS: dict[str, tuple[str, type, object]] = {
     "pipelining": ("MOCK_SMTP_PIPELINING", int, 1),  # 0: the relay does not offer PIPELINING
     "dsn": ("MOCK_SMTP_DSN", int, 1),  # 0: the relay does not offer DSN (no success reports: the settle time)
     "delivered-held-rate": ("MOCK_SMTP_DELIVERED_HELD_RATE", float, 0.5),  # success reports after 1-5 s
+    # SES's limits (0: none): 454 after the data, the message dropped
+    "max-messages-per-second": ("MOCK_SMTP_MAX_MESSAGES_PER_SECOND", float, 0.0),
+    "daily-quota": ("MOCK_SMTP_DAILY_QUOTA", int, 0),
+    "quota-window-seconds": ("MOCK_SMTP_QUOTA_WINDOW_SECONDS", float, 86400.0),
     "login": ("MOCK_SMTP_LOGIN", str, ""),
     "password": ("MOCK_SMTP_PASSWORD", str, ""),
     "tls-cert": ("MOCK_SMTP_TLS_CERT", str, ""),  # with --tls-key: STARTTLS offered and required
@@ -72,6 +76,9 @@ async def serve(args: argparse.Namespace) -> None:
         delivered_held_rate=args.delivered_held_rate,
         login=args.login,
         password=args.password,
+        max_messages_per_second=args.max_messages_per_second,
+        daily_quota=args.daily_quota,
+        quota_window_seconds=args.quota_window_seconds,
     )
     log_path = Path(args.log)
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,12 @@ Faults (off by default): ``connect_421_rate`` (421 instead of the greeting), ``d
 timeout, a lost reply on a live connection), ``latency_ms`` before
 every reply to RCPT and after the data.
 
+Limits, as Amazon SES enforces them (off by default): ``max_messages_per_second`` (a token bucket holding
+one second's worth) and ``daily_quota`` messages per ``quota_window_seconds`` (rolling). A message over
+either is answered ``454 Throttling failure: Maximum sending rate exceeded.`` (or ``Daily message quota
+exceeded.``) after the data and DROPPED: logged with ``throttled`` true, never delivered, never counted
+as the recipient's transaction.
+
 The log (JSON lines, one per transaction that reached RCPT) is what tests prove invariants from: every
 message the relay received, its outcome and when that outcome is known (``resolve_at``), the raw bytes.
 """
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import email
 import email.policy
 import hashlib
@@ -75,6 +82,43 @@ class RelaySettings:
     delivered_held_rate: float = 0.5  # of the success reports, written after 1-5 s; the rest at once
     login: str = ""  # AUTH required when set
     password: str = ""
+    max_messages_per_second: float = 0.0  # 0: no rate limit
+    daily_quota: int = 0  # 0: no quota
+    quota_window_seconds: float = 86400.0
+
+
+RATE_EXCEEDED = "454 4.7.0 Throttling failure: Maximum sending rate exceeded."
+QUOTA_EXCEEDED = "454 4.7.0 Throttling failure: Daily message quota exceeded."
+
+
+class SendingLimits:
+    """SES's sending limits: a rate (a bucket of one second's tokens) and a rolling quota."""
+
+    def __init__(self, settings: RelaySettings, clock=time.monotonic) -> None:
+        self.rate, self.quota, self.window = (
+            settings.max_messages_per_second, settings.daily_quota, settings.quota_window_seconds
+        )  # fmt: skip
+        self.clock = clock
+        self.tokens, self.stamp = self.rate, clock()
+        self.accepted: collections.deque[float] = collections.deque()  # acceptance times within the window
+
+    def refusal(self) -> str | None:
+        """None when one more message may go now (and count it), else the 454 reply."""
+        now = self.clock()
+        if self.quota:
+            while self.accepted and self.accepted[0] <= now - self.window:
+                self.accepted.popleft()
+            if len(self.accepted) >= self.quota:
+                return QUOTA_EXCEEDED
+        if self.rate:
+            self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens < 1:
+                return RATE_EXCEEDED
+            self.tokens -= 1
+        if self.quota:
+            self.accepted.append(now)
+        return None
 
 
 @dataclass(frozen=True)
@@ -199,6 +243,7 @@ class Relay:
         self._seq = 0
         self._per_recipient: dict[str, int] = {}
         self._faults = random.Random(settings.seed + 1)
+        self._limits = SendingLimits(settings)
         # Reports are written by a thread of their own, as a real relay's bounce daemon works apart from its
         # SMTP server: creating a file costs 0.15 ms on tmpfs but 2-3 ms on a busy disk, and the dialogue
         # must not wait for it.
@@ -259,6 +304,10 @@ class Relay:
         raw = envelope.original_content or b""
         recipient = envelope.rcpt_tos[0].lower()
         decision: Decision = envelope.decision
+        refusal = self._limits.refusal()
+        if refusal is not None:  # as SES: the message is dropped, the client told to slow down
+            self._record(envelope.mail_from, recipient, decision, refusal, raw, False, None, envelope, throttled=True)
+            return refusal
         dropped = self._faults.random() < self.settings.drop_after_data_rate
         slow = bool(self.settings.slow_data_reply_rate) and self._faults.random() < self.settings.slow_data_reply_rate
         reply = decision.reply
@@ -303,7 +352,7 @@ class Relay:
 
     def _record(
         self, mail_from, recipient: str, decision: Decision, reply: str, raw: bytes, dropped: bool,
-        delay: float | None = None, envelope=None, slow: bool = False,
+        delay: float | None = None, envelope=None, slow: bool = False, throttled: bool = False,
     ) -> None:  # fmt: skip
         now = time.time()
         found = MESSAGE_ID.search(raw)
@@ -317,12 +366,13 @@ class Relay:
             "mail_from": mail_from,
             "message_id": message_id,
             "idempotency_key": key.group(1) if key else None,
-            "outcome": decision.outcome,
+            "outcome": "throttled" if throttled else decision.outcome,
             "stage": decision.stage,
             "reply": reply,
             "dropped": dropped,
             "slow_reply": slow,
-            "received": bool(raw),  # the data went through (RCPT refusals: nothing was sent)
+            "received": bool(raw) and not throttled,  # the data went through and was kept (not: RCPT refusals)
+            "throttled": throttled,  # answered 454 after the data and dropped
             "created_at": now,
             "resolve_at": now + delay,
             "dsn": {  # what the client asked for (RFC 3461), as received
@@ -335,7 +385,8 @@ class Relay:
             "raw": base64.b64encode(raw).decode(),
         }
         self._seq += 1
-        self._per_recipient[recipient] = self._per_recipient.get(recipient, 0) + 1
+        if not throttled:  # a dropped message is no transaction of the recipient's
+            self._per_recipient[recipient] = self._per_recipient.get(recipient, 0) + 1
         self._log.write(json.dumps(entry) + "\n")
         self._log.flush()
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from airflow.sdk import BaseHook
 
+from welcome_mailer.ledger import Ledger
+from welcome_mailer.ledger.limits import ProviderLimits, SendLimiter
 from welcome_mailer.outcomes import OutcomeSource
 from welcome_mailer.transports import EmailProvider
 
@@ -86,7 +88,7 @@ _BY_CONN_TYPE = {conn_type: t for t in TRANSPORTS.values() for conn_type in t.co
 
 class EspHook(BaseHook):
     """The email provider's connection: an HTTP API (contract v1; extra ``timeout``) or an SMTP relay
-    (``hooks/smtp.py`` lists its extras)."""
+    (``hooks/smtp.py`` lists its extras); either may carry the account's limits (``limits``)."""
 
     conn_name_attr = "esp_conn_id"
     default_conn_name = ESP_CONN_ID
@@ -96,10 +98,17 @@ class EspHook(BaseHook):
     def __init__(self, esp_conn_id: str = ESP_CONN_ID) -> None:
         super().__init__()
         self.esp_conn_id = esp_conn_id
+        self._connection = None
+
+    def connection(self):
+        """The Airflow connection, read once per hook."""
+        if self._connection is None:
+            self._connection = self.get_connection(self.esp_conn_id)
+        return self._connection
 
     def get_conn(self) -> EmailProvider:
         """The transport; close it (or use it as a context manager) when done."""
-        conn = self.get_connection(self.esp_conn_id)
+        conn = self.connection()
         transport = _BY_CONN_TYPE.get(conn.conn_type)
         if transport is None:
             raise ValueError(
@@ -107,6 +116,16 @@ class EspHook(BaseHook):
                 f"connection must be of type {' or '.join(_BY_CONN_TYPE)}"
             )
         return transport.build(conn)
+
+    def limits(self) -> ProviderLimits:
+        """The account's limits, from the connection's extras ``max_messages_per_second`` and
+        ``max_messages_per_24h`` (absent: no limit), shared by every connection of the same id."""
+        return ProviderLimits.from_extra(self.esp_conn_id, self.connection().extra_dejson)
+
+    def send_limiter(self, ledger: Ledger) -> SendLimiter | None:
+        """A send task's limiter (None when the account has no limits), shared through the ledger."""
+        limits = self.limits()
+        return SendLimiter(ledger.engine, limits) if limits.limited else None
 
     @staticmethod
     def outcome_sources(transport: EmailProvider) -> list[OutcomeSource]:

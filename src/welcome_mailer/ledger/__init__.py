@@ -8,6 +8,7 @@ pipeline, the web app and the CLI use. The state machine is written out in docs/
 - ``outcomes``: applying outcome events from any source, and the inbox of early ones
 - ``resends``: resending blocked contacts, closing a run out, its summary
 - ``operator``: unsubscribe, suppress, release, erase
+- ``limits``: the provider's send rate and rolling quota, shared through the database; each run's figures
 - ``webhook_tokens``: signature tokens a provider's webhook already used (honoured once)
 - ``queries``: SQL pieces those share; ``bulk``: set-based SQL for many rows, per backend
 - ``schema``: every table; ``migrate``: their history (Alembic, ``welcome_mailer/migrations``)
@@ -23,6 +24,7 @@ from sqlalchemy import Engine
 from welcome_mailer.ledger.attempts import AcceptedAttempt, Attempts, OutgoingAttempt
 from welcome_mailer.ledger.claims import ClaimResult, Claims
 from welcome_mailer.ledger.engine import connect, ledger_url
+from welcome_mailer.ledger.limits import RunLimits
 from welcome_mailer.ledger.operator import OperatorActions
 from welcome_mailer.ledger.outcomes import OutcomeCounts, Outcomes
 from welcome_mailer.ledger.queries import shown_status, with_latest_attempt
@@ -51,7 +53,7 @@ from welcome_mailer.ledger.webhook_tokens import WebhookTokens
 from welcome_mailer.vocabulary import BLOCKED, BOUNCED, DELIVERED
 
 
-class Ledger(Claims, Attempts, Outcomes, Resends, OperatorActions, WebhookTokens):
+class Ledger(Claims, Attempts, Outcomes, Resends, OperatorActions, WebhookTokens, RunLimits):
     """The ledger on one database: every operation of every concern, on one engine."""
 
     def __init__(

@@ -124,20 +124,20 @@ class Attempts:
         nothing) when another run has taken any of them over (this run's lease expired): through such a
         transport the taker sends them, and sending them here too would email them twice."""
         with self.engine.begin() as conn:
-            marked = bulk.update_rows(
-                conn,
-                send_attempts,
-                [{"email": a.email, "attempt": a.attempt, "status": DISPATCHED} for a in attempts],
-                match={"email": "email", "attempt": "attempt"},
-                assign={"status": "status"},
-                guards={"run_id": run_id, "status": PENDING},
-                constants={"updated_at": utcnow()},
-            )
+            marked = _move_attempts(conn, run_id, attempts, PENDING, DISPATCHED)
             if marked != len(attempts):  # raised inside the transaction: it rolls back
                 raise ContactsTakenOver(
                     f"run {run_id} no longer holds {len(attempts) - marked} of these {len(attempts)} attempts "
                     "(its lease expired and another run took the contacts over): none of them is sent by it"
                 )
+
+    def hand_back(self, run_id: str, attempts: Sequence[OutgoingAttempt]) -> None:
+        """dispatched -> pending: the provider throttled these attempts (it said so: nothing went out), so
+        they are sent again with the same key and Message-ID, never as a new attempt, and a crash before
+        that cannot park them as unconfirmed."""
+        if attempts:
+            with self.engine.begin() as conn:
+                _move_attempts(conn, run_id, attempts, DISPATCHED, PENDING)
 
     def mark_unconfirmed(self, run_id: str, attempts: Sequence[OutgoingAttempt]) -> None:
         """These dispatched attempts went to a transport without idempotency and no reply came back (SMTP:
@@ -196,3 +196,16 @@ class Attempts:
             )
             if conn.execute(select(exists().select_from(outcome_inbox))).scalar():
                 self._apply_inbox(conn, accepted, now)
+
+
+def _move_attempts(conn, run_id: str, attempts: Sequence[OutgoingAttempt], old: str, new: str) -> int:
+    """These attempts of the run go from state ``old`` to ``new`` (those still in ``old``); returns how many."""
+    return bulk.update_rows(
+        conn,
+        send_attempts,
+        [{"email": a.email, "attempt": a.attempt, "status": new} for a in attempts],
+        match={"email": "email", "attempt": "attempt"},
+        assign={"status": "status"},
+        guards={"run_id": run_id, "status": old},
+        constants={"updated_at": utcnow()},
+    )

@@ -23,7 +23,7 @@ module describes the current head, for the code's queries and for ``alembic chec
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, Integer, MetaData, String, Table, Text, text
+from sqlalchemy import BigInteger, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, text
 
 metadata = MetaData()
 # A send_attempts row without a provider message id: not accepted yet (pending, dispatched), or refused or
@@ -156,6 +156,40 @@ processed_files = Table(
     Column("status", String(16), nullable=False),  # processing | done | failed
     Column("run_id", String(250)),
     Column("updated_at", DateTime, nullable=False),
+)
+
+# The provider's limits (welcome_mailer.ledger.limits), shared by every send task of every run through
+# this database. Times are seconds since the epoch by the database's own clock (one clock for every
+# worker). ``send_limits``: per provider account, when its next send slot starts (the rate);
+# ``send_quota_usage``: messages sent per time bucket (a 1440th of the quota's window), for the rolling
+# quota; ``run_limits``: each run's figures (throttled requests, waits) and its reputation guard's stop.
+send_limits = Table(
+    "send_limits",
+    metadata,
+    Column("limit_key", String(250), primary_key=True),  # the provider connection's id
+    Column("next_slot_at", Float, nullable=False),
+)
+
+send_quota_usage = Table(
+    "send_quota_usage",
+    metadata,
+    Column("limit_key", String(250), primary_key=True),
+    Column("bucket_no", BigInteger, primary_key=True, autoincrement=False),  # epoch // bucket length
+    Column("messages", Integer, nullable=False),
+)
+
+run_limits = Table(
+    "run_limits",
+    metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("throttled_requests", Integer, nullable=False),  # requests the provider throttled (429, 454)
+    Column("throttle_wait_seconds", Float, nullable=False),  # send tasks' waits after those
+    Column("rate_wait_seconds", Float, nullable=False),  # waits for a send slot (max_messages_per_second)
+    Column("quota_wait_seconds", Float, nullable=False),  # waits for the rolling quota to free
+    Column("quota_resumes_at", DateTime),  # naive UTC: when the quota lets the run go on (while it waits)
+    Column("quota_paused_at", DateTime),  # since when it waits
+    Column("guard_stopped_at", DateTime),  # the reputation guard stopped the run's sending
+    Column("guard_detail", Text),  # its figures, as JSON
 )
 
 webhook_tokens = Table(

@@ -37,6 +37,11 @@ class SendResult:
     # Handed over without a reply (SMTP: the connection died after the data): it may have gone out, so it
     # is recorded as unconfirmed and never sent again automatically.
     unconfirmed: bool = False
+    # The provider throttled the request (HTTP 429, SMTP 454 "Throttling failure"): nothing was sent. The
+    # SAME attempt goes again later, and it never counts towards max_attempts. ``retry_after``: the
+    # provider's wait in seconds, when it said one.
+    throttled: bool = False
+    retry_after: float | None = None
 
 
 class EmailProvider(Protocol):

@@ -5,7 +5,9 @@ Postmark / Resend style APIs). ``HttpEmailProvider`` is the API's client: it sen
 
 Retries: 5xx, 429 (honouring Retry-After), timeouts and connection errors are retried with exponential
 backoff and jitter. A send is always retried with the same idempotency keys, so a retry after a lost
-response returns the messages the ESP already accepted instead of creating new ones.
+response returns the messages the ESP already accepted instead of creating new ones. A send answered 429
+(the provider's rate or quota) is not retried here: its messages come back ``throttled`` with the
+Retry-After, and the pipeline sends the same attempts again when the provider lets it (``limits``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class EspUnavailable(RuntimeError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class EspThrottled(EspUnavailable):
+    """HTTP 429: the provider's rate or quota; nothing of the request was done."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,11 @@ class HttpEmailProvider:
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         _check_size(messages)
         body = {"messages": [self._item(m) for m in messages]}
-        results = self._request("POST", "/v1/messages/batch", body)["results"]
+        try:
+            results = self._request("POST", "/v1/messages/batch", body, retry_throttled=False)["results"]
+        except EspThrottled as exc:
+            error, wait = str(exc)[:500], exc.retry_after
+            return [SendResult(m.to, None, error, throttled=True, retry_after=wait) for m in messages]
         if len(results) != len(messages):
             raise EspRequestError(f"ESP answered {len(results)} results for {len(messages)} messages")
         return [SendResult(to=r["to"], message_id=r.get("id"), error=r.get("error")) for r in results]
@@ -123,9 +133,12 @@ class HttpEmailProvider:
         answer = self._request("POST", "/v1/messages/lookup", {"ids": list(message_ids)})
         return {m["id"]: m["status"] for m in answer["messages"]}
 
-    def _request(self, method: str, path: str, body: dict) -> dict:
+    def _request(self, method: str, path: str, body: dict, retry_throttled: bool = True) -> dict:
+        def worth_retrying(exc: BaseException) -> bool:
+            return isinstance(exc, EspUnavailable) and (retry_throttled or not isinstance(exc, EspThrottled))
+
         retrying = Retrying(
-            retry=retry_if_exception(lambda exc: isinstance(exc, EspUnavailable)),
+            retry=retry_if_exception(worth_retrying),
             wait=self._wait,
             stop=stop_after_attempt(self.retry.attempts) | stop_after_delay(self.retry.max_seconds),
             before_sleep=_log_retry,
@@ -138,7 +151,11 @@ class HttpEmailProvider:
             response = self._client.request(method, path, json=body)
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             raise EspUnavailable(f"{method} {path}: {exc!r}") from exc
-        if response.status_code == 429 or response.status_code >= 500:
+        if response.status_code == 429:
+            raise EspThrottled(
+                f"{method} {path}: HTTP 429 {response.text[:200]}", retry_after=_retry_after_seconds(response)
+            )
+        if response.status_code >= 500:
             raise EspUnavailable(
                 f"{method} {path}: HTTP {response.status_code} {response.text[:200]}",
                 retry_after=_retry_after_seconds(response),

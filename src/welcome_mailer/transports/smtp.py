@@ -7,6 +7,7 @@ One SMTP transaction per recipient (MAIL, RCPT, DATA), many transactions per con
 | reply | stage | result |
 |---|---|---|
 | 2xx | after the data | accepted: the final outcome comes later (a bounce report, or the settle time) |
+| 421, 451, 454 saying rate or quota (*) | MAIL, RCPT, or after the data | throttled: nothing was sent |
 | 4xx | RCPT, or after the data | blocked: a NEW email after the backoff |
 | 5.7.x (policy, reputation) | RCPT, or after the data | ``policy_rejection``: blocked (default) or bounced |
 | 550-554, 5.1.x, 5.2.x | RCPT, or after the data | bounced (final), the message refused |
@@ -16,6 +17,12 @@ Retry: the same message again on a new connection, ``retry_limit`` times with ba
 relay could not be reached: nothing went out, so a NEW email after the backoff is safe). "Other 5xx" are
 the session's trouble, not the address's: 500-504 (syntax), 530/535 (authentication).
 | a dropped connection, a timeout | after the data, before the reply | unconfirmed: never resent automatically |
+
+(*) The reply's text names a rate, a quota or throttling (SES: ``454 Throttling failure: Maximum sending
+rate exceeded`` / ``Daily message quota exceeded``, after the data, the message dropped; ``4.7.0 ... rate``)
+or its enhanced code is in Microsoft's 4.7.500-4.7.599 range ("server busy"). A throttled message is
+the SAME attempt sent again later by the pipeline (``welcome_mailer.pipeline.send_batch``): never a new
+email, never an attempt spent; the rest of that connection's share is handed back unsent with it.
 
 SMTP has no idempotency key, so the transport is not idempotent: the pipeline marks attempts dispatched
 before handing them over, and an attempt whose data went out without a reply is never sent again.
@@ -38,7 +45,7 @@ import time
 import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.header import Header
 from email.utils import formataddr, formatdate
 
@@ -56,10 +63,12 @@ MAX_MESSAGE_ID = 100  # the ledger's provider_message_id column
 POLICY_REJECTION_CHOICES = (BLOCKED, BOUNCED)
 XTEXT_AS_IS = re.compile(r"[!-*,-<>-~]*")  # printable ASCII but "+" and "=" (RFC 3461 xtext)
 ENHANCED_STATUS = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+THROTTLING_CODES = (421, 451, 454)
+THROTTLING_TEXT = re.compile(r"throttl|\brate\b|\bquota\b|too many messages|sending limit", re.IGNORECASE)
 
 MAILBOX_REFUSALS = (550, 551, 552, 553, 554)  # RFC 5321: the mailbox or the transaction is refused
 ENVELOPE = ("MAIL", "RCPT", "DATA")  # one transaction's commands, pipelined as one group
-ACCEPTED, RETRY = "accepted", "retry"  # classify's answers besides the outcomes
+ACCEPTED, RETRY, THROTTLED = "accepted", "retry", "throttled"  # classify's answers besides the outcomes
 # RFC 3461 NOTIFY: successes and failures. DELAY is left out: "delayed" reports change no outcome (the
 # relay keeps trying), and each would be one more mail to read.
 DSN_NOTIFY = "SUCCESS,FAILURE"
@@ -121,9 +130,12 @@ def enhanced_status(text: str) -> str | None:
 
 def classify(code: int, text: str, policy_rejection: str = BLOCKED) -> str:
     """What a reply to RCPT or to the end of the data means for the message: accepted, blocked, bounced,
-    or retry (421: the server is closing the connection, the recipient is not the matter)."""
+    or retry (421: the server is closing the connection, the recipient is not the matter), or throttled
+    (the sender's rate or quota: nothing was sent, the same message goes again later)."""
     if 200 <= code < 300:
         return ACCEPTED
+    if is_throttling(code, text):
+        return THROTTLED
     if code == 421:
         return RETRY
     if 400 <= code < 500:
@@ -135,6 +147,16 @@ def classify(code: int, text: str, policy_rejection: str = BLOCKED) -> str:
         return BOUNCED
     # 500-504 (syntax), 530/535 (authentication) and the like: the session's trouble, not the address's.
     return RETRY
+
+
+def is_throttling(code: int, text: str) -> bool:
+    """A reply that says the sender goes too fast or sent too much (see the module's table)."""
+    if code not in THROTTLING_CODES:
+        return False
+    status = enhanced_status(text)
+    if status is not None and status.startswith("4.7.") and 500 <= int(status.rsplit(".", 1)[1]) <= 599:
+        return True
+    return THROTTLING_TEXT.search(text) is not None
 
 
 def message_id(idempotency_key: str, from_email: str, key_of_tags: bytes | None = None) -> str:
@@ -299,10 +321,16 @@ class SmtpEmailProvider:
         with self._lock:
             conn = self._idle.pop() if self._idle else None
         opened = False  # the next message's envelope went out with the last data
+        throttled: SendResult | None = None  # the relay throttled this connection: the rest is not tried now
         try:
             for n, message in enumerate(share):
+                if throttled is not None:
+                    results[message.idempotency_key] = replace(throttled, to=message.to)
+                    continue
                 following = share[n + 1] if n + 1 < len(share) else None
                 conn, results[message.idempotency_key], opened = self._send_one(conn, message, opened, following)
+                if results[message.idempotency_key].throttled:
+                    throttled = results[message.idempotency_key]
         finally:
             if conn is not None and opened:  # an exception left an envelope open: the connection is not reusable
                 _quit(conn)
@@ -332,7 +360,7 @@ class SmtpEmailProvider:
                 _quit(conn)
                 conn = None
                 continue
-            if result.unconfirmed:
+            if result.unconfirmed or result.throttled:  # throttled: a fresh connection when the pipeline retries
                 _quit(conn)
                 conn, opened_next = None, False
             return conn, result, opened_next
@@ -377,6 +405,9 @@ class SmtpEmailProvider:
         try:
             replies = [conn.getreply() for _ in ENVELOPE] if opened else self._envelope(conn, to, msg_id)
             code, text = replies[0]
+            if is_throttling(code, _text(text)):
+                _rset(conn)
+                return SendResult(to, None, f"MAIL FROM: {code} {_text(text)}"[:500], throttled=True), False
             if code >= 400:  # the sender refused or deferred: the relay's state or configuration, not the recipient
                 _rset(conn)
                 raise SmtpConnectionTrouble(f"MAIL FROM: {code} {_text(text)}")
@@ -404,7 +435,7 @@ class SmtpEmailProvider:
             code, text = conn.getreply()
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             return SendResult(to, msg_id, f"no reply after the data: {exc!r}"[:500], unconfirmed=True), False
-        if code == 421:  # a definite "not accepted": the same message again is safe
+        if code == 421 and not is_throttling(code, _text(text)):  # a definite "not accepted": safe to send again
             raise SmtpConnectionTrouble(f"after the data: {code} {_text(text)}")
         answer = self._answer(conn, to, msg_id, "end of data", code, text)
         return answer or SendResult(to, msg_id), bool(next_group)
@@ -449,6 +480,8 @@ class SmtpEmailProvider:
             raise SmtpConnectionTrouble(reply)
         if stage != "end of data":
             _rset(conn)
+        if kind == THROTTLED:  # nothing was sent (SES drops the message after the data): the same one later
+            return SendResult(to, None, reply, throttled=True)
         if kind == BOUNCED:
             return SendResult(to, None, reply)
         return SendResult(to, msg_id, reply, outcome=BLOCKED)

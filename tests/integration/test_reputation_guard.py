@@ -1,0 +1,79 @@
+"""The reputation guard: a run whose bounce or complaint share passes its limit stops sending at once and
+releases every contact it has not sent to; the next run that lists them sends them (the same attempt)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.support.limits import claim_runs
+from welcome_mailer import pipeline
+from welcome_mailer.ledger.limits import ReputationGuard
+from welcome_mailer.outcomes.http_lookup import HttpLookupSource
+from welcome_mailer.transports.http import HttpEmailProvider
+
+
+def test_the_guard_decides_from_the_shares_once_enough_outcomes_are_in():
+    figures = {"outcomes": 1000, "bounced": 100, "complained": 4, "bounce_rate": 0.1, "complaint_rate": 0.004}
+    assert ReputationGuard().verdict(figures) is None, "the mock's 10% bounces never trip the default"
+    assert "bounce rate" in ReputationGuard(max_bounce_rate=0.05).verdict(figures)
+    assert "complaint rate" in ReputationGuard(max_complaint_rate=0.003).verdict(figures)
+    assert ReputationGuard(max_bounce_rate=0, max_complaint_rate=0).verdict(figures) is None, "0 turns it off"
+    assert ReputationGuard(min_outcomes=1001, max_bounce_rate=0.05).verdict(figures) is None
+
+
+def test_a_list_with_40_percent_bounces_stops_at_the_guard_and_the_next_run_sends_the_rest(ledger, start_esp, tmp_path):
+    esp = start_esp(hold_rate=0, delivered_rate=0.5, bounced_rate=0.4, blocked_rate=0.1)
+    guard = ReputationGuard(min_outcomes=100)
+    [batches] = claim_runs(ledger, tmp_path, runs=1, contacts=600, batches=4).values()
+    with HttpEmailProvider(esp.url, esp.api_key) as transport:
+        sources = [HttpLookupSource(transport)]
+        first = pipeline.send_batch(ledger, transport, "run0", batches[0], 150, guard=guard)
+        assert first["sent"] == 150
+        # The delivery poke records the first batch's outcomes: 40% bounced stops the run.
+        assert pipeline.await_delivery(ledger, sources, "run0", 5, linger_seconds=0.2, poll_seconds=0.05, guard=guard)
+        later = [pipeline.send_batch(ledger, transport, "run0", b, 150, guard=guard) for b in batches[1:]]
+        assert sum(r["sent"] for r in later) == 0, "nothing more is sent once the guard stopped the run"
+        figures = ledger.limit_figures("run0")
+        detail = json.loads(figures["guard_detail"])
+        assert figures["guard_stopped_at"] is not None and "bounce rate" in detail["reason"]
+        assert detail["outcomes"] >= 100 and detail["bounce_rate"] > 0.2
+        assert ledger.count_unsent("run0") == 0 and ledger.count_resendable("run0", 5) == 0
+        assert len(esp.messages()) == 150
+
+        # The next run that lists the same contacts takes the released ones over and sends them.
+        ledger.finish_run("run0")
+        next_run = tmp_path / "again.csv"
+        next_run.write_text((tmp_path / "run0.csv").read_text())
+        ledger.renew_lease("run1")
+        pipeline.parse_file(ledger, "run1", next_run, tmp_path / "run1-rejected.csv")
+        claimed = pipeline.claim_contacts(ledger, "run1", 150, 4)
+        sent = sum(pipeline.send_batch(ledger, transport, "run1", b, 150)["sent"] for b in claimed["batches"])
+
+    messages = esp.messages()
+    by_recipient: dict[str, list[dict]] = {}
+    for message in messages:
+        by_recipient.setdefault(message["to"], []).append(message)
+    assert sent >= 450 and len(by_recipient) == 600, "every contact released by the guard was emailed by run1"
+    first_batch = {m["to"] for m in messages[:150]}
+    for address, history in by_recipient.items():
+        if address not in first_batch:
+            assert [m["idempotency_key"][-2:] for m in history] == ["-1"], f"{address}: one first attempt"
+
+
+def test_the_report_shows_the_limits_and_the_guards_figures(ledger):
+    from welcome_mailer.report import build_report, render_markdown
+
+    summary = {"by_status": {}, "attempts_histogram": {}, "messages_sent": 0, "resent_after_block": 0}
+    ledger.add_limit_figures("run", throttled_requests=3, throttle_wait_seconds=2.5, rate_wait_seconds=1.25)
+    figures = {"outcomes": 250, "bounced": 100, "complained": 0, "bounce_rate": 0.4, "complaint_rate": 0.0}
+    ledger.stop_for_guard("run", "bounce rate 40.0% > 20.0%", figures)
+    limits = ledger.limit_figures("run") | {"guard": figures}
+    parsed = {"csv_path": "f.csv", "rejected_csv": "r.csv", "encoding": "utf-8", "encoding_warning": None}
+    parsed |= {"rows_read": 1, "rejected": 0, "duplicates_in_file": 0, "contacts": 1}
+    claimed = {"skipped": 0, "failed_recently": 0, "owned": 1, "claimed_new": 1, "taken_over": 0}
+    text = render_markdown(build_report(run_id="run", parsed=parsed, claimed=claimed, summary=summary, phases={},
+                                        limits=limits))  # fmt: skip
+    assert "| throttled requests (the provider's rate or quota; no attempt spent) | 3 |" in text
+    assert "| seconds waiting for the send rate | 1.25 |" in text
+    assert "| reputation guard: outcomes, bounce rate, complaint rate | 250, 40.0%, 0.00% |" in text
+    assert "reputation guard STOPPED the run" in text and "bounce rate 40.0% > 20.0%" in text
