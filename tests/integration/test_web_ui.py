@@ -106,7 +106,10 @@ def test_actions_need_this_session_s_csrf_token_and_a_same_origin(setup):
 def test_erase_and_suppression_import_from_the_page(setup):
     client, _ = setup
     token = csrf(client)
-    client.post("/ui/contact/erase", data={"email": "p5@example.com", "reason": "GDPR #1", "csrf": token})
+    client.post(
+        "/ui/contact/erase",
+        data={"email": "p5@example.com", "reason": "GDPR #1", "csrf": token, "confirm": " P5@example.com"},
+    )
     page = client.get("/ui/contact", params={"email": "p5@example.com"}).text
     assert "erased" in page and "Person 5" not in page and "GDPR #1" in page
     upload = {"file": ("list.csv", io.BytesIO(b"email\np6@example.com\nnew@example.com\n"), "text/csv")}
@@ -161,3 +164,42 @@ def test_a_viewer_reads_but_cannot_act_and_a_user_can(real_auth):
     assert "suppressed: never emailed" in client.get(done.headers["location"]).text
     client.cookies.set("_token", "not-a-jwt")
     assert client.get("/ui/").status_code == 403
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ui/runs/nonexistent_run",
+        "/ui/runs/nonexistent_run/outcomes.csv",
+        "/ui/runs/%2E%2E",
+        "/ui/runs/%2E%2E/outcomes.csv",
+        "/ui/runs/%2E",
+        "/ui/runs/manual__2026-11-29T07%3A00%3A00%2B00%3A01",
+    ],
+)
+def test_a_run_the_ledger_does_not_know_is_not_found_and_no_file_is_read(setup, path, monkeypatch):
+    client, _ = setup
+    read = []
+    monkeypatch.setattr(ui.operations, "run_view", lambda *args: read.append(args))
+    response = client.get(path)
+    assert response.status_code == 404 and read == []
+    page = client.get(path, headers={"Accept": "text/html"})
+    assert page.status_code == 404 and "Not found" in page.text and "no run" in page.text
+
+
+@pytest.mark.parametrize("typed", ["", "p4@example.co", "someone@example.com"])
+def test_erase_is_done_only_when_the_address_is_retyped(setup, typed):
+    client, _ = setup
+    form = {"email": "p4@example.com", "reason": "GDPR #2", "csrf": csrf(client), "confirm": typed}
+    page = client.post("/ui/contact/erase", data=form).text
+    assert "not done: to erase, retype the address" in page
+    assert 'id="contact-state"' in page and "Person 4" in page, "still in the ledger"
+
+
+def test_the_pages_open_no_browser_dialog(setup):
+    """The UI's frame is sandboxed without allow-modals: a confirm() or alert() would be ignored there."""
+    client, _ = setup
+    pages = [client.get(p).text for p in ("/ui/", "/ui/contact?email=p1@example.com", "/ui/contact?email=x@y.org")]
+    for page in pages:
+        assert "confirm(" not in page and "alert(" not in page and "prompt(" not in page
+    assert 'name="confirm"' in pages[1]

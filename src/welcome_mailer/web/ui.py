@@ -30,7 +30,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from welcome_mailer import operations
+from welcome_mailer import contact_list, operations
 from welcome_mailer.ledger import Ledger
 from welcome_mailer.report import report_rows
 from welcome_mailer.settings import Settings
@@ -75,7 +75,7 @@ def install(app: FastAPI) -> None:
         wants_html = "text/html" in request.headers.get("accept", "")
         path, root = request.url.path, _root(request)
         on_a_page = (path[len(root) :] if path.startswith(root) else path).startswith("/ui")
-        if exc.status_code in (401, 403) and wants_html and on_a_page:
+        if exc.status_code in (401, 403, 404) and wants_html and on_a_page:
             context = {"status": exc.status_code, "detail": exc.detail, "dag_id": DAG_ID, **_links(request)}
             return templates.TemplateResponse(request, "denied.html", context, status_code=exc.status_code)
         return await http_exception_handler(request, exc)
@@ -120,6 +120,12 @@ def check_post(request: Request, csrf: str) -> None:
         raise HTTPException(403, f"cross-origin request refused (from {urlsplit(origin).netloc})")
 
 
+def same_address(typed: str, email: str) -> bool:
+    """The confirmation an action asks for instead of a browser dialog (the UI's frame is sandboxed
+    without allow-modals, so confirm() is ignored there): the address typed again, in any case."""
+    return bool(typed.strip()) and typed.strip().lower() == email.strip().lower()
+
+
 def _page(request: Request, template: str, **context) -> HTMLResponse:
     return templates.TemplateResponse(
         request, template, {"csrf": csrf_token(request), "dag_id": DAG_ID, "quote": quote, **_links(request), **context}
@@ -146,15 +152,25 @@ def contact(
     return _page(request, "contact.html", view=view, error=error, asked=email, notice=notice)
 
 
+def known_run(run_id: str, ledger: LedgerDep) -> str:
+    """The path's run id, if it is a run of the DAG the ledger knows; else 404, before any file is read."""
+    if not contact_list.run_exists(ledger, run_id):
+        raise HTTPException(404, f"no run {run_id[:80]!r} in the ledger")
+    return run_id
+
+
+KnownRun = Annotated[str, Depends(known_run)]
+
+
 @router.get("/runs/{run_id}", response_class=HTMLResponse, dependencies=Readers)
-def run(request: Request, run_id: str, settings: SettingsDep) -> HTMLResponse:
+def run(request: Request, run_id: KnownRun, settings: SettingsDep) -> HTMLResponse:
     view = operations.run_view(settings.reports_dir, run_id)
     rows = report_rows(view["report"]) if view["report"] else []
     return _page(request, "run.html", view=view, rows=rows)
 
 
 @router.get("/runs/{run_id}/outcomes.csv", dependencies=Readers)
-def run_csv(run_id: str, ledger: LedgerDep) -> StreamingResponse:
+def run_csv(run_id: KnownRun, ledger: LedgerDep) -> StreamingResponse:
     filename = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
     return StreamingResponse(
         operations.run_outcomes_csv(ledger, run_id),
@@ -179,10 +195,13 @@ def contact_action(
     email: Annotated[str, Form()],
     reason: Annotated[str, Form()],
     csrf: Annotated[str, Form()] = "",
+    confirm: Annotated[str, Form()] = "",
 ) -> RedirectResponse:
     check_post(request, csrf)
     actor = user.get_name()
     try:
+        if action == "erase" and not same_address(confirm, email):
+            raise ValueError("to erase, retype the address exactly in the confirmation field")
         if action == "suppress":
             counts = operations.suppress(ledger, [email], actor, reason)
             notice = (
