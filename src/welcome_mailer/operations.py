@@ -56,6 +56,7 @@ __all__ = [
     "lookup",
     "overview",
     "release",
+    "run_file",
     "run_outcomes_csv",
     "run_view",
     "suppress",
@@ -113,7 +114,7 @@ def lookup(ledger: Ledger, reports_dir: Path, raw_email: str, data_roots: Sequen
             view.name, view.status, view.run_id, view.attempts = row.name, row.shown_status, row.run_id, row.attempts
             view.updated_at, view.released = row.updated_at, row.updated_at == RELEASED_AT
             view.source_line = row.source_line
-            view.source_file = shown_path((_report(reports_dir, row.run_id) or {}).get("csv_path"), data_roots)
+            view.source_file = run_file(reports_dir, row.run_id, data_roots)
         view.history = [
             dict(r._mapping)
             for r in conn.execute(
@@ -239,6 +240,11 @@ def shown_path(path: str | None, data_roots: Sequence[Path]) -> str | None:
         if Path(path).is_relative_to(root):
             return str(Path(path).relative_to(root))
     return path
+
+
+def run_file(reports_dir: Path, run_id: str, data_roots: Sequence[Path] = ()) -> str | None:
+    """The contact list a run read, as its report names it and the pages show it (``shown_path``)."""
+    return shown_path((_report(reports_dir, run_id) or {}).get("csv_path"), data_roots)
 
 
 def _report(reports_dir: Path, run_id: str) -> dict | None:
