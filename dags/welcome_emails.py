@@ -44,7 +44,7 @@ DELIVERY_TIMEOUT = timedelta(hours=1)  # then messages stay 'sent' for a later r
 RESEND_TIMEOUT = timedelta(days=1)  # room for max_attempts backoffs of up to an hour each
 POLL_SECONDS = 0.25  # within a sensor's poke: how often to look for outcomes
 SETTINGS = Settings.from_env()  # environment only: cheap at parse time
-MIN_CONTACTS_PER_SEND_TASK = 10_000  # see the Param; measured in the README's performance section
+MIN_CONTACTS_PER_SEND_TASK = 10_000  # see the Param; measured in docs/performance.md
 
 
 @dag(
@@ -138,12 +138,12 @@ def welcome_emails():
         from airflow.sdk.exceptions import AirflowFailException
 
         from welcome_mailer.hooks.ledger import LedgerHook
-        from welcome_mailer.pipeline import parse_file, run_directory
-        from welcome_mailer.settings import InvalidCsvPath, resolve_csv_path
+        from welcome_mailer.pipeline import parse_file
+        from welcome_mailer.run_files import REJECTED_CSV, InvalidCsvPath, resolve_csv_path, run_directory
         from welcome_mailer.storage import describe, location, readable_csv
 
         reports_dir = location(SETTINGS.reports_dir, SETTINGS.storage_conn_id)  # a directory or a URI
-        rejected_csv = run_directory(reports_dir, run_id) / "rejected.csv"
+        rejected_csv = run_directory(reports_dir, run_id) / REJECTED_CSV
         try:
             csv_path = resolve_csv_path(params["csv_path"], SETTINGS.data_roots)
             ledger = LedgerHook().get_conn()
@@ -158,9 +158,9 @@ def welcome_emails():
     def claim(parsed: dict, params: dict | None = None, run_id: str | None = None, ti=None) -> list[dict]:
         """Take this run's new contacts into the ledger (set-based statements) and number the batches.
         Returns one small ref per batch; the counts go to the report under the XCom key "summary"."""
-        from welcome_mailer.airflow_glue import max_mapped_batches
         from welcome_mailer.hooks.ledger import LedgerHook
         from welcome_mailer.pipeline import claim_contacts
+        from welcome_mailer.report_task import max_mapped_batches
 
         ledger = LedgerHook().get_conn()
         ledger.renew_lease(run_id)
@@ -234,9 +234,9 @@ def welcome_emails():
         """A NEW email to each blocked contact with attempts left once its backoff is over; record outcomes
         until none is missing. Works through a poke while resends are due within a poke interval."""
         from welcome_mailer import pipeline
-        from welcome_mailer.airflow_glue import max_mapped_batches
         from welcome_mailer.hooks.esp import EspHook
         from welcome_mailer.hooks.ledger import LedgerHook
+        from welcome_mailer.report_task import max_mapped_batches
 
         ledger = LedgerHook().get_conn()
         with EspHook().get_conn() as transport:
@@ -266,7 +266,7 @@ def welcome_emails():
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=1)
     def report(run_id: str | None = None, ti=None, dag_run=None) -> dict:
         """Count outcomes, log them as a table, write report.md/.json; fail the run if a phase failed."""
-        from welcome_mailer.airflow_glue import report_run
+        from welcome_mailer.report_task import report_run
 
         return report_run(ti, dag_run, run_id)
 

@@ -31,9 +31,10 @@ MAX_ATTEMPTS = 5
 
 
 def parse_and_claim(csv_path: Path, ledger_url: str) -> tuple[list[tuple[str, str]], dict[str, float]]:
-    from welcome_mailer.ledger import CLAIMED, Ledger, bulk, connect, sent_contacts, staged_contacts, utcnow
+    from welcome_mailer.ledger import CLAIMED, Ledger, bulk, connect, sent_contacts, staged_contacts
     from welcome_mailer.ledger.migrate import upgrade
     from welcome_mailer.pipeline import parse_file
+    from welcome_mailer.vocabulary import utcnow
 
     engine = connect(ledger_url)
     upgrade(engine)

@@ -181,9 +181,9 @@ def _start_relay(port: int, maildir: Path, log: Path, *flags: str) -> subprocess
 def smtp_rate(workdir: Path, messages: int = 2000) -> list[dict]:
     """The SMTP transport against the mock relay (everything delivered): messages per second, with one
     connection and with the default eight."""
-    from welcome_mailer.ledger import idempotency_key
     from welcome_mailer.transports import OutgoingMessage
     from welcome_mailer.transports.smtp import SmtpEmailProvider, SmtpSettings
+    from welcome_mailer.vocabulary import idempotency_key
 
     port = free_port()
     relay = _start_relay(port, workdir / "rate_maildir", workdir / "rate.jsonl", "--delivered-rate", "1",
@@ -472,7 +472,7 @@ def on_stack(sizes: list[int], workdir: Path, overlap: int = 0) -> list[dict]:
 def stack_runs(stack, journal: Path, benchmark: str, csv_paths: list[Path]) -> dict:
     """One run per file, triggered together; timed from the first trigger until the last run ended. Each
     run's figures come from its report and from the stack's metadata DB."""
-    from welcome_mailer.pipeline import run_directory
+    from welcome_mailer.run_files import run_directory
 
     config = stack.config
     empty_ledger(f"{config.postgres}/{config.ledger_db}")

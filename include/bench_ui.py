@@ -1,7 +1,7 @@
 """How fast the ledger's pages answer on a big ledger (``make bench-ui``): a Postgres ledger of N contacts
 (default 10M) generated with INSERT ... SELECT generate_series (attempts spread over 90 days, outcomes in
 the mock's proportions), then the contact lookup and the overview, as the UI's pages call them
-(``welcome_mailer.operations``), and pages of the contacts list (``welcome_mailer.contact_list``):
+(``welcome_mailer.operator_actions``), and pages of the contacts list (``welcome_mailer.contact_list``):
 filtered by state, by run, by state and run and by last-change dates, each first page and a page deep
 in the list (after a keyset), and a search. Targets: lookup under 50 ms, overview under 1 s, a filtered
 page under 100 ms at p95.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from welcome_mailer import contact_list, operations
+from welcome_mailer import contact_list, operator_actions
 from welcome_mailer.contact_list import ContactFilter
 from welcome_mailer.ledger import Ledger, connect
 from welcome_mailer.ledger.migrate import upgrade
@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         reports_dir = Path(reports)
         emails = [f"c{rng.randint(1, args.contacts)}@example.com" for _ in range(200)]
         lookups = iter(emails * 2)
-        operations.lookup(ledger, reports_dir, emails[0])  # connection pool warmed
-        lookup = timed(lambda: operations.lookup(ledger, reports_dir, next(lookups)), len(emails))
-        overview_seconds = timed(lambda: operations.overview(ledger, reports_dir), 5)
+        operator_actions.lookup(ledger, emails[0])  # connection pool warmed
+        lookup = timed(lambda: operator_actions.lookup(ledger, next(lookups)), len(emails))
+        overview_seconds = timed(lambda: operator_actions.overview(ledger, reports_dir), 5)
     pages = list_pages(ledger)
     result = {
         "bench": "ui",

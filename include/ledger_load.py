@@ -30,7 +30,7 @@ from include.bench import scratch_database
 from welcome_mailer.contacts import Contact
 from welcome_mailer.ledger import AcceptedAttempt, Ledger, connect
 from welcome_mailer.ledger.migrate import upgrade
-from welcome_mailer.outcomes.events import OutcomeEvent
+from welcome_mailer.vocabulary import OutcomeEvent
 
 ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 

@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     csv_path = str(Path(args.csv).resolve())
     env.setdefault("WELCOME_MAILER_DATA_ROOTS", os.pathsep.join([str(PROJECT_ROOT), str(Path(csv_path).parent)]))
     # The DAG's own rule, before anything heavy starts: a bad path fails in a second, with the reason.
-    from welcome_mailer.settings import InvalidCsvPath, Settings, resolve_csv_path
+    from welcome_mailer.run_files import InvalidCsvPath, resolve_csv_path
+    from welcome_mailer.settings import Settings
 
     try:
         resolve_csv_path(csv_path, Settings.from_env(env).data_roots)
@@ -388,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_processes(processes)
         if state_path is not None and state_path.exists():
             release_run(state_path)  # the run is over: a run that died on its own leaves nothing held
-    from welcome_mailer.pipeline import run_directory
+    from welcome_mailer.run_files import run_directory
 
     seconds = time.time() - started
     run_id = run_id_from_log(run_log)

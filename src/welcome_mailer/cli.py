@@ -10,7 +10,7 @@
 
 The ledger is the ``contacts_db`` Airflow connection (any secrets backend, e.g. AIRFLOW_CONN_CONTACTS_DB),
 or a SQLAlchemy URL given with --url. Contact commands call the same functions as the UI's pages
-(``welcome_mailer.operations``) and record the operating-system user as the actor ("cli:<user>").
+(``welcome_mailer.operator_actions``) and record the operating-system user as the actor ("cli:<user>").
 """
 
 from __future__ import annotations
@@ -87,31 +87,33 @@ def _actor() -> str:
 
 
 def _contact(args: argparse.Namespace) -> int:
-    from welcome_mailer import operations
+    from welcome_mailer import operator_actions
 
     ledger, settings = _ledger(args)
     try:
         if args.action == "lookup":
-            view = operations.lookup(ledger, settings.reports_dir, args.email, settings.data_roots)
+            view = operator_actions.lookup(ledger, args.email, settings.data_roots)
             print(json.dumps(dataclasses.asdict(view), default=str, indent=2) if args.json else _describe(view))
             return 0 if view.status or view.erased_at else 3
         if not args.reason:
             print(f"contact {args.action} needs --reason (recorded in the audit trail)", file=sys.stderr)
             return 2
         if args.action == "suppress":
-            counts = operations.suppress(ledger, [args.email], _actor(), args.reason)
+            counts = operator_actions.suppress(ledger, [args.email], _actor(), args.reason)
             print(f"{args.email}: " + ("suppressed" if counts["suppressed"] else _not_suppressed(counts)))
         elif args.action == "release":
-            released = operations.release(ledger, args.email, _actor(), args.reason)
+            released = operator_actions.release(ledger, args.email, _actor(), args.reason)
             print(
                 f"{args.email}: "
                 + ("released: the next run that lists it retries it" if released else "not failed: nothing to release")
             )
             return 0 if released else 1
         else:
-            removed = operations.erase(ledger, args.email, _actor(), args.reason, operations.kept_files(settings))
+            removed = operator_actions.erase(
+                ledger, args.email, _actor(), args.reason, operator_actions.kept_files(settings)
+            )
             print(f"erased; removed: {', '.join(f'{k} {v}' for k, v in removed.items())}")
-    except (operations.InvalidEmail, operations.EraseKeyMissing, ValueError) as exc:
+    except (operator_actions.InvalidEmail, operator_actions.EraseKeyMissing, ValueError) as exc:
         print(f"{args.email}: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -147,13 +149,13 @@ def _describe(view) -> str:
 
 
 def _suppressions(args: argparse.Namespace) -> int:
-    from welcome_mailer import operations
+    from welcome_mailer import operator_actions
 
     ledger, _ = _ledger(args)
     with open(args.file, newline="", encoding="utf-8-sig") as handle:
         try:
-            counts = operations.import_suppressions(ledger, handle, _actor(), args.reason, source=args.file)
-        except (operations.EraseKeyMissing, ValueError) as exc:
+            counts = operator_actions.import_suppressions(ledger, handle, _actor(), args.reason, source=args.file)
+        except (operator_actions.EraseKeyMissing, ValueError) as exc:
             print(exc, file=sys.stderr)
             return 2
     print(", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from pathlib import Path
 
 from sqlalchemy import func, or_, select, tuple_
 
-from welcome_mailer.ledger.rules import SENDING, SENT, Ledger, shown_status, with_latest_attempt
+from welcome_mailer.ledger import Ledger
+from welcome_mailer.ledger.queries import shown_status, with_latest_attempt
+from welcome_mailer.ledger.rules import SENDING, SENT
 from welcome_mailer.ledger.schema import ledger_runs, operator_actions, sent_contacts
+from welcome_mailer.run_files import shown_path
 
 PAGE_SIZE = 50
 SEARCH_MAX = 200  # characters of a search kept (an address is at most 320, but nobody types that)
@@ -141,12 +145,12 @@ def export_csv(ledger: Ledger, filters: ContactFilter) -> Iterator[str]:
             yield buffer.getvalue()
 
 
-def runs_of_file(ledger: Ledger, read_report, file: str) -> tuple[str, ...]:
-    """The runs whose contact list was ``file`` (as the pages show it: relative to its data root), found
-    from each run's report (``read_report(run_id)`` -> the file as shown, or None)."""
+def runs_of_file(ledger: Ledger, file: str, data_roots: Sequence[Path]) -> tuple[str, ...]:
+    """The runs whose contact list was ``file`` as the pages show it (``run_files.shown_path``: relative
+    to its data root), from the file each run recorded (``ledger_runs.source_file``)."""
     with ledger.engine.connect() as conn:
-        run_ids = conn.execute(select(ledger_runs.c.run_id)).scalars().all()
-    return tuple(r for r in run_ids if read_report(r) == file)
+        runs = conn.execute(select(ledger_runs.c.run_id, ledger_runs.c.source_file)).all()
+    return tuple(r.run_id for r in runs if r.source_file and shown_path(r.source_file, data_roots) == file)
 
 
 def changed_since_report(ledger: Ledger, run_id: str) -> int | None:

@@ -21,27 +21,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Column, DateTime, Engine, String, Table, select, update
+from sqlalchemy import Engine, select, update
 
 from welcome_mailer.ledger import bulk
-from welcome_mailer.ledger.rules import utcnow
-from welcome_mailer.ledger.schema import metadata
+from welcome_mailer.ledger.schema import processed_files
+from welcome_mailer.vocabulary import utcnow
 
 NOT_READY_SUFFIXES = (".part", ".tmp")
 CSV_SUFFIXES = (".csv", ".txt")
 PROCESSING, DONE, FAILED = "processing", "done", "failed"
-
-# The drop folder's memory of file contents, in the ledger's database (its migrations create it), so a
-# file dropped again is not processed twice, whatever its name.
-processed_files = Table(
-    "processed_files",
-    metadata,
-    Column("sha256", String(64), primary_key=True),
-    Column("file_name", String(500), nullable=False),
-    Column("status", String(16), nullable=False),  # processing | done | failed
-    Column("run_id", String(250)),
-    Column("updated_at", DateTime, nullable=False),
-)
 
 
 @dataclass(frozen=True)

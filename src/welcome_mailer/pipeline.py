@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -19,12 +18,12 @@ from typing import TypeVar
 
 from welcome_mailer.contacts import DEFAULT_CHUNK_SIZE, ContactReader
 from welcome_mailer.greeting import SUBJECT, welcome_text
-from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt, utcnow
+from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt
 from welcome_mailer.outcomes import OutcomeSource
-from welcome_mailer.outcomes.events import OutcomeEvent
 from welcome_mailer.settings import DEFAULT_REQUESTS_IN_FLIGHT
 from welcome_mailer.storage import describe, ensure_directory
 from welcome_mailer.transports import EmailProvider, OutgoingMessage, SendResult
+from welcome_mailer.vocabulary import OutcomeEvent, utcnow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,12 +53,6 @@ def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def run_directory(reports_dir: Path, run_id: str) -> Path:
-    """Where a run's report and rejected-rows CSV go: one directory per run, named after the run id.
-    ``reports_dir`` may be an ObjectStoragePath too (storage.location): the result is one as well."""
-    return reports_dir / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
-
-
 def parse_file(
     ledger: Ledger,
     run_id: str,
@@ -74,6 +67,7 @@ def parse_file(
     a local copy of it (an object on object storage)."""
     started = time.time()
     ledger.clear_stage(run_id)  # a retried parse starts over
+    ledger.record_source_file(run_id, source or str(csv_path))
     reader = ContactReader(csv_path, chunk_size)
     ensure_directory(rejected_csv.parent)
     with rejected_csv.open("w", newline="", encoding="utf-8") as handle:

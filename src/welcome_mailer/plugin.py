@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 
-URL_PREFIX = "/welcome-mailer"
+from welcome_mailer.settings import URL_PREFIX
 
 
 class _AppOnFirstRequest:
@@ -23,7 +23,7 @@ class _AppOnFirstRequest:
 
     async def __call__(self, scope, receive, send) -> None:
         if self._app is None:
-            from welcome_mailer.web import create_app
+            from welcome_mailer.web.app import create_app
 
             self._app = create_app()
         await self._app(scope, receive, send)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from welcome_mailer.run_files import REPORT_JSON, REPORT_MARKDOWN
 from welcome_mailer.storage import ensure_directory
 
 OUTCOME_ORDER = (
@@ -116,7 +117,7 @@ def nothing_sent_sentence(report: dict) -> str:
 def write_report(report: dict, directory: Path) -> tuple[Path, Path]:
     """report.json and report.md in ``directory``, a local Path or an ObjectStoragePath."""
     ensure_directory(directory)
-    json_path, markdown_path = directory / "report.json", directory / "report.md"
+    json_path, markdown_path = directory / REPORT_JSON, directory / REPORT_MARKDOWN
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     markdown_path.write_text(f"# Welcome emails: {report['run_id']}\n\n{render_markdown(report)}", encoding="utf-8")
     return json_path, markdown_path

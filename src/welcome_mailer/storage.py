@@ -1,6 +1,6 @@
 """Files on object storage (``s3://``, ``gs://``, ...) through Airflow's ObjectStoragePath, for tasks.
 
-Which URIs a run may use is decided by ``settings.resolve_csv_path`` (text only); this module opens them,
+Which URIs a run may use is decided by ``run_files.resolve_csv_path`` (text only); this module opens them,
 so it needs Airflow and the filesystem's provider (s3: apache-airflow-providers-amazon with s3fs).
 Credentials come from an Airflow connection: the one a URI names (``s3://conn_id@bucket/key``), else
 WELCOME_MAILER_STORAGE_CONN_ID (``aws_default``).
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from welcome_mailer.settings import InvalidCsvPath, is_uri, object_uri
+from welcome_mailer.run_files import InvalidCsvPath, is_uri, object_uri
 
 COPY_BUFFER = 8 << 20  # bytes in memory at a time while a file comes down
 

@@ -33,6 +33,7 @@ def test_lookup_suppress_release_erase_and_import(url, tmp_path, capsys):
     assert cli.main(["contact", "lookup", "JANE@example.com", "--url", url]) == 0
     out = capsys.readouterr().out
     assert "jane@example.com: sending" in out and " pending key=welcome-" in out, "claimed with its first attempt"
+    assert f"{tmp_path / 'in.csv'}, line 1" in out, "the file the run parsed, as the ledger recorded it"
     assert cli.main(["contact", "suppress", "jane@example.com", "--url", url]) == 2
     assert "needs --reason" in capsys.readouterr().err
     assert cli.main(["contact", "suppress", "jane@example.com", "--reason", "asked", "--url", url]) == 0
@@ -40,6 +41,7 @@ def test_lookup_suppress_release_erase_and_import(url, tmp_path, capsys):
     assert "not failed" in capsys.readouterr().out
     assert cli.main(["contact", "lookup", "jane@example.com", "--json", "--url", url]) == 0
     view = json.loads(capsys.readouterr().out)
+    assert view["source_file"] == str(tmp_path / "in.csv")
     assert view["status"] == "suppressed" and view["actions"][0]["actor"].startswith("cli:")
     listing = tmp_path / "list.csv"
     listing.write_text("email\nnew@example.com\njoe@example.com\nnot-an-address\n")

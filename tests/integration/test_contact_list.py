@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta
 
 import pytest
 
-from welcome_mailer import contact_list, operations
+from welcome_mailer import contact_list, operator_actions
 from welcome_mailer.contact_list import ContactFilter
 from welcome_mailer.ledger.schema import ledger_runs, sent_contacts
 
@@ -116,8 +116,8 @@ def test_the_export_streams_the_filtered_list_with_utc_times(ledger, contacts):
 
 def test_a_run_s_contacts_changed_since_its_report_are_counted(ledger, contacts):
     assert contact_list.changed_since_report(ledger, "run-a") == 0
-    operations.release(ledger, "c002@example.com", "alice", "block lifted")  # failed; release keeps updated_at old
-    operations.suppress(ledger, ["c001@example.com", "c100@example.org"], "alice", "asked")
+    operator_actions.release(ledger, "c002@example.com", "alice", "block lifted")  # failed: release dates it 2000
+    operator_actions.suppress(ledger, ["c001@example.com", "c100@example.org"], "alice", "asked")
     assert contact_list.changed_since_report(ledger, "run-a") == 2
     assert contact_list.changed_since_report(ledger, "run-b") == 1
     assert contact_list.changed_since_report(ledger, "unknown") is None
@@ -127,3 +127,14 @@ def test_only_runs_the_ledger_knows_are_runs(ledger, contacts):
     assert contact_list.run_exists(ledger, "run-a")
     for run_id in ("", ".", "..", "run-c", "../run-a"):
         assert not contact_list.run_exists(ledger, run_id)
+
+
+def test_a_source_file_as_the_pages_show_it_names_the_runs_that_read_it(ledger, contacts):
+    from pathlib import Path
+
+    with ledger.engine.begin() as conn:
+        for run_id, file in (("run-a", "/data/in/a.csv"), ("run-b", "b.csv")):
+            conn.execute(ledger_runs.update().where(ledger_runs.c.run_id == run_id).values(source_file=file))
+    assert contact_list.runs_of_file(ledger, "in/a.csv", [Path("/data")]) == ("run-a",)
+    assert contact_list.runs_of_file(ledger, "b.csv", [Path("/data")]) == ("run-b",)
+    assert contact_list.runs_of_file(ledger, "a.csv", [Path("/data")]) == ()

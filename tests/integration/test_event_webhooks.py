@@ -27,10 +27,10 @@ from tests.webhook_payloads import (
     sns_notification,
     sns_subscription_confirmation,
 )
-from welcome_mailer.ledger import idempotency_key
 from welcome_mailer.ledger.schema import outcome_inbox, provider_events
 from welcome_mailer.unsubscribe import UnsubscribeSettings, list_unsubscribe_headers
-from welcome_mailer.web import create_app
+from welcome_mailer.vocabulary import idempotency_key
+from welcome_mailer.web.app import create_app
 from welcome_mailer.web.events import WebhookSettings, sns_client, webhook_settings
 from welcome_mailer.web.ledger import ledger_source
 from welcome_mailer.web.unsubscribe import unsubscribe_settings

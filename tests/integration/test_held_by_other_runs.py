@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from tests.integration.test_ledger import contacts, send_everything, stage_and_claim
-from welcome_mailer.ledger import ledger_runs, utcnow
+from welcome_mailer.ledger import ledger_runs
 from welcome_mailer.pipeline import claim_contacts
 from welcome_mailer.report import build_report, render_markdown
+from welcome_mailer.vocabulary import utcnow
 
 PARSED = {"csv_path": "f.csv", "rejected_csv": "r.csv", "encoding": "utf-8", "encoding_warning": None}
 SUMMARY = {"by_status": {}, "attempts_histogram": {}, "messages_sent": 0, "resent_after_block": 0}

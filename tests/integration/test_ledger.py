@@ -21,16 +21,14 @@ from welcome_mailer.ledger import (
     Ledger,
     bulk,
     connect,
-    idempotency_key,
     ledger_runs,
     send_attempts,
     sent_contacts,
     shown_status,
-    utcnow,
     with_latest_attempt,
 )
 from welcome_mailer.ledger.migrate import HEAD_REVISION, upgrade
-from welcome_mailer.outcomes.events import OutcomeEvent
+from welcome_mailer.vocabulary import OutcomeEvent, idempotency_key, utcnow
 
 
 def contacts(*emails: str) -> list[Contact]:
@@ -630,9 +628,9 @@ def test_the_ledger_compiles_no_statement_just_in_time(postgres_url):
 def test_pending_messages_stream_while_their_outcomes_are_recorded(ledger, monkeypatch):
     """Issue 14: a poll streams the pending messages (a page at a time, not 800k at once) and records
     outcomes as it reads. The open read must not stop those writes: on SQLite it takes no write lock."""
-    from welcome_mailer.ledger import rules
+    from welcome_mailer.ledger import outcomes
 
-    monkeypatch.setattr(rules, "PENDING_PAGE", 10)
+    monkeypatch.setattr(outcomes, "PENDING_PAGE", 10)
     [batch] = stage_and_claim(ledger, "run", [f"u{i}@example.com" for i in range(35)], batch_size=35).batches
     attempts = ledger.start_attempts("run", batch)
     ledger.record_sent("run", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in attempts])

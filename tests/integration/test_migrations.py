@@ -128,7 +128,7 @@ def test_events_matched_by_message_id_find_it_through_an_index(engine):
 
 def test_a_ledger_with_data_at_0002_is_upgraded_and_takes_the_new_states(engine):
     from tests.integration.test_ledger import statuses
-    from welcome_mailer.outcomes.events import OutcomeEvent
+    from welcome_mailer.vocabulary import OutcomeEvent
 
     make_v1_ledger(engine)
     upgrade(engine, "0002")
@@ -148,7 +148,7 @@ def test_a_ledger_with_data_at_0002_is_upgraded_and_takes_the_new_states(engine)
 def test_0004_keeps_the_data_and_the_ledger_works_after_it(engine, tmp_path):
     """Operator actions (0004) on a ledger at 0002 with contacts: rows kept, source line unknown, the new
     tables and indexes there, and the kept contacts can be looked up, suppressed and erased."""
-    from welcome_mailer import operations
+    from welcome_mailer import operator_actions
 
     upgrade(engine, "0002")
     with engine.begin() as conn:
@@ -157,7 +157,7 @@ def test_0004_keeps_the_data_and_the_ledger_works_after_it(engine, tmp_path):
     assert upgrade(engine) == ("0002", HEAD_REVISION)
     check_at_head(engine)
     ledger = Ledger(engine, erase_key=b"k")
-    view = operations.lookup(ledger, tmp_path, "OLD@example.com")
+    view = operator_actions.lookup(ledger, "OLD@example.com")
     assert (view.status, view.source_line, [a["provider_message_id"] for a in view.history]) == (
         "sent",
         None,
@@ -165,8 +165,8 @@ def test_0004_keeps_the_data_and_the_ledger_works_after_it(engine, tmp_path):
     )
     indexes = {ix["name"] for ix in inspect(engine).get_indexes("sent_contacts")}
     assert "ix_sent_contacts_status_updated" in indexes  # 0012's; it replaced ix_sent_contacts_status
-    operations.suppress(ledger, ["old@example.com"], "t", "why")
-    assert operations.erase(ledger, "old@example.com", "t", "gdpr", [])["sent_contacts"] == 1
+    operator_actions.suppress(ledger, ["old@example.com"], "t", "why")
+    assert operator_actions.erase(ledger, "old@example.com", "t", "gdpr", [])["sent_contacts"] == 1
 
 
 def test_0005_one_run_index_serves_a_run_in_flight_across_the_upgrade(engine):
@@ -175,8 +175,8 @@ def test_0005_one_run_index_serves_a_run_in_flight_across_the_upgrade(engine):
     from datetime import timedelta
 
     from tests.integration.test_ledger import stage_and_claim
-    from welcome_mailer.ledger import AcceptedAttempt, utcnow
-    from welcome_mailer.outcomes.events import OutcomeEvent
+    from welcome_mailer.ledger import AcceptedAttempt
+    from welcome_mailer.vocabulary import OutcomeEvent, utcnow
 
     upgrade(engine, "0004")
     ledger = Ledger(engine)
@@ -210,7 +210,7 @@ def test_0006_a_run_sent_at_0005_waits_for_its_outcomes_at_head_and_comes_back_o
     reconciled: a sent contact whose attempt was never recorded (under a dead run), or already settled."""
     from tests.integration.test_ledger import stage_and_claim, statuses
     from welcome_mailer.ledger import AcceptedAttempt
-    from welcome_mailer.outcomes.events import OutcomeEvent
+    from welcome_mailer.vocabulary import OutcomeEvent
 
     upgrade(engine, "0005")
     ledger = Ledger(engine)
@@ -303,7 +303,7 @@ def test_0007_no_index_of_the_attempts_names_their_state_and_a_run_still_finds_w
     head; the downgrade restores 0006's index."""
     from tests.integration.test_ledger import stage_and_claim
     from welcome_mailer.ledger import AcceptedAttempt
-    from welcome_mailer.outcomes.events import OutcomeEvent
+    from welcome_mailer.vocabulary import OutcomeEvent
 
     upgrade(engine, "0006")
     ledger = Ledger(engine)

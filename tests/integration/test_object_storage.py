@@ -10,9 +10,9 @@ import json
 import pytest
 
 from include.generate_contacts import write_file
-from welcome_mailer.pipeline import parse_file, run_directory
+from welcome_mailer.pipeline import parse_file
 from welcome_mailer.report import write_report
-from welcome_mailer.settings import InvalidCsvPath, resolve_csv_path
+from welcome_mailer.run_files import InvalidCsvPath, resolve_csv_path, run_directory
 from welcome_mailer.storage import describe, location, readable_csv
 
 CONN_ID = "wm_test_s3"  # its own id: Airflow caches one filesystem per connection id

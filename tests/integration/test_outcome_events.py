@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from tests.integration.test_ledger import stage_and_claim, statuses
-from welcome_mailer.ledger import AcceptedAttempt, idempotency_key, send_attempts, utcnow
-from welcome_mailer.outcomes.events import OutcomeEvent
+from welcome_mailer.ledger import AcceptedAttempt, send_attempts
+from welcome_mailer.vocabulary import OutcomeEvent, idempotency_key, utcnow
 
 
 def sent(ledger, run_id: str, *emails: str) -> dict[str, str]:
@@ -170,9 +170,9 @@ def test_an_address_unsubscribed_before_any_run_knew_it_is_never_claimed(ledger)
 def test_events_are_recorded_in_bounded_transactions_as_a_source_yields_them(ledger, monkeypatch):
     """A poll of a million outcomes must not hold every row's lock until its end: each chunk is committed
     before the next is read, and the rules hold across chunks (the same counts as one chunk)."""
-    from welcome_mailer.ledger import rules
+    from welcome_mailer.ledger import outcomes
 
-    monkeypatch.setattr(rules, "OUTCOME_CHUNK", 2)
+    monkeypatch.setattr(outcomes, "OUTCOME_CHUNK", 2)
     ids = sent(ledger, "run", "a@example.com", "b@example.com", "c@example.com")
     seen_committed = []
 

@@ -11,9 +11,10 @@ from sqlalchemy import select, update
 
 from tests.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
 from welcome_mailer import pipeline
-from welcome_mailer.ledger import ledger_runs, send_attempts, utcnow
+from welcome_mailer.ledger import ledger_runs, send_attempts
 from welcome_mailer.outcomes.http_lookup import HttpLookupSource
 from welcome_mailer.transports.http import EspUnavailable, HttpEmailProvider, RetryPolicy
+from welcome_mailer.vocabulary import utcnow
 
 NO_RETRY = RetryPolicy(attempts=1)
 

@@ -269,7 +269,7 @@ def stored(maildir) -> list:
 
 def test_an_unreachable_mailbox_delays_outcomes_and_never_fails_the_poll():
     from include.run_embedded import free_port
-    from welcome_mailer.ledger.rules import PendingMessage, utcnow
+    from welcome_mailer.vocabulary import PendingMessage, utcnow
 
     closed = MailboxSettings("127.0.0.1", free_port(), "bounces", "pw", use_ssl=False, timeout=2)
     source = DsnSource(closed, timedelta(seconds=0))

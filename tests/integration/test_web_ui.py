@@ -11,10 +11,11 @@ import pytest
 from airflow.api_fastapi.core_api.security import get_user
 from fastapi.testclient import TestClient
 
-from tests.integration.test_operations import whole_run, write_contacts
+from tests.integration.test_operator_actions import whole_run, write_contacts
 from welcome_mailer.ledger import Ledger
 from welcome_mailer.settings import Settings
-from welcome_mailer.web import create_app, ui
+from welcome_mailer.web import ui
+from welcome_mailer.web.app import create_app
 
 KEY = b"ui-key"
 
@@ -180,7 +181,7 @@ def test_a_viewer_reads_but_cannot_act_and_a_user_can(real_auth):
 def test_a_run_the_ledger_does_not_know_is_not_found_and_no_file_is_read(setup, path, monkeypatch):
     client, _ = setup
     read = []
-    monkeypatch.setattr(ui.operations, "run_view", lambda *args: read.append(args))
+    monkeypatch.setattr(ui.operator_actions, "run_view", lambda *args: read.append(args))
     response = client.get(path)
     assert response.status_code == 404 and read == []
     page = client.get(path, headers={"Accept": "text/html"})
@@ -342,3 +343,9 @@ def test_times_are_in_airflow_s_time_zone_with_utc_on_hover(setup, monkeypatch):
     assert shown.endswith(" IST")
     local = datetime.fromisoformat(shown.removesuffix(" IST"))
     assert local - datetime.fromisoformat(utc) == timedelta(hours=5, minutes=30)
+
+
+def test_the_list_filters_by_the_source_file_as_shown(setup):
+    client, _ = setup
+    assert client.get("/ui/contacts", params={"file": "in.csv"}).text.count('name="email" value="') == 40
+    assert "No contact matches" in client.get("/ui/contacts", params={"file": "other.csv"}).text

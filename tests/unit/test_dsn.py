@@ -114,8 +114,8 @@ def test_the_source_records_a_delivery_as_soon_as_it_reads_the_report(monkeypatc
     import contextlib
     from datetime import timedelta
 
-    from welcome_mailer.ledger.rules import PendingMessage, utcnow
     from welcome_mailer.outcomes.dsn import DsnSource, MailboxSettings
+    from welcome_mailer.vocabulary import PendingMessage, utcnow
 
     pending = PendingMessage("ann@example.org", 1, "<x@mailer.example>", sent_at=utcnow())
     raw = (SAMPLES / "postfix_delivered.eml").read_bytes().replace(K1.encode(), pending.idempotency_key.encode())

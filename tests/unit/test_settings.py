@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from welcome_mailer.settings import InvalidCsvPath, Settings, resolve_csv_path
+from welcome_mailer.run_files import InvalidCsvPath, resolve_csv_path
+from welcome_mailer.settings import Settings
 
 VARIABLES = (
     "WELCOME_MAILER_HOME",

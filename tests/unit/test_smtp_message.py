@@ -13,7 +13,7 @@ from welcome_mailer.transports import OutgoingMessage
 from welcome_mailer.transports.smtp import (
     SmtpSettings,
     classify,
-    idempotency_key_from_message_id,
+    key_from_message_id,
     message_id,
     render_message,
 )
@@ -80,11 +80,11 @@ def test_the_message_of_an_attempt():
 
 
 def test_message_id_names_its_attempt():
-    assert idempotency_key_from_message_id(message_id(KEY, "a@mailer.example")) == KEY
+    assert key_from_message_id(message_id(KEY, "a@mailer.example")) == KEY
     assert message_id(KEY, "a@mailer.example") != message_id(KEY.replace("-2", "-3"), "a@mailer.example")
     long_domain = "a@" + "sub." * 30 + "example.com"
     assert len(message_id(KEY, long_domain)) <= 100
-    assert idempotency_key_from_message_id("<20260601.abc@mailer.example>") is None
+    assert key_from_message_id("<20260601.abc@mailer.example>") is None
 
 
 def test_list_unsubscribe_one_click_when_configured():

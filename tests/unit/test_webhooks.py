@@ -23,9 +23,9 @@ from tests.webhook_payloads import (
     sns_notification,
     sns_subscription_confirmation,
 )
-from welcome_mailer.ledger import idempotency_key
-from welcome_mailer.outcomes.webhooks import Refused, key_from_message_id, mailgun, mock, postmark, sendgrid, ses
+from welcome_mailer.outcomes.webhooks import Refused, mailgun, mock, postmark, sendgrid, ses
 from welcome_mailer.outcomes.webhooks.mapping import MAPPING, outcome_of, to_outcome_event
+from welcome_mailer.vocabulary import idempotency_key, key_from_message_id
 
 DAY = 86400
 

@@ -1,7 +1,11 @@
 """The email provider from an Airflow connection (``esp_default``): the transport that sends, and the
-outcome sources the delivery sensors poll. The connection's type chooses them."""
+outcome sources the delivery sensors poll. The connection's type chooses both, through one table,
+``TRANSPORTS``: adding a transport is its module in ``welcome_mailer.transports`` and a row here."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from airflow.sdk import BaseHook
 
@@ -9,15 +13,80 @@ from welcome_mailer.outcomes import OutcomeSource
 from welcome_mailer.transports import EmailProvider
 
 ESP_CONN_ID = "esp_default"
-HTTP_CONN_TYPES = ("welcome_mailer_esp", "http")  # the contract v1 REST API; "http" as Airflow's HTTP provider
-SMTP_CONN_TYPES = ("smtp",)  # any relay, read as Airflow's SMTP provider reads it (hooks/smtp.py)
 DEFAULT_TIMEOUT = 30.0
 OUTCOME_LOOKUPS_VARIABLE = "welcome_mailer_outcome_lookups"  # "off": outcomes only from pushed events
 
 
+def _http_transport(conn) -> EmailProvider:
+    """The contract v1 REST API: host (or a whole base URL), port, schema = URL scheme, password = API key."""
+    from welcome_mailer.transports.http import HttpEmailProvider
+    from welcome_mailer.unsubscribe import UnsubscribeSettings
+
+    extra = conn.extra_dejson
+    base_url = conn.host or ""
+    if "://" not in base_url:
+        # The scheme is in the connection's schema field, as Airflow's HTTP connections have it.
+        # The extra's "scheme" is what earlier versions of this package read; still honoured.
+        scheme = conn.schema or extra.get("scheme") or "http"
+        port = f":{conn.port}" if conn.port else ""
+        base_url = f"{scheme}://{base_url}{port}"
+    return HttpEmailProvider(
+        base_url,
+        conn.password or "",
+        timeout=float(extra.get("timeout", DEFAULT_TIMEOUT)),
+        unsubscribe=UnsubscribeSettings.from_env(),
+    )
+
+
+def _http_sources(transport: EmailProvider) -> list[OutcomeSource]:
+    """The HTTP status lookup, unless the Airflow Variable ``welcome_mailer_outcome_lookups`` = ``off``
+    (a provider that posts its events to the plugin app's webhooks; read at every poke: switchable while
+    runs go on)."""
+    from airflow.sdk import Variable
+
+    from welcome_mailer.outcomes.http_lookup import HttpLookupSource
+
+    if Variable.get(OUTCOME_LOOKUPS_VARIABLE, default="on").strip().lower() == "off":
+        return []
+    return [HttpLookupSource(transport)]
+
+
+def _smtp_transport(conn) -> EmailProvider:
+    from welcome_mailer.hooks.smtp import smtp_transport
+
+    return smtp_transport(conn)
+
+
+def _smtp_sources(transport: EmailProvider) -> list[OutcomeSource]:
+    """The bounce mailbox and the settle time (``hooks.smtp.dsn_source``)."""
+    from welcome_mailer.hooks.smtp import dsn_source
+
+    return [dsn_source(transport.settings)]
+
+
+@dataclass(frozen=True)
+class Transport:
+    """One kind of email provider connection."""
+
+    conn_types: tuple[str, ...]  # the connection types that choose it
+    build: Callable[[object], EmailProvider]  # from the Airflow connection
+    # The sources the delivery sensors poll for its messages (pushed outcomes, such as webhooks, need
+    # none: they land in the ledger by themselves).
+    outcome_sources: Callable[[EmailProvider], list[OutcomeSource]]
+
+
+TRANSPORTS: dict[str, Transport] = {  # by EmailProvider.kind
+    # The contract v1 REST API; "http" as Airflow's HTTP provider names its connections.
+    "http": Transport(("welcome_mailer_esp", "http"), _http_transport, _http_sources),
+    # Any relay, its connection read as Airflow's SMTP provider reads it (hooks/smtp.py).
+    "smtp": Transport(("smtp",), _smtp_transport, _smtp_sources),
+}
+_BY_CONN_TYPE = {conn_type: t for t in TRANSPORTS.values() for conn_type in t.conn_types}
+
+
 class EspHook(BaseHook):
-    """An email provider's HTTP API (contract v1): host (or a whole base URL), port, schema = URL scheme
-    (http or https, as Airflow's HTTP connections have it), password = API key; extra ``timeout``."""
+    """The email provider's connection: an HTTP API (contract v1; extra ``timeout``) or an SMTP relay
+    (``hooks/smtp.py`` lists its extras)."""
 
     conn_name_attr = "esp_conn_id"
     default_conn_name = ESP_CONN_ID
@@ -30,62 +99,25 @@ class EspHook(BaseHook):
 
     def get_conn(self) -> EmailProvider:
         """The transport; close it (or use it as a context manager) when done."""
-        from welcome_mailer.transports.http import HttpEmailProvider
-        from welcome_mailer.unsubscribe import UnsubscribeSettings
-
         conn = self.get_connection(self.esp_conn_id)
-        if conn.conn_type in SMTP_CONN_TYPES:
-            from welcome_mailer.hooks.smtp import smtp_transport
-
-            return smtp_transport(conn)
-        if conn.conn_type not in HTTP_CONN_TYPES:
+        transport = _BY_CONN_TYPE.get(conn.conn_type)
+        if transport is None:
             raise ValueError(
                 f"connection {self.esp_conn_id!r} is of type {conn.conn_type!r}; the email provider's "
-                f"connection must be of type {' or '.join(HTTP_CONN_TYPES + SMTP_CONN_TYPES)}"
+                f"connection must be of type {' or '.join(_BY_CONN_TYPE)}"
             )
-        extra = conn.extra_dejson
-        base_url = conn.host or ""
-        if "://" not in base_url:
-            # The scheme is in the connection's schema field, as Airflow's HTTP connections have it.
-            # The extra's "scheme" is what earlier versions of this package read; still honoured.
-            scheme = conn.schema or extra.get("scheme") or "http"
-            port = f":{conn.port}" if conn.port else ""
-            base_url = f"{scheme}://{base_url}{port}"
-        return HttpEmailProvider(
-            base_url,
-            conn.password or "",
-            timeout=float(extra.get("timeout", DEFAULT_TIMEOUT)),
-            unsubscribe=UnsubscribeSettings.from_env(),
-        )
+        return transport.build(conn)
 
     @staticmethod
     def outcome_sources(transport: EmailProvider) -> list[OutcomeSource]:
-        """The sources the delivery sensors poll for this transport's messages (pushed outcomes, such as
-        webhooks, need none: they land in the ledger by themselves). The Airflow Variable
-        ``welcome_mailer_outcome_lookups`` = ``off`` turns the HTTP lookup off, for a provider that posts
-        its events to the plugin app's webhooks (read at every poke: switchable while runs go on). An SMTP
-        transport's source is its bounce mailbox and settle time (``hooks.smtp.dsn_source``)."""
-        from airflow.sdk import Variable
-
-        from welcome_mailer.hooks.smtp import dsn_source
-        from welcome_mailer.outcomes.http_lookup import HttpLookupSource
-        from welcome_mailer.transports.http import HttpEmailProvider
-        from welcome_mailer.transports.smtp import SmtpEmailProvider
-
-        if isinstance(transport, SmtpEmailProvider):
-            return [dsn_source(transport.settings)]
-        if Variable.get(OUTCOME_LOOKUPS_VARIABLE, default="on").strip().lower() == "off":
-            return []
-        return [HttpLookupSource(transport)] if isinstance(transport, HttpEmailProvider) else []
+        """The sources the delivery sensors poll for this transport's messages."""
+        return TRANSPORTS[transport.kind].outcome_sources(transport)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Reach the provider and prove the API key: a status lookup of an id nobody has."""
+        """Reach the provider and prove the credentials, sending nothing."""
         try:
             with self.get_conn() as transport:
-                if hasattr(transport, "lookup"):
-                    transport.lookup(["welcome-mailer-connection-test"])
-                else:  # SMTP: connect, TLS and log in as a send would
-                    transport.check()
+                transport.check()
         except Exception as exc:  # the message is the answer the UI shows
             return False, str(exc)
-        return True, "Connection successfully tested: the provider accepted the API key"
+        return True, "Connection successfully tested: the provider accepted the credentials"

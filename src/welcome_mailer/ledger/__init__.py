@@ -1,12 +1,31 @@
-"""The ledger: who was emailed, with which attempt, and what came of it.
+"""The ledger: who was emailed, with which attempt, and what came of it. Every rule of "at most one email
+per contact" is in this package, one module per concern; ``Ledger`` is the one front the DAG, the
+pipeline, the web app and the CLI use. The state machine is written out in docs/ledger.md.
 
-- ``rules``: every rule of "at most one email per contact" (the ``Ledger`` and its state machine)
-- ``schema``: the tables; ``migrations``: their history, applied with Alembic
+- ``rules``: the states, their strengths and the transitions
+- ``claims``: a run's lease, staging its contacts and claiming them into send batches
+- ``attempts``: recording each message before it is sent, and the provider's acceptance
+- ``outcomes``: applying outcome events from any source, and the inbox of early ones
+- ``resends``: resending blocked contacts, closing a run out, its summary
+- ``operator``: unsubscribe, suppress, release, erase
+- ``queries``: SQL pieces those share; ``bulk``: set-based SQL for many rows, per backend
+- ``schema``: every table; ``migrate``: their history (Alembic, ``welcome_mailer/migrations``)
 - ``engine``: opening the database (URL from a connection, SQLite pragmas)
-- ``bulk``: set-based SQL for many rows, per backend
 """
 
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import Engine
+
+from welcome_mailer.ledger.attempts import AcceptedAttempt, Attempts, OutgoingAttempt
+from welcome_mailer.ledger.claims import ClaimResult, Claims
 from welcome_mailer.ledger.engine import connect, ledger_url
+from welcome_mailer.ledger.operator import OperatorActions
+from welcome_mailer.ledger.outcomes import OutcomeCounts, Outcomes
+from welcome_mailer.ledger.queries import shown_status, with_latest_attempt
+from welcome_mailer.ledger.resends import Resends
 from welcome_mailer.ledger.rules import (
     CLAIMED,
     FAILED,
@@ -16,17 +35,8 @@ from welcome_mailer.ledger.rules import (
     SENDING,
     SENT,
     UNCONFIRMED,
-    AcceptedAttempt,
-    ClaimResult,
     ContactsTakenOver,
-    Ledger,
-    OutcomeCounts,
-    OutgoingAttempt,
-    PendingMessage,
-    idempotency_key,
-    shown_status,
-    utcnow,
-    with_latest_attempt,
+    EraseKeyMissing,
 )
 from welcome_mailer.ledger.schema import (
     ledger_runs,
@@ -36,7 +46,19 @@ from welcome_mailer.ledger.schema import (
     sent_contacts,
     staged_contacts,
 )
-from welcome_mailer.outcomes.events import BLOCKED, BOUNCED, DELIVERED
+from welcome_mailer.vocabulary import BLOCKED, BOUNCED, DELIVERED
+
+
+class Ledger(Claims, Attempts, Outcomes, Resends, OperatorActions):
+    """The ledger on one database: every operation of every concern, on one engine."""
+
+    def __init__(
+        self, engine: Engine, lease: timedelta = timedelta(minutes=30), erase_key: bytes | None = None
+    ) -> None:
+        self.engine = engine
+        self.lease = lease
+        self.erase_key = erase_key  # keys erased_contacts' hashes (settings: WELCOME_MAILER_ERASE_KEY)
+
 
 __all__ = [
     "BLOCKED",
@@ -53,12 +75,11 @@ __all__ = [
     "AcceptedAttempt",
     "ClaimResult",
     "ContactsTakenOver",
+    "EraseKeyMissing",
     "Ledger",
     "OutcomeCounts",
     "OutgoingAttempt",
-    "PendingMessage",
     "connect",
-    "idempotency_key",
     "ledger_runs",
     "ledger_url",
     "metadata",
@@ -67,6 +88,5 @@ __all__ = [
     "sent_contacts",
     "shown_status",
     "staged_contacts",
-    "utcnow",
     "with_latest_attempt",
 ]

@@ -1,8 +1,8 @@
 """Set-based SQL for many rows at once, the fastest way on each backend. No rules here: the callers
-(``rules``) decide what to write; these functions only write it.
+(the ledger's concerns) decide what to write; these functions only write it.
 
 - Postgres: COPY for loads, one ``UPDATE ... FROM unnest(arrays)`` for updates (an executemany costs a
-  round trip per row: 25x slower, measured), SQLAlchemy's multi-row VALUES for inserts, one index probe
+  round trip per row: an order of magnitude slower), SQLAlchemy's multi-row VALUES for inserts, one index probe
   per value for lookups by a non-unique column (``probe``).
 - SQLite: one executemany of plain SQL (SQLAlchemy's per-row parameter processing cost more than
   SQLite's own work, in process).
@@ -71,7 +71,7 @@ def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: li
         return
     # Only datetime columns need their values converted (staging, the big insert, has none), and a bulk
     # insert's datetimes are nearly all one "now": each distinct value is formatted once (formatting every
-    # row's took 0.9 s in each 125k-row send task, measured: 7 s of a 1M-row send phase).
+    # row's was a visible share of each send task).
     datetimes = [n for n, name in enumerate(columns) if isinstance(table.c[name].type, DateTime)]
     if datetimes:
         as_text = functools.cache(sqlite_value)
@@ -126,7 +126,7 @@ def update_rows(
     # the statistics say. With the guards as constants, the planner estimated the run's rows in a guarded
     # state from statistics older than the bulk claim (a few; in fact up to the whole run), and every chunk
     # read all of them (a hash join over ix_sent_contacts_run_status; a nested loop over a seq scan of
-    # send_attempts): quadratic in the run's size (1M rows on the stack: 537 s). So the guards are columns
+    # send_attempts): quadratic in the run's size. So the guards are columns
     # of a MATERIALIZED CTE (no estimate from a constant), compared with IS NOT DISTINCT FROM (no index can
     # serve it; the same as = on these NOT NULL columns): only the key's index can drive the join.
     unnested = unnest(table, rows, [*match.items(), *assign.items()])
@@ -135,9 +135,9 @@ def update_rows(
         for col, values in guard_values.items()
     }
     given = select(unnested, *(c for cs in guard_columns.values() for c in cs)).cte("given").prefix_with("MATERIALIZED")
-    # And only by probes: costing each at random_page_cost, the planner preferred to read a 100k-row table
-    # whole into a hash for a 5,000-row chunk (the join took 112 ms of a 270 ms UPDATE; the whole ledger is
-    # in memory). For this statement only: the settings are reset after it, inside the transaction.
+    # And only by probes: costing each at random_page_cost, the planner preferred to read the whole table
+    # into a hash for each chunk (the join was most of the UPDATE; the whole ledger is in memory). For this
+    # statement only: the settings are reset after it, inside the transaction.
     conn.exec_driver_sql("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
     result = conn.execute(
         update(table)
@@ -165,12 +165,11 @@ def probe(
 ):
     """Postgres: ``SELECT returning FROM table WHERE column IN values``, each value an index probe of its
     own whatever the statistics say. With the values as an IN list, statistics taken while the column held
-    few distinct values (before a run's sends) made the planner expect ~140 rows per value, and at 1M rows
-    every 1,000-value lookup read the whole table (parallel seq scans, 1.2 s); with none at all (a table
-    just bulk-loaded, autovacuum behind), a 500-key lookup of 100k rows was a seq scan too (20 ms, where
-    the probes take 2). As a LATERAL subquery behind an OFFSET 0 fence (which keeps the planner from
-    flattening it into a join), each value is a lookup of its own, and for one value the index is the
-    cheaper plan even by those statistics.
+    few distinct values (before a run's sends) made the planner expect many rows per value, and every
+    lookup read the whole table (parallel sequential scans); with none at all (a table just bulk-loaded,
+    autovacuum behind), a lookup was a sequential scan too, ten times the probes' time. As a LATERAL
+    subquery behind an OFFSET 0 fence (which keeps the planner from flattening it into a join), each value
+    is a lookup of its own, and for one value the index is the cheaper plan even by those statistics.
 
     ``column``: one column (``values`` its values) or a key of several (``values`` tuples); ``returning``:
     column names of ``table``, or columns of ``source`` (``table`` joined to others); ``lock``: FOR UPDATE
@@ -207,7 +206,6 @@ def array_literal(values: Iterable[object]) -> str:
     """Postgres's text form of an array of these values (each element quoted and escaped, None as NULL),
     sent as one text parameter cast to the array's type: the server reads it as a single constant. A
     Python list goes as an ARRAY[...] constructor instead, one expression per element for the server to
-    parse, plan and cast: a statement of 5,000 emails and attempts took 18.6 ms that way, 2.7 ms as one
-    literal, and recording 400k outcomes (include/ledger_load.py) 24.4 / 26.0 s -> 19.3 / 21.0 s."""
+    parse, plan and cast: several times slower for a chunk of thousands (docs/performance-history.md)."""
     quoted = ("NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
     return "{" + ",".join(quoted) + "}"

@@ -101,9 +101,8 @@ def connect(url: str | URL) -> Engine:
     @event.listens_for(engine, "connect")
     def _postgres_connect(dbapi_connection, _record) -> None:
         # No JIT: the ledger runs short statements driven by index probes, whose row estimates are high
-        # on purpose (bulk.probe, bulk.update_rows). Over jit_above_cost, each 1,000-id lookup of
-        # record_outcomes spent 40 ms compiling and 4 ms running (EXPLAIN ANALYZE): a million outcomes
-        # paid 40 s of compilation; 200k outcomes were recorded in 29.7 s instead of 40.3 s with JIT.
+        # on purpose (bulk.probe, bulk.update_rows). Over jit_above_cost, each lookup of record_outcomes
+        # spent ten times longer compiling than running (EXPLAIN ANALYZE).
         with dbapi_connection.cursor() as cursor:
             cursor.execute("SET jit = off")
         dbapi_connection.commit()  # a SET inside a transaction that is rolled back would be undone

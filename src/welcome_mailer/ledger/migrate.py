@@ -37,7 +37,6 @@ class LedgerSchemaError(RuntimeError):
 
 def target_metadata() -> MetaData:
     """Every table of the package, as the code expects them at head."""
-    from welcome_mailer import dropzone  # noqa: F401  (adds processed_files to the metadata)
     from welcome_mailer.ledger.schema import metadata
 
     return metadata

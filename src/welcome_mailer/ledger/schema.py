@@ -71,6 +71,7 @@ ledger_runs = Table(
     Column("lease_expires_at", DateTime, nullable=False),
     Column("finished_at", DateTime),
     Column("created_at", DateTime, nullable=False),
+    Column("source_file", Text),  # the contact list the run read, as the person gave it (parse records it)
 )
 
 staged_contacts = Table(
@@ -127,4 +128,16 @@ operator_actions = Table(
     Column("email_hash", String(64), index=True),  # set when the contact is erased
     Column("reason", Text, nullable=False),
     Column("detail", Text),
+)
+
+# The drop folder's memory of file contents (welcome_mailer.dropzone), so a file dropped again is not
+# processed twice, whatever its name.
+processed_files = Table(
+    "processed_files",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("file_name", String(500), nullable=False),
+    Column("status", String(16), nullable=False),  # processing | done | failed
+    Column("run_id", String(250)),
+    Column("updated_at", DateTime, nullable=False),
 )

@@ -15,8 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # the ledger imports outcomes.events: no cycle at run time
-    from welcome_mailer.ledger.rules import PendingMessage
-    from welcome_mailer.outcomes.events import OutcomeEvent
+    from welcome_mailer.vocabulary import OutcomeEvent, PendingMessage
 
 
 class OutcomeSource(Protocol):

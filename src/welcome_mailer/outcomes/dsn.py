@@ -37,15 +37,23 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from email.message import Message
 
-from welcome_mailer.ledger.rules import PendingMessage, utcnow
-from welcome_mailer.outcomes.events import BLOCKED, BOUNCED, DELIVERED, OutcomeEvent
-from welcome_mailer.transports.smtp import idempotency_key_from_message_id, tls_context
+from welcome_mailer.transports.smtp import tls_context
+from welcome_mailer.vocabulary import (
+    BLOCKED,
+    BOUNCED,
+    DELIVERED,
+    KEY_PATTERN,
+    OutcomeEvent,
+    PendingMessage,
+    key_from_message_id,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
-KEY_PATTERN = re.compile(rb"<(welcome-[0-9a-f]{40}-\d+)@")
+KEY_IN_RAW = re.compile(rb"<(" + KEY_PATTERN.encode() + rb")@")
 STATUS_PATTERN = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
-ENVID_PATTERN = re.compile(r"(?im)^Original-Envelope-Id:\s*(welcome-[0-9a-f]{40}-\d+)\s*$")
+ENVID_PATTERN = re.compile(rf"(?im)^Original-Envelope-Id:\s*({KEY_PATTERN})\s*$")
 FETCH_CHUNK = 200
 # _quick_report: the top Content-Type, the two parts it reads, a transfer encoding it leaves to the parser
 QUICK_TYPE = re.compile(r"(?im)^Content-Type:[ \t]*([a-z0-9.+-]+/[a-z0-9.+-]+)")
@@ -102,7 +110,7 @@ def _quick_report(raw: bytes) -> DeliveryReport | None:
     groups = [_fields(block) for block in re.split(r"\n\s*\n", body.strip()) if block.strip()]
     recipients = tuple(_statuses(groups))
     found = QUICK_MESSAGE_ID.search(content.partition("\n\n")[0].split("\n--", 1)[0])
-    key = idempotency_key_from_message_id(found.group(1)) if found else None
+    key = key_from_message_id(found.group(1)) if found else None
     if not recipients or key is None:
         return None
     return DeliveryReport((key,), recipients)
@@ -117,7 +125,7 @@ def _parsed_report(raw: bytes) -> DeliveryReport:
     if not recipients:
         raise NotADeliveryReport("a delivery-status part without a recipient")
     keys = (
-        _returned_keys(message) or _envelope_keys(status_part) or sorted({k.decode() for k in KEY_PATTERN.findall(raw)})
+        _returned_keys(message) or _envelope_keys(status_part) or sorted({k.decode() for k in KEY_IN_RAW.findall(raw)})
     )
     return DeliveryReport(tuple(keys), recipients)
 
@@ -182,7 +190,7 @@ def _returned_keys(message: Message) -> list[str]:
             value = headers.get("Message-ID", "")
         else:
             continue
-        key = idempotency_key_from_message_id(str(value))
+        key = key_from_message_id(str(value))
         if key:
             keys.append(key)
     return keys

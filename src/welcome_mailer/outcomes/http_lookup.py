@@ -5,9 +5,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 
-from welcome_mailer.ledger.rules import PendingMessage
-from welcome_mailer.outcomes.events import OUTCOMES, OutcomeEvent
 from welcome_mailer.transports.http import MAX_BATCH, HttpEmailProvider
+from welcome_mailer.vocabulary import OUTCOMES, OutcomeEvent, PendingMessage
 
 
 class HttpLookupSource:

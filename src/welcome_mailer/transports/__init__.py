@@ -4,15 +4,17 @@ A transport only sends. What became of a message afterwards is an outcome source
 (``welcome_mailer.outcomes``), even when the transport learns some outcomes at once (a provider refusing
 an address at send time is reported in ``SendResult.error``).
 
-To add a transport: a class with the attributes and method of ``EmailProvider``, in a new module here,
-chosen by the ``esp_default`` connection's type in ``welcome_mailer.hooks.esp``.
+To add a transport: a class with the attributes and methods of ``EmailProvider``, in a new module here,
+and its row in ``welcome_mailer.hooks.esp.TRANSPORTS`` (which connection types choose it, how it is built
+from the connection, which outcome sources the delivery sensors poll for its messages), and its page in
+docs/.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Self
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class SendResult:
 
 
 class EmailProvider(Protocol):
+    """What every transport offers the pipeline; used as a context manager, which closes it."""
+
+    kind: str  # its row in welcome_mailer.hooks.esp.TRANSPORTS: "http", "smtp"
     # True when sending the same idempotency key twice can never make a second email. The pipeline
     # re-sends an attempt whose acceptance it never saw only through an idempotent transport.
     idempotent: bool
@@ -46,4 +51,13 @@ class EmailProvider(Protocol):
         """Send up to ``max_batch`` messages; results in request order."""
         ...
 
+    def check(self) -> None:
+        """Reach the provider and prove the credentials, sending nothing (the connection page's "Test");
+        raises on failure."""
+        ...
+
     def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *_exc) -> None: ...

@@ -62,6 +62,7 @@ class RetryPolicy:
 
 
 class HttpEmailProvider:
+    kind = "http"
     idempotent = True  # the contract's Idempotency-Key: the same key returns the message already accepted
     max_batch = MAX_BATCH
 
@@ -95,6 +96,10 @@ class HttpEmailProvider:
 
     def __exit__(self, *_exc) -> None:
         self.close()
+
+    def check(self) -> None:
+        """Prove the API key with a status lookup of an id nobody has; raises on failure."""
+        self.lookup(["welcome-mailer-connection-test"])
 
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         _check_size(messages)

@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from email.header import Header
 from email.utils import formataddr, formatdate
 
-from welcome_mailer.outcomes.events import BLOCKED, BOUNCED
 from welcome_mailer.transports import OutgoingMessage, SendResult
 from welcome_mailer.unsubscribe import UnsubscribeSettings, list_unsubscribe_headers
+from welcome_mailer.vocabulary import BLOCKED, BOUNCED, key_from_message_id
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class SmtpSettings:
     timeout: float = 30.0
     retry_limit: int = 5  # reconnects per message before the data went out
     max_connections: int = 8
-    policy_rejection: str = BLOCKED  # what a 5.7.x reply becomes (see the README)
+    policy_rejection: str = BLOCKED  # what a 5.7.x reply becomes (docs/smtp.md)
     # One-click unsubscribe through the plugin app's endpoint (welcome_mailer.unsubscribe), when configured;
     # else ``list_unsubscribe``: URI templates, comma-separated, {email} and {key} filled in (a provider's own).
     unsubscribe: UnsubscribeSettings = field(default_factory=UnsubscribeSettings)
@@ -134,12 +134,6 @@ def message_id(idempotency_key: str, from_email: str) -> str:
     domain = from_email.rpartition("@")[2].strip().lower()
     candidate = f"<{idempotency_key}@{domain}>"
     return candidate if len(candidate) <= MAX_MESSAGE_ID else f"<{idempotency_key}@{MESSAGE_ID_DOMAIN_FALLBACK}>"
-
-
-def idempotency_key_from_message_id(value: str) -> str | None:
-    """The idempotency key in one of our Message-IDs (None: not one of ours)."""
-    found = re.search(r"<?(welcome-[0-9a-f]{40}-\d+)@", value or "")
-    return found.group(1) if found else None
 
 
 @functools.cache
@@ -225,6 +219,7 @@ def render_message(settings: SmtpSettings, message: OutgoingMessage) -> bytes:
 
 
 class SmtpEmailProvider:
+    kind = "smtp"
     idempotent = False  # SMTP has no idempotency key: a message whose reply was lost may have gone out
     max_batch = MAX_BATCH
 
@@ -390,7 +385,7 @@ class SmtpEmailProvider:
         after the settle time."""
         mail, rcpt = self._mail_from, f"RCPT TO:{smtplib.quoteaddr(to)}"
         if conn.has_extn("dsn"):  # RFC 3461: ask for a report on success too, matched by ENVID or Message-ID
-            key = idempotency_key_from_message_id(msg_id) or ""
+            key = key_from_message_id(msg_id) or ""
             mail += f" RET=HDRS ENVID={xtext(key)}" if key else " RET=HDRS"
             rcpt += f" NOTIFY={DSN_NOTIFY} ORCPT=rfc822;{xtext(to)}"
         return [mail, rcpt, "DATA"]

@@ -1,21 +1,3 @@
-"""The package's web app, mounted on Airflow's api-server under /welcome-mailer by the plugin
-(``welcome_mailer.plugin``). One module per concern, each with its own router; every route checks its own
-callers (Airflow does not authenticate plugin apps)."""
-
-from __future__ import annotations
-
-from importlib.metadata import version
-
-from fastapi import FastAPI
-
-from welcome_mailer.web import contact_list, events, health, ui, unsubscribe
-
-
-def create_app() -> FastAPI:
-    app = FastAPI(title="Welcome mailer", version=version("welcome-mailer"))
-    app.include_router(health.router)
-    app.include_router(events.router)
-    app.include_router(unsubscribe.router)
-    ui.install(app)  # the ledger's pages: /ui/
-    app.include_router(contact_list.router)  # and its list of contacts: /ui/contacts
-    return app
+"""The package's web app, mounted on Airflow's api-server under ``settings.URL_PREFIX`` by the plugin
+(``welcome_mailer.plugin``). ``app`` only wires the routers; one module per resource, each with its own
+router, and every route checks its own callers (Airflow does not authenticate plugin apps)."""

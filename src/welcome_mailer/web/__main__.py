@@ -11,9 +11,8 @@ import os
 import uvicorn
 from fastapi import FastAPI
 
-from welcome_mailer.plugin import URL_PREFIX
-from welcome_mailer.settings import home
-from welcome_mailer.web import create_app
+from welcome_mailer.settings import URL_PREFIX, home
+from welcome_mailer.web.app import create_app
 
 
 def build_app(prefix: str) -> FastAPI:

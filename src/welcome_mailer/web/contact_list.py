@@ -12,13 +12,13 @@ from airflow.api_fastapi.core_api.security import GetUserDep
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 
-from welcome_mailer import contact_list, operations
+from welcome_mailer import contact_list, operator_actions
 from welcome_mailer.web.ui import ECHOED_MAX, LedgerDep, Readers, SettingsDep, _page, _root, can_edit, check_post
 
 router = APIRouter(prefix="/ui")
 # The states an operator filters by, in the overview's order (erased addresses are not listed: only
 # their keyed hash is kept).
-STATES = operations.STATE_ORDER
+STATES = operator_actions.STATE_ORDER
 FILTER_FIELDS = ("state", "run", "file", "changed_from", "changed_to", "q")
 BULK_ACTIONS = {"suppress": "Suppress", "release": "Release"}
 
@@ -42,11 +42,7 @@ def list_filter(
     sort: str = "newest",
 ) -> contact_list.ContactFilter:
     """The list's query string as a filter; a source file becomes the runs that read it."""
-    runs = None
-    if file:
-        runs = contact_list.runs_of_file(
-            ledger, lambda run_id: operations.run_file(settings.reports_dir, run_id, settings.data_roots), file
-        )
+    runs = contact_list.runs_of_file(ledger, file, settings.data_roots) if file else None
     return contact_list.ContactFilter(
         state=state if state in STATES else "",
         run_id=run,
@@ -124,12 +120,12 @@ def bulk_action(
         if confirm != "yes":
             raise ValueError(f"tick the box to confirm: {action} {len(emails)} contact(s)")
         if action == "suppress":
-            counts = operations.suppress(ledger, emails, user.get_name(), reason, detail="bulk, from the list")
+            counts = operator_actions.suppress(ledger, emails, user.get_name(), reason, detail="bulk, from the list")
             notice = f"suppressed {counts['suppressed']} of {len(emails)} selected (others: already so)"
         else:
-            released = sum(operations.release(ledger, e, user.get_name(), reason) for e in emails)
+            released = sum(operator_actions.release(ledger, e, user.get_name(), reason) for e in emails)
             notice = f"released {released} of {len(emails)} selected (only failed contacts are released)"
-    except (operations.InvalidEmail, operations.EraseKeyMissing, ValueError) as exc:
+    except (operator_actions.InvalidEmail, operator_actions.EraseKeyMissing, ValueError) as exc:
         notice = f"not done: {exc}"
     # Back to the list as it was (``back``: its query string), with the notice.
     params = [(k, v) for k, v in parse_qsl(back) if k != "notice"] + [("notice", notice)]

@@ -34,10 +34,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import insert
 from starlette.concurrency import run_in_threadpool
 
-from welcome_mailer.ledger import Ledger, utcnow
+from welcome_mailer.ledger import Ledger
 from welcome_mailer.ledger.schema import provider_events
-from welcome_mailer.outcomes.webhooks import Parsed, Refused, mailgun, mock, postmark, sendgrid, ses
+from welcome_mailer.outcomes.webhooks import Answered, Parsed, Refused, WebhookRequest
 from welcome_mailer.outcomes.webhooks.mapping import to_outcome_event
+from welcome_mailer.outcomes.webhooks.providers import PROVIDERS
+from welcome_mailer.vocabulary import utcnow
 from welcome_mailer.web.ledger import ledger_source
 
 log = logging.getLogger(__name__)
@@ -143,70 +145,31 @@ async def _receive(request: Request, provider: str, secret: object, handle: Call
         return JSONResponse({"error": exc.reason}, status_code=exc.status_code)
 
 
-@router.post("/sendgrid")
-async def sendgrid_events(request: Request, settings: Settings, ledgers: Ledgers) -> JSONResponse:
-    """SendGrid Event Webhook (Signed Event Webhook: ECDSA)."""
-
-    def handle(body: bytes) -> dict:
-        sendgrid.verify(request.headers, body, settings.sendgrid_public_key, settings.max_age_seconds)
-        return record(ledgers(), sendgrid.PROVIDER, body, sendgrid.parse(body))
-
-    return await _receive(request, sendgrid.PROVIDER, settings.sendgrid_public_key, handle)
-
-
-@router.post("/postmark")
-async def postmark_events(request: Request, settings: Settings, ledgers: Ledgers) -> JSONResponse:
-    """Postmark Bounce, Delivery and SpamComplaint webhooks (basic auth in the webhook URL, over HTTPS)."""
-
-    def handle(body: bytes) -> dict:
-        postmark.verify(request.headers, settings.postmark_credentials)
-        return record(ledgers(), postmark.PROVIDER, body, postmark.parse(body))
-
-    return await _receive(request, postmark.PROVIDER, settings.postmark_credentials, handle)
-
-
-@router.post("/mailgun")
-async def mailgun_events(request: Request, settings: Settings, ledgers: Ledgers) -> JSONResponse:
-    """Mailgun webhooks (HMAC-SHA256 of timestamp + token)."""
-
-    def handle(body: bytes) -> dict:
-        mailgun.verify(body, settings.mailgun_signing_key, settings.max_age_seconds)
-        return record(ledgers(), mailgun.PROVIDER, body, mailgun.parse(body))
-
-    return await _receive(request, mailgun.PROVIDER, settings.mailgun_signing_key, handle)
-
-
-@router.post("/mock")
-async def mock_events(request: Request, settings: Settings, ledgers: Ledgers) -> JSONResponse:
-    """The mock ESP's push mode (HMAC-SHA256 of timestamp and body)."""
-
-    def handle(body: bytes) -> dict:
-        mock.verify(request.headers, body, settings.mock_secret, settings.max_age_seconds)
-        return record(ledgers(), mock.PROVIDER, body, mock.parse(body))
-
-    return await _receive(request, mock.PROVIDER, settings.mock_secret, handle)
-
-
-@router.post("/ses")
-async def ses_events(
+@router.post("/{provider}")
+async def receive_events(
+    provider: str,
     request: Request,
     settings: Settings,
     ledgers: Ledgers,
     sns: Annotated[tuple[Callable[[str], bytes], Callable[[str], None]], Depends(sns_client)],
 ) -> JSONResponse:
-    """Amazon SES events through an SNS HTTP(S) subscription: confirms the subscription, then records
-    Bounce, Delivery, Complaint and Reject notifications."""
-    certificate, confirm = sns
+    """A provider's events (``outcomes.webhooks.providers.PROVIDERS``: SendGrid's Signed Event Webhook,
+    Postmark's basic auth, Mailgun's HMAC, SES through SNS, the mock ESP's push mode), verified its own way."""
+    webhook = PROVIDERS.get(provider)
+    if webhook is None:
+        return JSONResponse({"error": f"no provider {provider[:40]!r}; known: {', '.join(PROVIDERS)}"}, status_code=404)
+    secret = getattr(settings, webhook.secret_field)
+    fetch_certificate, confirm = sns
 
     def handle(body: bytes) -> dict:
-        message = ses.verify(body, settings.sns_topic_arns, certificate)
-        if message["Type"] == "SubscriptionConfirmation":
-            confirm(message["SubscribeURL"])
-            log.info("confirmed the SNS subscription to %s", message["TopicArn"])
-            return {"confirmed": message["TopicArn"]}
-        if message["Type"] != "Notification":
-            log.info("SNS %s for %s", message["Type"], message["TopicArn"])
-            return {"ignored": message["Type"]}
-        return record(ledgers(), ses.PROVIDER, body, ses.parse(message))
+        received = webhook.receive(
+            WebhookRequest(request.headers, body, settings.max_age_seconds, fetch_certificate), secret
+        )
+        if isinstance(received, Answered):
+            if received.confirm_url:
+                confirm(received.confirm_url)
+            log.info("%s webhook: %s", webhook.name, received.note)
+            return received.reply
+        return record(ledgers(), webhook.name, body, received)
 
-    return await _receive(request, ses.PROVIDER, settings.sns_topic_arns, handle)
+    return await _receive(request, webhook.name, secret, handle)

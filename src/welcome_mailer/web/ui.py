@@ -29,11 +29,11 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from welcome_mailer import contact_list, operations
+from welcome_mailer import contact_list, operator_actions
 from welcome_mailer.ledger import Ledger
 from welcome_mailer.ledger.rules import RELEASED_AT
 from welcome_mailer.report import report_rows
-from welcome_mailer.settings import Settings
+from welcome_mailer.settings import URL_PREFIX, Settings
 from welcome_mailer.web import times
 
 DAG_ID = "welcome_emails"
@@ -87,7 +87,6 @@ def _root(request: Request) -> str:
 
 def _links(request: Request) -> dict:
     """Where this app and the Airflow UI are, whatever prefix the api-server runs under."""
-    from welcome_mailer.plugin import URL_PREFIX
 
     root = _root(request)
     airflow = root[: -len(URL_PREFIX)] if root.endswith(URL_PREFIX) else ""
@@ -121,7 +120,7 @@ def check_post(request: Request, csrf: str) -> None:
 
 
 def erased_sentence(removed: dict[str, int]) -> str:
-    """What ``operations.erase`` removed, in words (it counts rows per table and lines of files)."""
+    """What ``operator_actions.erase`` removed, in words (it counts rows per table and lines of files)."""
     emails = removed.get("send_attempts", 0)
     parts = [
         "the contact's address and name" if removed.get("sent_contacts") else "the address (not a contact)",
@@ -160,7 +159,7 @@ def _page(request: Request, template: str, **context) -> HTMLResponse:
 # -- pages -------------------------------------------------------------------------------------------
 @router.get("/", response_class=HTMLResponse, dependencies=Readers)
 def overview(request: Request, ledger: LedgerDep, settings: SettingsDep, notice: str = "") -> HTMLResponse:
-    data = operations.overview(ledger, settings.reports_dir, settings.data_roots)
+    data = operator_actions.overview(ledger, settings.reports_dir, settings.data_roots)
     busiest = max((n for _, n in data["per_day"]), default=0)
     return _page(request, "overview.html", data=data, busiest=busiest, notice=notice)
 
@@ -171,8 +170,8 @@ def contact(
 ) -> HTMLResponse:
     view, error = None, None
     try:
-        view = operations.lookup(ledger, settings.reports_dir, email, settings.data_roots)
-    except operations.InvalidEmail as exc:
+        view = operator_actions.lookup(ledger, email, settings.data_roots)
+    except operator_actions.InvalidEmail as exc:
         error = str(exc)
     return _page(request, "contact.html", view=view, error=error, asked=email[:ECHOED_MAX], notice=notice)
 
@@ -189,7 +188,7 @@ KnownRun = Annotated[str, Depends(known_run)]
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse, dependencies=Readers)
 def run(request: Request, run_id: KnownRun, ledger: LedgerDep, settings: SettingsDep) -> HTMLResponse:
-    view = operations.run_view(settings.reports_dir, run_id)
+    view = operator_actions.run_view(settings.reports_dir, run_id)
     rows = report_rows(view["report"]) if view["report"] else []
     listed = f"{_root(request)}/ui/contacts?{urlencode({'run': run_id})}"
     links = {"claimed by this run": listed}  # each count of the run's contacts: the list filtered to them
@@ -203,7 +202,7 @@ def run(request: Request, run_id: KnownRun, ledger: LedgerDep, settings: Setting
 def run_csv(run_id: KnownRun, ledger: LedgerDep) -> StreamingResponse:
     filename = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
     return StreamingResponse(
-        operations.run_outcomes_csv(ledger, run_id),
+        operator_actions.run_outcomes_csv(ledger, run_id),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="welcome-outcomes-{filename}.csv"'},
     )
@@ -233,18 +232,19 @@ def contact_action(
         if action == "erase" and not same_address(confirm, email):
             raise ValueError("to erase, retype the address exactly in the confirmation field")
         if action == "suppress":
-            counts = operations.suppress(ledger, [email], actor, reason)
+            counts = operator_actions.suppress(ledger, [email], actor, reason)
             notice = (
                 "suppressed: never emailed" if counts["suppressed"] else "nothing to do: already suppressed or erased"
             )
         elif action == "release":
-            released = operations.release(ledger, email, actor, reason)
+            released = operator_actions.release(ledger, email, actor, reason)
             notice = "released: the next run that lists it retries it" if released else "not failed: nothing released"
         elif action == "erase":
-            notice = erased_sentence(operations.erase(ledger, email, actor, reason, operations.kept_files(settings)))
+            kept = operator_actions.kept_files(settings)
+            notice = erased_sentence(operator_actions.erase(ledger, email, actor, reason, kept))
         else:
             raise HTTPException(404, f"no action {action!r}")
-    except (operations.InvalidEmail, operations.EraseKeyMissing, ValueError) as exc:
+    except (operator_actions.InvalidEmail, operator_actions.EraseKeyMissing, ValueError) as exc:
         notice = f"not done: {exc}"
     return _back_to_contact(request, email, notice)
 
@@ -262,7 +262,7 @@ async def import_suppressions(
     try:
         text = (await file.read()).decode("utf-8-sig")
         counts = await run_in_threadpool(
-            operations.import_suppressions,
+            operator_actions.import_suppressions,
             ledger,
             text.splitlines(),
             user.get_name(),
@@ -270,6 +270,6 @@ async def import_suppressions(
             f"upload {file.filename}",
         )
         notice = f"{file.filename}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-    except (UnicodeDecodeError, operations.EraseKeyMissing, ValueError) as exc:
+    except (UnicodeDecodeError, operator_actions.EraseKeyMissing, ValueError) as exc:
         notice = f"not imported: {exc}"
     return RedirectResponse(f"{_root(request)}/ui/?{urlencode({'notice': notice})}", status_code=303)

@@ -1,10 +1,13 @@
 """Provider webhooks as an outcome source: pure code, no Airflow, no I/O.
 
 One module per provider (``sendgrid``, ``postmark``, ``mailgun``, ``ses``, ``mock``), each with
-``verify(...)`` (raises ``Refused`` unless the request carries what that provider signs) and
-``parse(body) -> Parsed`` (the provider's events as ``Signal``s, and what could not be read). One table,
-``mapping``, turns signals into ``OutcomeEvent``s. The plugin app (``welcome_mailer.web.events``) glues
-them to HTTP and to ``Ledger.record_outcomes``.
+``verify(...)`` (raises ``Refused`` unless the request carries what that provider signs), ``parse(body) ->
+Parsed`` (the provider's events as ``Signal``s, and what could not be read), and ``WEBHOOK``, its row of
+the providers table (``providers.PROVIDERS``: its name, the setting that holds its secret, and
+``receive``, verify then parse). One table, ``mapping``, turns signals into ``OutcomeEvent``s. The plugin
+app (``welcome_mailer.web.events``) serves every row of the providers table through one route, and
+records what they parse with ``Ledger.record_outcomes``. Adding a provider: its module, its row, its
+mapping entries, and its section in docs/provider-events.md.
 
 How an event finds its attempt: by the provider's message id recorded at send time, or by the attempt's
 idempotency key carried as the provider's custom metadata (``METADATA_KEY``) or inside the Message-ID
@@ -15,13 +18,12 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 METADATA_KEY = "welcome_idempotency_key"  # custom args / metadata / user variables / SES tag name
 IDEMPOTENCY_HEADER = "X-Welcome-Idempotency-Key"  # the same as a header, for providers that echo headers
-_KEY_IN_MESSAGE_ID = re.compile(r"^<?(welcome-[0-9a-f]{40}-\d+)@[^>]*>?$")
 
 
 class Refused(Exception):
@@ -55,6 +57,34 @@ class Parsed:
         return len(self.signals) + len(self.unparsed)
 
 
+@dataclass(frozen=True)
+class WebhookRequest:
+    """A request to a provider's event endpoint, as its ``receive`` sees it."""
+
+    headers: Mapping[str, str]
+    body: bytes
+    max_age_seconds: float  # signed timestamps older than this are replays
+    fetch: Callable[[str], bytes]  # GET a URL the signature points to (SES: the signing certificate)
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A verified request that carries no events to record (SES's subscription confirmation)."""
+
+    reply: dict
+    note: str  # for the log
+    confirm_url: str | None = None  # to GET before answering (SNS: SubscribeURL)
+
+
+@dataclass(frozen=True)
+class WebhookProvider:
+    """One provider's row of the providers table."""
+
+    name: str  # the endpoint: /events/<name>
+    secret_field: str  # the WebhookSettings field (and so the environment variable) holding its secret
+    receive: Callable[[WebhookRequest, object], Parsed | Answered]  # verify, then parse
+
+
 def load_json(body: bytes | str, parsed: Parsed, what: str = "body") -> object | None:
     """The JSON value, or None after noting in ``parsed`` why it could not be read."""
     try:
@@ -62,12 +92,6 @@ def load_json(body: bytes | str, parsed: Parsed, what: str = "body") -> object |
     except (ValueError, TypeError) as exc:
         parsed.unparsed.append(f"{what} is not JSON: {exc}")
         return None
-
-
-def key_from_message_id(message_id: str | None) -> str | None:
-    """The idempotency key inside a Message-ID the transport made (``<welcome-<hash>-<n>@host>``)."""
-    match = _KEY_IN_MESSAGE_ID.match((message_id or "").strip())
-    return match.group(1) if match else None
 
 
 def check_secret(given: str | bytes, expected: str | bytes) -> bool:

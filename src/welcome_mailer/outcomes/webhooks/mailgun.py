@@ -13,13 +13,15 @@ from welcome_mailer.outcomes.webhooks import (
     Parsed,
     Refused,
     Signal,
+    WebhookProvider,
+    WebhookRequest,
     check_age,
     check_secret,
     from_epoch,
-    key_from_message_id,
     load_json,
     text,
 )
+from welcome_mailer.vocabulary import key_from_message_id
 
 PROVIDER = "mailgun"
 
@@ -73,3 +75,11 @@ def parse(body: bytes) -> Parsed:
         )
     )
     return parsed
+
+
+def receive(request: WebhookRequest, signing_key: object) -> Parsed:
+    verify(request.body, str(signing_key), request.max_age_seconds)
+    return parse(request.body)
+
+
+WEBHOOK = WebhookProvider(PROVIDER, "mailgun_signing_key", receive)

@@ -1,5 +1,5 @@
-"""THE mapping table: what each provider's event means for the ledger. The README's "Provider events"
-section explains every row.
+"""THE mapping table: what each provider's event means for the ledger. docs/provider-events.md explains
+every row.
 
 Keys are (provider, event, kind); kind ``*`` matches any subtype. An event no row names is ignored
 (opens, clicks, "processed", ...): it changes nothing, and is counted as ignored in ``provider_events``.
@@ -9,8 +9,8 @@ a temporary failure) or the event says nothing about delivery.
 
 from __future__ import annotations
 
-from welcome_mailer.outcomes.events import BLOCKED, BOUNCED, COMPLAINED, DELIVERED, OutcomeEvent
 from welcome_mailer.outcomes.webhooks import Signal
+from welcome_mailer.vocabulary import BLOCKED, BOUNCED, COMPLAINED, DELIVERED, OutcomeEvent
 
 IGNORED = None
 

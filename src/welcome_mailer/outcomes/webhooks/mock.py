@@ -7,7 +7,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from welcome_mailer.outcomes.webhooks import Parsed, Refused, Signal, check_age, check_secret, from_iso, load_json, text
+from welcome_mailer.outcomes.webhooks import (
+    Parsed,
+    Refused,
+    Signal,
+    WebhookProvider,
+    WebhookRequest,
+    check_age,
+    check_secret,
+    from_iso,
+    load_json,
+    text,
+)
 
 PROVIDER = "mock"
 SIGNATURE_HEADER = "X-Mock-Esp-Signature"
@@ -48,3 +59,11 @@ def parse(body: bytes) -> Parsed:
             )
         )
     return parsed
+
+
+def receive(request: WebhookRequest, secret: object) -> Parsed:
+    verify(request.headers, request.body, str(secret), request.max_age_seconds)
+    return parse(request.body)
+
+
+WEBHOOK = WebhookProvider(PROVIDER, "mock_secret", receive)

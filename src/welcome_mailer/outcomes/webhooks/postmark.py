@@ -13,6 +13,8 @@ from welcome_mailer.outcomes.webhooks import (
     Parsed,
     Refused,
     Signal,
+    WebhookProvider,
+    WebhookRequest,
     check_secret,
     from_iso,
     load_json,
@@ -61,3 +63,11 @@ def parse(body: bytes) -> Parsed:
         )
     )
     return parsed
+
+
+def receive(request: WebhookRequest, credentials: object) -> Parsed:
+    verify(request.headers, str(credentials))
+    return parse(request.body)
+
+
+WEBHOOK = WebhookProvider(PROVIDER, "postmark_credentials", receive)

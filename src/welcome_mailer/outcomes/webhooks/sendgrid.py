@@ -15,12 +15,14 @@ from welcome_mailer.outcomes.webhooks import (
     Parsed,
     Refused,
     Signal,
+    WebhookProvider,
+    WebhookRequest,
     check_age,
     from_epoch,
-    key_from_message_id,
     load_json,
     text,
 )
+from welcome_mailer.vocabulary import key_from_message_id
 
 PROVIDER = "sendgrid"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -82,3 +84,11 @@ def parse(body: bytes) -> Parsed:
             )
         )
     return parsed
+
+
+def receive(request: WebhookRequest, public_key: object) -> Parsed:
+    verify(request.headers, request.body, str(public_key), request.max_age_seconds)
+    return parse(request.body)
+
+
+WEBHOOK = WebhookProvider(PROVIDER, "sendgrid_public_key", receive)

@@ -26,14 +26,17 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from welcome_mailer.outcomes.webhooks import (
     IDEMPOTENCY_HEADER,
     METADATA_KEY,
+    Answered,
     Parsed,
     Refused,
     Signal,
+    WebhookProvider,
+    WebhookRequest,
     from_iso,
-    key_from_message_id,
     load_json,
     text,
 )
+from welcome_mailer.vocabulary import key_from_message_id
 
 PROVIDER = "ses"
 CERT_HOST = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
@@ -116,3 +119,18 @@ def parse(message: dict) -> Parsed:
         )
     )
     return parsed
+
+
+def receive(request: WebhookRequest, topic_arns: object) -> Parsed | Answered:
+    """Confirms the subscription (through the web app), then parses Bounce, Delivery, Complaint and Reject
+    notifications."""
+    message = verify(request.body, topic_arns, request.fetch)
+    if message["Type"] == "SubscriptionConfirmation":
+        arn = message["TopicArn"]
+        return Answered({"confirmed": arn}, f"confirmed the SNS subscription to {arn}", message["SubscribeURL"])
+    if message["Type"] != "Notification":
+        return Answered({"ignored": message["Type"]}, f"SNS {message['Type']} for {message['TopicArn']}")
+    return parse(message)
+
+
+WEBHOOK = WebhookProvider(PROVIDER, "sns_topic_arns", receive)

@@ -25,17 +25,10 @@ from pathlib import Path
 from sqlalchemy import func, or_, select, text
 
 from welcome_mailer.contacts import InvalidEmail, normalise_email
+from welcome_mailer.ledger import Ledger
 from welcome_mailer.ledger.bulk import is_postgres
-from welcome_mailer.ledger.rules import (
-    RELEASED_AT,
-    SENDING,
-    EraseKeyMissing,
-    Ledger,
-    erased_hash,
-    shown_status,
-    utcnow,
-    with_latest_attempt,
-)
+from welcome_mailer.ledger.queries import shown_status, with_latest_attempt
+from welcome_mailer.ledger.rules import RELEASED_AT, SENDING, EraseKeyMissing, erased_hash
 from welcome_mailer.ledger.schema import (
     erased_contacts,
     ledger_runs,
@@ -43,8 +36,9 @@ from welcome_mailer.ledger.schema import (
     send_attempts,
     sent_contacts,
 )
-from welcome_mailer.pipeline import run_directory
+from welcome_mailer.run_files import REJECTED_CSV, REPORT_JSON, run_directory, shown_path
 from welcome_mailer.settings import Settings
+from welcome_mailer.vocabulary import utcnow
 
 __all__ = [
     "ContactView",
@@ -56,7 +50,6 @@ __all__ = [
     "lookup",
     "overview",
     "release",
-    "run_file",
     "run_outcomes_csv",
     "run_view",
     "suppress",
@@ -95,7 +88,7 @@ def _audit(actor: str, action: str, reason: str, detail: str | None = None) -> d
 
 
 # -- questions ---------------------------------------------------------------------------------------
-def lookup(ledger: Ledger, reports_dir: Path, raw_email: str, data_roots: Sequence[Path] = ()) -> ContactView:
+def lookup(ledger: Ledger, raw_email: str, data_roots: Sequence[Path] = ()) -> ContactView:
     """Everything the ledger knows about one address. Raises InvalidEmail."""
     email = normalise_email(raw_email)
     view = ContactView(email)
@@ -106,15 +99,15 @@ def lookup(ledger: Ledger, reports_dir: Path, raw_email: str, data_roots: Sequen
                 select(erased_contacts.c.erased_at).where(erased_contacts.c.email_hash == digest)
             ).scalar()
         row = conn.execute(
-            select(sent_contacts, shown_status().label("shown_status"))
-            .select_from(with_latest_attempt())
+            select(sent_contacts, shown_status().label("shown_status"), ledger_runs.c.source_file)
+            .select_from(with_latest_attempt().outerjoin(ledger_runs, ledger_runs.c.run_id == sent_contacts.c.run_id))
             .where(sent_contacts.c.email == email)
         ).first()
         if row is not None:
             view.name, view.status, view.run_id, view.attempts = row.name, row.shown_status, row.run_id, row.attempts
             view.updated_at, view.released = row.updated_at, row.updated_at == RELEASED_AT
             view.source_line = row.source_line
-            view.source_file = run_file(reports_dir, row.run_id, data_roots)
+            view.source_file = shown_path(row.source_file, data_roots)
         view.history = [
             dict(r._mapping)
             for r in conn.execute(
@@ -138,8 +131,8 @@ def overview(
     since = (utcnow() - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
     with ledger.engine.connect() as conn:
         if is_postgres(conn):
-            # Counting 10M index entries looks costly enough for JIT compilation, which then adds ~0.2 s
-            # to a 0.4 s count (make bench-ui). For this transaction only.
+            # Counting millions of index entries looks costly enough for JIT compilation, which then costs
+            # more than the count itself (docs/performance.md, make bench-ui). For this transaction only.
             conn.execute(text("SET LOCAL jit = off"))
         states = dict(conn.execute(select(sent_contacts.c.status, func.count()).group_by(sent_contacts.c.status)).all())
         if states.get(SENDING):  # split as shown: not accepted yet / sent (few, but for runs in progress)
@@ -176,7 +169,7 @@ def run_view(reports_dir: Path, run_id: str) -> dict:
     """A run's report (report.json, as report.md shows it) and its first rejected rows."""
     report = _report(reports_dir, run_id)
     rejected, more = [], False
-    path = run_directory(reports_dir, run_id) / "rejected.csv"
+    path = run_directory(reports_dir, run_id) / REJECTED_CSV
     if path.is_file():
         with path.open(newline="", encoding="utf-8") as handle:
             for n, row in enumerate(csv.reader(handle)):
@@ -221,7 +214,7 @@ def run_outcomes_csv(ledger: Ledger, run_id: str) -> Iterator[str]:
 
 
 def _run_line(run, report: dict | None, data_roots: Sequence[Path]) -> dict:
-    file = shown_path(report["csv_path"], data_roots) if report else None
+    file = shown_path(run.source_file, data_roots)
     return {
         "run_id": run.run_id,
         "started": run.created_at,
@@ -231,24 +224,8 @@ def _run_line(run, report: dict | None, data_roots: Sequence[Path]) -> dict:
     }
 
 
-def shown_path(path: str | None, data_roots: Sequence[Path]) -> str | None:
-    """A contact list's path as the person who triggered the run gave it: relative to the data root it
-    lies in (the form's csv_path), else as it is."""
-    if not path:
-        return path
-    for root in data_roots:
-        if Path(path).is_relative_to(root):
-            return str(Path(path).relative_to(root))
-    return path
-
-
-def run_file(reports_dir: Path, run_id: str, data_roots: Sequence[Path] = ()) -> str | None:
-    """The contact list a run read, as its report names it and the pages show it (``shown_path``)."""
-    return shown_path((_report(reports_dir, run_id) or {}).get("csv_path"), data_roots)
-
-
 def _report(reports_dir: Path, run_id: str) -> dict | None:
-    path = run_directory(reports_dir, run_id) / "report.json"
+    path = run_directory(reports_dir, run_id) / REPORT_JSON
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -1,5 +1,6 @@
-"""Task-side helpers that need Airflow (the report task, Airflow's configuration). Connections are read
-by the hooks in ``welcome_mailer.hooks``; DAG files import both lazily, inside tasks."""
+"""The report task (``report_run``: the run's figures, logged, returned and written to its files) and the
+one reading of Airflow's configuration the DAG needs (``max_mapped_batches``). Connections are read by the
+hooks in ``welcome_mailer.hooks``; the DAG file imports both lazily, inside tasks."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def report_run(ti, dag_run, run_id: str) -> dict:
 
     from airflow.sdk.exceptions import AirflowFailException
 
-    from welcome_mailer.pipeline import run_directory
     from welcome_mailer.report import build_report, render_markdown, write_report
+    from welcome_mailer.run_files import run_directory
     from welcome_mailer.storage import describe, location
 
     log = logging.getLogger(__name__)

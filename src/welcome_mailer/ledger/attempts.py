@@ -1,0 +1,198 @@
+"""Attempts: recording each message before it goes to the provider, and what the provider said on
+accepting (or refusing) it. An attempt not accepted yet is only ever re-sent with the same idempotency key."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, exists, select, update
+
+from welcome_mailer.ledger import bulk
+from welcome_mailer.ledger.queries import MATCH_CHUNK, chunks, latest_attempt, lock_contacts
+from welcome_mailer.ledger.rules import (
+    CLAIMED,
+    DISPATCHED,
+    PENDING,
+    REFUSED,
+    SENDING,
+    SENT,
+    UNCONFIRMED,
+    UNRECORDED_ATTEMPT_STATES,
+    ContactsTakenOver,
+)
+from welcome_mailer.ledger.schema import outcome_inbox, send_attempts, sent_contacts
+from welcome_mailer.vocabulary import BOUNCED, idempotency_key, utcnow
+
+
+@dataclass(frozen=True)
+class OutgoingAttempt:
+    email: str
+    name: str
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        return idempotency_key(self.email, self.attempt)
+
+
+@dataclass(frozen=True)
+class AcceptedAttempt:
+    email: str
+    attempt: int
+    message_id: str | None  # None when the provider refused the message
+    error: str | None = None
+
+
+class Attempts:
+    """Recording attempts and the provider's acceptance (part of ``Ledger``)."""
+
+    # -- sending ------------------------------------------------------------------------------------
+    def start_attempts(self, run_id: str, batch_no: int, resend_unconfirmed: bool = True) -> list[OutgoingAttempt]:
+        """Record a new attempt for every claimed contact of the batch (a resend, or a failed contact listed
+        again: new contacts got theirs from ``claim``), then return every attempt of the batch that is
+        recorded but not confirmed.
+
+        Attempts an earlier try recorded (a retried task, a crashed run taken over) are returned again when
+        ``resend_unconfirmed`` (the transport is idempotent: the same key cannot make a second email).
+        Otherwise those that were dispatched (``mark_dispatched``) become ``unconfirmed`` and are never
+        sent again automatically; those never handed over are returned."""
+        now = utcnow()
+        in_batch = and_(sent_contacts.c.run_id == run_id, sent_contacts.c.batch_no == batch_no)
+        with self.engine.begin() as conn:
+            if not resend_unconfirmed:
+                self._mark_unconfirmed(conn, in_batch, now)
+            started = conn.execute(
+                update(sent_contacts)
+                .where(in_batch, sent_contacts.c.status == CLAIMED)
+                .values(
+                    status=SENDING,
+                    attempts=sent_contacts.c.attempts + 1,
+                    claim_attempts=sent_contacts.c.claim_attempts + 1,
+                    updated_at=now,
+                )
+                .returning(sent_contacts.c.email, sent_contacts.c.attempts)
+            ).all()
+            bulk.load_rows(  # COPY on Postgres: half the time of multi-row INSERTs for a large batch
+                conn,
+                send_attempts,
+                ("email", "attempt", "idempotency_key", "run_id", "status", "created_at", "updated_at"),
+                [
+                    (email, attempt, idempotency_key(email, attempt), run_id, PENDING, now, now)
+                    for email, attempt in started
+                ],
+            )
+            rows = conn.execute(
+                select(sent_contacts.c.email, sent_contacts.c.name, sent_contacts.c.attempts)
+                .select_from(sent_contacts.join(send_attempts, latest_attempt()))
+                .where(in_batch, sent_contacts.c.status == SENDING)
+                .where(send_attempts.c.status.in_(UNRECORDED_ATTEMPT_STATES))  # not those already accepted
+                .order_by(sent_contacts.c.email)
+            ).all()
+        return [OutgoingAttempt(email, name, attempt) for email, name, attempt in rows]
+
+    @staticmethod
+    def _mark_unconfirmed(conn, in_batch, now: datetime) -> None:
+        """sending -> unconfirmed, for attempts dispatched earlier whose fate the transport cannot tell."""
+        dispatched = exists().where(
+            send_attempts.c.email == sent_contacts.c.email,
+            send_attempts.c.attempt == sent_contacts.c.attempts,
+            send_attempts.c.status == DISPATCHED,
+        )
+        parked = conn.execute(
+            update(sent_contacts)
+            .where(in_batch, sent_contacts.c.status == SENDING, dispatched)
+            .values(status=UNCONFIRMED, updated_at=now)
+            .returning(sent_contacts.c.email, sent_contacts.c.attempts)
+        ).all()
+        bulk.update_rows(
+            conn,
+            send_attempts,
+            [{"email": email, "attempt": attempt, "status": UNCONFIRMED} for email, attempt in parked],
+            match={"email": "email", "attempt": "attempt"},
+            assign={"status": "status"},
+            guards={"status": DISPATCHED},
+            constants={"updated_at": now},
+        )
+
+    def mark_dispatched(self, run_id: str, attempts: Sequence[OutgoingAttempt]) -> None:
+        """pending -> dispatched, just before these attempts go to a transport without idempotency: from
+        here on, a failure without a reply leaves them unconfirmed instead of resending them.
+
+        All or nothing, and only while the run still holds them: raises ContactsTakenOver (and changes
+        nothing) when another run has taken any of them over (this run's lease expired): through such a
+        transport the taker sends them, and sending them here too would email them twice."""
+        with self.engine.begin() as conn:
+            marked = bulk.update_rows(
+                conn,
+                send_attempts,
+                [{"email": a.email, "attempt": a.attempt, "status": DISPATCHED} for a in attempts],
+                match={"email": "email", "attempt": "attempt"},
+                assign={"status": "status"},
+                guards={"run_id": run_id, "status": PENDING},
+                constants={"updated_at": utcnow()},
+            )
+            if marked != len(attempts):  # raised inside the transaction: it rolls back
+                raise ContactsTakenOver(
+                    f"run {run_id} no longer holds {len(attempts) - marked} of these {len(attempts)} attempts "
+                    "(its lease expired and another run took the contacts over): none of them is sent by it"
+                )
+
+    def mark_unconfirmed(self, run_id: str, attempts: Sequence[OutgoingAttempt]) -> None:
+        """These dispatched attempts went to a transport without idempotency and no reply came back (SMTP:
+        the connection died after the data): sending -> unconfirmed at once, by the rule a retried task
+        applies (``start_attempts``), instead of waiting for that retry."""
+        if not attempts:
+            return
+        with self.engine.begin() as conn:
+            for chunk in chunks([a.email for a in attempts], MATCH_CHUNK):
+                self._mark_unconfirmed(
+                    conn, and_(sent_contacts.c.run_id == run_id, sent_contacts.c.email.in_(chunk)), utcnow()
+                )
+
+    def record_sent(self, run_id: str, accepted: Sequence[AcceptedAttempt]) -> None:
+        """The provider accepted (or refused) these attempts: the attempt becomes sent, its contact stays
+        sending (shown as sent); a refused attempt becomes refused and its contact bounced. Outcome events
+        that arrived before this (kept in the inbox) are applied right after."""
+        if not accepted:
+            return
+        rows = [
+            {
+                "email": a.email,
+                "attempt": a.attempt,
+                "message_id": a.message_id,
+                "error": a.error,
+                "attempt_status": SENT if a.message_id else REFUSED,
+            }
+            for a in accepted
+        ]
+        now = utcnow()
+        with self.engine.begin() as conn:
+            # Every contact of the chunk is locked first, in key order, though only refused ones change (a
+            # lock writes no row version): the inbox's events applied below, a take-over moving these
+            # attempts, and record_outcomes all take a contact before its attempt.
+            lock_contacts(conn, sorted(a.email for a in accepted))
+            bulk.update_rows(
+                conn,
+                sent_contacts,
+                [{**row, "contact_status": BOUNCED} for row in rows if row["message_id"] is None],
+                match={"email": "email", "attempts": "attempt"},
+                assign={"status": "contact_status"},
+                guards={"run_id": run_id, "status": SENDING},
+                constants={"updated_at": now},
+            )
+            bulk.update_rows(
+                conn,
+                send_attempts,
+                rows,
+                match={"email": "email", "attempt": "attempt"},
+                assign={"status": "attempt_status", "provider_message_id": "message_id", "error": "error"},
+                # By its run too, as the contact: a run that lost the contact (taken over) must not record
+                # the attempt ahead of its contact, or an outcome would later find the attempt settled and
+                # the contact not (the taker sends it again with the same key and records it).
+                guards={"run_id": run_id, "status": UNRECORDED_ATTEMPT_STATES},
+                constants={"updated_at": now},
+            )
+            if conn.execute(select(exists().select_from(outcome_inbox))).scalar():
+                self._apply_inbox(conn, accepted, now)

@@ -1,0 +1,264 @@
+"""Outcomes: applying what any source heard about a message (one operation, idempotent and
+order-tolerant), and the inbox that keeps events that came before their send was recorded."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple
+
+from sqlalchemy import delete, func, or_, select
+
+from welcome_mailer.ledger import bulk
+from welcome_mailer.ledger.attempts import AcceptedAttempt
+from welcome_mailer.ledger.engine import READ_SNAPSHOT
+from welcome_mailer.ledger.queries import MATCH_CHUNK, chunks, latest_attempt, lock_contacts
+from welcome_mailer.ledger.rules import (
+    ATTEMPT_STRENGTH,
+    SENDING,
+    SENT,
+    UNRECORDED_ATTEMPT_STATES,
+    already_applied,
+    contact_follows,
+)
+from welcome_mailer.ledger.schema import outcome_inbox, send_attempts, sent_contacts
+from welcome_mailer.vocabulary import STRENGTH, OutcomeEvent, PendingMessage, idempotency_key, utcnow
+
+OUTCOME_CHUNK = 5000  # outcome events per transaction (record_outcomes)
+PENDING_PAGE = 10_000  # pending messages read at a time (pending_messages)
+
+
+@dataclass(frozen=True)
+class OutcomeCounts:
+    applied: int  # messages whose state changed
+    unchanged: int  # duplicates, or weaker than what the ledger already knew
+    inboxed: int  # matched no recorded send (yet): kept in the inbox
+
+
+class Outcomes:
+    """Applying outcome events, and the inbox (part of ``Ledger``)."""
+
+    # -- outcomes -----------------------------------------------------------------------------------
+    def pending_messages(self, run_id: str) -> Iterator[PendingMessage]:
+        """The run's messages that the provider accepted but has not yet reported an outcome for, streamed
+        PENDING_PAGE rows at a time from one read snapshot (a server-side cursor on Postgres; a deferred,
+        read-only transaction on SQLite, which blocks no writer under WAL). A poll of 800k pending messages
+        held them all at once: 680 MB in the sensor's process."""
+        with self.engine.connect() as conn:
+            conn.execution_options(stream_results=True, yield_per=PENDING_PAGE, **{READ_SNAPSHOT: True})
+            query = (
+                select(
+                    send_attempts.c.email,
+                    send_attempts.c.attempt,
+                    send_attempts.c.provider_message_id,
+                    send_attempts.c.updated_at,  # set by record_sent, unchanged until an outcome
+                )
+                .select_from(sent_contacts.join(send_attempts, latest_attempt()))
+                .where(sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENDING)
+                .where(send_attempts.c.status == SENT)
+            )
+            for row in conn.execute(query):
+                yield PendingMessage(*row)
+
+    def record_outcomes(self, events: Iterable[OutcomeEvent]) -> OutcomeCounts:
+        """Apply outcome events from any source, whichever run sent the message and however late.
+
+        - Matched by provider message id, else by idempotency key; never by run.
+        - Idempotent and order-tolerant: per message, the strongest outcome wins (blocked < delivered <
+          bounced); a duplicate or a weaker event changes nothing.
+        - The contact follows: delivered or bounced from any of its messages makes it final (a bounce
+          overrules a delivery); blocked only counts for its latest message while that one is in flight.
+        - An event that matches no message whose send is recorded is kept in ``outcome_inbox`` and applied
+          by ``record_sent`` when the send is recorded (or stays there, counted, when it never matches).
+
+        Events are applied OUTCOME_CHUNK at a time, each chunk in a transaction of its own, as they are
+        read from ``events`` (a source may yield them while it polls): a poll of a million outcomes never
+        holds a million rows' locks, and other writers (pushed webhook events) interleave. The rules
+        above need no more than that: each chunk is guarded by the state it reads.
+        """
+        applied = unchanged = unmatched = 0
+        events = iter(events)
+        while chunk := list(itertools.islice(events, OUTCOME_CHUNK)):
+            now = utcnow()
+            with self.engine.begin() as conn:
+                chunk_applied, chunk_unchanged, chunk_unmatched = self._apply(conn, chunk, now)
+                bulk.insert_rows(
+                    conn,
+                    outcome_inbox,
+                    ("provider_message_id", "idempotency_key", "outcome", "source", "detail", "received_at"),
+                    [
+                        (e.provider_message_id, e.idempotency_key, e.outcome, e.source, (e.detail or "")[:2000], now)
+                        for e in chunk_unmatched
+                    ],
+                )
+            applied, unchanged, unmatched = (
+                applied + chunk_applied, unchanged + chunk_unchanged, unmatched + len(chunk_unmatched)
+            )  # fmt: skip
+        return OutcomeCounts(applied, unchanged, unmatched)
+
+    def inbox_size(self) -> int:
+        """Outcome events that matched no recorded send (yet)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(outcome_inbox)).scalar_one()
+
+    def _apply_inbox(self, conn, accepted: Sequence[AcceptedAttempt], now: datetime) -> None:
+        """Apply the inbox's events for these attempts (by message id or by idempotency key), whose send
+        was just recorded, and remove those applied. An event whose attempt this run could not record (a
+        taker holds it now) stays, for the taker's record_sent."""
+        for chunk in chunks([a for a in accepted if a.message_id], MATCH_CHUNK):
+            waiting = conn.execute(
+                select(outcome_inbox).where(
+                    or_(
+                        outcome_inbox.c.provider_message_id.in_([a.message_id for a in chunk]),
+                        outcome_inbox.c.idempotency_key.in_([idempotency_key(a.email, a.attempt) for a in chunk]),
+                    )
+                )
+            ).all()
+            if not waiting:
+                continue
+            events = [
+                OutcomeEvent(r.outcome, r.provider_message_id, r.idempotency_key, r.source, r.detail) for r in waiting
+            ]
+            _, _, unmatched = self._apply(conn, events, now)
+            still_waiting = set(unmatched)
+            applied = [r.id for r, event in zip(waiting, events, strict=True) if event not in still_waiting]
+            conn.execute(delete(outcome_inbox).where(outcome_inbox.c.id.in_(applied)))
+
+    def _apply(self, conn, events: list[OutcomeEvent], now: datetime) -> tuple[int, int, list[OutcomeEvent]]:
+        """The rules of record_outcomes, inside the caller's transaction. Returns (applied, unchanged,
+        events that matched no recorded send)."""
+        found = self._find_attempts(conn, events)
+        strongest: dict[tuple[str, int], str] = {}  # per attempt, the strongest outcome among the events
+        unmatched = []
+        for event in events:
+            row = _attempt_of(found, event)
+            if row is None or row.status in UNRECORDED_ATTEMPT_STATES:
+                unmatched.append(event)
+                continue
+            if already_applied(row.status, event.outcome):
+                continue
+            key = (row.email, row.attempt)
+            if key not in strongest or STRENGTH[event.outcome] > STRENGTH[strongest[key]]:
+                strongest[key] = event.outcome
+        rows = {(r.email, r.attempt): r for r in found.values()}
+        attempt_updates = [
+            {"email": email, "attempt": attempt, "status": outcome, "old": rows[email, attempt].status}
+            for (email, attempt), outcome in strongest.items()
+            if STRENGTH[outcome] > ATTEMPT_STRENGTH.get(rows[email, attempt].status, 0)
+        ]
+        contact_updates: dict[str, dict] = {}
+        for (email, attempt), outcome in strongest.items():
+            row = rows[email, attempt]
+            current = contact_updates.get(email, {}).get("status", row.contact_status)
+            if contact_follows(current, row.contact_attempts, attempt, outcome):
+                contact_updates[email] = {"email": email, "status": outcome, "old": row.contact_status}
+        # Each update is guarded by the state read above (rows are locked on Postgres, the database on
+        # SQLite): nothing changes between the read and the write.
+        for old_status in {u["old"] for u in attempt_updates}:
+            bulk.update_rows(
+                conn,
+                send_attempts,
+                [u for u in attempt_updates if u["old"] == old_status],
+                match={"email": "email", "attempt": "attempt"},
+                assign={"status": "status"},
+                guards={"status": old_status},
+                constants={"updated_at": now},
+            )
+        for old_status in {u["old"] for u in contact_updates.values()}:
+            bulk.update_rows(
+                conn,
+                sent_contacts,
+                [u for u in contact_updates.values() if u["old"] == old_status],
+                match={"email": "email"},
+                assign={"status": "status"},
+                guards={"status": old_status},
+                constants={"updated_at": now},
+            )
+        matched = len(events) - len(unmatched)
+        return len(attempt_updates), matched - len(attempt_updates), unmatched
+
+    @staticmethod
+    def _find_attempts(conn, events: list[OutcomeEvent]) -> dict[tuple[str, str], object]:
+        """The attempts the events name (("id", message id) or ("key", idempotency key)), with their
+        contact's state, locked for this transaction (Postgres; SQLite's write lock covers it)."""
+        columns = (
+            send_attempts.c.email,
+            send_attempts.c.attempt,
+            send_attempts.c.status,
+            send_attempts.c.provider_message_id,
+            send_attempts.c.idempotency_key,
+            sent_contacts.c.status.label("contact_status"),
+            sent_contacts.c.attempts.label("contact_attempts"),
+        )
+        joined = send_attempts.join(sent_contacts, sent_contacts.c.email == send_attempts.c.email)
+        lookups = (
+            ("provider_message_id", sorted({e.provider_message_id for e in events if e.provider_message_id})),
+            ("idempotency_key", sorted({e.idempotency_key for e in events if e.idempotency_key})),
+        )
+        rows = []
+        if bulk.is_postgres(conn):
+            # First which attempts (no locks; each id an index probe), then lock those that an event may
+            # change, and their contacts, through the primary keys in key order, and read their state under
+            # the locks. An event its attempt already has (a webhook's duplicate, a lookup after the push)
+            # locks nothing: an attempt's outcome only ever gets stronger, and its contact's effect was
+            # written with it, so it stays a no-op under the lock too.
+            probed = []
+            for column, values in lookups:
+                for chunk in chunks(values, MATCH_CHUNK):
+                    probe = bulk.probe(send_attempts, column, chunk, columns[:5])
+                    probed.extend(_FoundAttempt(*row) for row in conn.execute(probe).all())
+            keys, settled = set(), {}
+            probed_by = _by_message(probed)
+            for event in events:
+                row = _attempt_of(probed_by, event)
+                if row is None:
+                    continue
+                if already_applied(row.status, event.outcome):
+                    settled[row.email, row.attempt] = row
+                else:
+                    keys.add((row.email, row.attempt))
+            # Contacts first, then their attempts, as every other writer (claim, record_sent, the take-over)
+            # takes them: locking an attempt before its contact could close a cycle with one of those.
+            lock_contacts(conn, sorted({email for email, _ in keys}))
+            for chunk in chunks(sorted(keys), MATCH_CHUNK):
+                # Each attempt a lookup of its own, locked in the keys' order (joined as a whole, without
+                # fresh statistics the lock became a hash join over sequential scans of the ledger)
+                lock = bulk.probe(send_attempts, ("email", "attempt"), chunk, columns, source=joined, lock=True)
+                rows.extend(_FoundAttempt(*row) for row in conn.execute(lock).all())
+            rows.extend(row for key, row in settled.items() if key not in keys)
+        else:
+            for column, values in lookups:
+                for chunk in chunks(values, MATCH_CHUNK):
+                    found = conn.execute(select(*columns).select_from(joined).where(send_attempts.c[column].in_(chunk)))
+                    rows.extend(_FoundAttempt(*row) for row in found.all())
+        return _by_message(rows)
+
+
+class _FoundAttempt(NamedTuple):
+    """An attempt an outcome event names, as ``_find_attempts`` reads it: a plain tuple (reading a Row's
+    attributes by name was a large share of recording outcomes on SQLite)."""
+
+    email: str
+    attempt: int
+    status: str
+    provider_message_id: str | None
+    idempotency_key: str
+    contact_status: str | None = None  # not read by the unlocked probe
+    contact_attempts: int | None = None
+
+
+def _by_message(rows) -> dict[tuple[str, str], object]:
+    """Attempt rows by ("id", provider message id) and by ("key", idempotency key)."""
+    found: dict[tuple[str, str], object] = {}
+    for row in rows:
+        if row.provider_message_id:
+            found["id", row.provider_message_id] = row
+        found["key", row.idempotency_key] = row
+    return found
+
+
+def _attempt_of(found: dict[tuple[str, str], object], event: OutcomeEvent):
+    """The attempt an event names (``_by_message``'s rows): by provider message id, else by idempotency key."""
+    return found.get(("id", event.provider_message_id)) or found.get(("key", event.idempotency_key))
