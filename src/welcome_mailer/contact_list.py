@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy import func, or_, select, text, tuple_
+from sqlalchemy.exc import OperationalError
 
 from welcome_mailer.ledger import Ledger
+from welcome_mailer.ledger.bulk import is_postgres
 from welcome_mailer.ledger.queries import shown_status, with_latest_attempt
 from welcome_mailer.ledger.rules import SENDING, SENT
 from welcome_mailer.ledger.schema import ledger_runs, operator_actions, sent_contacts
@@ -27,6 +29,14 @@ from welcome_mailer.run_files import shown_path
 PAGE_SIZE = 50
 SEARCH_MAX = 200  # characters of a search kept (an address is at most 320, but nobody types that)
 EXPORT_FETCH_ROWS = 5000
+SEARCH_TIMEOUT_MS = 5000  # Postgres: a search's page gives up after this long
+QUERY_CANCELED = "57014"  # Postgres' SQLSTATE for a statement cancelled by statement_timeout
+
+
+class SearchTooBroad(ValueError):
+    """A search that would scan too much of a large ledger; the message says how to narrow it."""
+
+
 EXPORT_COLUMNS = ("email", "name", "state", "run_id", "attempts", "source_line", "last_change_utc")
 
 
@@ -122,7 +132,19 @@ def page(ledger: Ledger, filters: ContactFilter, after: str = "", size: int = PA
         position = tuple_(sent_contacts.c.updated_at, sent_contacts.c.email)
         query = query.where(position < tuple_(*keyset) if filters.newest_first else position > tuple_(*keyset))
     with ledger.engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(query)]
+        if filters.search.strip() and is_postgres(conn):
+            # A search is a scan of the contacts the other filters leave (no index serves "contains"):
+            # on a large ledger, bounded, and the page asks for a narrower one.
+            conn.execute(text(f"SET LOCAL statement_timeout = {SEARCH_TIMEOUT_MS}"))
+        try:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        except OperationalError as exc:
+            if QUERY_CANCELED in (getattr(exc.orig, "sqlstate", None), getattr(exc.orig, "pgcode", None)):
+                raise SearchTooBroad(
+                    f"the search took more than {SEARCH_TIMEOUT_MS // 1000} s: narrow it with a state, a run "
+                    "or last-change dates, or search a longer part of the address"
+                ) from None
+            raise
     more = len(rows) > size
     rows = rows[:size]
     next_after = f"{rows[-1]['updated_at'].isoformat()}|{rows[-1]['email']}" if more else None
@@ -161,12 +183,15 @@ def changed_since_report(ledger: Ledger, run_id: str) -> int | None:
         ended = conn.execute(select(ledger_runs.c.finished_at).where(ledger_runs.c.run_id == run_id)).scalar()
         if ended is None:
             return None
-        acted = select(operator_actions.c.email).where(
-            operator_actions.c.at > ended, operator_actions.c.email.is_not(None)
-        )
-        return conn.execute(
-            select(func.count()).where(
-                sent_contacts.c.run_id == run_id,
-                or_(sent_contacts.c.updated_at > ended, sent_contacts.c.email.in_(acted)),
-            )
+        # Two index range reads, not one scan of the run's contacts: those changed after the run ended
+        # (run_id, updated_at), and those acted on since then whose change left updated_at (a release).
+        changed = conn.execute(
+            select(func.count()).where(sent_contacts.c.run_id == run_id, sent_contacts.c.updated_at > ended)
         ).scalar_one()
+        acted = select(operator_actions.c.email).where(operator_actions.c.at > ended).distinct().subquery()
+        released = conn.execute(
+            select(func.count())
+            .select_from(acted.join(sent_contacts, sent_contacts.c.email == acted.c.email))
+            .where(sent_contacts.c.run_id == run_id, sent_contacts.c.updated_at <= ended)
+        ).scalar_one()
+    return changed + released

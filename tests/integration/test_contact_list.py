@@ -138,3 +138,22 @@ def test_a_source_file_as_the_pages_show_it_names_the_runs_that_read_it(ledger, 
     assert contact_list.runs_of_file(ledger, "in/a.csv", [Path("/data")]) == ("run-a",)
     assert contact_list.runs_of_file(ledger, "b.csv", [Path("/data")]) == ("run-b",)
     assert contact_list.runs_of_file(ledger, "a.csv", [Path("/data")]) == ()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("ledger_url", ["postgres"], indirect=True)
+def test_a_search_that_scans_too_long_on_postgres_asks_for_a_narrower_one(ledger, monkeypatch):
+    from sqlalchemy import text
+
+    with ledger.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO sent_contacts (email, name, status, attempts, claim_attempts, run_id, created_at,"
+                " updated_at) SELECT 'c' || n || '@example.com', 'Contact ' || n, 'delivered', 1, 1, 'r', now(),"
+                " now() FROM generate_series(1, 200000) AS n"
+            )
+        )
+    monkeypatch.setattr(contact_list, "SEARCH_TIMEOUT_MS", 1)
+    with pytest.raises(contact_list.SearchTooBroad, match="narrow it"):
+        contact_list.page(ledger, ContactFilter(search="zzz"))
+    assert len(contact_list.page(ledger, ContactFilter(state="delivered")).rows) == 50, "no timeout without a search"

@@ -349,3 +349,14 @@ def test_the_list_filters_by_the_source_file_as_shown(setup):
     client, _ = setup
     assert client.get("/ui/contacts", params={"file": "in.csv"}).text.count('name="email" value="') == 40
     assert "No contact matches" in client.get("/ui/contacts", params={"file": "other.csv"}).text
+
+
+def test_a_search_too_broad_for_the_ledger_says_how_to_narrow_it(setup, monkeypatch):
+    from welcome_mailer import contact_list
+
+    def too_long(*args, **kwargs):
+        raise contact_list.SearchTooBroad("the search took more than 5 s: narrow it")
+
+    monkeypatch.setattr(contact_list, "page", too_long)
+    page = setup[0].get("/ui/contacts", params={"q": "example"})
+    assert page.status_code == 200 and "narrow it" in page.text and "No contact matches" in page.text

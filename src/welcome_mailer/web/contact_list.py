@@ -69,7 +69,10 @@ def _query_string(request: Request, **changes) -> str:
 def contacts(
     request: Request, ledger: LedgerDep, filters: FilterDep, after: str = "", notice: str = ""
 ) -> HTMLResponse:
-    found = contact_list.page(ledger, filters, after)
+    try:
+        found = contact_list.page(ledger, filters, after)
+    except contact_list.SearchTooBroad as exc:
+        found, notice = contact_list.ContactPage([], None), str(exc)
     return _page(
         request,
         "contacts.html",
