@@ -276,6 +276,13 @@ def test_every_action_inside_the_airflow_ui_s_frame_and_on_the_page_opened_direc
         time.sleep(0.3)
     assert browser.current_url.startswith(f"{base}/dags/welcome_emails/runs/"), browser.current_url
 
+    # Times follow the time zone chosen in the Airflow UI (its local storage), UTC on hover.
+    browser.execute_script("localStorage.setItem('timezone', JSON.stringify('Asia/Kolkata'))")
+    browser.get(f"{base}/welcome-mailer/ui/contact?email={to_release[0]}")
+    stamp = wait_for(browser, "//tr[th[normalize-space()='last change']]//time")
+    assert stamp.text.endswith("GMT+5:30") and stamp.get_attribute("title").endswith(" UTC"), stamp.text
+    browser.execute_script("localStorage.removeItem('timezone')")
+
     # The same pages opened directly: suppress an address no run has seen; an erase not confirmed is refused.
     browser.get(f"{base}/welcome-mailer/ui/contact?email={suppressed}")
     wait_for(browser, "//input[@aria-label='Suppress: why']").send_keys("asked by phone")
