@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import httpx
 import pytest
 
-from include.run_embedded import free_port, wait_healthy
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from tests.support import PROJECT_ROOT
+from tests.support.esp import RunningEsp, launch_esp
 
 # Airflow reads its configuration on first import: point it at a throwaway home before any test imports it.
 _TEST_AIRFLOW_HOME = tempfile.mkdtemp(prefix="welcome-mailer-airflow-")
@@ -26,66 +19,6 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
 os.environ.setdefault("WELCOME_MAILER_HOME", str(PROJECT_ROOT))
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_TEST_AIRFLOW_HOME}/airflow.db"
 POSTGRES_ADMIN_URL = os.environ.get("WELCOME_MAILER_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432")
-API_KEY = "test-key"
-
-
-def read_message_log(client: httpx.Client, **filters) -> list[dict]:
-    """An ESP's whole message log, in acceptance order, paged with the cursor; retries the faults a test
-    may have switched on (503, 429) for a bounded time."""
-    found, cursor = [], None
-    deadline = time.monotonic() + 60
-    while True:
-        params = {"limit": 1000, **filters, **({"cursor": cursor} if cursor else {})}
-        response = client.get("/v1/messages", params=params)
-        if response.status_code in (429, 503) and time.monotonic() < deadline:
-            time.sleep(0.05)
-            continue
-        page = response.raise_for_status().json()
-        found.extend(page["messages"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return found
-
-
-@dataclass
-class RunningEsp:
-    """A mock ESP process, and the audit-log reads the tests prove things with."""
-
-    url: str
-    api_key: str
-    process: subprocess.Popen
-    log_path: Path
-    client: httpx.Client = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.api_key}"})
-
-    @property
-    def connection(self) -> dict:
-        host, port = self.url.removeprefix("http://").split(":")
-        return {"conn_type": "http", "host": host, "port": int(port), "password": self.api_key}
-
-    def messages(self, **filters) -> list[dict]:
-        return read_message_log(self.client, **filters)
-
-    def stop(self) -> None:
-        self.client.close()
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-def launch_esp(log_dir: Path, **flags) -> RunningEsp:
-    """Start a mock ESP process with the given flags (``hold_rate=0`` -> ``--hold-rate 0``)."""
-    port = free_port()
-    args = [sys.executable, "-m", "include.mock_esp", "--port", str(port), "--api-key", API_KEY]
-    for name, value in flags.items():
-        args += [f"--{name.replace('_', '-')}", str(value)]
-    log_path = log_dir / f"mock_esp_{port}.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(args, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
-    esp = RunningEsp(f"http://127.0.0.1:{port}", API_KEY, process, log_path)
-    wait_healthy(f"{esp.url}/healthz", process)
-    return esp
 
 
 @pytest.fixture
@@ -134,7 +67,7 @@ def postgres_server() -> str:
 @pytest.fixture
 def postgres_url(postgres_server) -> Iterator[str]:
     """A fresh database, dropped afterwards."""
-    from include.bench import scratch_database
+    from include.bench.postgres import scratch_database
 
     with scratch_database(postgres_server, "wm_test_") as url:
         try:
@@ -169,7 +102,7 @@ def ledger(ledger_url):
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A local S3 API (moto server) for the session; tests use their own buckets."""
-    from tests.s3 import launch_s3
+    from tests.support.s3 import launch_s3
 
     server = launch_s3(tmp_path_factory.mktemp("s3"))
     yield server
@@ -179,7 +112,7 @@ def s3_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def s3_denying_server(tmp_path_factory):
     """A local S3 API that denies every request (IAM checked, no user exists)."""
-    from tests.s3 import launch_s3
+    from tests.support.s3 import launch_s3
 
     server = launch_s3(tmp_path_factory.mktemp("s3-denying"), deny_all=True)
     yield server

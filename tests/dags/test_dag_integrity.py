@@ -6,7 +6,7 @@ from unittest import mock
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.support import PROJECT_ROOT
 
 DAGS_FOLDER = PROJECT_ROOT / "dags"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import PROJECT_ROOT
+from tests.support import PROJECT_ROOT
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yaml"
-DOCKER_ENV_SCRIPT = PROJECT_ROOT / "include" / "stack" / "docker-env.sh"
+DOCKER_ENV_SCRIPT = PROJECT_ROOT / "include" / "local" / "stack" / "docker-env.sh"
 _VARIABLE = re.compile(r"\$(?:(\$)|\{(\w+)(?:(:?[-?])([^}]*))?\}|(\w+)|)")
 
 

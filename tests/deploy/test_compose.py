@@ -17,9 +17,9 @@ import compose_spec
 import pytest
 from cryptography.fernet import Fernet
 
-from include.stack import SHARED_SETTINGS, Stack, shared_settings
-from tests.conftest import PROJECT_ROOT
+from include.local.stack import SHARED_SETTINGS, Stack, shared_settings
 from tests.deploy.compose import COMPOSE_FILE, MissingVariable, docker_env, load, read_env_file
+from tests.support import PROJECT_ROOT
 
 SECRETS = ("AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY", "AIRFLOW_ADMIN_PASSWORD")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT
 from tests.deploy.compose import COMPOSE_FILE, docker_env, load
+from tests.support import PROJECT_ROOT
 
 STUB = """#!/usr/bin/env bash
 name=$(basename "$0")

@@ -3,7 +3,7 @@
 The Airflow image's own package set is taken from the installed apache-airflow 3.3.2 and its providers
 (their metadata, with the versions this venv has): there is no Docker engine or registry here. The
 Dockerfile's install step runs against that set in a scratch venv that holds only their metadata, which is
-all `include/lock.py missing` and `pip check` read.
+all `include/tools/lock.py missing` and `pip check` read.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from include.lock import canonical, closure, installed, lock, requirement_lines
-from tests.conftest import PROJECT_ROOT
+from include.tools.lock import canonical, closure, installed, lock, requirement_lines
+from tests.support import PROJECT_ROOT
 
 RUNTIME_LOCK = PROJECT_ROOT / "requirements.lock"
 DEV_LOCK = PROJECT_ROOT / "requirements-dev.lock"
@@ -88,7 +88,7 @@ def test_the_runtime_lock_installs_cleanly_on_the_airflow_image(tmp_path):
 
     for name in image:
         install_metadata(name)
-    lock_script = str(PROJECT_ROOT / "include" / "lock.py")
+    lock_script = str(PROJECT_ROOT / "include" / "tools" / "lock.py")
     missing = subprocess.run(
         [python, lock_script, "missing", str(RUNTIME_LOCK)], check=True, capture_output=True, text=True, timeout=60
     ).stdout.split()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from include.run_embedded import airflow_env, ensure_metadata_db
+from include.local.run_embedded import airflow_env, ensure_metadata_db
 
 
 @pytest.fixture(scope="session")

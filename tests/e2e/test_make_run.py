@@ -1,4 +1,4 @@
-"""`make run` (include.run_embedded) as a newcomer meets it: a bad path, a failing run, Ctrl-C, a crash."""
+"""`make run` (include.local.run_embedded) as a newcomer meets it: a bad path, a failing run, Ctrl-C, a crash."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from include.generate_contacts import write_file
-from include.run_embedded import PROJECT_ROOT
-from tests.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
+from include.local.run_embedded import PROJECT_ROOT
+from include.tools.generate_contacts import write_file
+from tests.support.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
 
 
 @pytest.fixture
@@ -42,10 +42,10 @@ def runner_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def start_runner(home: Path, env: dict[str, str], csv: Path | str, output: Path) -> subprocess.Popen:
-    """`python -m include.run_embedded` in a session of its own (as a terminal's job is)."""
+    """`python -m include.local.run_embedded` in a session of its own (as a terminal's job is)."""
     with output.open("w") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "include.run_embedded", str(csv), "--airflow-home", str(home)],
+            [sys.executable, "-m", "include.local.run_embedded", str(csv), "--airflow-home", str(home)],
             cwd=PROJECT_ROOT,
             env=env,
             stdout=out,
@@ -105,7 +105,7 @@ def _sid(process: psutil.Process) -> int | None:
 def test_missing_csv_fails_in_a_second_with_the_reason(tmp_path):
     started = time.monotonic()
     completed = subprocess.run(
-        [sys.executable, "-m", "include.run_embedded", "missing.csv", "--airflow-home", str(tmp_path / "home")],
+        [sys.executable, "-m", "include.local.run_embedded", "missing.csv", "--airflow-home", str(tmp_path / "home")],
         cwd=PROJECT_ROOT,
         env=runner_env(tmp_path),
         capture_output=True,

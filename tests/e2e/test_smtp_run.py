@@ -9,11 +9,10 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import create_engine, select
 
-from include.generate_contacts import write_file
+from include.tools.generate_contacts import write_file
 from tests.e2e.test_welcome_run import MAX_ATTEMPTS, run_welcome
-from tests.integration.test_smtp import assert_relay_log_invariants, by_recipient
-from tests.invariants import expected_contacts
-from tests.smtp_relay import imap, start_relay  # noqa: F401 (fixtures)
+from tests.support.invariants import expected_contacts
+from tests.support.smtp_relay import assert_relay_log_invariants, by_recipient, imap, start_relay  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 

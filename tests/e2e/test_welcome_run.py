@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from include.generate_contacts import generate_rows, write_file
-from include.run_embedded import airflow_env, migrate_ledger
-from tests.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
+from include.local.run_embedded import airflow_env, migrate_ledger
+from include.tools.generate_contacts import generate_rows, write_file
+from tests.support.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
 from welcome_mailer.run_files import run_directory
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.support import PROJECT_ROOT
 
 PROBE = textwrap.dedent(
     """

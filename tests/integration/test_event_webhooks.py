@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tests.integration.test_outcome_events import attempt_statuses, contact_status, sent
-from tests.webhook_payloads import (
+from tests.support.ledger import attempt_statuses, contact_status, sent
+from tests.support.webhook_payloads import (
     SNS_TOPIC,
     SendGridSigner,
     SnsSigner,
@@ -127,7 +127,7 @@ def test_events_for_unknown_messages_and_unreadable_ones_are_kept_and_counted(cl
 
 
 def test_an_event_arriving_before_its_send_is_recorded_is_applied_when_it_is(client, ledger):
-    from tests.integration.test_ledger import stage_and_claim
+    from tests.support.ledger import stage_and_claim
     from welcome_mailer.ledger import AcceptedAttempt
 
     claimed = stage_and_claim(ledger, "run", ["a@example.com"])
@@ -255,7 +255,7 @@ def test_one_click_unsubscribe(client, ledger):
 
 
 def test_a_late_bounce_webhook_after_the_run_ended_keeps_the_contact_from_later_runs(client, ledger):
-    from tests.integration.test_ledger import stage_and_claim
+    from tests.support.ledger import stage_and_claim
 
     ids = sent(ledger, "run", "a@example.com")
     post_sendgrid(client, [sendgrid_event("delivered", ids["a@example.com"])])

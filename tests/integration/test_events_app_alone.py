@@ -9,10 +9,10 @@ import sys
 
 import httpx
 
-from include.run_embedded import free_port, wait_healthy
-from tests.conftest import PROJECT_ROOT
-from tests.integration.test_outcome_events import contact_status, sent
-from tests.webhook_payloads import mock_push
+from include.local.net import free_port, wait_healthy
+from tests.support import PROJECT_ROOT
+from tests.support.ledger import contact_status, sent
+from tests.support.webhook_payloads import mock_push
 from welcome_mailer.ledger import Ledger, connect
 from welcome_mailer.ledger.migrate import upgrade
 from welcome_mailer.unsubscribe import UnsubscribeSettings, list_unsubscribe_headers

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tests.integration.test_ledger import contacts, send_everything, stage_and_claim
+from tests.support.ledger import contacts, send_everything, stage_and_claim
 from welcome_mailer.ledger import ledger_runs
 from welcome_mailer.pipeline import claim_contacts
 from welcome_mailer.report import build_report, render_markdown

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import event, func, select, update
 from sqlalchemy.exc import OperationalError
 
-from include.ledger_load import row_updates
-from welcome_mailer.contacts import Contact
+from include.bench.postgres import row_updates
+from tests.support.ledger import contacts, send_everything, stage_and_claim, statuses
 from welcome_mailer.ledger import (
     AcceptedAttempt,
     ContactsTakenOver,
@@ -24,36 +24,9 @@ from welcome_mailer.ledger import (
     ledger_runs,
     send_attempts,
     sent_contacts,
-    shown_status,
-    with_latest_attempt,
 )
 from welcome_mailer.ledger.migrate import HEAD_REVISION, upgrade
 from welcome_mailer.vocabulary import OutcomeEvent, idempotency_key, utcnow
-
-
-def contacts(*emails: str) -> list[Contact]:
-    return [Contact(email, f"Name {email.split('@')[0]}", line) for line, email in enumerate(emails, 1)]
-
-
-def stage_and_claim(
-    ledger: Ledger, run_id: str, emails, batch_size: int = 500, max_batches: int = 1024, **claim_options
-):
-    ledger.renew_lease(run_id)
-    ledger.clear_stage(run_id)
-    ledger.stage(run_id, contacts(*emails))
-    return ledger.claim(run_id, batch_size, max_batches, **claim_options)
-
-
-def statuses(ledger: Ledger) -> dict[str, tuple[str, str, int]]:
-    """Every contact's state as shown (a sending contact whose latest attempt was accepted: sent), its run
-    and its attempts."""
-    with ledger.engine.connect() as conn:
-        rows = conn.execute(
-            select(sent_contacts.c.email, shown_status(), sent_contacts.c.run_id, sent_contacts.c.attempts).select_from(
-                with_latest_attempt()
-            )
-        )
-        return {email: (status, run_id, attempts) for email, status, run_id, attempts in rows}
 
 
 def engine_that_waits_for_locks_at_most(url: str, seconds: int):
@@ -70,16 +43,6 @@ def engine_that_waits_for_locks_at_most(url: str, seconds: int):
 
     engine.dispose()
     return engine
-
-
-def send_everything(ledger: Ledger, run_id: str, batches, outcome: str | dict[str, str]) -> None:
-    """Play the ESP: accept every attempt, then report the given outcome(s)."""
-    for batch_no in batches:
-        attempts = ledger.start_attempts(run_id, batch_no)
-        ledger.record_sent(run_id, [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}-{a.attempt}") for a in attempts])
-    pending = list(ledger.pending_messages(run_id))
-    outcome_of = (lambda m: outcome) if isinstance(outcome, str) else (lambda m: outcome[m.email])
-    ledger.record_outcomes([OutcomeEvent(outcome_of(m), provider_message_id=m.message_id) for m in pending])
 
 
 def test_migrating_again_changes_nothing(ledger):

@@ -127,7 +127,7 @@ def test_events_matched_by_message_id_find_it_through_an_index(engine):
 
 
 def test_a_ledger_with_data_at_0002_is_upgraded_and_takes_the_new_states(engine):
-    from tests.integration.test_ledger import statuses
+    from tests.support.ledger import statuses
     from welcome_mailer.vocabulary import OutcomeEvent
 
     make_v1_ledger(engine)
@@ -174,7 +174,7 @@ def test_0005_one_run_index_serves_a_run_in_flight_across_the_upgrade(engine):
     batch_no): a run claimed at 0004 is sent, polled and resent at head, and 0004 comes back on downgrade."""
     from datetime import timedelta
 
-    from tests.integration.test_ledger import stage_and_claim
+    from tests.support.ledger import stage_and_claim
     from welcome_mailer.ledger import AcceptedAttempt
     from welcome_mailer.vocabulary import OutcomeEvent, utcnow
 
@@ -208,7 +208,7 @@ def test_0006_a_run_sent_at_0005_waits_for_its_outcomes_at_head_and_comes_back_o
     outcome (shown as sent), the pending one is still owed its send; on downgrade both read as 0005 wrote
     them (sent with its message id; sending). Rows two fixed bugs of 0005's code could leave are
     reconciled: a sent contact whose attempt was never recorded (under a dead run), or already settled."""
-    from tests.integration.test_ledger import stage_and_claim, statuses
+    from tests.support.ledger import stage_and_claim, statuses
     from welcome_mailer.ledger import AcceptedAttempt
     from welcome_mailer.vocabulary import OutcomeEvent
 
@@ -301,7 +301,7 @@ def test_0007_no_index_of_the_attempts_names_their_state_and_a_run_still_finds_w
     update is then heap-only: no index entry written). A run claimed and half sent at 0006 still finds
     its unsent attempts (the partial index of attempts without a message id) and its awaiting messages at
     head; the downgrade restores 0006's index."""
-    from tests.integration.test_ledger import stage_and_claim
+    from tests.support.ledger import stage_and_claim
     from welcome_mailer.ledger import AcceptedAttempt
     from welcome_mailer.vocabulary import OutcomeEvent
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from include.generate_contacts import write_file
+from include.tools.generate_contacts import write_file
 from welcome_mailer.pipeline import parse_file
 from welcome_mailer.report import write_report
 from welcome_mailer.run_files import InvalidCsvPath, resolve_csv_path, run_directory

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 from tests.integration.test_pipeline import finish
-from tests.invariants import messages_by_recipient
+from tests.support.invariants import messages_by_recipient
 from welcome_mailer import operator_actions, pipeline, run_files
 from welcome_mailer.ledger import EraseKeyMissing, Ledger, sent_contacts
 from welcome_mailer.report import build_report, write_report

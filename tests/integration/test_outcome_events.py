@@ -7,31 +7,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
 
-from tests.integration.test_ledger import stage_and_claim, statuses
-from welcome_mailer.ledger import AcceptedAttempt, send_attempts
+from tests.support.ledger import attempt_statuses, contact_status, sent, stage_and_claim
+from welcome_mailer.ledger import AcceptedAttempt
 from welcome_mailer.vocabulary import OutcomeEvent, idempotency_key, utcnow
-
-
-def sent(ledger, run_id: str, *emails: str) -> dict[str, str]:
-    """Claim and send the contacts; returns email -> provider message id."""
-    claimed = stage_and_claim(ledger, run_id, list(emails))
-    ids = {}
-    for batch_no in claimed.batches:
-        attempts = ledger.start_attempts(run_id, batch_no)
-        ledger.record_sent(run_id, [AcceptedAttempt(a.email, a.attempt, f"m-{a.email}-{a.attempt}") for a in attempts])
-        ids.update({a.email: f"m-{a.email}-{a.attempt}" for a in attempts})
-    return ids
-
-
-def attempt_statuses(ledger) -> dict[tuple[str, int], str]:
-    with ledger.engine.connect() as conn:
-        return {(r.email, r.attempt): r.status for r in conn.execute(select(send_attempts))}
-
-
-def contact_status(ledger, email: str) -> str:
-    return statuses(ledger)[email][0]
 
 
 def test_an_event_is_matched_by_message_id_or_by_idempotency_key(ledger):

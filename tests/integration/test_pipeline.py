@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from tests.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
+from tests.support.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
 from welcome_mailer import pipeline
 from welcome_mailer.ledger import ledger_runs, send_attempts
 from welcome_mailer.outcomes.http_lookup import HttpLookupSource

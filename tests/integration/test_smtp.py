@@ -4,8 +4,6 @@ own log (raw bytes included) and the ledger."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 import time
 from collections import defaultdict
 from datetime import timedelta
@@ -13,7 +11,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from tests.smtp_relay import FROM_EMAIL, imap, self_signed_certificate, start_relay  # noqa: F401 (fixtures)
+from tests.support.smtp_relay import (  # noqa: F401 (fixtures)
+    FROM_EMAIL,
+    assert_relay_log_invariants,
+    by_recipient,
+    imap,
+    self_signed_certificate,
+    start_relay,
+)
 from welcome_mailer import pipeline
 from welcome_mailer.ledger import send_attempts, sent_contacts
 from welcome_mailer.outcomes.dsn import DsnSource, MailboxSettings
@@ -65,42 +70,11 @@ def run_through(ledger, transport, sources, run_id, path, tmp_path, max_attempts
     ledger.close_out(run_id, max_attempts)
 
 
-def by_recipient(entries: list[dict]) -> dict[str, list[dict]]:
-    grouped = defaultdict(list)
-    for entry in entries:
-        grouped[entry["to"]].append(entry)
-    return grouped
-
-
 def ledger_rows(ledger):
     with ledger.engine.connect() as conn:
         contacts = {r.email: r for r in conn.execute(select(sent_contacts))}
         attempts = {(r.email, r.attempt): r for r in conn.execute(select(send_attempts))}
     return contacts, attempts
-
-
-def assert_relay_log_invariants(entries, expected: dict[str, str], max_attempts: int) -> dict[str, int]:
-    """From the relay's log: nobody got a message after one that could arrive; nobody forgotten; every
-    received message is the right greeting, with its own Message-ID, to exactly one recipient."""
-    grouped = by_recipient(entries)
-    assert set(grouped) == set(expected), "every contact reached the relay, and nobody else"
-    received = [e for e in entries if e["received"]]
-    assert len({e["message_id"] for e in received}) == len(received), "a Message-ID was reused"
-    finals = defaultdict(int)
-    for address, history in grouped.items():
-        outcomes = [e["outcome"] for e in history]
-        assert "sent" not in [e["status"] for e in history], f"{address}: an outcome never came: {outcomes}"
-        assert all(o == "blocked" for o in outcomes[:-1]), f"{address}: a message after a final one: {outcomes}"
-        assert len(history) <= max_attempts
-        if outcomes[-1] == "blocked":
-            assert len(history) == max_attempts, f"{address}: blocked but resent {len(history)} times"
-        for entry in history:
-            if entry["received"]:
-                message = email.message_from_bytes(entry["raw"], policy=email.policy.default)
-                assert [a.addr_spec for a in message["To"].addresses] == [address]
-                assert message.get_content().strip() == f"Hi {expected[address]}, Welcome!"
-        finals[outcomes[-1]] += 1
-    return dict(finals)
 
 
 @pytest.mark.parametrize("pipelining", [1, 0], ids=["pipelining", "one-by-one"])
@@ -268,7 +242,7 @@ def stored(maildir) -> list:
 
 
 def test_an_unreachable_mailbox_delays_outcomes_and_never_fails_the_poll():
-    from include.run_embedded import free_port
+    from include.local.net import free_port
     from welcome_mailer.vocabulary import PendingMessage, utcnow
 
     closed = MailboxSettings("127.0.0.1", free_port(), "bounces", "pw", use_ssl=False, timeout=2)
@@ -327,7 +301,7 @@ def test_a_block_report_waiting_in_the_mailbox_wins_over_the_settle_time_and_a_l
     (the contact is blocked, resent later). A block report read after the settle time counted the message
     delivered changes nothing (blocked is weaker than delivered); a bounce report still overrules it. Once
     nothing of the run is pending its sensors stop polling: such late reports are read by a later run's."""
-    from include.mock_smtp.relay import Maildir, delivery_report
+    from include.mocks.smtp_relay.relay import Maildir, delivery_report
 
     contacts_csv = tmp_path / "contacts.csv"
     contacts_csv.write_text("Ann, ann@example.com\nBob, bob@example.com\n")

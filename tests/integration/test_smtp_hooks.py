@@ -62,7 +62,7 @@ def test_the_bounce_mailbox_comes_from_its_connection(monkeypatch):
 
 
 def test_testing_an_smtp_connection_logs_in_to_the_relay(monkeypatch, tmp_path):
-    from tests.smtp_relay import launch_relay
+    from tests.support.smtp_relay import launch_relay
 
     relay = launch_relay(tmp_path, tmp_path / "Maildir", login="mailer", password="s3cret")
     try:

@@ -8,10 +8,10 @@ import uuid
 import httpx
 import pytest
 
-from include.run_embedded import free_port
-from include.stack import Stack, StackConfig
+from include.local.net import free_port
+from include.local.stack import Stack, StackConfig
 
-S3_ROOT = "s3://wm-stack/incoming"  # a data root on the local S3 API (tests/s3.py), beside the local one
+S3_ROOT = "s3://wm-stack/incoming"  # a data root on the local S3 API (tests/support/s3.py), beside the local one
 
 
 def _redis_available() -> bool:

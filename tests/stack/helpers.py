@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from include.generate_contacts import generate_rows
-from tests.conftest import read_message_log
-from tests.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
+from include.tools.generate_contacts import generate_rows
+from tests.support.esp import read_message_log
+from tests.support.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
 
 MAX_ATTEMPTS = 5  # welcome_emails' default
 

@@ -14,8 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from include.generate_contacts import generate_rows
-from tests.invariants import expected_contacts
+from include.tools.generate_contacts import generate_rows
 from tests.stack.helpers import (
     assert_proven_from_outside,
     contact_file,
@@ -24,6 +23,7 @@ from tests.stack.helpers import (
     run_and_wait,
     with_domain,
 )
+from tests.support.invariants import expected_contacts
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.stack.helpers import assert_proven_from_outside, contact_file, ledger_url, messages_for, run_and_wait
-from tests.webhook_payloads import mock_push
+from tests.support.webhook_payloads import mock_push
 from welcome_mailer.hooks.esp import OUTCOME_LOOKUPS_VARIABLE
 from welcome_mailer.ledger import AcceptedAttempt, Ledger, connect, send_attempts, sent_contacts
 from welcome_mailer.unsubscribe import UnsubscribeSettings, list_unsubscribe_headers, read_token

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from sqlalchemy import bindparam, create_engine, text
 
-from tests.conftest import PROJECT_ROOT
-from tests.invariants import messages_by_recipient
 from tests.stack.helpers import contact_file, ledger_url, messages_for, run_and_wait
+from tests.support import PROJECT_ROOT
+from tests.support.invariants import messages_by_recipient
 from welcome_mailer.plugin import NAV_LABEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]

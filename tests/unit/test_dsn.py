@@ -127,7 +127,7 @@ def test_the_source_records_a_delivery_as_soon_as_it_reads_the_report(monkeypatc
 
 
 def mock_relay_reports() -> list[bytes]:
-    from include.mock_smtp.relay import delivery_report
+    from include.mocks.smtp_relay.relay import delivery_report
     from welcome_mailer.transports import OutgoingMessage
     from welcome_mailer.transports.smtp import SmtpSettings, render_message
 

@@ -1,5 +1,5 @@
 """Provider webhooks, pure: each provider's documented payloads mapped to ledger outcomes, and what each
-provider signs verified (tests/webhook_payloads.py builds both; no network)."""
+provider signs verified (tests/support/webhook_payloads.py builds both; no network)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.webhook_payloads import (
+from tests.support.webhook_payloads import (
     SNS_TOPIC,
     SendGridSigner,
     SnsSigner,

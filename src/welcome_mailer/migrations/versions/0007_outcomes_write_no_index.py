@@ -11,7 +11,7 @@ bounced, blocked) is a heap-only (HOT) update on Postgres, and on SQLite an upda
   indexes, as Postgres writes a new entry in every index for an update that changes an indexed column.
 - Postgres: ``send_attempts`` pages are filled to half (fillfactor 50): every row has room on its page
   for one more version of itself, the outcome's, even while a poll's read snapshot keeps the versions
-  it replaces. Measured by ``include/ledger_load.py`` (400k contacts, 400k outcomes): with fillfactor 70
+  it replaces. Measured by ``include/bench/ledger_load.py`` (400k contacts, 400k outcomes): with fillfactor 70
   63% of the outcomes' updates were heap-only, with 50 99%; recording the outcomes took 26.4 s before
   this revision, 23.4 s with 70 and 21.4 s with 50. The table takes twice the pages.
 

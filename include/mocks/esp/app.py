@@ -1,0 +1,283 @@
+"""The mock ESP's HTTP API (contract v1), with fault injection for tests.
+
+Endpoints, status codes and field names are a fixed contract: the pipeline's client and the tests that
+audit the message log depend on them. See the README section "The mock email provider".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import re
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from include.mocks.esp.push import Pusher, PushSettings
+from include.mocks.esp.store import IdempotencyConflict, MessageStore, OutcomeSettings
+
+MAX_BATCH = 1000
+STATUSES = ("sent", "delivered", "bounced", "blocked")
+
+
+@dataclass(frozen=True)
+class FaultSettings:
+    """Faults for tests; all off by default."""
+
+    fail_rate: float = 0.0  # share of /v1 requests answered 503 before anything happens
+    lose_response_rate: float = 0.0  # share of sends accepted, then answered 503 (the client never sees the ids)
+    rate_limit_rps: float = 0.0  # /v1 requests per second before 429 + Retry-After; 0 = unlimited
+    latency_ms: float = 0.0  # added to every request
+    seed: int = 7
+
+
+class FaultsIn(BaseModel):
+    fail_rate: float = Field(0.0, ge=0, le=1)
+    lose_response_rate: float = Field(0.0, ge=0, le=1)
+    rate_limit_rps: float = Field(0.0, ge=0)
+    latency_ms: float = Field(0.0, ge=0)
+    seed: int = 7
+
+
+class MessageIn(BaseModel):
+    to: str = Field(min_length=1, max_length=320)
+    subject: str = Field(max_length=998)
+    text: str = Field(max_length=100_000)
+    # Extra headers (e.g. List-Unsubscribe), kept in the audit log; not part of the idempotency check.
+    headers: dict[str, Annotated[str, Field(max_length=2000)]] | None = Field(default=None, max_length=20)
+
+
+class BatchItemIn(MessageIn):
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class BatchIn(BaseModel):
+    messages: list[BatchItemIn] = Field(min_length=1)
+
+
+class LookupIn(BaseModel):
+    ids: list[str] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class EspError(Exception):
+    def __init__(self, status_code: int, error: str, headers: dict[str, str] | None = None) -> None:
+        self.status_code, self.error, self.headers = status_code, error, headers
+
+
+class _TokenBucket:
+    def __init__(self, rate: float) -> None:
+        self.rate, self.tokens, self.stamp = rate, rate, time.monotonic()
+
+    def wait_needed(self) -> float:
+        """Take a token; return 0 when one was free, else the seconds until one will be."""
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class _LiveFaults:
+    def __init__(self, settings: FaultSettings) -> None:
+        self.replace(settings)
+
+    def replace(self, settings: FaultSettings) -> None:
+        self.settings = settings
+        self.rng = random.Random(settings.seed)
+        self.bucket = _TokenBucket(settings.rate_limit_rps) if settings.rate_limit_rps > 0 else None
+
+
+# Most addresses are plain ASCII: for them this check is enough and 20x cheaper than email-validator,
+# which stays the authority for everything else (tests/unit/test_mock_esp_addresses.py proves that every
+# address this accepts, email-validator accepts too).
+_PLAIN_ADDRESS = re.compile(
+    r"[a-z0-9_+-]+(?:\.[a-z0-9_+-]+)*@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", re.IGNORECASE
+)
+_SPECIAL_USE_SUFFIXES = tuple("." + name for name in SPECIAL_USE_DOMAIN_NAMES)
+
+
+def _is_plain_address(address: str) -> bool:
+    local, _, domain = address.rpartition("@")
+    domain = domain.lower()
+    return (
+        len(address) <= 254
+        and len(local) <= 64
+        and _PLAIN_ADDRESS.fullmatch(address) is not None
+        and not ("." + domain).endswith(_SPECIAL_USE_SUFFIXES)  # 'local' or 'x.local', for example
+        and "--" not in domain  # reserved in a label's 3rd-4th place ('xn--'): email-validator decides
+    )
+
+
+def _address_error(address: str) -> str | None:
+    if _is_plain_address(address):
+        return None
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        return f"invalid address: {exc}"
+    return None
+
+
+def create_app(
+    api_key: str,
+    outcomes: OutcomeSettings | None = None,
+    faults: FaultSettings | None = None,
+    journal: Path | None = None,
+    push: PushSettings | None = None,
+) -> FastAPI:
+    store = MessageStore(outcomes or OutcomeSettings(), journal=journal)
+    # Faults can be changed at runtime (PUT /admin/faults), so tests can switch them on in a running stack.
+    live = _LiveFaults(faults or FaultSettings())
+    pusher = Pusher(push) if push else None  # push mode: outcomes posted to a webhook (include/mocks/esp/push.py)
+    lookups = 0  # lookup requests answered, so tests can prove the pipeline made none in push mode
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        if pusher:
+            pusher.start()
+        yield
+        if pusher:
+            await pusher.stop()
+
+    app = FastAPI(
+        title="Mock ESP",
+        version="1",
+        description="A mock email service provider for the welcome mailer. No email ever leaves the machine.",
+        lifespan=lifespan,
+    )
+    app.state.store = store
+
+    def accept(to: str, subject: str, text: str, key: str | None, headers: dict[str, str] | None):
+        message, created = store.accept(to, subject, text, key, headers)
+        if created and pusher:
+            pusher.schedule(message)
+        return message, created
+
+    @app.exception_handler(EspError)
+    async def _esp_error(_: Request, exc: EspError) -> JSONResponse:
+        return JSONResponse({"error": exc.error}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(ValidationError)
+    async def _invalid_body(_: Request, exc: ValidationError) -> JSONResponse:
+        # The batch body is validated inside its endpoint (to answer 413 before 422): same 422 as FastAPI's.
+        return JSONResponse({"error": "invalid request body", "detail": exc.errors(include_url=False)}, 422)
+
+    async def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
+        if authorization != f"Bearer {api_key}":
+            raise EspError(401, "missing or invalid API key")
+
+    async def before_request() -> None:
+        """Latency, rate limit and up-front failures, in that order, for every /v1 request."""
+        faults = live.settings
+        if faults.latency_ms:
+            await asyncio.sleep(faults.latency_ms / 1000)
+        if live.bucket is not None:
+            wait = live.bucket.wait_needed()
+            if wait:
+                raise EspError(429, "rate limit exceeded", {"Retry-After": str(max(1, math.ceil(wait)))})
+        if faults.fail_rate and live.rng.random() < faults.fail_rate:
+            raise EspError(503, "service unavailable (injected)")
+
+    def after_send() -> None:
+        if live.settings.lose_response_rate and live.rng.random() < live.settings.lose_response_rate:
+            raise EspError(503, "service unavailable after accepting (injected)")
+
+    v1 = [Depends(authorised), Depends(before_request)]
+
+    @app.put("/admin/faults", dependencies=[Depends(authorised)])
+    async def set_faults(body: FaultsIn) -> dict:
+        """Not part of the v1 contract: switch fault injection at runtime (tests of a running stack)."""
+        live.replace(FaultSettings(**body.model_dump()))
+        return body.model_dump()
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        pushed = {"pushed": pusher.posted, "failed_pushes": pusher.failed_posts} if pusher else {}
+        return {"status": "ok", "messages": len(store), "lookups": lookups, **pushed}
+
+    @app.post("/v1/messages", status_code=202, dependencies=v1)
+    async def send_message(
+        body: MessageIn, idempotency_key: Annotated[str | None, Header(max_length=255)] = None
+    ) -> JSONResponse:
+        error = _address_error(body.to)
+        if error:
+            raise EspError(422, error)
+        try:
+            message, created = accept(body.to, body.subject, body.text, idempotency_key, body.headers)
+        except IdempotencyConflict:
+            raise EspError(409, "idempotency key already used with a different payload") from None
+        after_send()
+        now = store.now()
+        payload = {"id": message.id, "to": message.to, "status": message.status(now)}
+        return JSONResponse(payload, status_code=202 if created else 200)
+
+    @app.post("/v1/messages/batch", status_code=202, dependencies=v1)
+    async def send_batch(request: Request) -> dict:
+        try:
+            raw = await request.json()
+        except ValueError:
+            raise EspError(422, "request body is not JSON") from None
+        if isinstance(raw, dict) and isinstance(raw.get("messages"), list) and len(raw["messages"]) > MAX_BATCH:
+            raise EspError(413, f"a batch holds at most {MAX_BATCH} messages")
+        body = BatchIn.model_validate(raw)
+        results = []
+        for item in body.messages:
+            error = _address_error(item.to)
+            if error is None:
+                try:
+                    message, _ = accept(item.to, item.subject, item.text, item.idempotency_key, item.headers)
+                except IdempotencyConflict:
+                    error = "idempotency key already used with a different payload"
+            if error:
+                results.append({"to": item.to, "error": error})
+            else:
+                results.append({"id": message.id, "to": message.to, "status": message.status(store.now())})
+        after_send()
+        return {"results": results}
+
+    @app.post("/v1/messages/lookup", dependencies=v1)
+    async def lookup(body: LookupIn) -> dict:
+        nonlocal lookups
+        lookups += 1
+        now = store.now()
+        found, unknown = [], []
+        for message_id in body.ids:
+            message = store.get(message_id)
+            if message is None:
+                unknown.append(message_id)
+            else:
+                found.append(message.summary(now))
+        return {"messages": found, "unknown": unknown}
+
+    @app.get("/v1/messages/{message_id}", dependencies=v1)
+    async def get_message(message_id: str) -> dict:
+        message = store.get(message_id)
+        if message is None:
+            raise EspError(404, f"no message {message_id}")
+        return message.full(store.now())
+
+    @app.get("/v1/messages", dependencies=v1)
+    async def list_messages(
+        limit: Annotated[int, Query(ge=1, le=MAX_BATCH)] = MAX_BATCH,
+        cursor: Annotated[str | None, Query(pattern=r"^\d+$")] = None,
+        to: str | None = None,
+        status: Annotated[str | None, Query(pattern="^(" + "|".join(STATUSES) + ")$")] = None,
+    ) -> dict:
+        messages, next_position = store.page(cursor=int(cursor or 0), limit=limit, to=to, status=status)
+        now = store.now()
+        return {
+            "messages": [m.full(now) for m in messages],
+            "next_cursor": None if next_position is None else str(next_position),
+        }
+
+    return app

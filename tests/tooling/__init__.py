@@ -1,0 +1,1 @@
+"""Tests of the tooling in include/ (not of the product): they mirror its folders."""

@@ -1,0 +1,1 @@
+"""Tests of include/bench: the bench's figures and its baselines."""

@@ -1,0 +1,218 @@
+"""The bench's own figures: where an end-to-end run's time went, the floor the mock's holds set, and who
+used the CPU."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import psutil
+import pytest
+
+from include.bench.run import (
+    cpu_figures,
+    hold_chain_floor,
+    journal_messages,
+    phase_breakdown,
+    process_tree_cpu,
+    summary_lines,
+    task_instances,
+    with_ratios,
+)
+from include.mocks.esp.store import MessageStore, OutcomeSettings
+
+
+def ti(task_id: str, start: float | None, end: float | None) -> dict:
+    return {"task_id": task_id, "start": start, "end": end}
+
+
+# A run started at t=0 and measured until t=40: parse's task ran 5-15 (1 s of it the parse), a scheduling
+# gap, claim, two overlapping send tasks, the sensors, bookkeeping, and the process exiting after.
+RUN = [
+    ti("parse", 5, 15),
+    ti("claim", 16, 17),
+    ti("send_batch", 17, 20),
+    ti("send_batch", 18, 21),
+    ti("await_delivery", 21, 25),
+    ti("decide", 25, 25.5),
+    ti("resend_blocked", 26, 30),
+    ti("close_out", 30, 30.5),
+    ti("report", 30.5, 32),
+]
+PHASE_SECONDS = {"parse": 1.0, "claim": 0.25, "send": 3.5, "await_delivery": 4.2, "total": 31.0}
+
+
+def test_the_breakdown_adds_up_to_the_figure_and_puts_each_second_in_its_phase():
+    breakdown = phase_breakdown(RUN, PHASE_SECONDS, started=0.0, finished=40.0)
+
+    assert breakdown == {
+        "airflow fixed cost": 14.0,  # until parse's work began: its task's start-up is Airflow's too
+        "parse": 1.0,
+        "claim": 0.25,
+        "send": 3.5,  # two overlapping tasks: their union (4 s) less the send work is start-up
+        "awaiting outcomes": 4.0,
+        "resends": 4.0,
+        "bookkeeping": 2.5,  # decide, close_out, report
+        "task start-up": 1.25,  # claim's 0.75 s beyond its work, and send's 0.5 s
+        "scheduling waits": 1.5,  # 15-16 and 25.5-26: no task running
+        "teardown": 8.0,
+    }
+    assert sum(breakdown.values()) == pytest.approx(40.0)
+
+
+def test_tasks_that_never_ran_and_time_outside_the_figure_count_for_nothing():
+    run = [ti("parse", -3, 2), ti("claim", 2, 3), ti("resend_blocked", None, None), ti("report", 3, 50)]
+    breakdown = phase_breakdown(run, {"parse": 1.0, "claim": 1.0}, started=0.0, finished=10.0)
+
+    assert breakdown["airflow fixed cost"] == 1.0 and breakdown["parse"] == 1.0
+    assert breakdown["resends"] == 0.0 and breakdown["bookkeeping"] == 7.0 and breakdown["teardown"] == 0.0
+    assert sum(breakdown.values()) == pytest.approx(10.0)
+
+
+def test_without_tasks_the_whole_figure_is_airflows_fixed_cost():
+    assert phase_breakdown([], {}, started=0.0, finished=12.0)["airflow fixed cost"] == 12.0
+
+
+def test_a_rescheduled_sensor_starts_at_its_first_poke(tmp_path):
+    """Airflow keeps only the last poke's start on the task instance; the first is in task_reschedule."""
+    db = tmp_path / "airflow.db"
+    with sqlite3.connect(db) as conn:  # the columns task_instances reads, in Airflow's text form (naive UTC)
+        conn.execute("CREATE TABLE task_instance (id, dag_id, run_id, task_id, map_index, start_date, end_date)")
+        conn.execute("CREATE TABLE task_reschedule (ti_id, start_date, end_date)")
+        conn.executemany(
+            "INSERT INTO task_instance VALUES (?, 'welcome_emails', ?, ?, ?, ?, ?)",
+            [
+                ("a", "run1", "send_batch", 0, "2026-11-29 09:41:26.000000", "2026-11-29 09:41:27.000000"),
+                ("b", "run1", "resend_blocked", -1, "2026-11-29 09:41:31.000000", "2026-11-29 09:41:31.500000"),
+                ("c", "run1", "close_out", -1, None, None),
+                ("d", "run2", "parse", -1, "2026-11-29 09:41:20.000000", "2026-11-29 09:41:21.000000"),
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO task_reschedule VALUES ('b', ?, ?)",
+            [("2026-11-29 09:41:28.000000", "2026-11-29 09:41:28.100000"),
+             ("2026-11-29 09:41:29.000000", "2026-11-29 09:41:29.100000")],
+        )  # fmt: skip
+
+    found = {row["task_id"]: row for row in task_instances(f"sqlite:///{db}", ["run1"])}
+
+    assert set(found) == {"send_batch", "resend_blocked", "close_out"}
+    assert found["resend_blocked"]["end"] - found["resend_blocked"]["start"] == pytest.approx(3.5)
+    assert found["send_batch"]["start"] == datetime(2026, 11, 29, 9, 41, 26, tzinfo=UTC).timestamp()  # naive: UTC
+    assert found["close_out"]["start"] is None and found["close_out"]["end"] is None
+
+
+# As the mock ESP journals them (one JSON object a line); holds are resolve_at - created_at.
+JOURNAL_EXCERPT = [
+    # ann: held 1.5 s and blocked, resent, held 3 s and blocked, resent, delivered at once: a 4.5 s chain
+    {"to": "ann@example.com", "created_at": 100.0, "resolve_at": 101.5, "outcome": "blocked"},
+    {"to": "ann@example.com", "created_at": 102.0, "resolve_at": 105.0, "outcome": "blocked"},
+    {"to": "ann@example.com", "created_at": 106.0, "resolve_at": 106.0, "outcome": "delivered"},
+    # bob: one message held 4 s: shorter than ann's chain, though it alone is the longest hold
+    {"to": "bob@example.com", "created_at": 100.5, "resolve_at": 104.5, "outcome": "delivered"},
+    {"to": "cid@example.com", "created_at": 101.0, "resolve_at": 101.0, "outcome": "bounced"},
+    # a message of a later run on the same mock
+    {"to": "dan@example.com", "created_at": 200.0, "resolve_at": 205.0, "outcome": "delivered"},
+]
+
+
+def test_the_floor_is_the_longest_chain_of_holds_of_one_contact(tmp_path):
+    journal = tmp_path / "esp.jsonl"
+    journal.write_text("".join(json.dumps(message) + "\n" for message in JOURNAL_EXCERPT))
+
+    assert hold_chain_floor(journal_messages(journal, since=100.0, until=150.0)) == {
+        "floor_s": 4.5,
+        "floor_chain_messages": 3,
+    }
+    assert hold_chain_floor(journal_messages(journal, since=150.0)) == {"floor_s": 5.0, "floor_chain_messages": 1}
+    assert hold_chain_floor([]) == {"floor_s": 0.0, "floor_chain_messages": 0}
+
+
+def test_the_floor_reads_the_journal_the_mock_writes(tmp_path):
+    """The contract between the mock's journal and the floor: the fields it needs are the ones it writes."""
+    clock = iter(float(t) for t in range(1000, 2000))
+    journal = tmp_path / "esp.jsonl"
+    store = MessageStore(OutcomeSettings(seed=3, hold_rate=1.0), clock=lambda: next(clock), journal=journal)
+    accepted = [store.accept("eve@example.com", "Welcome!", "Hi Eve, Welcome!", f"k{n}")[0] for n in range(3)]
+
+    holds = sum(message.resolve_at - message.created_at for message in accepted)
+    assert hold_chain_floor(journal_messages(journal)) == {"floor_s": round(holds, 2), "floor_chain_messages": 3}
+
+
+def test_a_sensor_whose_first_poke_airflow_did_not_record_counts_from_its_own_clock():
+    """Airflow 3.3 writes task_reschedule.start_date when the reschedule is recorded, after the poke: a
+    resend sensor that worked 21-29 then poked once more at 29.5-30 looks like 29-30. The report's
+    phase_seconds (the sensor's own clock, from the end of the phase before) gives its real span."""
+    run = [ti("parse", 1, 2), ti("claim", 2, 3), ti("send_batch", 3, 5), ti("await_delivery", 5, 6)]
+    run += [ti("resend_blocked", 29, 30), ti("report", 30, 31)]
+    phases = {"parse": 1.0, "claim": 1.0, "send": 2.0, "await_delivery": 1.0, "resend_blocked": 24.0}
+    breakdown = phase_breakdown(run, phases, started=0.0, finished=31.0)
+
+    assert breakdown["resends"] == 24.0 and breakdown["scheduling waits"] == 0.0
+    assert sum(breakdown.values()) == pytest.approx(31.0)
+
+
+BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n{then}"
+
+
+def test_a_process_trees_cpu_counts_its_live_children_and_those_it_reaped():
+    """A component's CPU is its own, its running descendants' (a task process in flight) and that of the
+    children it has waited for (a finished task process, a closed Postgres backend)."""
+    me = psutil.Process()
+    before = process_tree_cpu(me)
+    # each child burns 0.5 CPU seconds; the kernel counts them in clock ticks, so 0.4 at least is asserted
+    subprocess.run([sys.executable, "-c", BURN.format(seconds=0.5, then="")], check=True)
+    reaped = process_tree_cpu(me)
+    assert reaped - before >= 0.4
+    child = subprocess.Popen(
+        [sys.executable, "-c", BURN.format(seconds=0.5, then="print('done', flush=True); time.sleep(30)")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline() == "done\n"
+        assert process_tree_cpu(me) - reaped >= 0.4
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_cpu_figures_are_each_components_share_of_the_run_most_first_and_the_cores_kept_busy(monkeypatch):
+    monkeypatch.setattr("include.bench.run.os.cpu_count", lambda: 2)
+    before = {"postgres": 100.0, "worker": 10.0, "mock-esp": 5.0}
+    after = {"postgres": 160.0, "worker": 40.0, "mock-esp": 35.0, "api-server": 5.0}
+    figures = cpu_figures(before, after, seconds=100.0)
+    assert list(figures["cpu_seconds"].items()) == [
+        ("postgres", 60.0), ("worker", 30.0), ("mock-esp", 30.0), ("api-server", 5.0)
+    ]  # fmt: skip
+    assert figures["cpu_busy"] == 0.62  # 125 CPU seconds over 100 s on 2 cores
+
+
+def test_each_figure_is_a_ratio_to_both_baselines_of_its_size_and_ledger_backend():
+    results = with_ratios(
+        [
+            {"benchmark": "baseline_100000", "seconds": 10.0, "floor_s": 9.0, "floor_chain_messages": 3},
+            {"benchmark": "baseline_pipeline_100000", "seconds": 20.0, "floor_s": 9.0, "floor_chain_messages": 3},
+            {"benchmark": "baseline_pipeline_postgres_100000", "seconds": 25.0},
+            {"benchmark": "end_to_end_100000", "seconds": 30.0, "floor_s": 10.0, "floor_chain_messages": 3},
+            {"benchmark": "stack_end_to_end_100000", "seconds": 40.0},
+            {"benchmark": "smtp_end_to_end_100000", "seconds": 33.0},
+            {"benchmark": "stack_end_to_end_10000", "seconds": 20.0},  # no baseline of its size ran
+        ]
+    )
+    figures = {r["benchmark"]: r for r in results}
+
+    assert figures["end_to_end_100000"]["ratio_to_baseline"] == 3.0
+    assert figures["end_to_end_100000"]["ratio_to_pipeline_without_airflow"] == 1.5  # SQLite, as make run's
+    assert figures["stack_end_to_end_100000"]["ratio_to_baseline"] == 4.0
+    assert figures["stack_end_to_end_100000"]["ratio_to_pipeline_without_airflow"] == 1.6  # Postgres
+    assert "ratio_to_pipeline_without_airflow" not in figures["smtp_end_to_end_100000"]  # the pipeline's is HTTP
+    assert "ratio_to_baseline" not in figures["stack_end_to_end_10000"]
+    assert "ratio_to_baseline" not in figures["baseline_pipeline_100000"]
+    assert figures["end_to_end_100000"]["ratio_to_floor"] == 3.0
+    assert "end_to_end_100000: 30.0 s; 3.0x the baseline; 1.5x the pipeline without Airflow; hold-chain floor" in (
+        "\n".join(summary_lines(results))
+    )

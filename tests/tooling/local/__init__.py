@@ -1,0 +1,1 @@
+"""Tests of include/local: the embedded run's helpers and the local Celery stack."""

@@ -1,0 +1,1 @@
+"""Tests of include/mocks: the mock ESP's own behaviour."""
