@@ -63,8 +63,9 @@ stack-down: venv  ## stop every process stack-up started
 stack-status: venv  ## show the stack's processes and health
 	$(BIN)/python -m include.local.stack status
 
-# Operator commands act on the ledger make run uses (data/ledger.db), unless AIRFLOW_CONN_CONTACTS_DB names another.
-LEDGER_ARGS = $(if $(AIRFLOW_CONN_CONTACTS_DB),,--url sqlite:///$(CURDIR)/data/ledger.db)
+# Operator commands act on the ledger make run uses (<WELCOME_MAILER_HOME>/data/ledger.db, the home being this
+# directory unless set), unless AIRFLOW_CONN_CONTACTS_DB names another.
+LEDGER_ARGS = $(if $(AIRFLOW_CONN_CONTACTS_DB),,--url "$$($(BIN)/python -c 'from include.local.run_embedded import embedded_ledger_url as u; print(u())')")
 OPERATOR_ENV = WELCOME_MAILER_HOME=$${WELCOME_MAILER_HOME:-$(CURDIR)} $(if $(AIRFLOW_CONN_CONTACTS_DB),,\
 	WELCOME_MAILER_ERASE_KEY=$${WELCOME_MAILER_ERASE_KEY:-$$($(BIN)/python -c 'from include.local.run_embedded import embedded_erase_key as k; print(k())')})
 

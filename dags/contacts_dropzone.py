@@ -15,7 +15,7 @@ rename them when complete; files still growing are left alone until they have no
 |---|---|
 | `processing/` | claimed (an atomic move: overlapping scans never take the same file), while its run goes |
 | `archive/` | its welcome_emails run succeeded, or the same content (sha256) was processed before (`.note.txt`) |
-| `failed/` | not a CSV file, or its run failed; a `.reason.txt` beside it says why |
+| `failed/` | not a CSV file, a symbolic link (never followed), or its run failed; a `.reason.txt` says why |
 
 A file whose earlier run failed can simply be dropped again. Each run's report is in the reports
 directory under the run id `dropzone__<file>__<sha256 prefix>__<time>`.
@@ -81,14 +81,15 @@ def contacts_dropzone():
         )
 
         @task(trigger_rule=TriggerRule.ALL_DONE)
-        def file_away(file: dict) -> str:
+        def file_away(file: dict, ti=None) -> str:
             """Archive the file when its run succeeded, else move it to failed/ with the reason."""
             from pathlib import Path
 
             from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
-            from welcome_mailer.dropzone import Dropzone, finish_file
+            from welcome_mailer.dropzone import Dropzone, finish_file, run_failed_note
             from welcome_mailer.hooks.ledger import LedgerHook
+            from welcome_mailer.run_failure import run_failure_reason
 
             try:
                 state = RuntimeTaskInstance.get_dagrun_state(dag_id="welcome_emails", run_id=file["run_id"])
@@ -99,8 +100,8 @@ def contacts_dropzone():
             if succeeded:
                 target = dropzone.archive(Path(file["path"]))
             else:
-                reason = f"welcome_emails run {file['run_id']} ended {state}; see its task logs and report"
-                target = dropzone.fail(Path(file["path"]), reason)
+                first = run_failure_reason(ti, "welcome_emails", file["run_id"])
+                target = dropzone.fail(Path(file["path"]), run_failed_note(file["run_id"], str(state), first))
             finish_file(LedgerHook().get_conn().engine, file["sha256"], succeeded)
             return str(target)
 

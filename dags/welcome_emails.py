@@ -36,6 +36,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Label, Param, PokeReturnValue, TriggerRule, dag, get_current_context, task
 
+from welcome_mailer.run_failure import record_failure
 from welcome_mailer.settings import Settings
 from welcome_mailer.task_memory import push_peak_rss, start_measuring
 
@@ -62,6 +63,8 @@ MIN_CONTACTS_PER_SEND_TASK = 10_000  # see the Param; measured in docs/performan
         # every task's peak RSS, for the report (welcome_mailer.task_memory says what the figure means)
         "pre_execute": start_measuring,
         "post_execute": push_peak_rss,
+        # a failed task's error, for whoever asks why the run failed (the drop folder's .reason.txt)
+        "on_failure_callback": record_failure,
     },
     params={
         "csv_path": Param(

@@ -3,7 +3,10 @@
     python -m include.local.run_embedded [CSV]          (what `make run CSV=...` calls)
 
 - Airflow home: ``.airflow/`` in the project (SQLite metadata DB, created on first use).
-- Ledger: ``data/ledger.db`` (SQLite), unless AIRFLOW_CONN_CONTACTS_DB names another one.
+- Ledger: ``<WELCOME_MAILER_HOME>/data/ledger.db`` (SQLite; the home is the project directory unless set),
+  unless AIRFLOW_CONN_CONTACTS_DB names another one; reports under ``<home>/data/reports`` unless
+  WELCOME_MAILER_REPORTS_DIR says otherwise: the places of settings.py's table, which ``make events`` and
+  the operator commands use too.
 - Email provider: the mock ESP, started on a free port and stopped afterwards, unless
   AIRFLOW_CONN_ESP_DEFAULT names a running one.
 - Then ``airflow dags test welcome_emails -c '{"csv_path": CSV}'`` (through include/local/airflow_cli.py, which
@@ -28,7 +31,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from pathlib import Path
 
@@ -38,7 +41,6 @@ from include.local.net import free_port, wait_healthy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_HOME = PROJECT_ROOT / ".airflow"
-DATA_DIR = PROJECT_ROOT / "data"
 MOCK_ESP_KEY = "mock-esp-key"
 GRACE_SECONDS = 3.0  # between SIGTERM and SIGKILL when stopping what `make run` started
 
@@ -75,18 +77,36 @@ def airflow_env(home: Path = AIRFLOW_HOME) -> dict[str, str]:
     )
     env.setdefault("WELCOME_MAILER_POKE_SECONDS", "1")
     if "AIRFLOW_CONN_CONTACTS_DB" not in env:  # the embedded ledger, and the key of its erased contacts
-        env["AIRFLOW_CONN_CONTACTS_DB"] = json.dumps({"conn_type": "sqlite", "host": str(DATA_DIR / "ledger.db")})
-        env.setdefault("WELCOME_MAILER_ERASE_KEY", embedded_erase_key())
+        env["AIRFLOW_CONN_CONTACTS_DB"] = json.dumps({"conn_type": "sqlite", "host": str(embedded_ledger_path(env))})
+        env.setdefault("WELCOME_MAILER_ERASE_KEY", embedded_erase_key(env))
     return env
 
 
-def embedded_erase_key() -> str:
-    """The embedded ledger's erase key (data/erase_key, made once): make run and make contact share it."""
+def embedded_data(env: Mapping[str, str] | None = None) -> Path:
+    """``<home>/data`` (settings.local_data), the home being the project directory unless
+    WELCOME_MAILER_HOME is set: make run, make events and the operator commands all look here."""
+    from welcome_mailer.settings import local_data
+
+    env = os.environ if env is None else env
+    return local_data({**env, "WELCOME_MAILER_HOME": env.get("WELCOME_MAILER_HOME") or str(PROJECT_ROOT)})
+
+
+def embedded_ledger_path(env: Mapping[str, str] | None = None) -> Path:
+    return embedded_data(env) / "ledger.db"
+
+
+def embedded_ledger_url(env: Mapping[str, str] | None = None) -> str:
+    """The embedded ledger's SQLAlchemy URL (the Makefile's operator commands pass it to --url)."""
+    return f"sqlite:///{embedded_ledger_path(env)}"
+
+
+def embedded_erase_key(env: Mapping[str, str] | None = None) -> str:
+    """The embedded ledger's erase key (<home>/data/erase_key, made once): make run and make contact share it."""
     import secrets
 
-    path = DATA_DIR / "erase_key"
+    path = embedded_data(env) / "erase_key"
     if not path.exists():
-        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(32))
     return path.read_text().strip()
@@ -311,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidCsvPath as exc:
         print(f"welcome_emails not started: {exc}", file=sys.stderr)
         return 2
-    reports_dir = Path(env.setdefault("WELCOME_MAILER_REPORTS_DIR", str(DATA_DIR / "reports")))
-    DATA_DIR.mkdir(exist_ok=True)
+    reports_dir = Path(Settings.from_env(env).reports_dir)  # <home>/data/reports unless set
+    embedded_data(env).mkdir(parents=True, exist_ok=True)
     log_dir = home / "logs"
     run_log = log_dir / f"welcome_emails-{time.strftime('%Y%m%dT%H%M%S')}.log"
     started = time.time()

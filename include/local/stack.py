@@ -146,16 +146,21 @@ class Stack:
         env["WELCOME_MAILER_DATA_ROOTS"] = c.data_roots
         env["WELCOME_MAILER_DROPZONE"] = c.dropzone
         env["WELCOME_MAILER_DROPZONE_SETTLE_SECONDS"] = str(c.dropzone_settle_seconds)
-        env.setdefault("WELCOME_MAILER_MOCK_WEBHOOK_SECRET", c.esp_push_secret)
         for name, value in unsubscribe_env(f"{c.api_url}/welcome-mailer/unsubscribe", c.unsubscribe_secret).items():
             env.setdefault(name, value)
         env.setdefault("AIRFLOW_CONN_ESP_DEFAULT", esp_connection(c.esp_port, c.esp_api_key))
+        if self.runs_the_mock(env):  # the mock's event endpoint only where the mock posts to it
+            env.setdefault("WELCOME_MAILER_MOCK_WEBHOOK_SECRET", c.esp_push_secret)
         env.setdefault("WELCOME_MAILER_ERASE_KEY", erase_key_file.read_text())
         ledger = {"conn_type": "postgres", "host": server.host, "port": server.port or 5432,
                   "login": server.username, "password": server.password, "schema": c.ledger_db}  # fmt: skip
         env.setdefault("AIRFLOW_CONN_CONTACTS_DB", json.dumps(ledger))
         env.update(c.extra_env)
         return env
+
+    def runs_the_mock(self, env: dict[str, str]) -> bool:
+        """Whether the provider is this stack's mock ESP (unless the user set their own)."""
+        return env["AIRFLOW_CONN_ESP_DEFAULT"] == esp_connection(self.config.esp_port, self.config.esp_api_key)
 
     def _commands(self) -> dict[str, list[str]]:
         airflow = str(Path(sys.executable).with_name("airflow"))
@@ -190,8 +195,7 @@ class Stack:
         print("migrating the ledger ...", flush=True)
         migrate_ledger(env)
         for component in COMPONENTS:
-            own_esp = esp_connection(self.config.esp_port, self.config.esp_api_key)
-            if component == "mock-esp" and env["AIRFLOW_CONN_ESP_DEFAULT"] != own_esp:
+            if component == "mock-esp" and not self.runs_the_mock(env):
                 continue  # the user's own ESP
             self.start(component, env)
         self._airflow(env, "pools", "set", "email_provider", str(self.config.pool_slots), "Concurrent calls to the ESP")

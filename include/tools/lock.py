@@ -1,13 +1,10 @@
 """Lock files from the installed environment, and what an image still lacks of one.
 
     python -m include.tools.lock requirements.txt        # print the lock: every package the file needs, pinned
-    python include/tools/lock.py missing requirements.lock   # print the lock's lines this environment lacks
 
-`make lock` writes requirements.lock (runtime) and requirements-dev.lock (runtime + tests and lint) with
-the first form: the lock of a requirements file is the closure of its requirements (extras and markers
-included) over the packages installed here, so a lock holds nothing its requirements file does not pull
-in. The Dockerfile uses the second form, with the image's own Python: it installs only what the Airflow
-image does not already have, so the image's packages keep the versions Airflow pinned.
+`make lock` writes requirements.lock (runtime) and requirements-dev.lock (runtime + tests and lint): the
+lock of a requirements file is the closure of its requirements (extras and markers included) over the
+packages installed here, so a lock holds nothing its requirements file does not pull in.
 """
 
 from __future__ import annotations
@@ -70,16 +67,8 @@ def lock(requirements_file: Path, packages: dict[str, Distribution] | None = Non
     return sorted(pins, key=lambda pin: pin.split("==")[0].lower())
 
 
-def missing(lock_file: Path, packages: dict[str, Distribution] | None = None) -> list[str]:
-    """The lines of a lock file whose packages are not installed here, whatever their version."""
-    have = set(installed() if packages is None else packages)
-    return [line for line in requirement_lines(lock_file) if canonical(line.split("==")[0]) not in have]
-
-
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "missing":
-        print("\n".join(missing(Path(argv[1]))))
-    elif len(argv) == 1:
+    if len(argv) == 1:
         print("\n".join(lock(Path(argv[0]))))
     else:
         print(__doc__, file=sys.stderr)

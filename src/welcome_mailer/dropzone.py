@@ -9,6 +9,9 @@ Rules:
 - A file still being written is left alone: names ending in .part or .tmp, hidden files, and files
   modified within the last ``settle_seconds`` (still growing).
 - A file is claimed by an atomic rename into processing/: of two overlapping scans, one wins.
+- A symbolic link is refused (failed/) without reading, hashing or even checking what it points to: the
+  drop folder takes the files dropped into it, never a door to files elsewhere on the worker. Files are
+  opened with O_NOFOLLOW, so a link swapped in after the check is not followed either.
 - A file whose content (sha256) was already processed, or is being processed, is archived as a
   duplicate without a run; a file whose earlier run failed may be dropped again and is retried.
 """
@@ -17,9 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy import Engine, select, update
 
@@ -30,6 +35,10 @@ from welcome_mailer.vocabulary import utcnow
 NOT_READY_SUFFIXES = (".part", ".tmp")
 CSV_SUFFIXES = (".csv", ".txt")
 PROCESSING, DONE, FAILED = "processing", "done", "failed"
+LINK_REASON = (
+    "a symbolic link: the drop folder takes regular files only, and did not read what the link points to; "
+    "copy the file itself into incoming/"
+)
 
 
 @dataclass(frozen=True)
@@ -59,9 +68,12 @@ class Dropzone:
         now = time.time() if now is None else now
         ready = []
         for path in sorted(self.incoming.iterdir()):
-            if path.name.startswith(".") or path.name.endswith(NOT_READY_SUFFIXES) or not path.is_file():
+            if path.name.startswith(".") or path.name.endswith(NOT_READY_SUFFIXES):
                 continue
-            if now - path.stat().st_mtime < self.settle_seconds:
+            status = path.lstat()  # the entry itself: a link is taken (and refused) without being followed
+            if not (stat.S_ISREG(status.st_mode) or stat.S_ISLNK(status.st_mode)):
+                continue
+            if now - status.st_mtime < self.settle_seconds:
                 continue  # still growing
             ready.append(path)
         return ready
@@ -92,12 +104,16 @@ class Dropzone:
         """Claim every ready file: not CSV -> failed/, duplicate -> archive/, else it needs a run."""
         self.ensure_folders()
         to_run: list[DroppedFile] = []
-        counts = {"claimed": 0, "not_csv": 0, "duplicates": 0}
+        counts = {"claimed": 0, "links": 0, "not_csv": 0, "duplicates": 0}
         for path in self.ready_files():
             claimed = self.claim(path)
             if claimed is None:
                 continue
             counts["claimed"] += 1
+            if claimed.is_symlink():
+                self.fail(claimed, LINK_REASON)
+                counts["links"] += 1
+                continue
             reason = not_csv_reason(claimed)
             if reason:
                 self.fail(claimed, reason)
@@ -113,10 +129,18 @@ class Dropzone:
         return to_run, counts
 
 
+def run_failed_note(run_id: str, state: str, first_failure: str | None) -> str:
+    """The ``.reason.txt`` of a file whose run did not succeed: the run's own failure reason first."""
+    state = state.removeprefix("DagRunState.").lower()
+    if first_failure:
+        return f"welcome_emails run {run_id} {state}: failed task {first_failure}\nMore in its task logs and report."
+    return f"welcome_emails run {run_id} ended {state}; see its task logs and report"
+
+
 def not_csv_reason(path: Path) -> str | None:
     if path.suffix.lower() not in CSV_SUFFIXES:
         return f"not a CSV file (expected {' or '.join(CSV_SUFFIXES)}, got {path.suffix or 'no extension'!r})"
-    with path.open("rb") as handle:
+    with _open_no_follow(path) as handle:
         head = handle.read(4096)
     if b"\x00" in head:
         return "not a CSV file: it holds binary data"
@@ -125,10 +149,15 @@ def not_csv_reason(path: Path) -> str | None:
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with _open_no_follow(path) as handle:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _open_no_follow(path: Path) -> BinaryIO:
+    """The file for reading; OSError (ELOOP) when it is a symbolic link."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
 
 
 def register_file(engine: Engine, digest: str, name: str, run_id: str) -> bool:

@@ -13,6 +13,10 @@
 | WELCOME_MAILER_DROPZONE_SCHEDULE | how often contacts_dropzone looks for files (cron) | every minute |
 | WELCOME_MAILER_DROPZONE_SETTLE_SECONDS | a file unchanged this long is finished | 10 |
 | WELCOME_MAILER_ERASE_KEY | the secret key of erased addresses' hashes, the same everywhere | none: no erasing |
+
+Without a ``contacts_db`` connection, the embedded default (``make run``, ``make events``, the operator
+commands) keeps its SQLite ledger and erase key under ``<home>/data`` (``local_data``): every one of them
+finds the same files, wherever ``WELCOME_MAILER_HOME`` points.
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ def home(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     base = env.get("WELCOME_MAILER_HOME") or env.get("AIRFLOW_HOME") or "~/airflow"
     return Path(base).expanduser().resolve()
+
+
+def local_data(environ: Mapping[str, str] | None = None) -> Path:
+    """``<home>/data``: the embedded default's ledger (``ledger.db``) and erase key (``erase_key``), beside
+    the reports and the drop folder's default places."""
+    return home(environ) / "data"
 
 
 # Each send task keeps this many provider requests under way while it records replies; the provider sees

@@ -7,6 +7,7 @@ Airflow, and everything above it (ledger, transports, outcome sources, pipeline,
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,16 +47,41 @@ class OutcomeEvent:
 
 # -- the idempotency key --------------------------------------------------------------------------------
 KEY_PREFIX = "welcome-"
+# Its name as a provider's custom metadata: SendGrid custom/unique args, Postmark Metadata, Mailgun user
+# variables, an SES message tag. Set at send (HTTP body, SMTP header), read back from webhook events.
+METADATA_KEY = "welcome_idempotency_key"
 # The one spelling of a key, for every reader that finds one inside other text (a Message-ID, a bounce
 # report's Original-Envelope-Id): ``welcome-<first 40 hex digits of sha256(email)>-<attempt>``.
 KEY_PATTERN = rf"{KEY_PREFIX}[0-9a-f]{{40}}-\d+"
-_KEY_IN_MESSAGE_ID = re.compile(rf"<?({KEY_PATTERN})@")
+# A Message-ID (and a DSN envelope id) may carry a keyed tag after the key, ``<key>.<tag>``: an outsider
+# can compute a key from an address, not its tag (``message_tag``). Readers that only need the key skip it.
+TAG_PATTERN = r"[0-9a-f]{16}"
+TAGGED_KEY_PATTERN = rf"{KEY_PATTERN}(?:\.{TAG_PATTERN})?"
+_KEY_IN_MESSAGE_ID = re.compile(rf"<?({KEY_PATTERN})(?:\.{TAG_PATTERN})?@")
+_TAG_CONTEXT = b"welcome-mailer message-id tag"
 
 
 def idempotency_key(email: str, attempt: int) -> str:
     """The provider idempotency key of one attempt: stable for (email, attempt), different for every attempt."""
     digest = hashlib.sha256(email.encode()).hexdigest()[:40]
     return f"{KEY_PREFIX}{digest}-{attempt}"
+
+
+def tag_key(secret: bytes | None) -> bytes | None:
+    """The key of Message-ID tags, derived from a deployment secret (the erase key) so that it is used for
+    nothing else; None without a secret (no tags)."""
+    return hmac.new(secret, _TAG_CONTEXT, hashlib.sha256).digest() if secret else None
+
+
+def message_tag(key_of_tags: bytes, idempotency_key: str) -> str:
+    """The keyed tag of an attempt's key: what a bounce report must quote to be believed."""
+    return hmac.new(key_of_tags, idempotency_key.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def split_tagged_key(tagged: str) -> tuple[str, str | None]:
+    """``key.tag`` -> (key, tag); a bare key -> (key, None)."""
+    key, _, tag = tagged.partition(".")
+    return key, tag or None
 
 
 def key_from_message_id(message_id: str | None) -> str | None:

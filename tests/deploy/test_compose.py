@@ -75,7 +75,7 @@ def test_official_shape_plus_the_mock_esp(compose):
     services = set(compose["services"])
     assert services == {
         "postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-        "airflow-triggerer", "airflow-worker", "airflow-cli", "flower", "mock-esp",
+        "airflow-triggerer", "airflow-worker", "airflow-cli", "flower", "mock-esp", "log-groomer",
     }  # fmt: skip
     assert compose["services"]["flower"]["profiles"] == ["flower"]
     assert compose["services"]["airflow-cli"]["profiles"] == ["debug"], "the official debug profile"
@@ -94,7 +94,7 @@ def test_postgres_health_check_and_one_image_as_upstream(compose):
     assert builders == ["airflow-init"], "the image is built once"
     image = services["airflow-init"]["image"]
     users = {name for name, service in services.items() if service.get("image") == image}
-    assert users == set(airflow_services(compose)) | {"mock-esp"}, "everybody else runs the tag init builds"
+    assert users == set(airflow_services(compose)) | {"mock-esp", "log-groomer"}, "all run the tag init builds"
 
 
 def test_airflow_services_mount_the_project(compose):
@@ -132,20 +132,30 @@ def test_both_stacks_wire_the_same_connections_pool_and_image(compose):
         if line.startswith("apache-airflow==")
     )
     assert f"FROM apache/airflow:{airflow_pin.split('==')[1]}-python3.11" in dockerfile
-    assert "requirements.lock" in dockerfile
+    assert "-r /opt/welcome-mailer/requirements.txt" in dockerfile
 
 
 # -- 1. the admin login ------------------------------------------------------------------------------
-def test_the_passwords_file_is_on_a_volume_every_airflow_service_mounts(compose):
+def test_the_passwords_file_is_on_a_volume_mounted_only_where_it_is_written_and_read(compose):
     variable = "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
     assert variable in Stack().env(), "the variable the local stack uses"
-    for name, service in airflow_services(compose).items():
-        path = service["environment"][variable]
-        mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in service["volumes"]}
+    services = compose["services"]
+    readers = {name for name, service in services.items() if variable in service.get("environment", {})}
+    assert readers == {"airflow-init", "airflow-apiserver"}, "init writes it, the api-server reads it"
+    for name in readers:
+        path = services[name]["environment"][variable]
+        mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in services[name]["volumes"]}
         directory = os.path.dirname(path)
         assert directory in mounts, f"{name}: {path} is not on a volume, so it is gone when init exits"
         source = mounts[directory]
         assert source in compose["volumes"] or source.startswith("./"), f"{name}: {source} is not persistent"
+    auth = {
+        name
+        for name, service in services.items()
+        if any(v.startswith("airflow-auth:") for v in service.get("volumes", []))
+    }
+    assert auth == readers, "no other container can read the admin password"
+    assert services["airflow-apiserver"]["volumes"][-1].endswith(":ro"), "the api-server only reads it"
 
 
 # -- 3. the host user owns ./data; secrets in .env -------------------------------------------------------

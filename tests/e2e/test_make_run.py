@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from include.local.run_embedded import PROJECT_ROOT
+from include.local.run_embedded import AIRFLOW_CLI, PROJECT_ROOT, airflow_env, run_id_from_log
 from include.tools.generate_contacts import write_file
 from tests.support.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
 
@@ -146,6 +146,41 @@ def test_a_failing_run_prints_the_failing_task_and_its_error(home, tmp_path):
     assert "failed task parse: NotADirectoryError: " in text
     lines = text.splitlines()
     assert lines[-1].startswith("full log: ") and Path(lines[-1].removeprefix("full log: ")).exists()
+    # The same reason, as another DAG's task (the drop folder's file_away) reads it from the failed run.
+    run_id = run_id_from_log(Path(lines[-1].removeprefix("full log: ")))
+    assert read_failure_reason(home, tmp_path, run_id).startswith("parse: NotADirectoryError: ")
+
+
+READER_DAG = """
+import json, pathlib, pendulum
+from airflow.sdk import dag, task
+
+@dag(schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"))
+def read_failure():
+    @task
+    def read(params=None, ti=None):
+        from welcome_mailer.run_failure import run_failure_reason
+
+        reason = run_failure_reason(ti, "welcome_emails", params["run_id"])
+        pathlib.Path(params["out"]).write_text(json.dumps(reason))
+
+    read()
+
+read_failure()
+"""
+
+
+def read_failure_reason(home: Path, tmp_path: Path, run_id: str) -> str | None:
+    """What ``run_failure_reason`` says about ``run_id``, asked by a task of another DAG under `dags test`."""
+    dags = tmp_path / "reader_dags"
+    dags.mkdir()
+    (dags / "read_failure.py").write_text(READER_DAG)
+    out = tmp_path / "reason.json"
+    env = {**airflow_env(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags)}
+    conf = json.dumps({"run_id": run_id, "out": str(out)})
+    subprocess.run([*AIRFLOW_CLI, "dags", "test", "read_failure", "-c", conf], env=env, cwd=PROJECT_ROOT,
+                   check=True, capture_output=True, timeout=240)  # fmt: skip
+    return json.loads(out.read_text())
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from include.tools.generate_contacts import write_file
-from tests.e2e.test_welcome_run import MAX_ATTEMPTS, run_welcome, sqlite_ledger
+from tests.support.dags_test import MAX_ATTEMPTS, run_welcome, sqlite_ledger
 from tests.support.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
 from welcome_mailer.run_files import run_directory
 

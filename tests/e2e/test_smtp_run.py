@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from include.tools.generate_contacts import write_file
-from tests.e2e.test_welcome_run import MAX_ATTEMPTS, run_welcome
+from tests.support.dags_test import MAX_ATTEMPTS, run_welcome
 from tests.support.invariants import expected_contacts
 from tests.support.smtp_relay import assert_relay_log_invariants, by_recipient, imap, start_relay  # noqa: F401 (fixtures)
 

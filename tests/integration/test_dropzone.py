@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
+from welcome_mailer import dropzone as dropzone_module
 from welcome_mailer.dropzone import DONE, FAILED, Dropzone, file_status, finish_file, sha256_of
 
 
@@ -43,7 +45,7 @@ def test_scan_sorts_files_into_runs_duplicates_and_failures(dropzone, ledger):
     drop(dropzone, "binary.csv", b"a,b\x00c")
     to_run, counts = dropzone.scan(ledger.engine)
     assert [f.name for f in to_run] == ["first.csv"] and to_run[0].run_id.startswith("dropzone__first__")
-    assert counts == {"claimed": 3, "not_csv": 2, "duplicates": 0}
+    assert counts == {"claimed": 3, "links": 0, "not_csv": 2, "duplicates": 0}
     assert names(dropzone.processing) == ["first.csv"]
     assert names(dropzone.failed_dir) == ["binary.csv", "binary.csv.reason.txt", "image.png", "image.png.reason.txt"]
     assert "not a CSV" in (dropzone.failed_dir / "image.png.reason.txt").read_text()
@@ -88,3 +90,34 @@ def test_sha256_of_reads_in_blocks(tmp_path):
     path = tmp_path / "big.csv"
     path.write_bytes(b"x" * (3 << 20))
     assert sha256_of(path) == __import__("hashlib").sha256(b"x" * (3 << 20)).hexdigest()
+
+
+def test_a_symlink_is_refused_without_reading_or_hashing_its_target(dropzone, ledger, tmp_path, monkeypatch):
+    secret = tmp_path / "outside" / "secret.csv"
+    secret.parent.mkdir()
+    secret.write_text("Ann Lee, ann@example.com\n")
+    (dropzone.incoming / "link.csv").symlink_to(secret)
+    (dropzone.incoming / "dangling.csv").symlink_to(tmp_path / "nowhere.csv")
+    stamp = time.time() - 60
+    for name in ("link.csv", "dangling.csv"):
+        os.utime(dropzone.incoming / name, (stamp, stamp), follow_symlinks=False)
+    opened = []
+    real_os_open, real_path_open = os.open, Path.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **kw: opened.append(str(path)) or real_os_open(path, *a, **kw))
+    monkeypatch.setattr(Path, "open", lambda path, *a, **kw: opened.append(str(path)) or real_path_open(path, *a, **kw))
+    to_run, counts = dropzone.scan(ledger.engine)
+    assert to_run == [] and counts["links"] == 2
+    assert [p for p in opened if p.endswith(("link.csv", "dangling.csv"))] == [], "no link opened, read or hashed"
+    assert names(dropzone.failed_dir) == ["dangling.csv", "dangling.csv.reason.txt", "link.csv", "link.csv.reason.txt"]
+    assert "symbolic link" in (dropzone.failed_dir / "link.csv.reason.txt").read_text()
+    assert (dropzone.failed_dir / "link.csv").is_symlink() and secret.read_text().startswith("Ann")
+
+
+def test_a_link_swapped_in_after_the_check_is_not_followed(tmp_path):
+    target = tmp_path / "target.csv"
+    target.write_text("x")
+    (tmp_path / "link.csv").symlink_to(target)
+    with pytest.raises(OSError):
+        dropzone_module.sha256_of(tmp_path / "link.csv")
+    with pytest.raises(OSError):
+        dropzone_module.not_csv_reason(tmp_path / "link.csv")

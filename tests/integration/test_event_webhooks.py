@@ -9,12 +9,11 @@ import logging
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from tests.support.events_app import SENDGRID, SNS, UNSUBSCRIBE, events_client, logged_requests
 from tests.support.ledger import attempt_statuses, contact_status, sent
 from tests.support.webhook_payloads import (
-    SNS_TOPIC,
     SendGridSigner,
     SnsSigner,
     basic_auth,
@@ -27,46 +26,21 @@ from tests.support.webhook_payloads import (
     sns_notification,
     sns_subscription_confirmation,
 )
-from welcome_mailer.ledger.schema import outcome_inbox, provider_events
-from welcome_mailer.unsubscribe import UnsubscribeSettings, list_unsubscribe_headers
+from welcome_mailer.ledger.schema import outcome_inbox
+from welcome_mailer.unsubscribe import list_unsubscribe_headers
 from welcome_mailer.vocabulary import idempotency_key
-from welcome_mailer.web.app import create_app
-from welcome_mailer.web.events import WebhookSettings, sns_client, webhook_settings
-from welcome_mailer.web.ledger import ledger_source
-from welcome_mailer.web.unsubscribe import unsubscribe_settings
-
-SENDGRID = SendGridSigner()
-SNS = SnsSigner()
-SETTINGS = WebhookSettings(
-    sendgrid_public_key=SENDGRID.public_key,
-    postmark_credentials="hooks:pm-secret",
-    mailgun_signing_key="mg-key",
-    sns_topic_arns=frozenset({SNS_TOPIC}),
-    mock_secret="mock-secret",
-)
-UNSUBSCRIBE = UnsubscribeSettings("http://testserver/unsubscribe", "unsub-secret")
+from welcome_mailer.web.events import WebhookSettings, webhook_settings
 
 
 @pytest.fixture
 def client(ledger):
-    app = create_app()
-    app.dependency_overrides[webhook_settings] = lambda: SETTINGS
-    app.dependency_overrides[unsubscribe_settings] = lambda: UNSUBSCRIBE
-    app.dependency_overrides[ledger_source] = lambda: lambda: ledger
-    SNS.confirmed.clear()
-    app.dependency_overrides[sns_client] = lambda: (SNS.certificate, SNS.confirmed.append)
-    with TestClient(app) as client:
+    with events_client(ledger) as client:
         yield client
 
 
 def post_sendgrid(client, events: list[dict]):
     body = json.dumps(events).encode()
     return client.post("/events/sendgrid", content=body, headers=SENDGRID.headers(body))
-
-
-def logged_requests(ledger) -> list:
-    with ledger.engine.connect() as conn:
-        return conn.execute(select(provider_events).order_by(provider_events.c.id)).all()
 
 
 def test_sendgrid_events_drive_contacts_to_their_outcomes(client, ledger):

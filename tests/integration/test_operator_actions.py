@@ -10,12 +10,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from tests.integration.test_pipeline import finish
 from tests.support.invariants import messages_by_recipient
-from welcome_mailer import operator_actions, pipeline, run_files
+from tests.support.runs import whole_run, write_contacts
+from welcome_mailer import operator_actions, pipeline
 from welcome_mailer.ledger import EraseKeyMissing, Ledger, sent_contacts
-from welcome_mailer.report import build_report, write_report
-from welcome_mailer.transports.http import HttpEmailProvider
 
 KEY = b"test-erase-key"
 ACTOR = "tester"
@@ -29,29 +27,6 @@ def keyed(ledger):
 @pytest.fixture
 def reports(tmp_path):
     return tmp_path / "reports"
-
-
-def write_contacts(path, rows):
-    path.write_text("".join(f"{name}, {email}, 555\n" for name, email in rows), encoding="utf-8")
-    return path
-
-
-def whole_run(ledger, esp, run_id, path, reports):
-    """parse -> claim -> send -> outcomes and resends -> close_out -> report, as the DAG does."""
-    directory = run_files.run_directory(reports, run_id)
-    ledger.renew_lease(run_id)
-    parsed = pipeline.parse_file(ledger, run_id, path, directory / "rejected.csv")
-    claimed = pipeline.claim_contacts(ledger, run_id, 50, 1024)
-    with HttpEmailProvider(esp.url, esp.api_key) as client:
-        for batch_no in claimed["batches"]:
-            pipeline.send_batch(ledger, client, run_id, batch_no, 50)
-        finish(ledger, client, run_id)
-    ledger.finish_run(run_id)
-    report = build_report(
-        run_id=run_id, parsed=parsed, claimed=claimed, summary=ledger.run_summary(run_id), phases={"parse": 0.1}
-    )
-    write_report(report, directory)
-    return report
 
 
 def table_texts(ledger_url) -> str:

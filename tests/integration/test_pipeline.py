@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.support.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
+from tests.support.runs import finish, resend_poke
 from welcome_mailer import pipeline
 from welcome_mailer.ledger import ledger_runs, send_attempts
 from welcome_mailer.outcomes.http_lookup import HttpLookupSource
@@ -30,33 +31,6 @@ def parse_and_claim(ledger, run_id, path, tmp_path, batch_size=50):
     ledger.renew_lease(run_id)
     parsed = pipeline.parse_file(ledger, run_id, path, tmp_path / f"{run_id}-rejected.csv")
     return parsed, pipeline.claim_contacts(ledger, run_id, batch_size, 1024)
-
-
-def resend_poke(
-    ledger, esp_client, run_id, *, max_attempts=5, backoff_seconds=0.0, linger_seconds=0.5, sleep=time.sleep
-):
-    return pipeline.resend_blocked(
-        ledger,
-        esp_client,
-        [HttpLookupSource(esp_client)],
-        run_id,
-        max_attempts=max_attempts,
-        batch_size=50,
-        max_batches=1024,
-        backoff_seconds=backoff_seconds,
-        linger_seconds=linger_seconds,
-        poll_seconds=0.05,
-        sleep=sleep,
-    )
-
-
-def finish(ledger, esp_client, run_id, max_attempts=5):
-    """What the resend sensor does: poke until done (the sensor's timeout is 60 s here)."""
-    deadline = time.monotonic() + 60
-    while not resend_poke(ledger, esp_client, run_id, max_attempts=max_attempts):
-        assert time.monotonic() < deadline, "the resend phase did not finish"
-        time.sleep(0.1)  # the reschedule
-    ledger.close_out(run_id, max_attempts)
 
 
 def test_a_send_retried_after_lost_responses_sends_each_attempt_once(

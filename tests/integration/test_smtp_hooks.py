@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from welcome_mailer.hooks.esp import EspHook
 from welcome_mailer.transports.smtp import SmtpEmailProvider
+from welcome_mailer.vocabulary import tag_key
 
 
 def with_connection(monkeypatch, conn_id: str, **fields) -> None:
@@ -25,12 +26,14 @@ def test_an_smtp_connection_selects_the_smtp_transport(monkeypatch):
         "policy_rejection": "bounced",
         "list_unsubscribe": "https://mailer.example/u?k={key}",
         "settle_seconds": 60,
+        "provider": "Postmark",
     }
     with_connection(
         monkeypatch, "esp_default", conn_type="smtp", host="smtp.relay.example", port=587, login="u", password="p",
         extra=extra,
     )  # fmt: skip
     monkeypatch.delenv("AIRFLOW_CONN_BOUNCE_MAILBOX", raising=False)
+    monkeypatch.setenv("WELCOME_MAILER_ERASE_KEY", "the-erase-key")
     with EspHook().get_conn() as transport:
         assert isinstance(transport, SmtpEmailProvider) and transport.idempotent is False
         s = transport.settings
@@ -38,9 +41,13 @@ def test_an_smtp_connection_selects_the_smtp_transport(monkeypatch):
         assert (s.use_ssl, s.starttls, s.verify_certificate) == (False, True, True)  # STARTTLS on 587
         assert (s.timeout, s.retry_limit, s.max_connections) == (12, 2, 6)
         assert (s.from_email, s.from_name, s.policy_rejection) == ("welcome@mailer.example", "Welcome Team", "bounced")
+        assert s.provider == "postmark", "the relay's provider: its metadata header on every message"
         [source] = EspHook.outcome_sources(transport)
         assert source.mailbox is None and source.settle == timedelta(seconds=60)
         assert source.policy_rejection == "bounced"
+        # Message-IDs carry a tag keyed from the erase key; the bounce reports are checked with the same key
+        assert s.key_of_tags == source.key_of_tags == tag_key(b"the-erase-key") is not None
+        assert source.from_email == "welcome@mailer.example"
 
 
 def test_the_bounce_mailbox_comes_from_its_connection(monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 from airflow.api_fastapi.core_api.security import get_user
 from fastapi.testclient import TestClient
 
-from tests.integration.test_operator_actions import whole_run, write_contacts
+from tests.support.runs import whole_run, write_contacts
 from welcome_mailer.ledger import Ledger
 from welcome_mailer.settings import Settings
 from welcome_mailer.web import ui

@@ -29,7 +29,7 @@ LAYERS = [
     },
     {"ledger", "migrations", "transports"},
     {"outcomes"},
-    {"pipeline", "hooks", "dropzone", "operator_actions", "report_task", "contact_list"},
+    {"pipeline", "hooks", "dropzone", "operator_actions", "report_task", "run_failure", "contact_list"},
     {"web", "cli", "plugin", "airflow_provider"},
 ]
 LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}

@@ -25,10 +25,18 @@ random() { head -c "$1" /dev/urandom | base64 | tr '+/' '-_' | tr -d '\n'; }
 
 add AIRFLOW_UID "$(id -u)"
 add AIRFLOW_JWT_SECRET "$(random 32)"
+add AIRFLOW_API_SECRET_KEY "$(random 32)"
 add AIRFLOW_FERNET_KEY "$(random 32)"
 add AIRFLOW_ADMIN_PASSWORD "$(random 18)"
+# URL-safe: they go into database URLs as they are. A Postgres volume made before keeps the password it
+# was made with: put that one here (an older version used "airflow").
+add POSTGRES_PASSWORD "$(random 24)"
+add LEDGER_DB_PASSWORD "$(random 24)"
 add WELCOME_MAILER_ERASE_KEY "$(random 32)"
+add WELCOME_MAILER_UNSUBSCRIBE_SECRET "$(random 32)"
 if ! has AIRFLOW_CONN_ESP_DEFAULT; then
+    # The mock ESP, and the secret its events are signed with: only where the mock runs.
     add COMPOSE_PROFILES mock-esp
+    add MOCK_ESP_PUSH_SECRET "$(random 32)"
 fi
 echo "${env_file} is ready; log in as admin with the AIRFLOW_ADMIN_PASSWORD it holds"

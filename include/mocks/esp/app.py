@@ -1,7 +1,7 @@
 """The mock ESP's HTTP API (contract v1), with fault injection for tests.
 
 Endpoints, status codes and field names are a fixed contract: the pipeline's client and the tests that
-audit the message log depend on them. See the README section "The mock email provider".
+audit the message log depend on them. See docs/mock-esp.md.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ from pathlib import Path
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 MESSAGE_ID = re.compile(rb"^Message-ID:\s*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
-KEY = re.compile(r"<(welcome-[0-9a-f]{40}-\d+)@")
+KEY = re.compile(r"<(welcome-[0-9a-f]{40}-\d+)(?:\.[0-9a-f]{16})?@")  # the key, without its tag
 log = logging.getLogger(__name__)
 FROM_ADDRESS = re.compile(
     rb"^From:(?:[^\r\n]*<([^<>\s]+@[^<>\s]+)>|[ \t]*([^<>\s\"]+@[^<>\s]+))[ \t]*\r?$", re.I | re.M

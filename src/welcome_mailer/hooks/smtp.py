@@ -11,9 +11,13 @@ login, password; extras ``from_email``, ``disable_ssl``, ``disable_tls``, ``time
 | ``policy_rejection`` | ``blocked`` | what a 5.7.x reply or report becomes: ``blocked`` or ``bounced`` |
 | ``list_unsubscribe`` | "" | List-Unsubscribe URIs, comma-separated, ``{email}`` and ``{key}`` filled in (*) |
 | ``settle_seconds`` | 1800 | an accepted message with no bounce report after this long counts as delivered |
+| ``provider`` | "" | ``postmark``, ``sendgrid``, ``mailgun`` or ``ses``: the relay's metadata header (**) |
 
 (*) Only when the plugin app's unsubscribe endpoint is not configured (``WELCOME_MAILER_UNSUBSCRIBE_URL``
 and ``_SECRET``): then every message carries its signed one-click link, as over HTTP.
+
+(**) Each message carries the idempotency key in that provider's metadata header, so that its webhook
+events match mail sent over SMTP (``transports.smtp_metadata``); unset for any other relay.
 
 ``bounce_mailbox`` (type ``imap``, optional): host, port, login, password; extras ``use_ssl`` (default
 true, as Airflow's IMAP provider), ``starttls``, ``ssl_context`` ("none": no certificate check),
@@ -27,8 +31,10 @@ from datetime import timedelta
 from airflow.sdk import BaseHook
 
 from welcome_mailer.outcomes.dsn import DsnSource, MailboxSettings
+from welcome_mailer.settings import Settings
 from welcome_mailer.transports.smtp import SmtpEmailProvider, SmtpSettings
 from welcome_mailer.unsubscribe import UnsubscribeSettings
+from welcome_mailer.vocabulary import tag_key
 
 BOUNCE_MAILBOX_CONN_ID = "bounce_mailbox"
 DEFAULT_SETTLE_SECONDS = 1800.0  # most asynchronous bounces from real relays come within minutes
@@ -58,6 +64,8 @@ def smtp_settings(conn) -> SmtpSettings:
         unsubscribe=UnsubscribeSettings.from_env(),
         list_unsubscribe=extra.get("list_unsubscribe", ""),
         settle_seconds=float(extra.get("settle_seconds", DEFAULT_SETTLE_SECONDS)),
+        provider=str(extra.get("provider", "")).strip().lower(),
+        key_of_tags=tag_key(Settings.from_env().erase_key),
     )
 
 
@@ -91,4 +99,10 @@ def dsn_source(settings: SmtpSettings, mailbox_conn_id: str = BOUNCE_MAILBOX_CON
         mailbox = mailbox_settings(BaseHook.get_connection(mailbox_conn_id))
     except AirflowNotFoundException:
         mailbox = None
-    return DsnSource(mailbox, timedelta(seconds=settings.settle_seconds), settings.policy_rejection)
+    return DsnSource(
+        mailbox,
+        timedelta(seconds=settings.settle_seconds),
+        settings.policy_rejection,
+        key_of_tags=settings.key_of_tags,
+        from_email=settings.from_email,
+    )

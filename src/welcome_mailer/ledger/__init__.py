@@ -8,6 +8,7 @@ pipeline, the web app and the CLI use. The state machine is written out in docs/
 - ``outcomes``: applying outcome events from any source, and the inbox of early ones
 - ``resends``: resending blocked contacts, closing a run out, its summary
 - ``operator``: unsubscribe, suppress, release, erase
+- ``webhook_tokens``: signature tokens a provider's webhook already used (honoured once)
 - ``queries``: SQL pieces those share; ``bulk``: set-based SQL for many rows, per backend
 - ``schema``: every table; ``migrate``: their history (Alembic, ``welcome_mailer/migrations``)
 - ``engine``: opening the database (URL from a connection, SQLite pragmas)
@@ -46,10 +47,11 @@ from welcome_mailer.ledger.schema import (
     sent_contacts,
     staged_contacts,
 )
+from welcome_mailer.ledger.webhook_tokens import WebhookTokens
 from welcome_mailer.vocabulary import BLOCKED, BOUNCED, DELIVERED
 
 
-class Ledger(Claims, Attempts, Outcomes, Resends, OperatorActions):
+class Ledger(Claims, Attempts, Outcomes, Resends, OperatorActions, WebhookTokens):
     """The ledger on one database: every operation of every concern, on one engine."""
 
     def __init__(

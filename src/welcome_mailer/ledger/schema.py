@@ -11,6 +11,8 @@ module describes the current head, for the code's queries and for ``alembic chec
   received, stored before it is answered (audit, and the events that could not be read).
 - ``erased_contacts``: keyed hashes of erased addresses (GDPR art. 17), so they stay deduplicated and
   are never emailed again; ``operator_actions``: the audit trail of suppress, erase and release.
+- ``webhook_tokens``: signature tokens a provider's webhook already used (Mailgun's), kept until their
+  signed timestamp is too old to be accepted anyway, so a captured signature is honoured once.
 Other modules add tables of their own to ``metadata`` (the drop folder's ``processed_files``).
 """
 
@@ -140,4 +142,13 @@ processed_files = Table(
     Column("status", String(16), nullable=False),  # processing | done | failed
     Column("run_id", String(250)),
     Column("updated_at", DateTime, nullable=False),
+)
+
+webhook_tokens = Table(
+    "webhook_tokens",
+    metadata,
+    Column("provider", String(40), primary_key=True),
+    Column("token_hash", String(64), primary_key=True),  # SHA-256 of the token, hex: any length fits
+    Column("expires_at", DateTime, nullable=False),  # signed timestamp + max age: refused as too old after
+    Index("ix_webhook_tokens_expires_at", "expires_at"),
 )

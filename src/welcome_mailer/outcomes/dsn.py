@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import email
 import email.policy
+import hmac
 import imaplib
 import logging
 import re
@@ -37,23 +38,25 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from email.message import Message
 
-from welcome_mailer.transports.smtp import tls_context
+from welcome_mailer.transports.smtp import message_id, tls_context
 from welcome_mailer.vocabulary import (
     BLOCKED,
     BOUNCED,
     DELIVERED,
-    KEY_PATTERN,
+    TAGGED_KEY_PATTERN,
     OutcomeEvent,
     PendingMessage,
-    key_from_message_id,
+    message_tag,
+    split_tagged_key,
     utcnow,
 )
 
 log = logging.getLogger(__name__)
 
-KEY_IN_RAW = re.compile(rb"<(" + KEY_PATTERN.encode() + rb")@")
+KEY_IN_RAW = re.compile(rb"<(" + TAGGED_KEY_PATTERN.encode() + rb")@")
 STATUS_PATTERN = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
-ENVID_PATTERN = re.compile(rf"(?im)^Original-Envelope-Id:\s*({KEY_PATTERN})\s*$")
+ENVID_PATTERN = re.compile(rf"(?im)^Original-Envelope-Id:\s*({TAGGED_KEY_PATTERN})\s*$")
+TAGGED_KEY_IN_MESSAGE_ID = re.compile(rf"<?({TAGGED_KEY_PATTERN})@")
 FETCH_CHUNK = 200
 # _quick_report: the top Content-Type, the two parts it reads, a transfer encoding it leaves to the parser
 QUICK_TYPE = re.compile(r"(?im)^Content-Type:[ \t]*([a-z0-9.+-]+/[a-z0-9.+-]+)")
@@ -73,7 +76,7 @@ class RecipientStatus:
 
 @dataclass(frozen=True)
 class DeliveryReport:
-    keys: tuple[str, ...]  # the idempotency keys of the attempts it is about (from their Message-IDs)
+    keys: tuple[str, ...]  # the attempts it is about: their keys as quoted, with their tags (``key.tag``) if any
     recipients: tuple[RecipientStatus, ...]
 
 
@@ -110,7 +113,7 @@ def _quick_report(raw: bytes) -> DeliveryReport | None:
     groups = [_fields(block) for block in re.split(r"\n\s*\n", body.strip()) if block.strip()]
     recipients = tuple(_statuses(groups))
     found = QUICK_MESSAGE_ID.search(content.partition("\n\n")[0].split("\n--", 1)[0])
-    key = key_from_message_id(found.group(1)) if found else None
+    key = _tagged_key(found.group(1)) if found else None
     if not recipients or key is None:
         return None
     return DeliveryReport((key,), recipients)
@@ -190,10 +193,16 @@ def _returned_keys(message: Message) -> list[str]:
             value = headers.get("Message-ID", "")
         else:
             continue
-        key = key_from_message_id(str(value))
+        key = _tagged_key(str(value))
         if key:
             keys.append(key)
     return keys
+
+
+def _tagged_key(message_id: str) -> str | None:
+    """``key`` or ``key.tag`` from one of our Message-IDs (None: not ours)."""
+    found = TAGGED_KEY_IN_MESSAGE_ID.search(message_id.strip())
+    return found.group(1) if found else None
 
 
 def outcome_of(recipient: RecipientStatus, policy_rejection: str = BLOCKED) -> str | None:
@@ -209,9 +218,16 @@ def outcome_of(recipient: RecipientStatus, policy_rejection: str = BLOCKED) -> s
     return BOUNCED  # 5.x.x, or a failure without a readable status: the relay gave up for good
 
 
-def events_of(report: DeliveryReport, policy_rejection: str = BLOCKED) -> list[OutcomeEvent]:
+def events_of(
+    report: DeliveryReport, policy_rejection: str = BLOCKED, key_of_tags: bytes | None = None, from_email: str = ""
+) -> list[OutcomeEvent]:
     """Outcome events for the report's attempts: our messages have one recipient each, so the strongest
-    outcome among its recipients is the message's."""
+    outcome among its recipients is the message's.
+
+    Anybody can mail the bounce mailbox, and anybody can compute an attempt's key from an address: with
+    ``key_of_tags`` (the transport tags its Message-IDs) a report is believed only for the attempts whose
+    tag it quotes. A report quoting a bare key (a message sent before tags) names the attempt by its
+    untagged Message-ID instead, which only an attempt sent without a tag has: never a tagged one."""
     outcomes = [(outcome_of(r, policy_rejection), r) for r in report.recipients]
     outcomes = [(o, r) for o, r in outcomes if o is not None]
     if not outcomes:
@@ -219,7 +235,19 @@ def events_of(report: DeliveryReport, policy_rejection: str = BLOCKED) -> list[O
     rank = {BLOCKED: 1, DELIVERED: 2, BOUNCED: 3}
     outcome, recipient = max(outcomes, key=lambda pair: rank[pair[0]])
     detail = f"dsn: {recipient.action} {recipient.status} {recipient.diagnostic}".strip()[:500]
-    return [OutcomeEvent(outcome, idempotency_key=key, source="dsn", detail=detail) for key in report.keys]
+    events = []
+    for quoted in report.keys:
+        key, tag = split_tagged_key(quoted)
+        if key_of_tags is None:
+            events.append(OutcomeEvent(outcome, idempotency_key=key, source="dsn", detail=detail))
+        elif tag is None:
+            untagged = message_id(key, from_email)  # the id a send before tags recorded
+            events.append(OutcomeEvent(outcome, untagged, source="dsn", detail=detail))
+        elif hmac.compare_digest(tag, message_tag(key_of_tags, key)):
+            events.append(OutcomeEvent(outcome, idempotency_key=key, source="dsn", detail=detail))
+        else:
+            log.warning("a bounce report for %s carries a wrong tag: not believed (a forged report?)", key)
+    return events
 
 
 @dataclass(frozen=True)
@@ -245,6 +273,8 @@ class DsnSource:
     mailbox: MailboxSettings | None
     settle: timedelta = timedelta(minutes=30)
     policy_rejection: str = BLOCKED
+    key_of_tags: bytes | None = field(default=None, repr=False)  # the transport's (SmtpSettings.key_of_tags)
+    from_email: str = ""  # the transport's: where an untagged Message-ID pointed
     name: str = "dsn"
     unmatched: int = 0  # reports kept aside by this source's polls
     _to_file: list[tuple[bytes, str]] = field(default_factory=list)
@@ -283,7 +313,11 @@ class DsnSource:
                 for uid, raw in _fetched(data):
                     try:
                         report = parse_report(raw)
-                        found_events = events_of(report, self.policy_rejection) if report.keys else []
+                        found_events = (
+                            events_of(report, self.policy_rejection, self.key_of_tags, self.from_email)
+                            if report.keys
+                            else []
+                        )
                     except Exception as exc:  # a report that does not parse is kept aside, never fatal
                         log.warning("bounce report %s does not parse (kept aside): %s", uid, exc)
                         found_events = []

@@ -43,8 +43,9 @@ from email.header import Header
 from email.utils import formataddr, formatdate
 
 from welcome_mailer.transports import OutgoingMessage, SendResult
+from welcome_mailer.transports.smtp_metadata import METADATA_HEADERS, metadata_headers
 from welcome_mailer.unsubscribe import UnsubscribeSettings, list_unsubscribe_headers
-from welcome_mailer.vocabulary import BLOCKED, BOUNCED, key_from_message_id
+from welcome_mailer.vocabulary import BLOCKED, BOUNCED, key_from_message_id, message_tag
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,16 @@ class SmtpSettings:
     list_unsubscribe: str = ""
     settle_seconds: float = 1800.0  # no bounce report this long after acceptance: delivered (outcomes.dsn)
     helo: str | None = None
+    # The relay's provider (postmark, sendgrid, mailgun, ses): its metadata header carries the idempotency
+    # key, so that its webhook events find the attempt (transports.smtp_metadata). "" for another relay.
+    provider: str = ""
+    # Tags every Message-ID and envelope id with a keyed tag of the attempt's key (vocabulary.tag_key, from
+    # the erase key): bounce reports without it are not believed. None: no tag.
+    key_of_tags: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.provider and self.provider not in METADATA_HEADERS:
+            raise ValueError(f"provider must be one of {sorted(METADATA_HEADERS)} or empty, not {self.provider!r}")
         if self.policy_rejection not in POLICY_REJECTION_CHOICES:
             raise ValueError(
                 f"policy_rejection must be one of {POLICY_REJECTION_CHOICES}, not {self.policy_rejection!r}"
@@ -128,12 +137,15 @@ def classify(code: int, text: str, policy_rejection: str = BLOCKED) -> str:
     return RETRY
 
 
-def message_id(idempotency_key: str, from_email: str) -> str:
+def message_id(idempotency_key: str, from_email: str, key_of_tags: bytes | None = None) -> str:
     """The Message-ID of an attempt: its idempotency key at the sender's domain, so that every attempt has
-    its own stable id and a bounce report that quotes it names the attempt."""
+    its own stable id and a bounce report that quotes it names the attempt. With ``key_of_tags`` the key is
+    followed by its keyed tag (``<key>.<tag>@domain``): a bounce report is believed only with the tag
+    (outcomes.dsn), which nobody can compute from an address."""
+    local = f"{idempotency_key}.{message_tag(key_of_tags, idempotency_key)}" if key_of_tags else idempotency_key
     domain = from_email.rpartition("@")[2].strip().lower()
-    candidate = f"<{idempotency_key}@{domain}>"
-    return candidate if len(candidate) <= MAX_MESSAGE_ID else f"<{idempotency_key}@{MESSAGE_ID_DOMAIN_FALLBACK}>"
+    candidate = f"<{local}@{domain}>"
+    return candidate if len(candidate) <= MAX_MESSAGE_ID else f"<{local}@{MESSAGE_ID_DOMAIN_FALLBACK}>"
 
 
 @functools.cache
@@ -194,7 +206,7 @@ def render_message(settings: SmtpSettings, message: OutgoingMessage) -> bytes:
         ("To", _address(message.to_name, message.to, "To")),
         ("Subject", _header_text(_safe_display_name(message.subject), "Subject")),
         ("Date", formatdate(localtime=False, usegmt=True)),
-        ("Message-ID", message_id(message.idempotency_key, settings.from_email)),
+        ("Message-ID", message_id(message.idempotency_key, settings.from_email, settings.key_of_tags)),
     ]
     if settings.unsubscribe.enabled:
         headers += list(list_unsubscribe_headers(message.to, settings.unsubscribe).items())
@@ -207,6 +219,7 @@ def render_message(settings: SmtpSettings, message: OutgoingMessage) -> bytes:
         headers.append(("List-Unsubscribe", ", ".join(f"<{_safe_display_name(uri)}>" for uri in uris)))
         if any(uri.lower().startswith("https://") for uri in uris):  # RFC 8058: one-click needs an HTTPS URI
             headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    headers += metadata_headers(settings.provider, message.idempotency_key)
     headers += [
         ("MIME-Version", "1.0"),
         ("Content-Type", 'text/plain; charset="utf-8"'),
@@ -286,7 +299,7 @@ class SmtpEmailProvider:
     ) -> tuple[smtplib.SMTP | None, SendResult, bool]:
         """Returns the connection to go on with (None: it is gone), the message's result, and whether the
         following message's envelope went out with this message's data."""
-        msg_id = message_id(message.idempotency_key, self.settings.from_email)
+        msg_id = self._message_id(message)
         data = render_message(self.settings, message)
         trouble = "no try"
         for tried in range(self.settings.retry_limit + 1):
@@ -309,6 +322,9 @@ class SmtpEmailProvider:
         # The relay could not be reached for this message: nothing went out. Temporary by nature, so the
         # contact is blocked (a NEW email after the backoff), never bounced.
         return conn, SendResult(message.to, msg_id, f"relay unreachable: {trouble}"[:500], outcome=BLOCKED), False
+
+    def _message_id(self, message: OutgoingMessage) -> str:
+        return message_id(message.idempotency_key, self.settings.from_email, self.settings.key_of_tags)
 
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
@@ -363,9 +379,7 @@ class SmtpEmailProvider:
         # message's envelope rides along; if no reply comes, it went out without its data: nothing was sent.
         next_group = b""
         if following is not None and conn.has_extn("pipelining"):
-            commands = self._envelope_commands(
-                conn, following.to, message_id(following.idempotency_key, self.settings.from_email)
-            )
+            commands = self._envelope_commands(conn, following.to, self._message_id(following))
             next_group = "".join(f"{command}\r\n" for command in commands).encode(conn.command_encoding)
         try:
             stuffed = re.sub(rb"(?m)^\.", b"..", data)  # RFC 5321 4.5.2: a leading dot is doubled
@@ -385,7 +399,7 @@ class SmtpEmailProvider:
         after the settle time."""
         mail, rcpt = self._mail_from, f"RCPT TO:{smtplib.quoteaddr(to)}"
         if conn.has_extn("dsn"):  # RFC 3461: ask for a report on success too, matched by ENVID or Message-ID
-            key = key_from_message_id(msg_id) or ""
+            key = msg_id[1:].partition("@")[0] if key_from_message_id(msg_id) else ""  # with its tag
             mail += f" RET=HDRS ENVID={xtext(key)}" if key else " RET=HDRS"
             rcpt += f" NOTIFY={DSN_NOTIFY} ORCPT=rfc822;{xtext(to)}"
         return [mail, rcpt, "DATA"]

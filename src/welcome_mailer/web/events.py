@@ -15,7 +15,7 @@ Secrets come from the environment (the api-server's; any Airflow deployment sets
 | WELCOME_MAILER_POSTMARK_WEBHOOK_AUTH | ``user:password`` put in the webhook URL on Postmark's side |
 | WELCOME_MAILER_MAILGUN_SIGNING_KEY | Mailgun's HTTP webhook signing key |
 | WELCOME_MAILER_SNS_TOPIC_ARNS | comma-separated SNS topic ARNs whose messages are accepted |
-| WELCOME_MAILER_MOCK_WEBHOOK_SECRET | the mock ESP's ``--push-secret`` |
+| WELCOME_MAILER_MOCK_WEBHOOK_SECRET | the mock ESP's ``--push-secret``; set only where the mock runs |
 | WELCOME_MAILER_WEBHOOK_MAX_AGE_SECONDS | signed timestamps older than this are refused as replays (86400) |
 """
 
@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from welcome_mailer.ledger import Ledger
 from welcome_mailer.ledger.schema import provider_events
-from welcome_mailer.outcomes.webhooks import Answered, Parsed, Refused, WebhookRequest
+from welcome_mailer.outcomes.webhooks import Answered, Parsed, Refused, WebhookRequest, replay
 from welcome_mailer.outcomes.webhooks.mapping import to_outcome_event
 from welcome_mailer.outcomes.webhooks.providers import PROVIDERS
 from welcome_mailer.vocabulary import utcnow
@@ -45,6 +45,9 @@ from welcome_mailer.web.ledger import ledger_source
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/events", tags=["provider events"])
 MAX_BODY = 5 * 1024 * 1024  # SendGrid batches up to ~1 MB of events; SNS messages are at most 256 KB
+# Secrets once published as defaults (docker-compose.yaml gave the mock's endpoint this one, whatever the
+# provider): anybody can sign with them, so they enable nothing.
+PUBLISHED_SECRETS = frozenset({"mock-push-secret"})
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,17 @@ class WebhookSettings:
             postmark_credentials=env.get("WELCOME_MAILER_POSTMARK_WEBHOOK_AUTH", ""),
             mailgun_signing_key=env.get("WELCOME_MAILER_MAILGUN_SIGNING_KEY", ""),
             sns_topic_arns=frozenset(a.strip() for a in arns.split(",") if a.strip()),
-            mock_secret=env.get("WELCOME_MAILER_MOCK_WEBHOOK_SECRET", ""),
+            mock_secret=_unpublished(env, "WELCOME_MAILER_MOCK_WEBHOOK_SECRET"),
             max_age_seconds=float(env.get("WELCOME_MAILER_WEBHOOK_MAX_AGE_SECONDS", "86400")),
         )
+
+
+def _unpublished(env: Mapping[str, str], name: str) -> str:
+    secret = env.get(name, "")
+    if secret in PUBLISHED_SECRETS:
+        log.warning("%s is a published default: its endpoint refuses every request until it is a secret", name)
+        return ""
+    return secret
 
 
 def webhook_settings() -> WebhookSettings:
@@ -154,7 +165,8 @@ async def receive_events(
     sns: Annotated[tuple[Callable[[str], bytes], Callable[[str], None]], Depends(sns_client)],
 ) -> JSONResponse:
     """A provider's events (``outcomes.webhooks.providers.PROVIDERS``: SendGrid's Signed Event Webhook,
-    Postmark's basic auth, Mailgun's HMAC, SES through SNS, the mock ESP's push mode), verified its own way."""
+    Postmark's basic auth, Mailgun's HMAC (each token honoured once), SES through SNS, the mock ESP's push
+    mode), verified its own way."""
     webhook = PROVIDERS.get(provider)
     if webhook is None:
         return JSONResponse({"error": f"no provider {provider[:40]!r}; known: {', '.join(PROVIDERS)}"}, status_code=404)
@@ -170,6 +182,10 @@ async def receive_events(
                 confirm(received.confirm_url)
             log.info("%s webhook: %s", webhook.name, received.note)
             return received.reply
-        return record(ledgers(), webhook.name, body, received)
+        ledger = ledgers()
+        if received.once is None:
+            return record(ledger, webhook.name, body, received)
+        with replay.used_once(ledger, webhook.name, *received.once, settings.max_age_seconds):
+            return record(ledger, webhook.name, body, received)
 
     return await _receive(request, webhook.name, secret, handle)

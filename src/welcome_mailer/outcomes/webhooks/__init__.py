@@ -10,7 +10,7 @@ records what they parse with ``Ledger.record_outcomes``. Adding a provider: its 
 mapping entries, and its section in docs/provider-events.md.
 
 How an event finds its attempt: by the provider's message id recorded at send time, or by the attempt's
-idempotency key carried as the provider's custom metadata (``METADATA_KEY``) or inside the Message-ID
+idempotency key carried as the provider's custom metadata (``vocabulary.METADATA_KEY``) or inside the Message-ID
 header the transport set (``<welcome-...-N@host>``).
 """
 
@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-METADATA_KEY = "welcome_idempotency_key"  # custom args / metadata / user variables / SES tag name
 IDEMPOTENCY_HEADER = "X-Welcome-Idempotency-Key"  # the same as a header, for providers that echo headers
 
 
@@ -51,6 +50,9 @@ class Signal:
 class Parsed:
     signals: list[Signal] = field(default_factory=list)
     unparsed: list[str] = field(default_factory=list)  # why each unreadable event could not be read
+    # (token, signed timestamp) of a signature that does not cover the body (Mailgun's): the request is
+    # recorded only if the token was never used (``replay.used_once``)
+    once: tuple[str, str] | None = None
 
     @property
     def events(self) -> int:

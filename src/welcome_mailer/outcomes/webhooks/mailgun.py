@@ -9,7 +9,6 @@ import hmac
 import json
 
 from welcome_mailer.outcomes.webhooks import (
-    METADATA_KEY,
     Parsed,
     Refused,
     Signal,
@@ -21,7 +20,7 @@ from welcome_mailer.outcomes.webhooks import (
     load_json,
     text,
 )
-from welcome_mailer.vocabulary import key_from_message_id
+from welcome_mailer.vocabulary import METADATA_KEY, key_from_message_id
 
 PROVIDER = "mailgun"
 
@@ -30,8 +29,9 @@ def sign(signing_key: str, timestamp: str, token: str) -> str:
     return hmac.new(signing_key.encode(), f"{timestamp}{token}".encode(), hashlib.sha256).hexdigest()
 
 
-def verify(body: bytes, signing_key: str, max_age_seconds: float) -> None:
-    """The signature travels inside the body: the body must be read to check it."""
+def verify(body: bytes, signing_key: str, max_age_seconds: float) -> tuple[str, str]:
+    """The signature travels inside the body: the body must be read to check it. Returns the signed
+    (timestamp, token): the token must be honoured once (``replay.used_once``)."""
     try:
         signature = json.loads(body)["signature"]
         timestamp, token, given = str(signature["timestamp"]), str(signature["token"]), str(signature["signature"])
@@ -40,6 +40,7 @@ def verify(body: bytes, signing_key: str, max_age_seconds: float) -> None:
     if not check_secret(given, sign(signing_key, timestamp, token)):
         raise Refused(403, "the HMAC signature does not match")
     check_age(timestamp, max_age_seconds)
+    return timestamp, token
 
 
 def parse(body: bytes) -> Parsed:
@@ -78,8 +79,10 @@ def parse(body: bytes) -> Parsed:
 
 
 def receive(request: WebhookRequest, signing_key: object) -> Parsed:
-    verify(request.body, str(signing_key), request.max_age_seconds)
-    return parse(request.body)
+    timestamp, token = verify(request.body, str(signing_key), request.max_age_seconds)
+    parsed = parse(request.body)
+    parsed.once = (token, timestamp)  # the signature does not cover the event: its token is honoured once
+    return parsed
 
 
 WEBHOOK = WebhookProvider(PROVIDER, "mailgun_signing_key", receive)

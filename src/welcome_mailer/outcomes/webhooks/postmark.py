@@ -9,7 +9,6 @@ import binascii
 
 from welcome_mailer.outcomes.webhooks import (
     IDEMPOTENCY_HEADER,
-    METADATA_KEY,
     Parsed,
     Refused,
     Signal,
@@ -20,6 +19,7 @@ from welcome_mailer.outcomes.webhooks import (
     load_json,
     text,
 )
+from welcome_mailer.vocabulary import METADATA_KEY
 
 PROVIDER = "postmark"
 

@@ -11,7 +11,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from welcome_mailer.outcomes.webhooks import (
-    METADATA_KEY,
     Parsed,
     Refused,
     Signal,
@@ -22,7 +21,7 @@ from welcome_mailer.outcomes.webhooks import (
     load_json,
     text,
 )
-from welcome_mailer.vocabulary import key_from_message_id
+from welcome_mailer.vocabulary import METADATA_KEY, key_from_message_id
 
 PROVIDER = "sendgrid"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"

@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from welcome_mailer.outcomes.webhooks import (
     IDEMPOTENCY_HEADER,
-    METADATA_KEY,
     Answered,
     Parsed,
     Refused,
@@ -36,7 +35,7 @@ from welcome_mailer.outcomes.webhooks import (
     load_json,
     text,
 )
-from welcome_mailer.vocabulary import key_from_message_id
+from welcome_mailer.vocabulary import METADATA_KEY, key_from_message_id
 
 PROVIDER = "ses"
 CERT_HOST = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
