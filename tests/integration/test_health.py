@@ -48,7 +48,10 @@ def test_health_fails_when_the_ledger_cannot_be_reached(caplog):
 def test_the_app_alone_uses_make_runs_ledger_under_welcome_mailer_home(tmp_path, monkeypatch):
     """``python -m welcome_mailer.web`` (make events) opens the ledger make run writes, under the same home."""
     monkeypatch.setenv("WELCOME_MAILER_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("WELCOME_MAILER_LEDGER_URL", raising=False)
+    # main() sets the variable for its process: recorded here first, so monkeypatch removes it again after the
+    # test (a delenv of an unset variable records nothing, and the URL leaked into every later test's env).
+    monkeypatch.setenv("WELCOME_MAILER_LEDGER_URL", "unset-after-the-test")
+    monkeypatch.delenv("WELCOME_MAILER_LEDGER_URL")
     monkeypatch.delenv("AIRFLOW_CONN_CONTACTS_DB", raising=False)
     monkeypatch.setattr(alone.uvicorn, "run", lambda app, **kw: None)
     alone.main([])

@@ -82,7 +82,7 @@ def test_the_page_lists_templates_and_previews_a_file_row_with_the_html_sandboxe
     assert 'sandbox=""' in iframe
     # The HTML body escaped the name once; the srcdoc attribute escapes the whole body once more.
     assert 'srcdoc="&lt;p&gt;Hi &amp;lt;script&amp;gt;alert(1)&amp;lt;/script&amp;gt;&lt;/p&gt;"' in iframe
-    assert "<script>" not in page
+    assert SCRIPT not in page and page.count("<script>") == 1, "no script but the page's own (base.html)"
 
 
 def test_a_preview_says_why_a_row_would_be_rejected_and_what_is_wrong_with_a_template(setup):

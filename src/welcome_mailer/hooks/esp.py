@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseHook
 
-from welcome_mailer.ledger import Ledger
-from welcome_mailer.ledger.limits import ProviderLimits, SendLimiter
 from welcome_mailer.outcomes import OutcomeSource
 from welcome_mailer.transports import EmailProvider
+
+if TYPE_CHECKING:  # the ledger is loaded by the tasks that send, not by every component that lists hooks
+    from welcome_mailer.ledger import Ledger
+    from welcome_mailer.ledger.limits import ProviderLimits, SendLimiter
 
 ESP_CONN_ID = "esp_default"
 DEFAULT_TIMEOUT = 30.0
@@ -120,10 +123,14 @@ class EspHook(BaseHook):
     def limits(self) -> ProviderLimits:
         """The account's limits, from the connection's extras ``max_messages_per_second`` and
         ``max_messages_per_24h`` (absent: no limit), shared by every connection of the same id."""
+        from welcome_mailer.ledger.limits import ProviderLimits
+
         return ProviderLimits.from_extra(self.esp_conn_id, self.connection().extra_dejson)
 
     def send_limiter(self, ledger: Ledger) -> SendLimiter | None:
         """A send task's limiter (None when the account has no limits), shared through the ledger."""
+        from welcome_mailer.ledger.limits import SendLimiter
+
         limits = self.limits()
         return SendLimiter(ledger.engine, limits) if limits.limited else None
 
