@@ -20,8 +20,8 @@ $(BIN)/.installed: requirements-dev.lock pyproject.toml
 
 venv: $(BIN)/.installed  ## create .venv from requirements-dev.lock (runtime + tests), welcome_mailer installed editable
 
-run: venv  ## run welcome_emails once on the embedded default: make run [CSV=path/to/file.csv]
-	$(BIN)/python -m include.local.run_embedded $(CSV)
+run: venv  ## run welcome_emails once on the embedded default: make run [CSV=path/to/file.csv] [TEMPLATE=name]
+	$(BIN)/python -m include.local.run_embedded $(CSV) $(if $(TEMPLATE),--template $(TEMPLATE))
 
 test: venv  ## the whole test suite (unit, DAG, integration, end-to-end); Postgres tests skip without a server unless CI=true
 	$(BIN)/python -m pytest tests

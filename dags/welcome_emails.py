@@ -1,7 +1,8 @@
 """
 ### Welcome emails
 
-Sends every contact in a CSV file one **"Hi {name}, Welcome!"** email, at most once per contact, ever.
+Sends every contact in a CSV file one welcome email (the built-in **"Hi {name}, Welcome!"**, or the operator's
+`template`), at most once per contact, ever.
 
 **How to run**: trigger this DAG with the `csv_path` of a contact list (a path inside the allowed data
 roots, `WELCOME_MAILER_DATA_ROOTS`; relative paths start at the first root). That root is the project
@@ -12,7 +13,8 @@ three. From a shell: `airflow dags test welcome_emails -c '{"csv_path": "input.c
 
 **What happens**
 
-1. `parse` reads the file in chunks; unique valid contacts are staged, bad rows go to a rejected-rows CSV.
+1. `parse` checks the `template` and keeps its version for the run, then reads the file in chunks; unique
+   valid contacts are staged, bad rows (and contacts the template lacks a value for) go to a rejected-rows CSV.
 2. `claim` takes the contacts nobody has emailed into the ledger, in batches (and failed ones again, once
    `retry_failed_after_hours` have passed).
 3. `send_batch` (one mapped task per batch) records each attempt, then sends it with an idempotency key.
@@ -82,6 +84,18 @@ def reputation_guard(params: dict):
             "Relative paths start at the first data root (the project directory by default; "
             "/opt/airflow/data, ./data on the host, under docker compose). Or an object URI under a URI "
             "data root, s3://bucket/key (credentials: the aws_default connection, or s3://conn_id@bucket/key).",
+        ),
+        "template": Param(
+            "welcome",
+            type="string",
+            minLength=1,
+            maxLength=64,
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+            title="Email template",
+            description="The message every contact gets: a directory of the templates folder "
+            "(WELCOME_MAILER_TEMPLATES_DIR, default <home>/templates) with subject.txt, body.txt and an optional "
+            "body.html. 'welcome' is the built-in \"Hi {name}, Welcome!\". Checked before anything is sent; "
+            "the run keeps the version it started with (docs/templates.md).",
         ),
         "batch_size": Param(
             500,
@@ -178,17 +192,21 @@ def welcome_emails():
         from welcome_mailer.pipeline import parse_file
         from welcome_mailer.run_files import REJECTED_CSV, InvalidCsvPath, resolve_csv_path, run_directory
         from welcome_mailer.storage import describe, location, readable_csv
+        from welcome_mailer.templates import TemplateError, load_template
 
         reports_dir = location(SETTINGS.reports_dir, SETTINGS.storage_conn_id)  # a directory or a URI
         rejected_csv = run_directory(reports_dir, run_id) / REJECTED_CSV
         try:
             csv_path = resolve_csv_path(params["csv_path"], SETTINGS.data_roots)
+            template = load_template(params.get("template") or "welcome", SETTINGS.templates_dir)
             ledger = LedgerHook().get_conn()
             ledger.renew_lease(run_id)
             # An object on object storage is parsed from a local copy (storage.local_copy says why).
             with readable_csv(csv_path, SETTINGS.storage_conn_id) as local_file:
-                return parse_file(ledger, run_id, local_file, rejected_csv, source=describe(str(csv_path)))
-        except InvalidCsvPath as exc:
+                return parse_file(
+                    ledger, run_id, local_file, rejected_csv, source=describe(str(csv_path)), template=template
+                )
+        except (InvalidCsvPath, TemplateError) as exc:
             raise AirflowFailException(str(exc)) from None
 
     @task

@@ -71,9 +71,16 @@ STACK_REDIS_DB = os.environ.get("WELCOME_MAILER_TEST_REDIS_DB", "10")
 MEMORY_DIR = Path("/dev/shm")  # tmpfs on Linux: the SMTP mocks' files (see smtp_end_to_end)
 
 
-def end_to_end(rows: int, workdir: Path, connections: dict[str, str] | None = None, name: str = "end_to_end") -> dict:
+def end_to_end(
+    rows: int,
+    workdir: Path,
+    connections: dict[str, str] | None = None,
+    name: str = "end_to_end",
+    template: Path | None = None,
+) -> dict:
     """``connections``: AIRFLOW_CONN_* variables of the provider (default: a fresh mock ESP of the bench's own,
-    whose journal gives the run's hold-chain floor)."""
+    whose journal gives the run's hold-chain floor). ``template``: a template's directory to send instead of
+    the built-in text."""
     csv_path = write_file(BENCH_DIR / "files" / f"contacts_{rows}.csv", rows, seed=7)
     env = airflow_env()
     env.update(
@@ -83,6 +90,7 @@ def end_to_end(rows: int, workdir: Path, connections: dict[str, str] | None = No
             ),
             "WELCOME_MAILER_REPORTS_DIR": str(workdir / "reports"),
             "WELCOME_MAILER_DATA_ROOTS": str(csv_path.parent),
+            **({"WELCOME_MAILER_TEMPLATES_DIR": str(template.parent)} if template else {}),
         }
     )
     env.pop("AIRFLOW_CONN_ESP_DEFAULT", None)
@@ -94,8 +102,9 @@ def end_to_end(rows: int, workdir: Path, connections: dict[str, str] | None = No
         env.update(connections)
         ensure_metadata_db(env)
         started = time.time()
+        command = [sys.executable, "-m", "include.local.run_embedded", str(csv_path)]
         completed = subprocess.run(
-            [sys.executable, "-m", "include.local.run_embedded", str(csv_path)],
+            [*command, *(["--template", template.name] if template else [])],
             env=env,
             cwd=PROJECT_ROOT,
             capture_output=True,
@@ -134,6 +143,28 @@ def rated_figures(result: dict, rows: int, rate: float, unlimited: dict | None =
         fixed = unlimited["seconds"] - unlimited["phase_seconds"].get("send", 0.0)
         figures["expected_from_unlimited_s"] = round(rows / rate + fixed, 1)
     return result | figures
+
+
+def html_template(workdir: Path) -> Path:
+    """A welcome email with a subject, a text and an HTML body using the contact's values (docs/templates.md)."""
+    directory = workdir / "templates" / "bench-html"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "subject.txt").write_text('Welcome to Acme, {{ name | default("friend") }}!\n')
+    text = 'Hi {{ name | default("there") }},\n\nthanks for signing up with {{ email }}.\n'
+    (directory / "body.txt").write_text(text)
+    (directory / "body.html").write_text(
+        '<h1>Hi {{ name | default("there") }}!</h1>\n<p>Thanks for signing up with <b>{{ email }}</b>.</p>\n'
+    )
+    return directory
+
+
+def template_cost(rows: int, workdir: Path) -> list[dict]:
+    """The same file end to end with the built-in text and with an HTML template (issue 31: at most 10% more)."""
+    builtin = end_to_end(rows, workdir, name="end_to_end_builtin")
+    html = end_to_end(rows, workdir, name="end_to_end_html_template", template=html_template(workdir))
+    if builtin["ok"] and html["ok"]:
+        html["ratio_to_builtin"] = round(html["seconds"] / builtin["seconds"], 3)  # target: <= 1.10
+    return [builtin, html]
 
 
 def run_figures(report: dict, instances: list[dict], started: float, finished: float) -> dict:
@@ -744,6 +775,8 @@ def summary_lines(results: list[dict]) -> list[str]:
         ratios = [f"{result['ratio_to_baseline']}x the baseline"] if "ratio_to_baseline" in result else []
         if "ratio_to_pipeline_without_airflow" in result:
             ratios.append(f"{result['ratio_to_pipeline_without_airflow']}x the pipeline without Airflow")
+        if "ratio_to_builtin" in result:
+            ratios.append(f"{result['ratio_to_builtin']}x the built-in text (target <= 1.10)")
         if "ratio_to_one_file" in result:
             ratios.append(f"{result['ratio_to_one_file']}x one file of the same rows (target <= 1.25)")
         floor = f"hold-chain floor {result['floor_s']} s ({result['floor_chain_messages']} messages)"
@@ -791,6 +824,10 @@ def main(argv: list[str] | None = None) -> None:
         help="also ROWS end to end with the provider's send rate at --rate (the limits issue: 100000)",
     )  # fmt: skip
     parser.add_argument("--rate", type=float, default=500.0, help="messages per second for --rated")
+    parser.add_argument(
+        "--template", type=int, default=0, metavar="ROWS",
+        help="ROWS end to end with the built-in text and with an HTML template, both printed (the issue: 1000000)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.rated and args.rated not in args.sizes:
         args.sizes = [*args.sizes, args.rated]  # the unlimited run of the same file, beside it
@@ -827,6 +864,8 @@ def main(argv: list[str] | None = None) -> None:
             unlimited = next((r for r in results if r["benchmark"] == f"end_to_end_{args.rated}"), None)
             rated = rated_end_to_end(args.rated, args.rate, workdir, unlimited)
             results.append(rated)
+        if args.template:
+            results.extend(template_cost(args.template, workdir))
         if stack_sizes or args.overlap:
             results.extend(on_stack(stack_sizes, workdir, args.overlap))
     results = with_ratios(results)

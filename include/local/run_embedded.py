@@ -317,10 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("csv", nargs="?", default="input.csv", help="the contact list (default: input.csv)")
     parser.add_argument("--airflow-home", type=Path, default=AIRFLOW_HOME, help="default: .airflow/ here")
+    parser.add_argument("--template", help="the email template (docs/templates.md; default: the built-in welcome)")
     args = parser.parse_args(argv)
     home = args.airflow_home.resolve()
     env = airflow_env(home)
     csv_path = str(Path(args.csv).resolve())
+    conf = {"csv_path": csv_path, **({"template": args.template} if args.template else {})}
     env.setdefault("WELCOME_MAILER_DATA_ROOTS", os.pathsep.join([str(PROJECT_ROOT), str(Path(csv_path).parent)]))
     # The DAG's own rule, before anything heavy starts: a bad path fails in a second, with the reason.
     from welcome_mailer.run_files import InvalidCsvPath, resolve_csv_path
@@ -356,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         with run_log.open("w") as log:
             airflow = subprocess.Popen(
                 # `airflow dags test`, ending without the interpreter's teardown (include/local/airflow_cli.py)
-                [*AIRFLOW_CLI, "dags", "test", "welcome_emails", "-c", json.dumps({"csv_path": csv_path})],
+                [*AIRFLOW_CLI, "dags", "test", "welcome_emails", "-c", json.dumps(conf)],
                 env=run_env,
                 cwd=PROJECT_ROOT,
                 stdout=log,

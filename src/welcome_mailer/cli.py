@@ -7,6 +7,9 @@
     welcome-mailer contact lookup EMAIL [--json]                    state, source, attempts, audit trail
     welcome-mailer contact suppress|erase|release EMAIL --reason WHY   an operator action, audited
     welcome-mailer suppressions import FILE --reason WHY            suppress every address of a CSV
+    welcome-mailer template list                                    the templates (folder and built-in)
+    welcome-mailer template preview NAME [--file CSV --line N | --name X --email Y]   render it
+    welcome-mailer template test-send NAME --to ADDRESS [...]       one rendered message, audited
 
 The ledger is the ``contacts_db`` Airflow connection (any secrets backend, e.g. AIRFLOW_CONN_CONTACTS_DB),
 or a SQLAlchemy URL given with --url. Contact commands call the same functions as the UI's pages
@@ -140,7 +143,8 @@ def _describe(view) -> str:
         for a in view.history:
             lines.append(
                 f"    #{a['attempt']} {a['created_at']} {a['status']} key={a['idempotency_key']} "
-                f"message={a['provider_message_id'] or '-'} run={a['run_id']}"
+                f"message={a['provider_message_id'] or '-'} run={a['run_id']} "
+                f"template={a['template'] or 'welcome'}@{(a['template_hash'] or 'built-in')[:12]}"
                 + (f" error={a['error']}" if a["error"] else "")
             )
     for action in view.actions:
@@ -159,6 +163,57 @@ def _suppressions(args: argparse.Namespace) -> int:
             print(exc, file=sys.stderr)
             return 2
     print(", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def _template(args: argparse.Namespace) -> int:
+    from welcome_mailer import template_tools
+    from welcome_mailer.settings import Settings
+    from welcome_mailer.templates import RefusedMessage, TemplateError, list_templates, load_template
+    from welcome_mailer.unsubscribe import UnsubscribeSettings
+
+    folder = args.folder or Settings.from_env().templates_dir
+    if args.action == "list":
+        for source in list_templates(folder):
+            parts = "subject, text" + (", html" if source.html is not None else "")
+            print(f"{source.name}\t{source.version}\t{parts}\t{source.origin}")
+        return 0
+    if not args.name:
+        print(f"template {args.action} needs a template NAME (see `welcome-mailer template list`)", file=sys.stderr)
+        return 2
+    try:
+        source = load_template(args.name, folder)
+        contact = (
+            template_tools.contact_at(args.file, args.line)
+            if args.file
+            else template_tools.sample_contact(args.contact_name, args.contact_email)
+        )
+        unsubscribe = UnsubscribeSettings.from_env()
+        if args.action == "preview":
+            shown = template_tools.preview(source, contact, unsubscribe)
+            if shown.refused:
+                print(f"{contact.email}: rejected at parse: {shown.refused}", file=sys.stderr)
+                return 1
+            print(f"Template: {source.name} (version {source.version})\nTo: {contact.email}\nSubject: {shown.subject}")
+            print(f"\n{shown.text}")
+            if shown.html is not None:
+                print(f"\n--- HTML ---\n{shown.html}")
+            return 0
+        if not args.to:
+            print("template test-send needs --to ADDRESS (your own)", file=sys.stderr)
+            return 2
+        ledger, _ = _ledger(args)
+        from welcome_mailer.hooks.esp import EspHook
+
+        with EspHook().get_conn() as transport:
+            sent = template_tools.test_send(ledger, transport, source, contact, args.to, _actor(), unsubscribe)
+    except (TemplateError, RefusedMessage, LookupError, template_tools.InvalidEmail, OSError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if sent["provider_message_id"] is None:
+        print(f"test send to {sent['to']} refused: {sent['error']}", file=sys.stderr)
+        return 1
+    print(f"test send to {sent['to']}: accepted as {sent['provider_message_id']} (recorded in the audit trail)")
     return 0
 
 
@@ -189,6 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     suppressions.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
     _ledger_options(suppressions)
     suppressions.set_defaults(run=_suppressions)
+    template = commands.add_parser("template", help="the welcome email's templates: list, preview, test send")
+    template.add_argument("action", choices=("list", "preview", "test-send"))
+    template.add_argument("name", nargs="?", help="the template (a directory of the templates folder, or welcome)")
+    template.add_argument("--folder", help="the templates folder (default: WELCOME_MAILER_TEMPLATES_DIR)")
+    template.add_argument("--file", help="render for a row of this contact file ...")
+    template.add_argument("--line", type=int, default=1, help="... at this line (default 1)")
+    template.add_argument("--name", dest="contact_name", help="or for these values (default: sample values)")
+    template.add_argument("--email", dest="contact_email")
+    template.add_argument("--to", help="test-send: the address to send the test to")
+    _ledger_options(template)
+    template.set_defaults(run=_template)
     args = parser.parse_args(argv)
     if args.command == "db":
         return args.run(args)

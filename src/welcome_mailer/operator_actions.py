@@ -33,6 +33,7 @@ from welcome_mailer.ledger.schema import (
     erased_contacts,
     ledger_runs,
     operator_actions,
+    run_templates,
     send_attempts,
     sent_contacts,
 )
@@ -108,10 +109,17 @@ def lookup(ledger: Ledger, raw_email: str, data_roots: Sequence[Path] = ()) -> C
             view.updated_at, view.released = row.updated_at, row.updated_at == RELEASED_AT
             view.source_line = row.source_line
             view.source_file = shown_path(row.source_file, data_roots)
+        # Each attempt's template is its run's snapshot (ledger/schema.py says why); none: the built-in text.
+        rendered_from = send_attempts.outerjoin(run_templates, run_templates.c.run_id == send_attempts.c.run_id)
         view.history = [
             dict(r._mapping)
             for r in conn.execute(
-                select(send_attempts).where(send_attempts.c.email == email).order_by(send_attempts.c.attempt)
+                select(
+                    send_attempts, run_templates.c.name.label("template"), run_templates.c.hash.label("template_hash")
+                )
+                .select_from(rendered_from)
+                .where(send_attempts.c.email == email)
+                .order_by(send_attempts.c.attempt)
             )
         ]
         whose = operator_actions.c.email == email

@@ -13,17 +13,20 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
+from operator import attrgetter
 from pathlib import Path
 from typing import TypeVar
 
+from welcome_mailer import templates
 from welcome_mailer.contacts import DEFAULT_CHUNK_SIZE, ContactReader
-from welcome_mailer.greeting import SUBJECT, welcome_text
 from welcome_mailer.ledger import AcceptedAttempt, Ledger, OutgoingAttempt
 from welcome_mailer.ledger.limits import QuotaExhausted, ReputationGuard, SendLimiter
 from welcome_mailer.outcomes import OutcomeSource
 from welcome_mailer.settings import DEFAULT_REQUESTS_IN_FLIGHT
 from welcome_mailer.storage import describe, ensure_directory
-from welcome_mailer.transports import EmailProvider, OutgoingMessage, SendResult
+from welcome_mailer.templates import WELCOME, TemplateSource
+from welcome_mailer.transports import EmailProvider, SendResult
+from welcome_mailer.unsubscribe import UnsubscribeSettings
 from welcome_mailer.vocabulary import OutcomeEvent, utcnow
 
 log = logging.getLogger(__name__)
@@ -68,11 +71,19 @@ def parse_file(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     *,
     source: str | None = None,
+    template: TemplateSource = WELCOME,
+    unsubscribe: UnsubscribeSettings | None = None,
 ) -> dict:
     """Read the file in chunks: unique valid contacts go to the run's staging area, rejected rows to a CSV
     (a local Path or an ObjectStoragePath). ``source`` names the file in the results when ``csv_path`` is
-    a local copy of it (an object on object storage)."""
+    a local copy of it (an object on object storage).
+
+    The run's ``template`` is checked first (raises TemplateError: nothing staged), then snapshot in the
+    ledger (the first snapshot of a run stands); a contact it cannot be rendered for is rejected."""
     started = time.time()
+    unsubscribe = unsubscribe or UnsubscribeSettings.from_env()  # as the transports read it
+    templates.compile_template(template, unsubscribe)  # checked before anything is stored or read
+    message = templates.compile_template(templates.take_snapshot(ledger.engine, run_id, template), unsubscribe)
     ledger.clear_stage(run_id)  # a retried parse starts over
     ledger.record_source_file(run_id, source or str(csv_path))
     reader = ContactReader(csv_path, chunk_size)
@@ -81,8 +92,12 @@ def parse_file(
         writer = csv.writer(handle)
         writer.writerow(["line_no", "reason", "row"])
         for chunk in reader:
-            ledger.stage(run_id, chunk.contacts)
-            writer.writerows((r.line_no, r.reason, r.raw) for r in chunk.rejected)
+            contacts, refused = message.screen(chunk.contacts)
+            reader.stats.contacts -= len(refused)
+            reader.stats.rejected += len(refused)
+            ledger.stage(run_id, contacts)
+            rejected = sorted(chunk.rejected + refused, key=attrgetter("line_no")) if refused else chunk.rejected
+            writer.writerows((r.line_no, r.reason, r.raw) for r in rejected)
             log.info(
                 "parsed %s rows: %s contacts, %s duplicates, %s rejected",
                 reader.stats.rows_read, reader.stats.contacts, reader.stats.duplicates_in_file, reader.stats.rejected,
@@ -100,6 +115,8 @@ def parse_file(
         "duplicates_in_file": stats.duplicates_in_file,
         "rejected": stats.rejected,
         "rejected_csv": describe(str(rejected_csv)),
+        "template": message.source.name,
+        "template_hash": message.source.hash,
         "seconds": round(time.time() - started, 3),
     }
 
@@ -184,6 +201,7 @@ def send_batch(
     batch_no: int,
     request_size: int,
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT,
+    unsubscribe: UnsubscribeSettings | None = None,
     *,
     limiter: SendLimiter | None = None,
     quota_linger_seconds: float = 5.0,
@@ -218,6 +236,8 @@ def send_batch(
     retry_after = 0.0
     quota_held: list[OutgoingAttempt] = []  # not sent: the quota is used up (QuotaExhausted)
     quota: QuotaExhausted | None = None
+    # The run's snapshot, compiled once per process; unsubscribe_url as the transports read it.
+    message = templates.for_run(ledger.engine, run_id, unsubscribe or UnsubscribeSettings.from_env())
 
     must_stop = guard_keeper(ledger, run_id, guard)
 
@@ -231,9 +251,15 @@ def send_batch(
                 return exc
         if not transport.idempotent:
             ledger.mark_dispatched(run_id, chunk)  # a lost reply now parks the chunk as unconfirmed, never resent
-        return transport.send_batch(
-            [OutgoingMessage(a.email, SUBJECT, welcome_text(a.name), a.idempotency_key, a.name) for a in chunk]
-        )
+        messages, unrendered = message.messages([(a.email, a.name, a.idempotency_key) for a in chunk])
+        if not unrendered:
+            return transport.send_batch(messages)
+        # Never sent half-rendered: refused, like a provider's refusal (only a template whose need depends on
+        # a value's content gets here; parse rejected the rest).
+        sent = iter(transport.send_batch(messages) if messages else [])
+        return [
+            SendResult(a.email, None, unrendered[n]) if n in unrendered else next(sent) for n, a in enumerate(chunk)
+        ]
 
     keep_lease = lease_keeper(ledger, run_id)
 

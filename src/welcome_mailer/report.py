@@ -46,6 +46,8 @@ def build_report(
         "rejected": parsed["rejected"],
         "duplicates_in_file": parsed["duplicates_in_file"],
         "unique_contacts": parsed["contacts"],
+        "template": parsed.get("template"),  # None: a run parsed before templates
+        "template_hash": parsed.get("template_hash"),
         # Skipped contacts held by another run in progress were not contacted yet: counted apart.
         "already_contacted_skipped": claimed["skipped"] - claimed.get("held_by_other_runs", 0),
         "failed_recently_skipped": claimed["failed_recently"],
@@ -78,6 +80,11 @@ def report_rows(report: dict) -> list[tuple[str, object]]:
     rows = [
         ("run", report["run_id"]),
         ("file", report["csv_path"]),
+        *(
+            (("template", f"{report['template']} (version {report['template_hash'][:12]})"),)
+            if report.get("template")
+            else ()
+        ),
         ("rows read", report["rows_read"]),
         ("rejected rows", f"{report['rejected']} (see {report['rejected_csv']})"),
         ("duplicates within the file", report["duplicates_in_file"]),

@@ -46,7 +46,8 @@ def stack(postgres_server, tmp_path_factory, s3_server):
             data_roots=f"{data}:{S3_ROOT}",
             dropzone=str(data / "dropzone"),
             dropzone_settle_seconds=2,
-            extra_env=tuple(s3_server.connection_env().items()),  # aws_default: the local S3 API
+            # aws_default: the local S3 API; the templates folder: the test's own (tests/stack/test_templates_stack.py)
+            extra_env=(*s3_server.connection_env().items(), ("WELCOME_MAILER_TEMPLATES_DIR", str(data / "templates"))),
         )
     )
     try:

@@ -28,15 +28,15 @@ LAYERS = [
         "run_files",
     },
     {"ledger", "migrations", "transports"},
-    {"outcomes"},
-    {"pipeline", "hooks", "dropzone", "operator_actions", "report_task", "run_failure"},
+    {"outcomes", "templates"},
+    {"pipeline", "hooks", "dropzone", "operator_actions", "report_task", "run_failure", "template_tools"},
     {"web", "cli", "plugin", "airflow_provider"},
 ]
 LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}
 # Pure domain code: importable and testable without Airflow.
 WITHOUT_AIRFLOW = {
     *("vocabulary", "contacts", "greeting", "unsubscribe", "ledger", "transports", "outcomes"),
-    *("pipeline", "operator_actions", "dropzone", "report"),
+    *("pipeline", "operator_actions", "dropzone", "report", "templates", "template_tools"),
 }
 
 

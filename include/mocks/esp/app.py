@@ -60,6 +60,7 @@ class MessageIn(BaseModel):
     to: str = Field(min_length=1, max_length=320)
     subject: str = Field(max_length=998)
     text: str = Field(max_length=100_000)
+    html: str | None = Field(default=None, max_length=500_000)  # an HTML body beside the text, kept in the log
     # Extra headers (e.g. List-Unsubscribe), kept in the audit log; not part of the idempotency check.
     headers: dict[str, Annotated[str, Field(max_length=2000)]] | None = Field(default=None, max_length=20)
 
@@ -205,8 +206,8 @@ def create_app(
     )
     app.state.store = store
 
-    def accept(to: str, subject: str, text: str, key: str | None, headers: dict[str, str] | None):
-        message, created = store.accept(to, subject, text, key, headers)
+    def accept(to: str, subject: str, text: str, key: str | None, headers: dict[str, str] | None, html: str | None):
+        message, created = store.accept(to, subject, text, key, headers, html)
         if created and pusher:
             pusher.schedule(message)
         return message, created
@@ -263,7 +264,7 @@ def create_app(
             raise EspError(422, error)
         live.limits.check(0 if store.known_key(idempotency_key) else 1)
         try:
-            message, created = accept(body.to, body.subject, body.text, idempotency_key, body.headers)
+            message, created = accept(body.to, body.subject, body.text, idempotency_key, body.headers, body.html)
         except IdempotencyConflict:
             raise EspError(409, "idempotency key already used with a different payload") from None
         after_send()
@@ -286,7 +287,7 @@ def create_app(
             error = _address_error(item.to)
             if error is None:
                 try:
-                    message, _ = accept(item.to, item.subject, item.text, item.idempotency_key, item.headers)
+                    message, _ = accept(item.to, item.subject, item.text, item.idempotency_key, item.headers, item.html)
                 except IdempotencyConflict:
                     error = "idempotency key already used with a different payload"
             if error:

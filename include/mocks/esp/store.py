@@ -62,6 +62,7 @@ class Message:
     # Extra headers the sender asked for (List-Unsubscribe, ...), as compact JSON: one string instead of a
     # dict of strings (~250 B a message less; every message of the stack has them).
     headers_json: str | None = None
+    html: str | None = None  # the HTML body, when the sender gave one
 
     def status(self, now: float) -> str:
         return self.outcome if now >= self.resolve_at else "sent"
@@ -83,6 +84,7 @@ class Message:
             "updated_at": _iso(self.updated_at(now)),
             "idempotency_key": self.idempotency_key,
             **({"headers": json.loads(self.headers_json)} if self.headers_json else {}),  # only when given
+            **({"html": self.html} if self.html is not None else {}),
         }
 
 
@@ -148,7 +150,13 @@ class MessageStore:
         return self._clock()
 
     def accept(
-        self, to: str, subject: str, text: str, idempotency_key: str | None, headers: dict[str, str] | None = None
+        self,
+        to: str,
+        subject: str,
+        text: str,
+        idempotency_key: str | None,
+        headers: dict[str, str] | None = None,
+        html: str | None = None,
     ) -> tuple[Message, bool]:
         """Accept a message, or return the one already accepted under this idempotency key.
 
@@ -157,14 +165,17 @@ class MessageStore:
         if idempotency_key is not None:
             existing = self._by_key.get(idempotency_key)
             if existing is not None:
-                if (existing.to, existing.subject, existing.text) != (to, subject, text):
+                if (existing.to, existing.subject, existing.text, existing.html) != (to, subject, text, html):
                     raise IdempotencyConflict(idempotency_key)
                 return existing, False
         message = self._new_message(to, sys.intern(subject), text, idempotency_key)
         message.headers_json = _compact_json(headers)
+        message.html = html
         self._remember(message)
         if self._journal is not None:
-            fields = {f: getattr(message, f) for f in Message.__slots__ if f not in ("seq", "headers_json")}
+            fields = {f: getattr(message, f) for f in Message.__slots__ if f not in ("seq", "headers_json", "html")}
+            if html is not None:  # only when given: a journal of text-only messages stays as it was
+                fields["html"] = html
             self._journal.write(json.dumps({**fields, "headers": headers or None}) + "\n")
             self._journal.flush()
         return message, True

@@ -58,8 +58,12 @@ def load_rows(conn: Connection, table: Table, columns: Sequence[str], rows: Iter
     buffer = io.StringIO()
     csv.writer(buffer).writerows(rows)
     buffer.seek(0)
+    # COPY's CSV reads an empty unquoted field as NULL, and the csv module writes '' unquoted: a column that
+    # cannot be NULL (a contact's name, which may be empty) reads it as the empty string it is.
+    not_null = [c for c in columns if not table.c[c].nullable]
+    options = f", FORCE_NOT_NULL ({', '.join(not_null)})" if not_null else ""
     cursor = conn.connection.dbapi_connection.cursor()
-    cursor.copy_expert(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", buffer)
+    cursor.copy_expert(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv{options})", buffer)
 
 
 def insert_rows(conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple]) -> None:

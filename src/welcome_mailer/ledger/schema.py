@@ -10,10 +10,15 @@ module describes the current head, for the code's queries and for ``alembic chec
 - ``provider_events``: every request a provider's webhook made that passed its signature check, as
   received, stored before it is answered (audit, and the events that could not be read).
 - ``erased_contacts``: keyed hashes of erased addresses (GDPR art. 17), so they stay deduplicated and
-  are never emailed again; ``operator_actions``: the audit trail of suppress, erase and release.
+  are never emailed again; ``operator_actions``: the audit trail of suppress, erase and release (and of
+  template test sends).
 - ``webhook_tokens``: signature tokens a provider's webhook already used (Mailgun's), kept until their
   signed timestamp is too old to be accepted anyway, so a captured signature is honoured once.
-Other modules add tables of their own to ``metadata`` (the drop folder's ``processed_files``).
+- ``run_templates``: the template each run uses, snapshot at parse (its content and hash): every send and
+  resend of the run renders this copy, whatever happens to the files meanwhile. It is what each attempt
+  was rendered from: an attempt's ``run_id`` is the run that sends it (a take-over moves the attempt to
+  the run that then sends it), and a run's snapshot never changes.
+- ``processed_files``: the drop folder's memory of file contents (``welcome_mailer.dropzone``).
 """
 
 from __future__ import annotations
@@ -121,11 +126,24 @@ operator_actions = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", DateTime, nullable=False),
     Column("actor", String(250), nullable=False),  # the Airflow user, or "cli:<os user>"
-    Column("action", String(32), nullable=False),  # suppress | erase | release
+    Column("action", String(32), nullable=False),  # suppress | erase | release | test_send
     Column("email", String(320), index=True),  # NULL once the contact is erased
     Column("email_hash", String(64), index=True),  # set when the contact is erased
     Column("reason", Text, nullable=False),
     Column("detail", Text),
+)
+
+run_templates = Table(
+    "run_templates",
+    metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),  # SHA-256 of the content (welcome_mailer.templates)
+    Column("subject", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("html", Text),
+    Column("origin", Text, nullable=False),  # where it was read from (a directory, or "built-in")
+    Column("taken_at", DateTime, nullable=False),
 )
 
 # The drop folder's memory of file contents (welcome_mailer.dropzone), so a file dropped again is not

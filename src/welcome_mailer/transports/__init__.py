@@ -24,6 +24,7 @@ class OutgoingMessage:
     text: str
     idempotency_key: str
     to_name: str = ""
+    html: str | None = None  # an HTML body beside the text (multipart/alternative over SMTP)
 
 
 @dataclass(frozen=True)

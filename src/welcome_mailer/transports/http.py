@@ -121,6 +121,8 @@ class HttpEmailProvider:
 
     def _item(self, message: OutgoingMessage) -> dict:
         item = {"to": message.to, "subject": message.subject, "text": message.text}
+        if message.html is not None:
+            item["html"] = message.html
         headers = list_unsubscribe_headers(message.to, self.unsubscribe)  # {} unless configured
         return {**item, "idempotency_key": message.idempotency_key, **({"headers": headers} if headers else {})}
 

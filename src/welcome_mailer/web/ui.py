@@ -66,7 +66,10 @@ Readers = [Depends(can_read)]
 
 def install(app: FastAPI) -> None:
     """Add the pages to the plugin's app, and send browsers that are not logged in to Airflow's login."""
+    from welcome_mailer.web import template_pages
+
     app.include_router(router)
+    app.include_router(template_pages.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def _login_for_browsers(request: Request, exc: StarletteHTTPException):

@@ -216,3 +216,25 @@ def test_each_figure_is_a_ratio_to_both_baselines_of_its_size_and_ledger_backend
     assert "end_to_end_100000: 30.0 s; 3.0x the baseline; 1.5x the pipeline without Airflow; hold-chain floor" in (
         "\n".join(summary_lines(results))
     )
+
+
+def test_the_template_cost_prints_both_runs_and_the_ratio(tmp_path, monkeypatch):
+    """`make bench` with --template ROWS: the built-in text and an HTML template over the same file, the
+    second with its ratio to the first (issue 31: at most 1.10)."""
+    from include.bench import run as bench
+    from welcome_mailer.templates import compile_template, load_template
+
+    runs = []
+
+    def fake_end_to_end(rows, workdir, connections=None, name="end_to_end", template=None):
+        runs.append((name, template))
+        return {"benchmark": f"{name}_{rows}", "ok": True, "seconds": 100.0 if template is None else 105.0,
+                "floor_s": 1.0, "floor_chain_messages": 1}  # fmt: skip
+
+    monkeypatch.setattr(bench, "end_to_end", fake_end_to_end)
+    builtin, html = bench.template_cost(1000, tmp_path)
+    assert [name for name, _ in runs] == ["end_to_end_builtin", "end_to_end_html_template"]
+    template = load_template(runs[1][1].name, runs[1][1].parent)
+    assert template.html is not None and compile_template(template).render("a@example.com", "Ann").html
+    assert html["ratio_to_builtin"] == 1.05 and "ratio_to_builtin" not in builtin
+    assert "1.05x the built-in text (target <= 1.10)" in "\n".join(summary_lines([builtin, html]))
