@@ -51,7 +51,7 @@ input: venv  ## regenerate input.csv (deterministic)
 bench: venv  ## benchmark: 10k/100k end to end (embedded and on the Celery stack), 1M parse + claim (RATED=100000: also at RATE=500 messages/s, against rows / rate + its fixed cost); appends to bench/results.jsonl
 	$(BIN)/python -m include.bench --stack $(if $(RATED),--rated $(RATED) --rate $(or $(RATE),500))
 
-bench-ui: venv  ## the ledger pages on a generated 10M-contact Postgres ledger: lookup and overview times (CONTACTS=n)
+bench-ui: venv  ## the ledger pages on a generated 10M-contact Postgres ledger: lookup, overview and contact-list page times (CONTACTS=n)
 	$(BIN)/python -m include.bench.bench_ui $(if $(CONTACTS),--contacts $(CONTACTS))
 
 stack-up: venv  ## start the local Celery stack (needs PostgreSQL and Redis): UI/API on 127.0.0.1:28080

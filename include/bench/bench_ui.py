@@ -1,7 +1,10 @@
 """How fast the ledger's pages answer on a big ledger (``make bench-ui``): a Postgres ledger of N contacts
 (default 10M) generated with INSERT ... SELECT generate_series (attempts spread over 90 days, outcomes in
 the mock's proportions), then the contact lookup and the overview, as the UI's pages call them
-(``welcome_mailer.operator_actions``). Targets: lookup under 50 ms, overview under 1 s.
+(``welcome_mailer.operator_actions``), and pages of the contacts list (``welcome_mailer.contact_list``):
+filtered by state, by run, by state and run and by last-change dates, each first page and a page deep
+in the list (after a keyset), and a search. Targets: lookup under 50 ms, overview under 1 s, a filtered
+page under 100 ms at p95.
 
     python -m include.bench.bench_ui [--contacts 10000000] [--postgres postgresql://postgres@127.0.0.1:5432]
     [--keep]   keep the database (wm_bench_ui) for a second look; reused, not regenerated, next time
@@ -17,12 +20,13 @@ import random
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from welcome_mailer import operator_actions
+from welcome_mailer import contact_list, operator_actions
+from welcome_mailer.contact_list import ContactFilter
 from welcome_mailer.ledger import Ledger, connect
 from welcome_mailer.ledger.migrate import upgrade
 
@@ -67,6 +71,47 @@ def timed(call, repeat: int) -> list[float]:
     return seconds
 
 
+def p95_ms(seconds: list[float]) -> float:
+    return round(sorted(seconds)[int(len(seconds) * 0.95)] * 1000, 2)
+
+
+def list_pages(ledger: Ledger, repeat: int = 40) -> dict[str, list[float]]:
+    """Each filter's first page and a page deep in it (the 20th, reached by its keyset), ``repeat`` times."""
+    today = datetime.now(UTC).date()
+    filters = {
+        "all": ContactFilter(),
+        "state": ContactFilter(state="failed"),
+        "run": ContactFilter(run_id="bench-run-7"),
+        "state_run": ContactFilter(state="bounced", run_id="bench-run-3"),
+        "dates": ContactFilter(changed_from=today - timedelta(days=30), changed_to=today - timedelta(days=20)),
+        "state_oldest": ContactFilter(state="suppressed", newest_first=False),
+    }
+    seconds = {}
+    for name, chosen in filters.items():
+        after = ""
+        for _ in range(19):
+            after = contact_list.page(ledger, chosen, after).next_after or ""
+        seconds[name] = timed(lambda chosen=chosen: contact_list.page(ledger, chosen), repeat)
+        seconds[f"{name}_page20"] = timed(
+            lambda chosen=chosen, after=after: contact_list.page(ledger, chosen, after), repeat
+        )
+    return seconds
+
+
+def searches(ledger: Ledger) -> dict[str, float | str]:
+    """A search of the whole list (a scan: it may give up, as the page does) and one within a state."""
+    found = {}
+    for name, chosen in (
+        ("all", ContactFilter(search="c4242")),
+        ("in_state", ContactFilter(state="suppressed", search="c4242")),
+    ):
+        try:
+            found[f"search_s_{name}"] = round(max(timed(lambda chosen=chosen: contact_list.page(ledger, chosen), 3)), 2)
+        except contact_list.SearchTooBroad:
+            found[f"search_s_{name}"] = f"gave up after {contact_list.SEARCH_TIMEOUT_MS / 1000:g} s"
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--contacts", type=int, default=10_000_000)
@@ -106,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         operator_actions.lookup(ledger, emails[0])  # connection pool warmed
         lookup = timed(lambda: operator_actions.lookup(ledger, next(lookups)), len(emails))
         overview_seconds = timed(lambda: operator_actions.overview(ledger, reports_dir), 5)
+    pages = list_pages(ledger)
+    searched = searches(ledger)
     result = {
         "bench": "ui",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -115,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         "lookup_ms_p95": round(sorted(lookup)[int(len(lookup) * 0.95)] * 1000, 2),
         "overview_s_median": round(statistics.median(overview_seconds), 3),
         "overview_s_max": round(max(overview_seconds), 3),
+        **{f"list_ms_p95_{name}": p95_ms(seconds) for name, seconds in pages.items()},
+        "list_ms_p95_filtered_worst": max(p95_ms(s) for s in pages.values()),
+        **searched,
     }
     print(json.dumps(result))
     RESULTS.parent.mkdir(exist_ok=True)

@@ -164,7 +164,7 @@ def test_0004_keeps_the_data_and_the_ledger_works_after_it(engine, tmp_path):
         ["m-old"],
     )
     indexes = {ix["name"] for ix in inspect(engine).get_indexes("sent_contacts")}
-    assert "ix_sent_contacts_status" in indexes
+    assert "ix_sent_contacts_status_updated" in indexes  # 0012's; it replaced ix_sent_contacts_status
     operator_actions.suppress(ledger, ["old@example.com"], "t", "why")
     assert operator_actions.erase(ledger, "old@example.com", "t", "gdpr", [])["sent_contacts"] == 1
 

@@ -29,14 +29,23 @@ LAYERS = [
     },
     {"ledger", "migrations", "transports"},
     {"outcomes", "templates"},
-    {"pipeline", "hooks", "dropzone", "operator_actions", "report_task", "run_failure", "template_tools"},
+    {
+        "pipeline",
+        "hooks",
+        "dropzone",
+        "operator_actions",
+        "contact_list",
+        "report_task",
+        "run_failure",
+        "template_tools",
+    },
     {"web", "cli", "plugin", "airflow_provider"},
 ]
 LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}
 # Pure domain code: importable and testable without Airflow.
 WITHOUT_AIRFLOW = {
     *("vocabulary", "contacts", "greeting", "unsubscribe", "ledger", "transports", "outcomes"),
-    *("pipeline", "operator_actions", "dropzone", "report", "templates", "template_tools"),
+    *("pipeline", "operator_actions", "dropzone", "report", "templates", "template_tools", "contact_list"),
 }
 
 

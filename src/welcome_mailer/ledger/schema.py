@@ -44,7 +44,11 @@ sent_contacts = Table(
     Column("updated_at", DateTime, nullable=False),
     Column("source_line", Integer),  # the line of the owning run's file it came from (NULL: before 0004)
     Index("ix_sent_contacts_run_status_batch", "run_id", "status", "batch_no"),  # a run's contacts by state
-    Index("ix_sent_contacts_status", "status"),  # the UI's contacts per state: an index-only count
+    # The operator's list, paged by (updated_at, email): whole, by state, by run (migration 0012). The UI's
+    # contacts per state are an index-only count through ix_sent_contacts_run_status_batch.
+    Index("ix_sent_contacts_updated", "updated_at", "email"),
+    Index("ix_sent_contacts_status_updated", "status", "updated_at", "email"),
+    Index("ix_sent_contacts_run_updated", "run_id", "updated_at", "email"),
 )
 
 send_attempts = Table(

@@ -6,7 +6,7 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
-from welcome_mailer.web import events, health, ui, unsubscribe
+from welcome_mailer.web import contact_list, events, health, ui, unsubscribe
 
 
 def create_app() -> FastAPI:
@@ -15,4 +15,5 @@ def create_app() -> FastAPI:
     app.include_router(events.router)
     app.include_router(unsubscribe.router)
     ui.install(app)  # the ledger's pages: /ui/
+    app.include_router(contact_list.router)  # and its list of contacts: /ui/contacts
     return app

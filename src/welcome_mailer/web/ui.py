@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote, urlencode, urlsplit
@@ -30,19 +29,20 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from welcome_mailer import operator_actions
+from welcome_mailer import contact_list, operator_actions
 from welcome_mailer.ledger import Ledger
+from welcome_mailer.ledger.rules import RELEASED_AT
 from welcome_mailer.report import report_rows
 from welcome_mailer.settings import URL_PREFIX, Settings
+from welcome_mailer.web import times
 
 DAG_ID = "welcome_emails"
+ECHOED_MAX = 320  # characters of what was typed that a page shows back (an address has at most 320)
 SESSION_COOKIE = "_token"  # the api-server's login cookie (airflow.api_fastapi.auth.managers.base_auth_manager)
 
 router = APIRouter(prefix="/ui")
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
-templates.env.filters["when"] = lambda value: (
-    value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else (value or "")
-)
+templates.env.filters["when"] = times.when
 
 # Module-level, so tests can override them (app.dependency_overrides).
 can_read = requires_access_dag("GET", param_dag_id=DAG_ID)
@@ -78,7 +78,7 @@ def install(app: FastAPI) -> None:
         wants_html = "text/html" in request.headers.get("accept", "")
         path, root = request.url.path, _root(request)
         on_a_page = (path[len(root) :] if path.startswith(root) else path).startswith("/ui")
-        if exc.status_code in (401, 403) and wants_html and on_a_page:
+        if exc.status_code in (401, 403, 404) and wants_html and on_a_page:
             context = {"status": exc.status_code, "detail": exc.detail, "dag_id": DAG_ID, **_links(request)}
             return templates.TemplateResponse(request, "denied.html", context, status_code=exc.status_code)
         return await http_exception_handler(request, exc)
@@ -122,9 +122,40 @@ def check_post(request: Request, csrf: str) -> None:
         raise HTTPException(403, f"cross-origin request refused (from {urlsplit(origin).netloc})")
 
 
+def erased_sentence(removed: dict[str, int]) -> str:
+    """What ``operator_actions.erase`` removed, in words (it counts rows per table and lines of files)."""
+    emails = removed.get("send_attempts", 0)
+    parts = [
+        "the contact's address and name" if removed.get("sent_contacts") else "the address (not a contact)",
+        f"the record of {emails} email{'s' if emails != 1 else ''} sent to it" if emails else "",
+        "its staged rows of runs in progress" if removed.get("staged_contacts") else "",
+        "provider events about it" if removed.get("outcome_inbox") else "",
+        f"{removed['file lines']} line(s) of reports and kept files" if removed.get("file lines") else "",
+    ]
+    return (
+        f"erased: {', '.join(p for p in parts if p)} removed. Only a keyed hash is kept, so it is never emailed again."
+    )
+
+
+def same_address(typed: str, email: str) -> bool:
+    """The confirmation an action asks for instead of a browser dialog (the UI's frame is sandboxed
+    without allow-modals, so confirm() is ignored there): the address typed again, in any case."""
+    return bool(typed.strip()) and typed.strip().lower() == email.strip().lower()
+
+
 def _page(request: Request, template: str, **context) -> HTMLResponse:
     return templates.TemplateResponse(
-        request, template, {"csrf": csrf_token(request), "dag_id": DAG_ID, "quote": quote, **_links(request), **context}
+        request,
+        template,
+        {
+            "csrf": csrf_token(request),
+            "dag_id": DAG_ID,
+            "quote": quote,
+            "urlencode": urlencode,
+            "released_at": RELEASED_AT,
+            **_links(request),
+            **context,
+        },
     )
 
 
@@ -145,18 +176,33 @@ def contact(
         view = operator_actions.lookup(ledger, email, settings.data_roots)
     except operator_actions.InvalidEmail as exc:
         error = str(exc)
-    return _page(request, "contact.html", view=view, error=error, asked=email, notice=notice)
+    return _page(request, "contact.html", view=view, error=error, asked=email[:ECHOED_MAX], notice=notice)
+
+
+def known_run(run_id: str, ledger: LedgerDep) -> str:
+    """The path's run id, if it is a run of the DAG the ledger knows; else 404, before any file is read."""
+    if not contact_list.run_exists(ledger, run_id):
+        raise HTTPException(404, f"no run {run_id[:80]!r} in the ledger")
+    return run_id
+
+
+KnownRun = Annotated[str, Depends(known_run)]
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse, dependencies=Readers)
-def run(request: Request, run_id: str, settings: SettingsDep) -> HTMLResponse:
+def run(request: Request, run_id: KnownRun, ledger: LedgerDep, settings: SettingsDep) -> HTMLResponse:
     view = operator_actions.run_view(settings.reports_dir, run_id)
     rows = report_rows(view["report"]) if view["report"] else []
-    return _page(request, "run.html", view=view, rows=rows)
+    listed = f"{_root(request)}/ui/contacts?{urlencode({'run': run_id})}"
+    links = {"claimed by this run": listed}  # each count of the run's contacts: the list filtered to them
+    outcomes = (view["report"] or {}).get("outcomes", {})
+    links.update({f"outcome: {s}": f"{listed}&{urlencode({'state': s})}" for s in outcomes})
+    changed = contact_list.changed_since_report(ledger, run_id)
+    return _page(request, "run.html", view=view, rows=rows, links=links, changed=changed)
 
 
 @router.get("/runs/{run_id}/outcomes.csv", dependencies=Readers)
-def run_csv(run_id: str, ledger: LedgerDep) -> StreamingResponse:
+def run_csv(run_id: KnownRun, ledger: LedgerDep) -> StreamingResponse:
     filename = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
     return StreamingResponse(
         operator_actions.run_outcomes_csv(ledger, run_id),
@@ -181,10 +227,13 @@ def contact_action(
     email: Annotated[str, Form()],
     reason: Annotated[str, Form()],
     csrf: Annotated[str, Form()] = "",
+    confirm: Annotated[str, Form()] = "",
 ) -> RedirectResponse:
     check_post(request, csrf)
     actor = user.get_name()
     try:
+        if action == "erase" and not same_address(confirm, email):
+            raise ValueError("to erase, retype the address exactly in the confirmation field")
         if action == "suppress":
             counts = operator_actions.suppress(ledger, [email], actor, reason)
             notice = (
@@ -194,8 +243,8 @@ def contact_action(
             released = operator_actions.release(ledger, email, actor, reason)
             notice = "released: the next run that lists it retries it" if released else "not failed: nothing released"
         elif action == "erase":
-            removed = operator_actions.erase(ledger, email, actor, reason, operator_actions.kept_files(settings))
-            notice = "erased: " + ", ".join(f"{table} {n}" for table, n in removed.items())
+            kept = operator_actions.kept_files(settings)
+            notice = erased_sentence(operator_actions.erase(ledger, email, actor, reason, kept))
         else:
             raise HTTPException(404, f"no action {action!r}")
     except (operator_actions.InvalidEmail, operator_actions.EraseKeyMissing, ValueError) as exc:
