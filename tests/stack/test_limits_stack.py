@@ -37,7 +37,9 @@ def limited_stack(postgres_server, tmp_path):
             postgres=postgres_server,
             metadata_db=f"wm_stack_meta_{tag}",
             ledger_db=f"wm_stack_ledger_{tag}",
-            redis=f"redis://127.0.0.1:6379/{os.environ.get('WELCOME_MAILER_TEST_REDIS_DB', '9')}",
+            # A Redis database of its own: the session's shared stack (tests/stack/conftest.py) is up on the
+            # test database, and two stacks on one broker database take each other's tasks.
+            redis=f"redis://127.0.0.1:6379/{int(os.environ.get('WELCOME_MAILER_TEST_REDIS_DB', '9')) + 1}",
             api_port=free_port(),
             esp_port=free_port(),
             pool_slots=16,
