@@ -39,7 +39,7 @@ def limited_stack(postgres_server, tmp_path):
             ledger_db=f"wm_stack_ledger_{tag}",
             # A Redis database of its own: the session's shared stack (tests/stack/conftest.py) is up on the
             # test database, and two stacks on one broker database take each other's tasks.
-            redis=f"redis://127.0.0.1:6379/{int(os.environ.get('WELCOME_MAILER_TEST_REDIS_DB', '9')) + 1}",
+            redis=f"redis://127.0.0.1:6379/{int(os.environ.get('WELCOME_MAILER_TEST_REDIS_DB', '9')) + 2}",
             api_port=free_port(),
             esp_port=free_port(),
             pool_slots=16,

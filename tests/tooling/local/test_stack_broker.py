@@ -11,7 +11,8 @@ from sqlalchemy import create_engine, text
 
 from include.local.stack import Stack, StackConfig
 
-TEST_REDIS = "redis://127.0.0.1:6379/12"  # its own: the stack tests use 9, the bench 10, `make stack-up` 5
+# Its own broker database: the stack tests use 9 (the limits stack 11), the bench 10, `make stack-up` 5.
+TEST_REDIS = "redis://127.0.0.1:6379/12"
 
 
 @pytest.fixture
