@@ -94,7 +94,7 @@ def recovery(stack, run_ids: list[str], hit: dict, killed: datetime) -> tuple[fl
 
 def test_worker_killed_while_tasks_are_queued_and_again_while_they_run(stack):
     paths = overlapping_files(stack, "lost", runs=4, rows=400, seed=31)
-    with esp_faults(stack, latency_ms=150):  # slow sends: a wide window for the second kill
+    with esp_faults(stack, latency_ms=1000):  # slow sends: a wide window for the second kill
         with ThreadPoolExecutor(4) as pool:
             conf = [{"csv_path": str(path), **SMALL_TASKS} for path in paths]
             run_ids = list(pool.map(lambda c: stack.trigger("welcome_emails", c), conf))
@@ -113,9 +113,13 @@ def test_worker_killed_while_tasks_are_queued_and_again_while_they_run(stack):
 
         # 2. Tasks running: send tasks with their first messages out.
         def sending():
+            # The ESP's log first: after the other stack tests it is long and takes seconds to read, so
+            # the send tasks are looked at last, just before the kill (the other way round, they could
+            # finish while the log was read, and the kill found none running).
+            if not messages_for(stack, "lost"):
+                return False
             states = task_states(stack, run_ids)
-            running = {key for key, state in states.items() if key[1] == "send_batch" and state == "running"}
-            return running and messages_for(stack, "lost")
+            return {key for key, state in states.items() if key[1] == "send_batch" and state == "running"}
 
         wait_until(sending, 180, "a send task running with messages out")
         second_kill, hit_second = kill_the_worker(stack, run_ids)
