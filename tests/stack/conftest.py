@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -25,35 +23,37 @@ def _redis_available() -> bool:
         return False
 
 
-@contextmanager
-def running_stack(postgres_server, home, data, redis_db: int, data_roots: str, extra_env=()) -> Iterator[Stack]:
-    """A whole local stack on its own metadata and ledger databases and its own Redis database (two stacks on
-    one broker database would take each other's tasks), with ``data``, ``esp`` (a client of its mock ESP)."""
+@pytest.fixture(scope="session")
+def stack(postgres_server, tmp_path_factory, s3_server):
     if not _redis_available():
         if os.environ.get("CI") == "true":
             pytest.fail("Redis not reachable at 127.0.0.1:6379 (required under CI=true)")
         pytest.skip("Redis not reachable at 127.0.0.1:6379")
     tag = uuid.uuid4().hex[:8]
+    data = tmp_path_factory.mktemp("stack-data")
     stack = Stack(
         StackConfig(
-            home=home,
+            home=tmp_path_factory.mktemp("stack-home"),
             postgres=postgres_server,
             metadata_db=f"wm_stack_meta_{tag}",
             ledger_db=f"wm_stack_ledger_{tag}",
-            redis=f"redis://127.0.0.1:6379/{redis_db}",
+            # Its own Redis database: two stacks on one broker database would take each other's tasks.
+            redis=f"redis://127.0.0.1:6379/{os.environ.get('WELCOME_MAILER_TEST_REDIS_DB', '9')}",
             api_port=free_port(),
             esp_port=free_port(),
             pool_slots=8,
             admin_password=f"pw-{tag}",
-            data_roots=data_roots,
+            data_roots=f"{data}:{S3_ROOT}",
             dropzone=str(data / "dropzone"),
             dropzone_settle_seconds=2,
-            extra_env=tuple(extra_env),
+            # aws_default: the local S3 API; the templates folder: the test's own (tests/stack/test_templates_stack.py)
+            extra_env=(*s3_server.connection_env().items(), ("WELCOME_MAILER_TEMPLATES_DIR", str(data / "templates"))),
         )
     )
     try:
         stack.up(wait=240)
         stack.data = data
+        stack.s3 = s3_server
         stack.esp = httpx.Client(
             base_url=stack.config.esp_url, headers={"Authorization": f"Bearer {stack.config.esp_api_key}"}
         )
@@ -61,17 +61,3 @@ def running_stack(postgres_server, home, data, redis_db: int, data_roots: str, e
     finally:
         stack.down()
         stack.drop_databases()
-
-
-TEST_REDIS_DB = int(os.environ.get("WELCOME_MAILER_TEST_REDIS_DB", "9"))
-
-
-@pytest.fixture(scope="session")
-def stack(postgres_server, tmp_path_factory, s3_server):
-    data = tmp_path_factory.mktemp("stack-data")
-    # aws_default: the local S3 API; the templates folder: the test's own (tests/stack/test_templates_stack.py)
-    extra_env = (*s3_server.connection_env().items(), ("WELCOME_MAILER_TEMPLATES_DIR", str(data / "templates")))
-    home = tmp_path_factory.mktemp("stack-home")
-    with running_stack(postgres_server, home, data, TEST_REDIS_DB, f"{data}:{S3_ROOT}", extra_env) as stack:
-        stack.s3 = s3_server
-        yield stack

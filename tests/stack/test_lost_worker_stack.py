@@ -17,7 +17,6 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from include.tools.generate_contacts import generate_rows
-from tests.stack.conftest import TEST_REDIS_DB, running_stack
 from tests.stack.helpers import assert_proven_from_outside, esp_faults, messages_for, with_domain
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
@@ -25,16 +24,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.stack]
 RETRIED_WITHIN = 120  # seconds from the loss until every task it hit has started again (the promise)
 SUCCEEDED_WITHIN = RETRIED_WITHIN + 30  # ... and has succeeded (short tasks)
 SMALL_TASKS = {"batch_size": 25, "min_contacts_per_send_task": 50}  # several short send tasks per run
-
-
-@pytest.fixture(scope="module")
-def stack(postgres_server, tmp_path_factory):
-    """A stack of its own (Redis database 13): killing a worker, and the minutes of recovery measured
-    against a 2-minute bound, must not depend on what the session's shared stack went through before."""
-    data = tmp_path_factory.mktemp("lost-data")
-    home = tmp_path_factory.mktemp("lost-home")
-    with running_stack(postgres_server, home, data, TEST_REDIS_DB + 4, str(data)) as stack:
-        yield stack
 
 
 def overlapping_files(stack, domain: str, runs: int, rows: int, seed: int) -> list:
