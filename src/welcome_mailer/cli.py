@@ -169,7 +169,13 @@ def _suppressions(args: argparse.Namespace) -> int:
 def _template(args: argparse.Namespace) -> int:
     from welcome_mailer import template_tools
     from welcome_mailer.settings import Settings
-    from welcome_mailer.templates import RefusedMessage, TemplateError, list_templates, load_template
+    from welcome_mailer.templates import (
+        RefusedMessage,
+        TemplateError,
+        compile_template,
+        list_templates,
+        load_template,
+    )
     from welcome_mailer.unsubscribe import UnsubscribeSettings
 
     folder = args.folder or Settings.from_env().templates_dir
@@ -183,12 +189,13 @@ def _template(args: argparse.Namespace) -> int:
         return 2
     try:
         source = load_template(args.name, folder)
-        contact = (
-            template_tools.contact_at(args.file, args.line)
-            if args.file
-            else template_tools.sample_contact(args.contact_name, args.contact_email)
-        )
         unsubscribe = UnsubscribeSettings.from_env()
+        compiled = compile_template(source, unsubscribe)
+        contact = (
+            template_tools.contact_at(args.file, args.line, compiled)
+            if args.file
+            else template_tools.sample_contact(compiled, args.contact_name, args.contact_email)
+        )
         if args.action == "preview":
             shown = template_tools.preview(source, contact, unsubscribe)
             if shown.refused:

@@ -2,9 +2,14 @@
 
 The seed format is ``name, email, phone, street, city, state, zip`` with no header and ", " between fields.
 Real exports add a header row, quoted fields (names with commas), a BOM, CRLF, blank lines, short rows and
-extra columns; they are all accepted. Only name and email are used; every row ends up as exactly one of:
-a contact, a duplicate of an earlier contact (same normalised email; the first name wins), or a rejected
-row with a line number and a reason.
+extra columns; they are all accepted. Every row ends up as exactly one of: a contact, a duplicate of an
+earlier contact (same normalised email; the first name wins), or a rejected row with a line number and a
+reason.
+
+A contact is its name and email, plus the other columns a run's template uses (``fields``), and only
+those: a file's columns are named by its header (``column_variable``: "Zip Code" is ``zip_code``), or,
+without one, by the seed format (``FIXED_COLUMNS``). A run whose template uses no other column keeps
+none (the common case, and a million rows' worth of dictionaries not built).
 
 Pure Python: nothing here imports Airflow or touches a database.
 """
@@ -14,8 +19,10 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +30,9 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, valida
 
 MAX_NAME_LENGTH = 100
 MAX_EMAIL_LENGTH = 254
+MAX_FIELD_LENGTH = 200  # any other column a template uses (a street, a city): cut like a name
+# The columns of a file without a header, by position: the seed format.
+FIXED_COLUMNS = ("name", "email", "phone", "street", "city", "state", "zip")
 DEFAULT_CHUNK_SIZE = 50_000
 _SNIFF_BYTES = 1 << 20
 HEADER_EMAIL_NAMES = frozenset({"email", "e-mail", "email address", "e-mail address", "mail"})
@@ -40,6 +50,7 @@ _FAST_EMAIL = re.compile(
     r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}"
 )
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_COLUMN_SEPARATORS = re.compile(r"[\s-]+")
 
 
 @dataclass(slots=True)
@@ -49,6 +60,7 @@ class Contact:
     email: str
     name: str
     line_no: int
+    fields: dict[str, str] | None = None  # the other columns the run's template uses, those with a value
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +108,27 @@ def normalise_email(raw: str) -> str:
         raise InvalidEmail(f"invalid email: {exc}") from None
 
 
-def normalise_name(raw: str) -> str:
-    """Control characters become spaces, white space folds to one space, trimmed, cut to MAX_NAME_LENGTH."""
+def normalise_name(raw: str, limit: int = MAX_NAME_LENGTH) -> str:
+    """Control characters become spaces, white space folds to one space, trimmed, cut to ``limit``. Any
+    other column a template uses is kept the same way (``MAX_FIELD_LENGTH``)."""
     if not raw.isprintable():  # most names are: no control character to replace
         raw = _CONTROL_CHARACTERS.sub(" ", raw)
-    return " ".join(raw.split())[:MAX_NAME_LENGTH].rstrip()
+    return " ".join(raw.split())[:limit].rstrip()
+
+
+def column_variable(header: str) -> str:
+    """A header cell as a template's variable: trimmed, lower-case, each run of spaces and hyphens one
+    underscore ("Zip Code" and "zip-code": ``zip_code``)."""
+    return _COLUMN_SEPARATORS.sub("_", header.strip().lower())
+
+
+def encode_fields(fields: dict[str, str] | None) -> str | None:
+    """A contact's fields as the ledger keeps them (JSON text; None: none)."""
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":")) if fields else None
+
+
+def decode_fields(stored: str | None) -> dict[str, str] | None:
+    return json.loads(stored) if stored else None
 
 
 def detect_encoding(path: Path) -> tuple[str, str | None]:
@@ -132,12 +160,37 @@ class ContactReader:
         self.chunk_size = chunk_size
         self.stats = ParseStats()
         self._seen: set[str] = set()
+        self._detected: tuple[str, str | None] | None = None
+        self._wanted: tuple[str, ...] = ()  # the fields each contact keeps (chunks' argument) ...
+        self._fields: list[tuple[str, int]] = []  # ... and their column numbers, those the file has
 
     def __iter__(self) -> Iterator[Chunk]:
-        self.stats.encoding, self.stats.encoding_warning = detect_encoding(self.path)
+        return self.chunks()
+
+    def columns(self) -> tuple[str, ...]:
+        """The variables this file's rows can have: ``name``, ``email`` and its other columns, named by its
+        header (``column_variable``), or FIXED_COLUMNS without one. Reads the first record only."""
+        with self._open() as handle:
+            for row in csv.reader(handle, delimiter=",", skipinitialspace=True, strict=False):
+                if row and not (len(row) == 1 and not row[0].strip()):
+                    return tuple(_column_numbers(row))
+        return FIXED_COLUMNS
+
+    def chunks(self, fields: Sequence[str] = ()) -> Iterator[Chunk]:
+        """The file's chunks; each contact keeps the ``fields`` (variables, as ``columns`` names them) it
+        has a value for. A field the file has no column for is never a contact's."""
+        self._wanted, self._fields = tuple(fields), []
+        with self._open() as handle:
+            yield from self._chunks(handle)
+
+    @contextmanager
+    def _open(self) -> Iterator[Iterator[str]]:
+        if self._detected is None:
+            self._detected = detect_encoding(self.path)
+        self.stats.encoding, self.stats.encoding_warning = self._detected
         errors = "replace" if self.stats.encoding == "cp1252" else "strict"
         with self.path.open(encoding=self.stats.encoding, errors=errors, newline="") as handle:
-            yield from self._chunks(_without_nul(handle))
+            yield _without_nul(handle)
 
     def _chunks(self, text: io.TextIOBase | Iterator[str]) -> Iterator[Chunk]:
         reader = csv.reader(text, delimiter=",", skipinitialspace=True, strict=False)
@@ -159,10 +212,11 @@ class ContactReader:
                 continue  # a blank line; a row of empty fields is rejected below for its missing email
             if first_record:
                 first_record = False
-                header = _header_columns(row)
-                if header is not None:
+                numbers = _column_numbers(row)
+                self._fields = [(f, numbers[f]) for f in self._wanted if f in numbers]
+                if _header_columns(row) is not None:
                     self.stats.header_skipped = True
-                    name_col, email_col = header
+                    name_col, email_col = numbers["name"], numbers["email"]
                     continue
             self._take(chunk, row, line_no, name_col, email_col)
             if len(chunk.contacts) + len(chunk.rejected) >= self.chunk_size:
@@ -187,7 +241,11 @@ class ContactReader:
         self._seen.add(email)
         self.stats.contacts += 1
         name = normalise_name(row[name_col]) if len(row) > name_col else ""
-        chunk.contacts.append(Contact(email, name, line_no))
+        fields = None
+        if self._fields:
+            values = ((f, normalise_name(row[n], MAX_FIELD_LENGTH)) for f, n in self._fields if n < len(row))
+            fields = {f: value for f, value in values if value} or None
+        chunk.contacts.append(Contact(email, name, line_no, fields))
 
     def _reject(self, chunk: Chunk, line_no: int, reason: str, row: list[str] | str, counted: bool = False) -> None:
         if not counted:
@@ -207,6 +265,21 @@ def _header_columns(row: list[str]) -> tuple[int, int] | None:
         return None
     name_col = next((i for i, cell in enumerate(cells) if cell in HEADER_NAME_NAMES), 0)
     return name_col, email_col
+
+
+def _column_numbers(first_row: list[str]) -> dict[str, int]:
+    """variable -> column number, for a file whose first record is ``first_row``: its header's names
+    (``name`` and ``email`` the columns the parser reads them from; of two columns of one name, the
+    first), or FIXED_COLUMNS when it is a row of data."""
+    header = _header_columns(first_row)
+    if header is None:
+        return {variable: n for n, variable in enumerate(FIXED_COLUMNS)}
+    numbers = {"name": header[0], "email": header[1]}
+    for n, cell in enumerate(first_row):
+        variable = column_variable(cell)
+        if variable:
+            numbers.setdefault(variable, n)
+    return numbers
 
 
 def _without_nul(handle: io.TextIOBase) -> Iterator[str]:

@@ -78,24 +78,29 @@ def parse_file(
     (a local Path or an ObjectStoragePath). ``source`` names the file in the results when ``csv_path`` is
     a local copy of it (an object on object storage).
 
-    The run's ``template`` is checked first (raises TemplateError: nothing staged), then snapshot in the
-    ledger (the first snapshot of a run stands); a contact it cannot be rendered for is rejected."""
+    The run's ``template`` is checked first, its syntax and the columns it uses against the file's (raises
+    TemplateError: nothing stored), then snapshot in the ledger (the first snapshot of a run stands); each
+    contact keeps the other columns the snapshot uses, and one it cannot be rendered for is rejected."""
     started = time.time()
     unsubscribe = unsubscribe or UnsubscribeSettings.from_env()  # as the transports read it
-    templates.compile_template(template, unsubscribe)  # checked before anything is stored or read
-    message = templates.compile_template(templates.take_snapshot(ledger.engine, run_id, template), unsubscribe)
-    ledger.clear_stage(run_id)  # a retried parse starts over
-    ledger.record_source_file(run_id, source or str(csv_path))
     reader = ContactReader(csv_path, chunk_size)
+    shown_file = source or str(csv_path)
+    columns = reader.columns()
+    # Checked before anything is stored: a retried parse after the files were mended snapshots the mended one.
+    templates.compile_template(template, unsubscribe).check_columns(columns, shown_file)
+    message = templates.compile_template(templates.take_snapshot(ledger.engine, run_id, template), unsubscribe)
+    message.check_columns(columns, shown_file)  # a retried parse keeps the run's first snapshot
+    ledger.clear_stage(run_id)  # a retried parse starts over
+    ledger.record_source_file(run_id, shown_file)
     ensure_directory(rejected_csv.parent)
     with rejected_csv.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["line_no", "reason", "row"])
-        for chunk in reader:
+        for chunk in reader.chunks(message.columns):
             contacts, refused = message.screen(chunk.contacts)
             reader.stats.contacts -= len(refused)
             reader.stats.rejected += len(refused)
-            ledger.stage(run_id, contacts)
+            ledger.stage(run_id, contacts, with_fields=bool(message.columns))
             rejected = sorted(chunk.rejected + refused, key=attrgetter("line_no")) if refused else chunk.rejected
             writer.writerows((r.line_no, r.reason, r.raw) for r in rejected)
             log.info(
@@ -130,7 +135,9 @@ def claim_contacts(
     min_batch_contacts: int = 1,
 ) -> dict:
     started = time.time()
-    result = ledger.claim(run_id, batch_size, max_batches, retry_failed_after, min_batch_contacts)
+    # The contacts keep the other columns the run's template uses, for its sends and resends.
+    with_fields = bool(templates.for_run(ledger.engine, run_id, UnsubscribeSettings.from_env()).columns)
+    result = ledger.claim(run_id, batch_size, max_batches, retry_failed_after, min_batch_contacts, with_fields)
     log.info(
         "claimed %s of %s contacts (%s new, %s taken over); %s already contacted (of them %s failed less than "
         "%s ago: retried by a later run); %s held by other runs in progress (lease until %s); %s to send in %s "
@@ -230,14 +237,16 @@ def send_batch(
     (the result's ``quota_resumes_at``); it never becomes failed. Once the reputation ``guard`` stops the
     run (this task's check or another's), no further request goes out."""
     started = time.time()
-    attempts = ledger.start_attempts(run_id, batch_no, resend_unconfirmed=transport.idempotent)
+    # The run's snapshot, compiled once per process; unsubscribe_url as the transports read it.
+    message = templates.for_run(ledger.engine, run_id, unsubscribe or UnsubscribeSettings.from_env())
+    attempts = ledger.start_attempts(
+        run_id, batch_no, resend_unconfirmed=transport.idempotent, with_fields=bool(message.columns)
+    )
     accepted = refused = unconfirmed = throttled_requests = 0
     throttled: list[OutgoingAttempt] = []  # this pass's throttled attempts, for the next pass
     retry_after = 0.0
     quota_held: list[OutgoingAttempt] = []  # not sent: the quota is used up (QuotaExhausted)
     quota: QuotaExhausted | None = None
-    # The run's snapshot, compiled once per process; unsubscribe_url as the transports read it.
-    message = templates.for_run(ledger.engine, run_id, unsubscribe or UnsubscribeSettings.from_env())
 
     must_stop = guard_keeper(ledger, run_id, guard)
 
@@ -251,7 +260,7 @@ def send_batch(
                 return exc
         if not transport.idempotent:
             ledger.mark_dispatched(run_id, chunk)  # a lost reply now parks the chunk as unconfirmed, never resent
-        messages, unrendered = message.messages([(a.email, a.name, a.idempotency_key) for a in chunk])
+        messages, unrendered = message.messages([(a.email, a.name, a.idempotency_key, a.fields) for a in chunk])
         if not unrendered:
             return transport.send_batch(messages)
         # Never sent half-rendered: refused, like a provider's refusal (only a template whose need depends on

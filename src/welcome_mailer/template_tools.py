@@ -20,6 +20,7 @@ from welcome_mailer.contacts import Contact, ContactReader, InvalidEmail, normal
 from welcome_mailer.ledger import Ledger
 from welcome_mailer.ledger.schema import operator_actions
 from welcome_mailer.templates import (
+    CompiledTemplate,
     RefusedMessage,
     TemplateSource,
     compile_template,
@@ -45,10 +46,13 @@ class Preview:
     source_line: int | None = None
 
 
-def contact_at(path: Path | str, line_no: int) -> Contact:
-    """The contact the parser reads at ``line_no`` of a file (streamed: it stops there). Raises
-    LookupError when that line holds no valid contact."""
-    for chunk in ContactReader(path, chunk_size=1000):
+def contact_at(path: Path | str, line_no: int, template: CompiledTemplate) -> Contact:
+    """The contact the parser reads at ``line_no`` of a file (streamed: it stops there), with the columns
+    ``template`` uses. Raises TemplateError when the file lacks one of those columns, LookupError when
+    that line holds no valid contact."""
+    reader = ContactReader(path, chunk_size=1000)
+    template.check_columns(reader.columns(), str(path))
+    for chunk in reader.chunks(template.columns):
         for contact in chunk.contacts:
             if contact.line_no == line_no:
                 return contact
@@ -62,11 +66,13 @@ def contact_at(path: Path | str, line_no: int) -> Contact:
     )
 
 
-def sample_contact(name: str | None = None, email: str | None = None) -> Contact:
-    """Values typed by the operator (normalised as the parser would), or the sample ones."""
+def sample_contact(template: CompiledTemplate, name: str | None = None, email: str | None = None) -> Contact:
+    """Values typed by the operator (normalised as the parser would), or the sample ones; the sample
+    row's other columns (the seed format's) that ``template`` uses."""
     values = sample_values()
+    fields = {column: values[column] for column in template.columns if column in values} or None
     return Contact(
-        normalise_email(email or values["email"]), normalise_name(values["name"] if name is None else name), 0
+        normalise_email(email or values["email"]), normalise_name(values["name"] if name is None else name), 0, fields
     )
 
 
@@ -82,7 +88,7 @@ def preview(
     base = {"template": source.name, "version": source.version, "name": contact.name, "email": contact.email}
     base["source_line"] = contact.line_no or None
     try:
-        rendered = compiled.render(contact.email, contact.name, recipient)
+        rendered = compiled.render(contact.email, contact.name, recipient, contact.fields)
     except RefusedMessage as exc:
         return Preview(**base, refused=str(exc))
     return Preview(**base, subject=rendered.subject, text=rendered.text, html=rendered.html)

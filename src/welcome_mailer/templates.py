@@ -10,14 +10,17 @@ and the text body are not (they are not HTML). The subject is rendered as text a
 control character (CR, LF, tab, ...): nothing a template or a contact's value holds reaches a header as
 anything but the subject's text. The transports keep their own header guarantees on top.
 
-Variables: the contact's columns the parser keeps (``name``, ``email``), and ``unsubscribe_url`` when
-one-click unsubscribe is configured. An empty value is a missing one: ``{{ name }}`` for a contact
-without a name is refused (the row is rejected at parse, with the reason); ``{{ name | default("there") }}``
-greets them instead.
+Variables: every column of the contact's row: ``name`` and ``email`` as the parser normalised them, the
+file's other columns by their header's names (``contacts.column_variable``: "Zip Code" is ``zip_code``),
+or, in a file without a header, ``phone``, ``street``, ``city``, ``state``, ``zip``; and ``unsubscribe_url``
+when one-click unsubscribe is configured. The parser keeps, and the ledger carries to the sends and
+resends, only the columns the template uses (``CompiledTemplate.columns``). An empty value is a missing
+one: ``{{ name }}`` for a contact without a name is refused (the row is rejected at parse, with the
+reason); ``{{ name | default("there") }}`` greets them instead.
 
-Checked before anything is sent (``compile_template``): a syntax error (file and line) and a variable no
-contact can have fail the run at parse. Compiled once per process and content (cached by content hash).
-Pure code: no Airflow import.
+Checked before anything is sent: a syntax error (file and line) fails ``compile_template``, a column the
+contact file does not have fails ``check_columns`` (file and line), both at parse. Compiled once per
+process and content (cached by content hash). Pure code: no Airflow import.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from welcome_mailer.unsubscribe import UnsubscribeSettings, unsubscribe_url
 from welcome_mailer.vocabulary import utcnow
 
 BUILTIN = "welcome"
-# The columns of a contact the parser keeps (welcome_mailer.contacts.Contact): what a template may use.
+# The columns every contact has (welcome_mailer.contacts.Contact); any other variable is a column of the file.
 CONTACT_VARIABLES = ("name", "email")
 UNSUBSCRIBE_VARIABLE = "unsubscribe_url"
 SUBJECT_FILE, TEXT_FILE, HTML_FILE = "subject.txt", "body.txt", "body.html"
@@ -147,55 +150,71 @@ class Rendered:
 
 
 class CompiledTemplate:
-    """A template ready to render, checked: its syntax, and that every variable it uses is one a contact
-    can have. Make it with ``compile_template`` (cached)."""
+    """A template ready to render, its syntax checked. Make it with ``compile_template`` (cached); check
+    it against a contact file's columns with ``check_columns``."""
 
     def __init__(self, source: TemplateSource, unsubscribe: UnsubscribeSettings) -> None:
         self.source = source
         self.unsubscribe = unsubscribe
-        available = set(CONTACT_VARIABLES) | ({UNSUBSCRIBE_VARIABLE} if unsubscribe.enabled else set())
         parts = [(SUBJECT_FILE, source.subject, _TEXT_ENV), (TEXT_FILE, source.text, _TEXT_ENV)]
         if source.html is not None:
             parts.append((HTML_FILE, source.html, _HTML_ENV))
         compiled: dict[str, _Part] = {}
         self.variables: set[str] = set()
+        self._uses: list[tuple[str, str, set[str]]] = []  # (where, content, variables) of each part
         for filename, content, env in parts:
             where = f"{source.origin}/{filename}" if source.origin != "built-in" else f"{source.name} ({filename})"
             try:
                 tree = env.parse(content)
-                used = meta.find_undeclared_variables(tree)
+                # Jinja's own globals (range, dict, ...) are found by the same walk: they are no column.
+                used = meta.find_undeclared_variables(tree) - set(env.globals)
                 compiled[filename] = _Part(env.from_string(content), _segments(tree), bool(env.autoescape))
             except TemplateSyntaxError as exc:
                 raise TemplateError(f"{where}, line {exc.lineno}: {exc.message}") from None
-            unknown = sorted(used - available)
-            if unknown:
-                line = _line_of(content, unknown[0])
-                hint = (
-                    "" if unsubscribe.enabled else f" ({UNSUBSCRIBE_VARIABLE} needs one-click unsubscribe configured)"
-                )
+            if UNSUBSCRIBE_VARIABLE in used and not unsubscribe.enabled:
                 raise TemplateError(
-                    f"{where}, line {line}: no contact has a value for {', '.join(unknown)}; "
-                    f"a template may use {', '.join(sorted(available))}{hint}"
+                    f"{where}, line {_line_of(content, UNSUBSCRIBE_VARIABLE)}: no contact has a value for "
+                    f"{UNSUBSCRIBE_VARIABLE}: it needs one-click unsubscribe configured"
                 )
             self.variables |= used
+            self._uses.append((where, content, used))
+        # The other columns of the contact's row it uses: what the parser keeps and the ledger carries.
+        self.columns = tuple(sorted(self.variables - {*CONTACT_VARIABLES, UNSUBSCRIBE_VARIABLE}))
         self._subject, self._text, self._html = compiled[SUBJECT_FILE], compiled[TEXT_FILE], compiled.get(HTML_FILE)
         self._needs_unsubscribe = UNSUBSCRIBE_VARIABLE in self.variables
-        self._screened: dict[bool, str | None] = {}  # has a name -> why such a contact is refused (None: fine)
+        # (has a name, the fields it has) -> why such a contact is refused (None: fine)
+        self._screened: dict[tuple[bool, frozenset[str]], str | None] = {}
 
-    def context(self, email: str, name: str, recipient: str | None = None) -> dict[str, str]:
-        """The variables of one contact; an empty value is left out (a missing value). ``recipient``: where
-        the message goes when it is not the contact (a test send): the unsubscribe link is theirs."""
-        values = {"email": email}
+    def check_columns(self, columns: Sequence[str], file: str) -> None:
+        """Raises TemplateError, naming the template's file and line, when it uses a column the contact
+        file (``file``, whose rows can have ``columns``: ``ContactReader.columns``) does not have."""
+        for where, content, used in self._uses:
+            unknown = sorted(used - {*columns, UNSUBSCRIBE_VARIABLE})
+            if unknown:
+                raise TemplateError(
+                    f"{where}, line {_line_of(content, unknown[0])}: no contact has a value for "
+                    f"{', '.join(unknown)}: {file} has no such column (its columns: {', '.join(columns)})"
+                )
+
+    def context(
+        self, email: str, name: str, recipient: str | None = None, fields: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """The variables of one contact (``fields``: its other columns); an empty value is left out (a
+        missing value). ``recipient``: where the message goes when it is not the contact (a test send):
+        the unsubscribe link is theirs."""
+        values = {**fields, "email": email} if fields else {"email": email}
         if name:
             values["name"] = name
         if self._needs_unsubscribe:
             values[UNSUBSCRIBE_VARIABLE] = unsubscribe_url(recipient or email, self.unsubscribe)
         return values
 
-    def render(self, email: str, name: str, recipient: str | None = None) -> Rendered:
+    def render(
+        self, email: str, name: str, recipient: str | None = None, fields: dict[str, str] | None = None
+    ) -> Rendered:
         """Raises RefusedMessage: a value the template needs is missing, or the subject holds a control
         character."""
-        values = self.context(email, name, recipient)
+        values = self.context(email, name, recipient, fields)
         try:
             subject = self._subject.render(values)
             text = self._text.render(values)
@@ -210,13 +229,13 @@ class CompiledTemplate:
 
     def refusal(self, contact: Contact) -> str | None:
         """Why this contact's message cannot be rendered (None: it can). The variables a contact has are
-        its non-empty columns: the email always, the name or not. The answer for one contact with a name
-        and one without stands for the others of their kind; a template whose need depends on a value's
-        content (``{% if name == ... %}``) is refused per message at send time."""
-        key = bool(contact.name)
+        its non-empty columns: the email always, the name and each field or not. The answer for one
+        contact stands for the others with the same columns filled; a template whose need depends on a
+        value's content (``{% if name == ... %}``) is refused per message at send time."""
+        key = (bool(contact.name), frozenset(contact.fields or ()))
         if key not in self._screened:
             try:
-                self.render(contact.email, contact.name)
+                self.render(contact.email, contact.name, fields=contact.fields)
                 self._screened[key] = None
             except RefusedMessage as exc:
                 self._screened[key] = str(exc)
@@ -235,16 +254,21 @@ class CompiledTemplate:
                 rejected.append(RejectedRow(contact.line_no, reason, f"{contact.name}, {contact.email}"))
         return kept, rejected
 
-    def message(self, to: str, name: str, idempotency_key: str) -> OutgoingMessage:
-        rendered = self.render(to, name)
+    def message(
+        self, to: str, name: str, idempotency_key: str, fields: dict[str, str] | None = None
+    ) -> OutgoingMessage:
+        rendered = self.render(to, name, fields=fields)
         return OutgoingMessage(to, rendered.subject, rendered.text, idempotency_key, name, rendered.html)
 
-    def messages(self, recipients: Sequence[tuple[str, str, str]]) -> tuple[list[OutgoingMessage], dict[int, str]]:
-        """(to, name, idempotency key) -> the messages that could be rendered, and the refusals by position."""
+    def messages(
+        self, recipients: Sequence[tuple[str, str, str, dict[str, str] | None]]
+    ) -> tuple[list[OutgoingMessage], dict[int, str]]:
+        """(to, name, idempotency key, fields) -> the messages that could be rendered, and the refusals by
+        position."""
         messages, refused = [], {}
-        for n, (to, name, key) in enumerate(recipients):
+        for n, (to, name, key, fields) in enumerate(recipients):
             try:
-                messages.append(self.message(to, name, key))
+                messages.append(self.message(to, name, key, fields))
             except RefusedMessage as exc:
                 refused[n] = str(exc)
         return messages, refused
@@ -314,10 +338,14 @@ class _Welcome(CompiledTemplate):
     """The built-in text, rendered by ``greeting.welcome_text``: the same bytes as its template (a test
     proves it), at the cost of an f-string: a million messages are not slowed by Jinja's machinery."""
 
-    def render(self, email: str, name: str, recipient: str | None = None) -> Rendered:
+    def render(
+        self, email: str, name: str, recipient: str | None = None, fields: dict[str, str] | None = None
+    ) -> Rendered:
         return Rendered(SUBJECT, welcome_text(name))
 
-    def message(self, to: str, name: str, idempotency_key: str) -> OutgoingMessage:
+    def message(
+        self, to: str, name: str, idempotency_key: str, fields: dict[str, str] | None = None
+    ) -> OutgoingMessage:
         return OutgoingMessage(to, SUBJECT, welcome_text(name), idempotency_key, name)
 
     def screen(self, contacts: list[Contact]) -> tuple[list[Contact], list[RejectedRow]]:
@@ -344,8 +372,16 @@ def _line_of(content: str, variable: str) -> int:
 
 
 def sample_values() -> dict[str, str]:
-    """Values for a preview without a file."""
-    return {"name": "Ada Lovelace", "email": "ada@example.com"}
+    """Values for a preview without a file: a row of the seed format (FIXED_COLUMNS)."""
+    return {
+        "name": "Ada Lovelace",
+        "email": "ada@example.com",
+        "phone": "+44 20 7946 0000",
+        "street": "12 St James's Square",
+        "city": "London",
+        "state": "Greater London",
+        "zip": "SW1Y 4JH",
+    }
 
 
 # -- one version per run --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import email
 import email.policy
+import json
 import time
 
 import pytest
@@ -15,7 +16,7 @@ from tests.support.runs import finish
 from tests.support.smtp_relay import FROM_EMAIL, launch_relay
 from tests.support.templates import write_template
 from welcome_mailer import pipeline
-from welcome_mailer.ledger import staged_contacts
+from welcome_mailer.ledger import sent_contacts, staged_contacts
 from welcome_mailer.ledger.schema import run_templates
 from welcome_mailer.templates import TemplateError, load_template
 from welcome_mailer.transports.http import HttpEmailProvider
@@ -138,7 +139,10 @@ def test_the_run_keeps_its_snapshot_when_the_files_change_mid_run(ledger, start_
         (None, r"unknown template 'spring'"),
         (("Hi\n", "Hi {{ name }\n"), r"spring/body\.txt, line 1"),
         (("Hi\n", "ok\n", "<p>\n{% for x in %}\n"), r"spring/body\.html, line 2"),
-        (("Hi {{ phone }}\n", "ok\n"), r"spring/subject\.txt, line 1: no contact has a value for phone"),
+        (
+            ("Hi {{ shoe_size }}\n", "ok\n"),
+            r"spring/subject\.txt, line 1: no contact has a value for shoe_size: \S*contacts\.csv has no such column",
+        ),
     ],
 )
 def test_a_template_that_cannot_be_used_fails_the_parse_before_anything_is_staged(
@@ -180,3 +184,87 @@ def test_a_contact_without_a_name_is_staged_with_an_empty_name(ledger):
     with ledger.engine.connect() as conn:
         rows = conn.execute(select(staged_contacts.c.email, staged_contacts.c.name).order_by(staged_contacts.c.email))
         assert [tuple(r) for r in rows] == [("ann@example.com", "Ann"), ("nameless@example.com", "")]
+
+
+CITIES = ["San Diego", "Paris", "Zoë's <Town>", "Lyon, Rhône"]
+
+
+@pytest.mark.parametrize("header", [False, True])
+def test_each_contact_gets_their_own_columns_in_sends_and_resends(ledger, start_esp, tmp_path, header):
+    """{{ city }} and {{ zip_code }} (a header's name; ``zip`` in the seed format): each message carries its
+    own row's values, resends of blocked contacts too (they render from the ledger); a row without a city
+    is rejected with the reason; nothing else of the row is kept."""
+    zip_variable = "zip_code" if header else "zip"
+    folder = tmp_path / "templates"
+    write_template(
+        folder, "local", "Hello {{ city }}", f"Hi {{{{ name }}}} of {{{{ city }}}} {{{{ {zip_variable} }}}}\n"
+    )
+    rows = [
+        (f"User {i}", f"user{i}@example.com", f"555-{i}", f"{i} Main St", CITIES[i % 4], "CA", f"9{i:04}")
+        for i in range(80)
+    ]
+    lines = [", ".join(f'"{v}"' for v in row) + "\n" for row in rows]
+    lines[5] = '"No City", nocity@example.com, 555, 1 Main St, "", CA, 90000\n'
+    head = "Name, Email, Phone, Street, City, State, Zip Code\n" if header else ""
+    path = tmp_path / "contacts.csv"
+    path.write_text(head + "".join(lines))
+    esp = start_esp(hold_rate=0, blocked_rate=0.3, delivered_rate=0.7, bounced_rate=0, seed=11)
+    with HttpEmailProvider(esp.url, esp.api_key) as client:
+        parsed = parse_claim_send(ledger, client, "run", path, tmp_path, load_template("local", folder))
+        finish(ledger, client, "run")
+    assert parsed["rejected"] == 1
+    [rejected] = list(csv.DictReader((tmp_path / "run-rejected.csv").open()))
+    assert rejected["line_no"] == str(6 + header) and "missing value ('city' is undefined)" in rejected["reason"]
+    expected_rows = {row[1]: row for n, row in enumerate(rows) if n != 5}
+    messages = esp.messages()
+    assert len(messages) > len(expected_rows), "blocked contacts were resent"
+    assert {m["to"] for m in messages} == set(expected_rows)
+    for message in messages:
+        name, _, _, _, city, _, zip_code = expected_rows[message["to"]]
+        assert (message["subject"], message["text"]) == (f"Hello {city}", f"Hi {name} of {city} {zip_code}")
+    with ledger.engine.connect() as conn:
+        kept = [json.loads(f) for f in conn.execute(select(sent_contacts.c.fields)).scalars()]
+    assert len(kept) == len(expected_rows) and all(set(f) == {"city", zip_variable} for f in kept), "only what it uses"
+
+
+def test_a_template_of_name_and_email_writes_no_fields(ledger, start_esp, contacts, folder, tmp_path):
+    path, names = contacts
+    esp = start_esp(hold_rate=0, delivered_rate=1.0, bounced_rate=0, blocked_rate=0)
+    with HttpEmailProvider(esp.url, esp.api_key) as client:
+        for run_id, template in (
+            ("spring", load_template("spring", folder)),
+            ("welcome", load_template("welcome", None)),
+        ):
+            path.write_text("".join(f'"{n}", {run_id}-{e}\n' for n, e in names.items()))
+            ledger.renew_lease(run_id)
+            pipeline.parse_file(ledger, run_id, path, tmp_path / "rejected.csv", template=template)
+            with ledger.engine.connect() as conn:
+                staged = conn.execute(select(staged_contacts.c.fields).where(staged_contacts.c.run_id == run_id))
+                assert set(staged.scalars()) == {None}
+            for batch in pipeline.claim_contacts(ledger, run_id, 20, 1024)["batches"]:
+                pipeline.send_batch(ledger, client, run_id, batch, 20)
+    with ledger.engine.connect() as conn:
+        assert set(conn.execute(select(sent_contacts.c.fields)).scalars()) == {None}
+        assert conn.execute(select(func.count()).select_from(sent_contacts)).scalar_one() == 2 * len(names)
+
+
+def test_a_column_the_file_lacks_fails_before_anything_is_stored(ledger, tmp_path):
+    folder = tmp_path / "templates"
+    write_template(folder, "local", "Hello\n", "Line one\n{{ company }}\n")
+    path = tmp_path / "contacts.csv"
+    path.write_text("Email, Name, Company Name\nann@example.com, Ann, Acme\n")
+    ledger.renew_lease("run")
+    with pytest.raises(
+        TemplateError,
+        match=r"local/body\.txt, line 2: no contact has a value for company: "
+        r"\S*contacts\.csv has no such column \(its columns: name, email, company_name\)",
+    ):
+        pipeline.parse_file(ledger, "run", path, tmp_path / "rejected.csv", template=load_template("local", folder))
+    with ledger.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(staged_contacts)).scalar_one() == 0
+        assert conn.execute(select(func.count()).select_from(run_templates)).scalar_one() == 0
+    write_template(folder, "local", "Hello\n", "Line one\n{{ company_name }}\n")  # mended, the parse retried
+    parsed = pipeline.parse_file(
+        ledger, "run", path, tmp_path / "rejected.csv", template=load_template("local", folder)
+    )
+    assert parsed["contacts"] == 1

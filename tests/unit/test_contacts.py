@@ -10,9 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from welcome_mailer.contacts import (
+    FIXED_COLUMNS,
+    MAX_FIELD_LENGTH,
     MAX_NAME_LENGTH,
     ContactReader,
     InvalidEmail,
+    column_variable,
     normalise_email,
     normalise_name,
 )
@@ -60,6 +63,48 @@ def test_header_gives_the_column_order(tmp_path):
     contacts, _, stats = read(tmp_path, "email, full name\nann@example.com, Ann Lee\n")
     assert stats.header_skipped
     assert [(c.email, c.name) for c in contacts] == [("ann@example.com", "Ann Lee")]
+
+
+def test_a_file_without_a_header_has_the_seed_formats_columns(tmp_path):
+    path = tmp_path / "contacts.csv"
+    path.write_text(
+        "David Smith, david@example.com, 555-555-5555, 12345 Anywhere St, San Diego, CA, 92101\n"
+        "Short Row, short@example.com, 555\n"
+        "Blank City, blank@example.com, 1, 2 Main St,   \t , NY, 10001, extra\n"
+    )
+    reader = ContactReader(path)
+    assert reader.columns() == FIXED_COLUMNS
+    contacts = [c for chunk in reader.chunks(("city", "zip")) for c in chunk.contacts]
+    assert [(c.email, c.fields) for c in contacts] == [
+        ("david@example.com", {"city": "San Diego", "zip": "92101"}),
+        ("short@example.com", None),  # neither column: no fields, a missing value for the template
+        ("blank@example.com", {"zip": "10001"}),  # white space only is a missing value
+    ]
+
+
+def test_a_header_names_the_columns_and_only_the_asked_ones_are_kept(tmp_path):
+    path = tmp_path / "contacts.csv"
+    path.write_text(
+        "\ufeffE-mail, Full Name, Zip Code, Company-Name, City, city\n"
+        'ann@example.com, Ann, 10001, "Acme,\x07 Inc", Paris, Lyon\n'
+        f"bob@example.com, Bob, {'9' * 300}\n"
+    )
+    reader = ContactReader(path)
+    assert reader.columns() == ("name", "email", "e_mail", "full_name", "zip_code", "company_name", "city")
+    contacts = [c for chunk in reader.chunks(("company_name", "city", "zip_code")) for c in chunk.contacts]
+    assert [(c.email, c.name) for c in contacts] == [("ann@example.com", "Ann"), ("bob@example.com", "Bob")]
+    # Normalised as names are (control characters, white space); the first of two columns of one name.
+    assert contacts[0].fields == {"company_name": "Acme, Inc", "city": "Paris", "zip_code": "10001"}
+    assert contacts[1].fields == {"zip_code": "9" * MAX_FIELD_LENGTH}
+    assert all(c.fields is None for chunk in ContactReader(path) for c in chunk.contacts), "none asked, none kept"
+
+
+@pytest.mark.parametrize(("header", "variable"), [
+    ("Zip Code", "zip_code"), (" ZIP-code ", "zip_code"), ("first  name", "first_name"), ("e-mail", "e_mail"),
+    ("city", "city"), ("Straße", "straße"),
+])  # fmt: skip
+def test_column_variable(header, variable):
+    assert column_variable(header) == variable
 
 
 def test_duplicates_keep_the_first_name_and_are_counted(tmp_path):

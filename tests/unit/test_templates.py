@@ -8,7 +8,7 @@ import pytest
 from jinja2 import StrictUndefined
 
 from tests.support.templates import write_template
-from welcome_mailer.contacts import Contact
+from welcome_mailer.contacts import FIXED_COLUMNS, Contact
 from welcome_mailer.greeting import SUBJECT, welcome_text
 from welcome_mailer.templates import (
     BUILTIN,
@@ -122,10 +122,48 @@ def test_a_syntax_error_names_the_file_and_line(tmp_path):
         compile_template(load_template("broken-html", tmp_path))
 
 
-def test_a_variable_no_contact_has_fails_with_its_line(tmp_path):
-    write_template(tmp_path, "phone", "Hi\n", "Hi {{ name }}\nCall {{ phone }}\n")
-    with pytest.raises(TemplateError, match=r"phone/body\.txt, line 2: no contact has a value for phone"):
-        compile_template(load_template("phone", tmp_path))
+def test_a_column_the_file_lacks_fails_with_its_line(tmp_path):
+    write_template(tmp_path, "shoes", "Hi\n", "Hi {{ name }}\nYour size: {{ shoe_size }}\n{{ city }}")
+    compiled = compile_template(load_template("shoes", tmp_path))  # any column may exist: the file says
+    assert compiled.columns == ("city", "shoe_size")
+    compiled.check_columns(("name", "email", "city", "shoe_size"), "shoes.csv")
+    with pytest.raises(
+        TemplateError,
+        match=r"shoes/body\.txt, line 2: no contact has a value for shoe_size: c\.csv has no such column "
+        r"\(its columns: name, email, phone, street, city, state, zip\)",
+    ):
+        compiled.check_columns(FIXED_COLUMNS, "c.csv")
+
+
+def test_jinjas_own_globals_are_no_column():
+    compiled = compile_template(TemplateSource("t", "Hi", "{% for i in range(2) %}{{ city }}{% endfor %}"))
+    assert compiled.columns == ("city",)
+
+
+def test_every_column_of_the_row_is_a_variable():
+    source = TemplateSource("t", "{{ name }} in {{ city }}", "{{ street }}, {{ zip }} {{ city }} ({{ phone }})")
+    compiled = compile_template(source, None)
+    fields = {"city": "San Diego", "street": "1 Main St", "zip": "92101", "phone": "555"}
+    rendered = compiled.render("a@example.com", "Ann", fields=fields)
+    assert (rendered.subject, rendered.text) == ("Ann in San Diego", "1 Main St, 92101 San Diego (555)")
+    message = compiled.message("a@example.com", "Ann", "k", {**fields, "city": "Paris"})
+    assert message.subject == "Ann in Paris"
+    with pytest.raises(RefusedMessage, match="'zip' is undefined"):
+        compiled.render("a@example.com", "Ann", fields={"city": "x", "street": "y", "phone": "z"})
+
+
+def test_screen_rejects_a_row_without_a_column_the_template_needs():
+    compiled = compile_template(TemplateSource("t", "Hi", "{{ city }} {{ zip | default('-') }}"))
+    contacts = [
+        Contact("a@example.com", "Ann", 2, {"city": "Paris"}),
+        Contact("b@example.com", "Bob", 3, {"zip": "1"}),
+        Contact("c@example.com", "", 4, {"city": "Lyon", "zip": "2"}),
+        Contact("d@example.com", "Dee", 5),
+    ]
+    kept, rejected = compiled.screen(contacts)
+    assert [c.email for c in kept] == ["a@example.com", "c@example.com"]
+    assert [r.line_no for r in rejected] == [3, 5]
+    assert all("missing value ('city' is undefined)" in r.reason for r in rejected)
 
 
 def test_unsubscribe_url_only_when_configured():
@@ -157,7 +195,7 @@ def test_screen_rejects_the_contacts_a_template_cannot_greet():
 def test_messages_refuse_per_message_and_keep_order():
     """A need that depends on a value's content is only found at send time: that message is refused."""
     compiled = compile_template(TemplateSource("t", "Hi", "{% if email == 'x@example.com' %}{{ name }}{% endif %}ok"))
-    messages, refused = compiled.messages([("a@example.com", "", "k1"), ("x@example.com", "", "k2")])
+    messages, refused = compiled.messages([("a@example.com", "", "k1", None), ("x@example.com", "", "k2", None)])
     assert [(m.to, m.text, m.idempotency_key) for m in messages] == [("a@example.com", "ok", "k1")]
     assert list(refused) == [1] and "name" in refused[1]
 

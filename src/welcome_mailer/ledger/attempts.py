@@ -9,6 +9,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, exists, select, update
 
+from welcome_mailer.contacts import decode_fields
 from welcome_mailer.ledger import bulk
 from welcome_mailer.ledger.queries import MATCH_CHUNK, chunks, latest_attempt, lock_contacts
 from welcome_mailer.ledger.rules import (
@@ -31,6 +32,7 @@ class OutgoingAttempt:
     email: str
     name: str
     attempt: int
+    fields: dict[str, str] | None = None  # the other columns the run's template uses (start_attempts)
 
     @property
     def idempotency_key(self) -> str:
@@ -49,7 +51,9 @@ class Attempts:
     """Recording attempts and the provider's acceptance (part of ``Ledger``)."""
 
     # -- sending ------------------------------------------------------------------------------------
-    def start_attempts(self, run_id: str, batch_no: int, resend_unconfirmed: bool = True) -> list[OutgoingAttempt]:
+    def start_attempts(
+        self, run_id: str, batch_no: int, resend_unconfirmed: bool = True, with_fields: bool = False
+    ) -> list[OutgoingAttempt]:
         """Record a new attempt for every claimed contact of the batch (a resend, or a failed contact listed
         again: new contacts got theirs from ``claim``), then return every attempt of the batch that is
         recorded but not confirmed.
@@ -57,7 +61,8 @@ class Attempts:
         Attempts an earlier try recorded (a retried task, a crashed run taken over) are returned again when
         ``resend_unconfirmed`` (the transport is idempotent: the same key cannot make a second email).
         Otherwise those that were dispatched (``mark_dispatched``) become ``unconfirmed`` and are never
-        sent again automatically; those never handed over are returned."""
+        sent again automatically; those never handed over are returned. ``with_fields``: with each
+        contact's fields (the run's template uses other columns than name and email)."""
         now = utcnow()
         in_batch = and_(sent_contacts.c.run_id == run_id, sent_contacts.c.batch_no == batch_no)
         with self.engine.begin() as conn:
@@ -83,13 +88,16 @@ class Attempts:
                     for email, attempt in started
                 ],
             )
+            columns = [sent_contacts.c.email, sent_contacts.c.name, sent_contacts.c.attempts]
             rows = conn.execute(
-                select(sent_contacts.c.email, sent_contacts.c.name, sent_contacts.c.attempts)
+                select(*columns, *((sent_contacts.c.fields,) if with_fields else ()))
                 .select_from(sent_contacts.join(send_attempts, latest_attempt()))
                 .where(in_batch, sent_contacts.c.status == SENDING)
                 .where(send_attempts.c.status.in_(UNRECORDED_ATTEMPT_STATES))  # not those already accepted
                 .order_by(sent_contacts.c.email)
             ).all()
+        if with_fields:
+            return [OutgoingAttempt(email, name, attempt, decode_fields(f)) for email, name, attempt, f in rows]
         return [OutgoingAttempt(email, name, attempt) for email, name, attempt in rows]
 
     @staticmethod

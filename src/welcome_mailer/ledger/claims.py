@@ -10,7 +10,7 @@ from operator import attrgetter
 
 from sqlalchemy import and_, case, delete, exists, func, literal, or_, select, text, update
 
-from welcome_mailer.contacts import Contact
+from welcome_mailer.contacts import Contact, encode_fields
 from welcome_mailer.ledger import bulk
 from welcome_mailer.ledger.queries import MATCH_CHUNK, batch_no_of, batch_size_for, chunks, number_batches
 from welcome_mailer.ledger.rules import (
@@ -88,20 +88,21 @@ class Claims:
         with self.engine.begin() as conn:
             conn.execute(delete(staged_contacts).where(staged_contacts.c.run_id == run_id))
 
-    def stage(self, run_id: str, contacts: Sequence[Contact]) -> None:
-        """Bulk-load one chunk of a run's contacts."""
+    def stage(self, run_id: str, contacts: Sequence[Contact], with_fields: bool = False) -> None:
+        """Bulk-load one chunk of a run's contacts; ``with_fields``: their fields too (the run's template
+        uses other columns than name and email)."""
         if not contacts:
             return
         # In key order, consecutive rows land on neighbouring index pages: faster to load, the sort
         # included, than rows in file order.
         contacts = sorted(contacts, key=attrgetter("email"))
+        columns = ("run_id", "email", "name", "line_no")
         with self.engine.begin() as conn:
-            bulk.load_rows(
-                conn,
-                staged_contacts,
-                ("run_id", "email", "name", "line_no"),
-                [(run_id, c.email, c.name, c.line_no) for c in contacts],
-            )
+            if with_fields:
+                rows = [(run_id, c.email, c.name, c.line_no, encode_fields(c.fields)) for c in contacts]
+                bulk.load_rows(conn, staged_contacts, (*columns, "fields"), rows)
+            else:
+                bulk.load_rows(conn, staged_contacts, columns, [(run_id, c.email, c.name, c.line_no) for c in contacts])
 
     # -- claiming -----------------------------------------------------------------------------------
     def claim(
@@ -111,6 +112,7 @@ class Claims:
         max_batches: int,
         retry_failed_after: timedelta = timedelta(0),
         min_batch_contacts: int = 1,
+        with_fields: bool = False,
     ) -> ClaimResult:
         """Take responsibility for this run's staged contacts that nobody else has, in one transaction.
 
@@ -120,7 +122,8 @@ class Claims:
         numbered into batches (one per send task): at most ``max_batches``, and no more than one per
         ``min_batch_contacts`` contacts. Safe to repeat (a retried task) and safe against other runs
         claiming at the same time: the insert skips conflicts, and the take-over re-checks ownership row
-        by row.
+        by row. ``with_fields``: the run's template uses other columns of the row: each contact claimed
+        keeps the staged ones (``sent_contacts.fields``) for its sends and resends.
         """
         now = utcnow()
         staged = select(staged_contacts.c.email).where(staged_contacts.c.run_id == run_id)
@@ -144,6 +147,7 @@ class Claims:
                         staged_contacts.c.email,
                         batch_size_for(staged_count, batch_size, max_batches, min_batch_contacts),
                     ),
+                    *((staged_contacts.c.fields,) if with_fields else ()),
                 )
                 .where(staged_contacts.c.run_id == run_id)
                 .where(~exists().where(sent_contacts.c.email == staged_contacts.c.email))
@@ -154,6 +158,7 @@ class Claims:
             columns = [
                 *("email", "name", "status", "attempts", "claim_attempts", "run_id", "created_at", "updated_at"),
                 *("source_line", "batch_no"),
+                *(("fields",) if with_fields else ()),
             ]
             inserted = conn.execute(
                 bulk.dialect_insert(conn, sent_contacts).from_select(columns, new_rows).on_conflict_do_nothing()
@@ -168,7 +173,7 @@ class Claims:
                 taken_over, held, held_until, owned, failed_recently = 0, 0, None, inserted, 0
             else:
                 taken_over, held, held_until, owned, failed_recently = self._take_over(
-                    conn, run_id, staged, now, retry_failed_after
+                    conn, run_id, staged, now, retry_failed_after, with_fields
                 )
             to_send, size, batches = number_batches(
                 conn,
@@ -183,7 +188,7 @@ class Claims:
         )
 
     @staticmethod
-    def _take_over(conn, run_id: str, staged, now: datetime, retry_failed_after: timedelta):
+    def _take_over(conn, run_id: str, staged, now: datetime, retry_failed_after: timedelta, with_fields: bool):
         """claim's rules for the staged contacts the ledger already knows: take over those of dead runs and
         failed ones due again. Returns (taken over, held by live runs, their latest lease expiry, owned by
         this run, failed too recently)."""
@@ -208,6 +213,16 @@ class Claims:
             .order_by(sent_contacts.c.email)
             .with_for_update(of=sent_contacts)
         )
+
+        def staged_value(column):
+            return (
+                select(column)
+                .where(staged_contacts.c.run_id == run_id, staged_contacts.c.email == sent_contacts.c.email)
+                .scalar_subquery()
+            )
+
+        # This run sends them now, with its template: the fields it uses, from its file.
+        fields = {"fields": staged_value(staged_contacts.c.fields)} if with_fields else {}
         taken_over = conn.execute(
             update(sent_contacts)
             .where(sent_contacts.c.email.in_(in_key_order))
@@ -216,9 +231,8 @@ class Claims:
                 updated_at=now,
                 status=case((relisted_failed, CLAIMED), else_=sent_contacts.c.status),
                 claim_attempts=case((relisted_failed, 0), else_=sent_contacts.c.claim_attempts),
-                source_line=select(staged_contacts.c.line_no)
-                .where(staged_contacts.c.run_id == run_id, staged_contacts.c.email == sent_contacts.c.email)
-                .scalar_subquery(),
+                source_line=staged_value(staged_contacts.c.line_no),
+                **fields,
             )
         ).rowcount
         if taken_over:

@@ -43,6 +43,9 @@ sent_contacts = Table(
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
     Column("source_line", Integer),  # the line of the owning run's file it came from (NULL: before 0004)
+    # The other columns of its row the owning run's template uses, JSON (contacts.encode_fields), for its
+    # sends and resends: NULL when the template uses none (migration 0013).
+    Column("fields", Text),
     Index("ix_sent_contacts_run_status_batch", "run_id", "status", "batch_no"),  # a run's contacts by state
     # The operator's list, paged by (updated_at, email): whole, by state, by run (migration 0012). The UI's
     # contacts per state are an index-only count through ix_sent_contacts_run_status_batch.
@@ -88,6 +91,7 @@ staged_contacts = Table(
     Column("email", String(320), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("line_no", Integer, nullable=False),
+    Column("fields", Text),  # as sent_contacts.fields
 )
 
 outcome_inbox = Table(

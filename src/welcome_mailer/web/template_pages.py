@@ -22,7 +22,14 @@ from welcome_mailer import template_tools
 from welcome_mailer.contacts import Contact
 from welcome_mailer.run_files import InvalidCsvPath, resolve_csv_path
 from welcome_mailer.settings import Settings
-from welcome_mailer.templates import RefusedMessage, TemplateError, list_templates, load_template
+from welcome_mailer.templates import (
+    RefusedMessage,
+    TemplateError,
+    TemplateSource,
+    compile_template,
+    list_templates,
+    load_template,
+)
 from welcome_mailer.transports import EmailProvider
 from welcome_mailer.unsubscribe import UnsubscribeSettings
 from welcome_mailer.web.ui import LedgerDep, Readers, SettingsDep, _page, _root, can_edit, check_post
@@ -45,15 +52,24 @@ TransportDep = Annotated[EmailProvider, Depends(get_transport)]
 UnsubscribeDep = Annotated[UnsubscribeSettings, Depends(get_unsubscribe)]
 
 
-def _contact(settings: Settings, csv_path: str, line: int, name: str | None, email: str | None) -> Contact:
-    """The row of a file (inside the data roots), or the typed or sample values. Raises ValueError,
-    LookupError (the message says what is wrong)."""
+def _contact(
+    settings: Settings,
+    source: TemplateSource,
+    unsubscribe: UnsubscribeSettings,
+    csv_path: str,
+    line: int,
+    name: str | None,
+    email: str | None,
+) -> Contact:
+    """The row of a file (inside the data roots), or the typed or sample values, with the columns the
+    template uses. Raises TemplateError, ValueError, LookupError (the message says what is wrong)."""
+    template = compile_template(source, unsubscribe)
     if not csv_path.strip():
-        return template_tools.sample_contact(name, email)
+        return template_tools.sample_contact(template, name, email)
     path = resolve_csv_path(csv_path, settings.data_roots)
     if not isinstance(path, Path):
         raise InvalidCsvPath("a preview reads a local file: copy the object into a local data root")
-    return template_tools.contact_at(path, line)
+    return template_tools.contact_at(path, line, template)
 
 
 @router.get("/templates", response_class=HTMLResponse, dependencies=Readers)
@@ -71,7 +87,7 @@ def templates_page(
     shown, error = None, None
     try:
         source = load_template(name, settings.templates_dir)
-        contact = _contact(settings, csv_path, line, contact_name, contact_email)
+        contact = _contact(settings, source, unsubscribe, csv_path, line, contact_name, contact_email)
         shown = template_tools.preview(source, contact, unsubscribe)
     except (TemplateError, ValueError, LookupError, OSError) as exc:
         error = str(exc)
@@ -111,7 +127,7 @@ async def test_send(
 
     def send() -> str:
         source = load_template(name, settings.templates_dir)
-        contact = _contact(settings, csv_path, line, contact_name, contact_email)
+        contact = _contact(settings, source, unsubscribe, csv_path, line, contact_name, contact_email)
         sent = template_tools.test_send(ledger, transport, source, contact, to, user.get_name(), unsubscribe)
         if sent["provider_message_id"] is None:
             return f"test send to {sent['to']} refused by the provider: {sent['error']}"
