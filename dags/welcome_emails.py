@@ -198,7 +198,8 @@ def welcome_emails():
         rejected_csv = run_directory(reports_dir, run_id) / REJECTED_CSV
         try:
             csv_path = resolve_csv_path(params["csv_path"], SETTINGS.data_roots)
-            template = load_template(params.get("template") or "welcome", SETTINGS.templates_dir)
+            templates_folder = location(SETTINGS.templates_dir, SETTINGS.storage_conn_id)  # a directory or a URI
+            template = load_template(params.get("template") or "welcome", templates_folder)
             ledger = LedgerHook().get_conn()
             ledger.renew_lease(run_id)
             # An object on object storage is parsed from a local copy (storage.local_copy says why).

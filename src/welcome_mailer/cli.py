@@ -169,6 +169,7 @@ def _suppressions(args: argparse.Namespace) -> int:
 def _template(args: argparse.Namespace) -> int:
     from welcome_mailer import template_tools
     from welcome_mailer.settings import Settings
+    from welcome_mailer.storage import location
     from welcome_mailer.templates import (
         RefusedMessage,
         TemplateError,
@@ -178,7 +179,8 @@ def _template(args: argparse.Namespace) -> int:
     )
     from welcome_mailer.unsubscribe import UnsubscribeSettings
 
-    folder = args.folder or Settings.from_env().templates_dir
+    settings = Settings.from_env()
+    folder = location(args.folder or settings.templates_dir, settings.storage_conn_id)  # a directory or a URI
     if args.action == "list":
         for source in list_templates(folder):
             parts = "subject, text" + (", html" if source.html is not None else "")

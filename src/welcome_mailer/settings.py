@@ -12,7 +12,7 @@
 | WELCOME_MAILER_DROPZONE | the drop folder (incoming/, processing/, archive/, failed/) | ``<home>/data/dropzone`` |
 | WELCOME_MAILER_DROPZONE_SCHEDULE | how often contacts_dropzone looks for files (cron) | every minute |
 | WELCOME_MAILER_DROPZONE_SETTLE_SECONDS | a file unchanged this long is finished | 10 |
-| WELCOME_MAILER_TEMPLATES_DIR | one directory per template (docs/templates.md) | ``<home>/templates`` |
+| WELCOME_MAILER_TEMPLATES_DIR | one directory per template (docs/templates.md), or a URI | ``<home>/templates`` |
 | WELCOME_MAILER_ERASE_KEY | the secret key of erased addresses' hashes, the same everywhere | none: no erasing |
 
 Without a ``contacts_db`` connection, the embedded default (``make run``, ``make events``, the operator
@@ -42,6 +42,12 @@ def home(environ: Mapping[str, str] | None = None) -> Path:
     return Path(base).expanduser().resolve()
 
 
+def templates_location(raw: str) -> Path | str:
+    """The templates folder: a local directory (``~`` expanded), or an object-storage URI as text."""
+    location = root_location(raw, resolve=False)
+    return location.expanduser() if isinstance(location, Path) else location
+
+
 def local_data(environ: Mapping[str, str] | None = None) -> Path:
     """``<home>/data``: the embedded default's ledger (``ledger.db``) and erase key (``erase_key``), beside
     the reports and the drop folder's default places."""
@@ -65,7 +71,7 @@ class Settings:
     erase_key: bytes | None = field(default=None, repr=False)  # a secret: never in logs
     storage_conn_id: str = "aws_default"
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT
-    templates_dir: Path | None = None  # None: only the built-in template
+    templates_dir: Path | str | None = None  # a URI (text) puts the templates on object storage; None: built-in only
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -89,5 +95,5 @@ class Settings:
             erase_key=env["WELCOME_MAILER_ERASE_KEY"].encode() if env.get("WELCOME_MAILER_ERASE_KEY") else None,
             storage_conn_id=env.get("WELCOME_MAILER_STORAGE_CONN_ID", "aws_default"),
             requests_in_flight=requests_in_flight,
-            templates_dir=Path(env.get("WELCOME_MAILER_TEMPLATES_DIR") or base / "templates").expanduser(),
+            templates_dir=templates_location(env.get("WELCOME_MAILER_TEMPLATES_DIR") or str(base / "templates")),
         )

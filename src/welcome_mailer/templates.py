@@ -1,7 +1,8 @@
 """The operator's welcome email: templates of a subject, a plain-text body and an optional HTML body.
 
 A template is a directory under the templates folder (``WELCOME_MAILER_TEMPLATES_DIR``, default
-``<home>/templates``) holding ``subject.txt``, ``body.txt`` and optionally ``body.html``; its name is the
+``<home>/templates``; a local directory, or a prefix on object storage like the data roots, opened by the
+caller with ``storage.location``) holding ``subject.txt``, ``body.txt`` and optionally ``body.html``; its name is the
 directory's. ``welcome`` is built in (the case study's "Hi {name}, Welcome!", subject "Welcome!"); a
 ``welcome`` directory in the folder replaces it.
 
@@ -31,6 +32,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jinja2
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
@@ -42,6 +44,7 @@ from welcome_mailer.contacts import Contact, RejectedRow
 from welcome_mailer.greeting import SUBJECT, welcome_text
 from welcome_mailer.ledger import bulk
 from welcome_mailer.ledger.schema import run_templates
+from welcome_mailer.storage import describe
 from welcome_mailer.transports import OutgoingMessage
 from welcome_mailer.unsubscribe import UnsubscribeSettings, unsubscribe_url
 from welcome_mailer.vocabulary import utcnow
@@ -92,11 +95,18 @@ class TemplateSource:
 WELCOME = TemplateSource(BUILTIN, SUBJECT, 'Hi {{ name | default("there") }}, Welcome!')
 
 
-def templates_folder(folder: Path | str | None) -> Path | None:
-    return Path(folder) if folder else None
+# The templates folder: a local path, or an ObjectStoragePath (storage.location; Airflow's, so not named
+# here), read through the same pathlib calls.
+Folder = Any
 
 
-def list_templates(folder: Path | str | None) -> list[TemplateSource]:
+def templates_folder(folder: Folder) -> Folder:
+    if not folder:
+        return None
+    return Path(folder) if isinstance(folder, str) else folder
+
+
+def list_templates(folder: Folder) -> list[TemplateSource]:
     """Every template: the folder's directories that hold a subject and a text body, and the built-in
     ``welcome`` unless the folder replaces it. Sorted by name."""
     found: dict[str, TemplateSource] = {BUILTIN: WELCOME}
@@ -108,7 +118,7 @@ def list_templates(folder: Path | str | None) -> list[TemplateSource]:
     return [found[name] for name in sorted(found)]
 
 
-def load_template(name: str, folder: Path | str | None) -> TemplateSource:
+def load_template(name: str, folder: Folder) -> TemplateSource:
     """The template ``name`` from the folder (or the built-in ``welcome``). Raises TemplateError."""
     if not name or not _NAME.fullmatch(name):
         raise TemplateError(f"template name {name!r}: letters, digits, '_', '.', '-' only (a directory name)")
@@ -125,10 +135,10 @@ def load_template(name: str, folder: Path | str | None) -> TemplateSource:
     html = _read(directory / HTML_FILE) if (directory / HTML_FILE).is_file() else None
     # A subject file ends with a line break (editors add one): the subject is its text without it.
     subject = _read(directory / SUBJECT_FILE).strip()
-    return TemplateSource(name, subject, _read(directory / TEXT_FILE), html, origin=str(directory))
+    return TemplateSource(name, subject, _read(directory / TEXT_FILE), html, origin=describe(str(directory)))
 
 
-def _read(path: Path) -> str:
+def _read(path) -> str:
     if path.stat().st_size > MAX_FILE_BYTES:
         raise TemplateError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
     try:

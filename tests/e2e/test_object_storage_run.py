@@ -80,3 +80,29 @@ def test_a_missing_bucket_inside_the_allow_list_fails_at_once(migrated_airflow_h
     assert result.state == "failed"
     assert "does not exist: no such bucket or key" in result.output
     assert esp.messages() == []
+
+
+def test_the_templates_folder_on_s3_picks_the_operators_template(
+    migrated_airflow_home, workspace, start_esp, s3_server
+):
+    """WELCOME_MAILER_TEMPLATES_DIR on the bucket, like the data roots: the run renders the template read
+    from there, with each contact's own city (the mock ESP's log)."""
+    from tests.support.templates import write_template
+
+    esp = start_esp(hold_rate=0)
+    local = write_template(workspace / "upload", "spring", "Hello {{ city }}\n", "Hi {{ name }} of {{ city }}\n")
+    for part in local.iterdir():
+        s3_server.upload(BUCKET, f"templates/spring/{part.name}", part)
+    path = workspace / "data" / "c.csv"
+    path.write_text("".join(f"Person {i}, p{i}@example.com, 555, 1 Main St, Town {i}, CA, 90000\n" for i in range(20)))
+    connection, _ = sqlite_ledger(workspace)
+    env = {**storage_env(workspace, s3_server), "WELCOME_MAILER_TEMPLATES_DIR": f"s3://{BUCKET}/templates"}
+    del env["WELCOME_MAILER_REPORTS_DIR"]  # the report stays local, for the test to read
+    result = run_welcome(migrated_airflow_home, workspace, esp, connection, str(path), env, template="spring")
+    assert result.state == "success", result.output[-3000:]
+    assert result.report["template"] == "spring" and result.report["rejected"] == 0
+    messages = esp.messages()
+    assert {m["to"] for m in messages} == {f"p{i}@example.com" for i in range(20)}
+    for m in messages:
+        n = m["to"][1:].split("@")[0]
+        assert (m["subject"], m["text"]) == (f"Hello Town {n}", f"Hi Person {n} of Town {n}")

@@ -80,3 +80,51 @@ def test_denied_access_is_refused_with_the_connection_to_check(s3_denying_server
     denied = pytest.raises(InvalidCsvPath, match=f"access denied .*connection '{DENIED_CONN_ID}'")
     with denied, readable_csv("s3://wm-any/incoming/a.csv", DENIED_CONN_ID):
         pytest.fail("no local copy without access")
+
+
+def test_the_templates_folder_may_be_on_object_storage(s3, ledger, start_esp, tmp_path, monkeypatch, capsys):
+    """WELCOME_MAILER_TEMPLATES_DIR=s3://...: the templates are listed, loaded and snapshot from the bucket,
+    named without the connection id, and a run renders each contact's own values from them."""
+    from tests.support.templates import write_template
+    from welcome_mailer import cli, pipeline
+    from welcome_mailer.settings import Settings
+    from welcome_mailer.templates import TemplateError, list_templates, load_template
+    from welcome_mailer.transports.http import HttpEmailProvider
+
+    local = write_template(tmp_path / "upload", "spring", "Hello {{ city }}\n", "Hi {{ name }} of {{ city }}\n")
+    for part in local.iterdir():
+        s3.upload("wm-templates", f"folder/spring/{part.name}", part)
+    monkeypatch.setenv("WELCOME_MAILER_TEMPLATES_DIR", f"s3://{CONN_ID}@wm-templates/folder")
+    settings = Settings.from_env()
+    assert settings.templates_dir == f"s3://{CONN_ID}@wm-templates/folder"
+    folder = location(settings.templates_dir, settings.storage_conn_id)
+    assert [t.name for t in list_templates(folder)] == ["spring", "welcome"]
+    spring = load_template("spring", folder)
+    assert (spring.subject, spring.text, spring.origin) == (
+        "Hello {{ city }}",
+        "Hi {{ name }} of {{ city }}\n",
+        "s3://wm-templates/folder/spring",
+    )
+    assert spring.hash == load_template("spring", local.parent).hash, "the same content, the same version"
+    with pytest.raises(TemplateError, match="unknown template 'autumn'"):
+        load_template("autumn", folder)
+
+    assert cli.main(["template", "list"]) == 0
+    assert f"spring\t{spring.version}\tsubject, text\ts3://wm-templates/folder/spring" in capsys.readouterr().out
+
+    path = tmp_path / "contacts.csv"
+    path.write_text(
+        "".join(f"User {i}, u{i}@example.com, 555, {i} Main St, City {i}, CA, 9{i:04}\n" for i in range(30))
+    )
+    esp = start_esp(hold_rate=0, delivered_rate=1.0, bounced_rate=0, blocked_rate=0)
+    ledger.renew_lease("run")
+    parsed = pipeline.parse_file(ledger, "run", path, tmp_path / "rejected.csv", template=spring)
+    assert parsed["template_hash"] == spring.hash
+    with HttpEmailProvider(esp.url, esp.api_key) as client:
+        for batch in pipeline.claim_contacts(ledger, "run", 10, 1024)["batches"]:
+            pipeline.send_batch(ledger, client, "run", batch, 10)
+    messages = esp.messages()
+    assert len(messages) == 30
+    for message in messages:
+        n = message["to"][1:].split("@")[0]
+        assert (message["subject"], message["text"]) == (f"Hello City {n}", f"Hi User {n} of City {n}")

@@ -48,6 +48,15 @@ def test_data_roots_may_hold_object_storage_uris_next_to_directories(monkeypatch
     assert settings.reports_dir == "s3://contacts/reports"
 
 
+def test_the_templates_folder_may_be_an_object_storage_uri(tmp_path):
+    on_s3 = Settings.from_env({"WELCOME_MAILER_TEMPLATES_DIR": "s3://bucket/templates", "HOME": str(tmp_path)})
+    assert on_s3.templates_dir == "s3://bucket/templates"
+    local = Settings.from_env({"WELCOME_MAILER_TEMPLATES_DIR": "~/mine", "HOME": str(tmp_path)})
+    assert local.templates_dir == Path("~/mine").expanduser()
+    default = Settings.from_env({"WELCOME_MAILER_HOME": str(tmp_path)})
+    assert default.templates_dir == tmp_path.resolve() / "templates"
+
+
 def test_requests_in_flight_per_send_task_default_to_four_and_must_be_positive():
     assert Settings.from_env({}).requests_in_flight == 4
     assert Settings.from_env({"WELCOME_MAILER_REQUESTS_IN_FLIGHT": "1"}).requests_in_flight == 1

@@ -22,6 +22,7 @@ from welcome_mailer import template_tools
 from welcome_mailer.contacts import Contact
 from welcome_mailer.run_files import InvalidCsvPath, resolve_csv_path
 from welcome_mailer.settings import Settings
+from welcome_mailer.storage import location
 from welcome_mailer.templates import (
     RefusedMessage,
     TemplateError,
@@ -50,6 +51,11 @@ def get_unsubscribe() -> UnsubscribeSettings:
 
 TransportDep = Annotated[EmailProvider, Depends(get_transport)]
 UnsubscribeDep = Annotated[UnsubscribeSettings, Depends(get_unsubscribe)]
+
+
+def _folder(settings: Settings):
+    """The templates folder: a local directory, or an ObjectStoragePath."""
+    return location(settings.templates_dir, settings.storage_conn_id)
 
 
 def _contact(
@@ -86,7 +92,7 @@ def templates_page(
 ) -> HTMLResponse:
     shown, error = None, None
     try:
-        source = load_template(name, settings.templates_dir)
+        source = load_template(name, _folder(settings))
         contact = _contact(settings, source, unsubscribe, csv_path, line, contact_name, contact_email)
         shown = template_tools.preview(source, contact, unsubscribe)
     except (TemplateError, ValueError, LookupError, OSError) as exc:
@@ -94,7 +100,7 @@ def templates_page(
     return _page(
         request,
         "templates.html",
-        templates=list_templates(settings.templates_dir),
+        templates=list_templates(_folder(settings)),
         folder=settings.templates_dir,
         chosen=name,
         csv_path=csv_path,
@@ -126,7 +132,7 @@ async def test_send(
     check_post(request, csrf)
 
     def send() -> str:
-        source = load_template(name, settings.templates_dir)
+        source = load_template(name, _folder(settings))
         contact = _contact(settings, source, unsubscribe, csv_path, line, contact_name, contact_email)
         sent = template_tools.test_send(ledger, transport, source, contact, to, user.get_name(), unsubscribe)
         if sent["provider_message_id"] is None:
