@@ -241,11 +241,11 @@ class ContactReader:
         self._seen.add(email)
         self.stats.contacts += 1
         name = normalise_name(row[name_col]) if len(row) > name_col else ""
-        fields = None
-        if self._fields:
-            values = ((f, normalise_name(row[n], MAX_FIELD_LENGTH)) for f, n in self._fields if n < len(row))
-            fields = {f: value for f, value in values if value} or None
-        chunk.contacts.append(Contact(email, name, line_no, fields))
+        if not self._fields:  # most templates: nothing more to keep (this is the path a million rows take)
+            chunk.contacts.append(Contact(email, name, line_no))
+            return
+        values = ((f, normalise_name(row[n], MAX_FIELD_LENGTH)) for f, n in self._fields if n < len(row))
+        chunk.contacts.append(Contact(email, name, line_no, {f: value for f, value in values if value} or None))
 
     def _reject(self, chunk: Chunk, line_no: int, reason: str, row: list[str] | str, counted: bool = False) -> None:
         if not counted:

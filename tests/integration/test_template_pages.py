@@ -173,3 +173,28 @@ def test_cli_lists_previews_and_test_sends(setup, ledger, ledger_url, monkeypatc
     assert (message["to"], message["subject"]) == ("me@example.com", "Spring, Tess!")
     with ledger.engine.connect() as conn:
         assert conn.execute(select(operator_actions.c.actor, operator_actions.c.action)).one()[1] == "test_send"
+
+
+def test_the_preview_renders_a_rows_columns_and_names_a_missing_one(setup, ledger_url, monkeypatch, capsys, tmp_path):
+    """CLI and UI: a template using {{ city }} previewed for a row of a file (its fifth column), for the
+    sample values (a seed-format row), and refused for a file without such a column."""
+    if not ledger_url.startswith("sqlite"):
+        pytest.skip("no ledger involved: one backend is enough")
+    client, _, _, _, settings = setup
+    write_template(settings.templates_dir, "local", "Hi {{ city }}\n", "{{ name }} of {{ street }}, {{ city }}\n")
+    seed = tmp_path / "seed.csv"
+    seed.write_text("Ann Lee, ann@example.com, 555, 1 Main St, Paris, IDF, 75001\n")
+    monkeypatch.setenv("WELCOME_MAILER_TEMPLATES_DIR", str(settings.templates_dir))
+    assert cli.main(["template", "preview", "local", "--file", str(seed)]) == 0
+    assert "Subject: Hi Paris\n\nAnn Lee of 1 Main St, Paris" in capsys.readouterr().out
+    assert cli.main(["template", "preview", "local"]) == 0
+    assert "Subject: Hi London\n\nAda Lovelace of 12 St James's Square, London" in capsys.readouterr().out
+    headed = tmp_path / "headed.csv"
+    headed.write_text("Email, Name, Town\nann@example.com, Ann, Paris\n")
+    assert cli.main(["template", "preview", "local", "--file", str(headed), "--line", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "local/subject.txt, line 1: no contact has a value for city" in err and "name, email, town" in err
+    page = client.get("/ui/templates", params={"name": "local", "csv_path": str(seed), "line": 1}).text
+    assert "Ann Lee of 1 Main St, Paris" in page
+    page = client.get("/ui/templates", params={"name": "local", "csv_path": str(headed), "line": 2}).text
+    assert "no contact has a value for city" in page
