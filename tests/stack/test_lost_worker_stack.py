@@ -8,12 +8,16 @@ Without them the first kind waited over 10 minutes (the default timeout 600 s, c
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
+import psutil
 import pytest
+import redis
 from sqlalchemy import create_engine, text
 
 from include.tools.generate_contacts import generate_rows
@@ -62,10 +66,20 @@ def wait_until(condition, timeout: float, what: str, poll: float = 0.3):
     pytest.fail(f"not within {timeout:.0f} s: {what}")
 
 
-def kill_the_worker(stack, run_ids: list[str]) -> tuple[datetime, dict]:
+def freeze_the_pool(stack) -> None:
+    """SIGSTOP every process of the worker but its main one: the main process goes on taking tasks from the
+    broker and handing them to its (frozen) pool, so the tasks it takes stay queued, held, never started."""
+    leader = stack.pid("worker")
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if process.pid != leader and os.getpgid(process.pid) == leader:
+                process.suspend()
+
+
+def kill_the_worker(stack, run_ids: list[str], finding: str) -> tuple[datetime, dict]:
     """SIGKILL the worker's process group (no warm shutdown, nothing acknowledged), start a new one 3 s on.
     Returns when it was killed, and the task instances it took with it: those still queued or running
-    after the kill (nothing else moves them while no worker runs)."""
+    after the kill (nothing else moves them while no worker runs), among them one `finding` (its state)."""
     try:
         stack.stop("worker", sig=signal.SIGKILL)
         killed = datetime.now(UTC)
@@ -73,6 +87,7 @@ def kill_the_worker(stack, run_ids: list[str]) -> tuple[datetime, dict]:
         time.sleep(max(0.0, 3 - (datetime.now(UTC) - killed).total_seconds()))
     finally:
         stack.start("worker")  # whatever happened: the tests after this one need a worker
+    assert finding in hit.values(), f"the kill must find tasks {finding}: {hit}"
     return killed, hit
 
 
@@ -92,50 +107,68 @@ def recovery(stack, run_ids: list[str], hit: dict, killed: datetime) -> tuple[fl
     return (max(restarts) - killed).total_seconds(), succeeded
 
 
-def test_worker_killed_while_tasks_are_queued_and_again_while_they_run(stack):
-    paths = overlapping_files(stack, "lost", runs=4, rows=400, seed=31)
-    with esp_faults(stack, latency_ms=1000):  # slow sends: a wide window for the second kill
-        with ThreadPoolExecutor(4) as pool:
-            conf = [{"csv_path": str(path), **SMALL_TASKS} for path in paths]
-            run_ids = list(pool.map(lambda c: stack.trigger("welcome_emails", c), conf))
+def held_by_the_broker(stack) -> int:
+    """Messages the broker has handed to a worker and not had acknowledged (Kombu's Redis transport keeps
+    them in its `unacked` hash): with late acknowledgement, the tasks a worker runs and those it holds."""
+    return redis.Redis.from_url(stack.config.redis).hlen("unacked")
 
-        # 1. Tasks queued: handed to the worker (reserved, or starting) but not running yet. parse has no
-        # retries (a bad file fails fast), so the kill waits until every parse is done.
-        def queued_after_every_parse():
-            states = task_states(stack, run_ids)
-            parsed = all(states.get((run, "parse", -1)) == "success" for run in run_ids)
-            queued = {key for key, state in states.items() if state == "queued"}
-            return parsed and queued
 
-        wait_until(queued_after_every_parse, 120, "a task queued after every parse")
-        first_kill, hit_first = kill_the_worker(stack, run_ids)
-        assert "queued" in hit_first.values(), f"the kill must find tasks queued: {hit_first}"
+def assert_recovered(stack, run_ids: list[str], killed: datetime, hit: dict, state: str, domain: str, paths) -> None:
+    """Every task instance the kill hit was retried and succeeded in time, every run succeeded, and no
+    contact got two emails."""
+    retried, succeeded = recovery(stack, run_ids, hit, killed)
+    finished = [stack.wait_for_run("welcome_emails", run_id, timeout=180) for run_id in run_ids]
+    print(
+        f"\nkill while tasks are {state}: {len(hit)} tasks hit ({sorted({key[1] for key in hit})}); all had "
+        f"started again {retried:.0f} s after the kill, and succeeded {succeeded:.0f} s after it"
+    )
+    assert finished == ["success"] * len(run_ids)
+    assert retried < RETRIED_WITHIN and succeeded < SUCCEEDED_WITHIN
+    assert_proven_from_outside(stack, domain, *paths)
 
-        # 2. Tasks running: send tasks with their first messages out.
+
+def test_worker_killed_holding_tasks_it_had_not_started(stack):
+    paths = overlapping_files(stack, "lostq", runs=4, rows=400, seed=31)
+    with ThreadPoolExecutor(4) as pool:
+        conf = [{"csv_path": str(path), **SMALL_TASKS} for path in paths]
+        run_ids = list(pool.map(lambda c: stack.trigger("welcome_emails", c), conf))
+
+    # parse has no retries (a bad file fails fast), so the pool freezes once every parse is done; the
+    # worker's main process then takes the next tasks (up to its concurrency) and they never start.
+    wait_until(
+        lambda: all(task_states(stack, run_ids).get((run, "parse", -1)) == "success" for run in run_ids),
+        120,
+        "every parse done",
+    )
+    freeze_the_pool(stack)
+
+    def held():
+        states = task_states(stack, run_ids)
+        queued = sum(state == "queued" for state in states.values())
+        running = sum(state == "running" for state in states.values())
+        return queued and held_by_the_broker(stack) > running  # some of the queued ones are the worker's
+
+    wait_until(held, 60, "the worker holding a queued task")
+    killed, hit = kill_the_worker(stack, run_ids, finding="queued")
+    assert_recovered(stack, run_ids, killed, hit, "queued", "lostq", paths)
+
+
+def test_worker_killed_while_its_send_tasks_wait_on_the_esp(stack):
+    paths = overlapping_files(stack, "lostr", runs=2, rows=400, seed=33)
+    # The ESP accepts 60 messages, then answers nothing: the send tasks are running, with messages out,
+    # when the worker dies; the requests it left behind are answered (accepted) once the ESP goes on.
+    with esp_faults(stack, latency_ms=100, stall_after_messages=60):
+        run_ids = [stack.trigger("welcome_emails", {"csv_path": str(p), **SMALL_TASKS}) for p in paths]
+
         def sending():
-            # The ESP's log first: after the other stack tests it is long and takes seconds to read, so
-            # the send tasks are looked at last, just before the kill (the other way round, they could
-            # finish while the log was read, and the kill found none running).
-            if not messages_for(stack, "lost"):
+            if not stack.esp.get("/healthz").json()["stalled"]:
                 return False
             states = task_states(stack, run_ids)
-            return {key for key, state in states.items() if key[1] == "send_batch" and state == "running"}
+            return any(key[1] == "send_batch" and state == "running" for key, state in states.items())
 
-        wait_until(sending, 180, "a send task running with messages out")
-        second_kill, hit_second = kill_the_worker(stack, run_ids)
-        assert "running" in hit_second.values(), f"the kill must find tasks running: {hit_second}"
-
-        first = recovery(stack, run_ids, hit_first, first_kill)
-        second = recovery(stack, run_ids, hit_second, second_kill)
-        finished = [stack.wait_for_run("welcome_emails", run_id, timeout=180) for run_id in run_ids]
-    for what, hit, (retried, succeeded) in (("queued", hit_first, first), ("running", hit_second, second)):
-        print(
-            f"\nkill while tasks are {what}: {len(hit)} tasks hit ({sorted({key[1] for key in hit})}); all had "
-            f"started again {retried:.0f} s after the kill, and succeeded {succeeded:.0f} s after it"
-        )
-    assert finished == ["success"] * 4
-    assert max(first[0], second[0]) < RETRIED_WITHIN and max(first[1], second[1]) < SUCCEEDED_WITHIN
-    assert_proven_from_outside(stack, "lost", *paths)
+        wait_until(sending, 180, "a send task waiting on the ESP with messages out")
+        killed, hit = kill_the_worker(stack, run_ids, finding="running")
+    assert_recovered(stack, run_ids, killed, hit, "running", "lostr", paths)  # the ESP answering again
 
 
 def test_every_ledger_connection_terminated_mid_run(stack):

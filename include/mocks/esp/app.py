@@ -37,6 +37,9 @@ class FaultSettings:
     lose_response_rate: float = 0.0  # share of sends accepted, then answered 503 (the client never sees the ids)
     rate_limit_rps: float = 0.0  # /v1 requests per second before 429 + Retry-After; 0 = unlimited
     latency_ms: float = 0.0  # added to every request
+    # A provider that stops answering mid-run: once this many new messages have been accepted since the
+    # faults were set, every /v1 request waits, unanswered, until the faults change. 0: never.
+    stall_after_messages: int = 0
     seed: int = 7
     # An account's sending limits, as SES/SendGrid enforce them: a send over either is answered 429 with
     # Retry-After and nothing of it is accepted. 0: no limit.
@@ -50,6 +53,7 @@ class FaultsIn(BaseModel):
     lose_response_rate: float = Field(0.0, ge=0, le=1)
     rate_limit_rps: float = Field(0.0, ge=0)
     latency_ms: float = Field(0.0, ge=0)
+    stall_after_messages: int = Field(0, ge=0)
     seed: int = 7
     max_messages_per_second: float = Field(0.0, ge=0)
     daily_quota: int = Field(0, ge=0)
@@ -136,11 +140,14 @@ class _SendingLimits:
 
 
 class _LiveFaults:
-    def __init__(self, settings: FaultSettings) -> None:
-        self.replace(settings)
+    def __init__(self, settings: FaultSettings, messages: int = 0) -> None:
+        self.stalled = 0  # requests waiting unanswered now (stall_after_messages)
+        self.replace(settings, messages)
 
-    def replace(self, settings: FaultSettings) -> None:
+    def replace(self, settings: FaultSettings, messages: int) -> None:
+        """New fault settings; `messages`: how many the store holds now (where stall_after_messages counts from)."""
         self.settings = settings
+        self.stall_at = messages + settings.stall_after_messages if settings.stall_after_messages else None
         self.rng = random.Random(settings.seed)
         self.bucket = _TokenBucket(settings.rate_limit_rps) if settings.rate_limit_rps > 0 else None
         self.limits = _SendingLimits(settings)
@@ -186,7 +193,7 @@ def create_app(
 ) -> FastAPI:
     store = MessageStore(outcomes or OutcomeSettings(), journal=journal)
     # Faults can be changed at runtime (PUT /admin/faults), so tests can switch them on in a running stack.
-    live = _LiveFaults(faults or FaultSettings())
+    live = _LiveFaults(faults or FaultSettings(), len(store))
     pusher = Pusher(push) if push else None  # push mode: outcomes posted to a webhook (include/mocks/esp/push.py)
     lookups = 0  # lookup requests answered, so tests can prove the pipeline made none in push mode
 
@@ -230,6 +237,13 @@ def create_app(
         faults = live.settings
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)
+        if live.stall_at is not None and len(store) >= live.stall_at:
+            live.stalled += 1
+            try:
+                while live.settings is faults:  # until the faults change
+                    await asyncio.sleep(0.05)
+            finally:
+                live.stalled -= 1
         if live.bucket is not None:
             wait = live.bucket.wait_needed()
             if wait:
@@ -246,14 +260,14 @@ def create_app(
     @app.put("/admin/faults", dependencies=[Depends(authorised)])
     async def set_faults(body: FaultsIn) -> dict:
         """Not part of the v1 contract: switch fault injection at runtime (tests of a running stack)."""
-        live.replace(FaultSettings(**body.model_dump()))
+        live.replace(FaultSettings(**body.model_dump()), len(store))
         return body.model_dump()
 
     @app.get("/healthz")
     async def healthz() -> dict:
         pushed = {"pushed": pusher.posted, "failed_pushes": pusher.failed_posts} if pusher else {}
-        limited = {"throttled": live.limits.throttled}
-        return {"status": "ok", "messages": len(store), "lookups": lookups, **limited, **pushed}
+        faults = {"throttled": live.limits.throttled, "stalled": live.stalled}
+        return {"status": "ok", "messages": len(store), "lookups": lookups, **faults, **pushed}
 
     @app.post("/v1/messages", status_code=202, dependencies=v1)
     async def send_message(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -196,3 +197,20 @@ def test_faults_can_be_switched_at_runtime(esp):
     assert esp.client.post("/v1/messages", json=_message(1)).status_code == 202
     assert httpx.put(f"{esp.url}/admin/faults", json={}).status_code == 401
     assert esp.client.put("/admin/faults", json={"fail_rate": 2}).status_code == 422
+
+
+def test_a_stalled_esp_answers_nothing_until_the_faults_change(esp):
+    before = httpx.get(f"{esp.url}/healthz").json()["messages"]
+    assert esp.client.put("/admin/faults", json={"stall_after_messages": 1}).status_code == 200
+    assert esp.client.post("/v1/messages", json=_message(101)).status_code == 202  # the one let through
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(esp.client.post, "/v1/messages", json=_message(102))
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{esp.url}/healthz").json()["stalled"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(f"{esp.url}/healthz").json()["stalled"] == 1
+        assert not waiting.done(), "a stalled ESP answers nothing"
+        assert esp.client.put("/admin/faults", json={}).status_code == 200
+        assert waiting.result(timeout=10).status_code == 202
+    health = httpx.get(f"{esp.url}/healthz").json()
+    assert (health["stalled"], health["messages"]) == (0, before + 2)
