@@ -48,7 +48,7 @@ events: venv  ## serve the provider event and unsubscribe endpoints on their own
 input: venv  ## regenerate input.csv (deterministic)
 	$(BIN)/python -m include.tools.generate_contacts --rows 10000 --seed 42 --output input.csv
 
-bench: venv  ## benchmark: 10k/100k end to end (embedded and on the Celery stack), 1M parse + claim (RATED=100000: also at RATE=500 messages/s, against rows / rate + its fixed cost); appends to bench/results.jsonl
+bench: venv  ## benchmark: 10k/100k end to end (embedded and on the Celery stack), each as a ratio to the lean durable yardstick; 1M parse + claim (RATED=100000: also at RATE=500 messages/s, against rows / rate + its fixed cost); appends to bench/results.jsonl
 	$(BIN)/python -m include.bench --stack $(if $(RATED),--rated $(RATED) --rate $(or $(RATE),500))
 
 bench-ui: venv  ## the ledger pages on a generated 10M-contact Postgres ledger: lookup, overview and contact-list page times (CONTACTS=n)

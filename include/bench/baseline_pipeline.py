@@ -8,9 +8,9 @@ its own as the DAG's mapped send tasks run on the stack (one after another on SQ
 `dags test`); then outcomes polled every POLL_SECONDS until each message has one or blocked contacts
 can be resent; pipeline.resend_blocked until it is done; close_out. Everything the DAG records is
 recorded, so a DAG run's time over this one is Airflow's: scheduling, task start-up, its metadata database
-(and the DAG's report). include/bench/baseline.py is the other baseline: a program that records nothing after
-its claim. ``--conf`` overrides Params as a trigger's conf does. Prints one JSON line: seconds per phase and
-the run's summary.
+(and the DAG's report). include/bench/yardstick.py is the other: the lean durable program, the same job
+recorded in bulk without the package. ``--conf`` overrides Params as a trigger's conf does. Prints one JSON
+line: seconds per phase and the run's summary.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def pushed_event_posts(ledger) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from include.bench.baseline import arguments
+    from include.bench.yardstick import arguments
 
     parser = arguments(__doc__)
     parser.add_argument("--conf", type=json.loads, default={}, help="Params to override, as JSON")

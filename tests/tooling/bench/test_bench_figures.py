@@ -21,6 +21,7 @@ from include.bench.run import (
     summary_lines,
     task_instances,
     with_ratios,
+    yardstick_lines,
 )
 from include.mocks.esp.store import MessageStore, OutcomeSettings
 
@@ -216,6 +217,42 @@ def test_each_figure_is_a_ratio_to_both_baselines_of_its_size_and_ledger_backend
     assert "end_to_end_100000: 30.0 s; 3.0x the baseline; 1.5x the pipeline without Airflow; hold-chain floor" in (
         "\n".join(summary_lines(results))
     )
+
+
+def test_each_figure_is_a_ratio_to_the_yardstick_of_its_size_on_its_backend_and_is_printed_so():
+    results = with_ratios(
+        [
+            {"benchmark": "yardstick_100000", "seconds": 12.5},
+            {"benchmark": "yardstick_postgres_1000000", "seconds": 100.0},
+            {"benchmark": "baseline_100000", "seconds": 10.0},
+            {"benchmark": "baseline_pipeline_100000", "seconds": 20.0},
+            {"benchmark": "baseline_pipeline_postgres_1000000", "seconds": 140.0},
+            {"benchmark": "end_to_end_100000", "seconds": 30.0, "floor_s": 10.0, "floor_chain_messages": 3},
+            {"benchmark": "stack_end_to_end_1000000", "seconds": 160.0},
+            {"benchmark": "smtp_end_to_end_100000", "seconds": 33.0},  # another transport: not the same job
+            {"benchmark": "end_to_end_10000", "seconds": 20.0},  # no yardstick of its size ran
+        ]
+    )
+    figures = {r["benchmark"]: r for r in results}
+
+    assert figures["end_to_end_100000"]["ratio_to_yardstick"] == 2.4  # SQLite, as make run's
+    assert figures["stack_end_to_end_1000000"]["ratio_to_yardstick"] == 1.6  # Postgres, as the stack's
+    assert figures["baseline_100000"]["ratio_to_yardstick"] == 0.8  # what recording costs the yardstick
+    assert figures["baseline_pipeline_100000"]["ratio_to_yardstick"] == 1.6
+    assert figures["baseline_pipeline_postgres_1000000"]["ratio_to_yardstick"] == 1.4
+    assert "ratio_to_yardstick" not in figures["smtp_end_to_end_100000"]
+    assert "ratio_to_yardstick" not in figures["end_to_end_10000"]
+    assert "ratio_to_yardstick" not in figures["yardstick_100000"]
+    assert "end_to_end_100000: 30.0 s; 2.4x the yardstick; 3.0x the baseline; 1.5x the pipeline without Airflow" in (
+        "\n".join(summary_lines(results))
+    )
+    assert yardstick_lines(results) == [
+        "the program recording nothing after its claim 100k: 10.0 s = 0.8x the lean durable program (12.5 s)",
+        "the pipeline without Airflow 100k: 20.0 s = 1.6x the lean durable program (12.5 s)",
+        "the pipeline without Airflow on Postgres 1M: 140.0 s = 1.4x the lean durable program (100.0 s, Postgres)",
+        "make run 100k: 30.0 s = 2.4x the lean durable program (12.5 s); target <= 1.25x",
+        "the stack 1M: 160.0 s = 1.6x the lean durable program (100.0 s, Postgres); target <= 1.5x",
+    ]
 
 
 def test_the_template_cost_prints_both_runs_and_the_ratio(tmp_path, monkeypatch):
