@@ -74,7 +74,7 @@ def contacts_dropzone():
             conf=prepared["conf"],
             wait_for_completion=True,
             deferrable=True,  # waits in the triggerer, not in a worker slot
-            poke_interval=10,
+            poke_interval=SETTINGS.poke_seconds,  # how soon a finished run's file is filed away
             allowed_states=["success"],
             failed_states=["failed"],
             retries=0,

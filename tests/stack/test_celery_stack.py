@@ -8,7 +8,6 @@ Each test uses its own email domain, so the shared ESP log can be read per test.
 from __future__ import annotations
 
 import json
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,11 +18,9 @@ from tests.stack.helpers import (
     assert_proven_from_outside,
     contact_file,
     esp_faults,
-    messages_for,
     run_and_wait,
     with_domain,
 )
-from tests.support.invariants import expected_contacts
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
@@ -50,32 +47,6 @@ def test_four_overlapping_runs_at_once(stack):
         states = list(pool.map(lambda p: run_and_wait(stack, p)[1], paths))
     assert states == ["success"] * 4
     assert_proven_from_outside(stack, "overlap", *paths)
-
-
-def test_worker_killed_while_sending_then_restarted(stack):
-    path = contact_file(stack, "crash", rows=3000, seed=23, domain="crash")
-    with esp_faults(stack, latency_ms=150):  # slow sends: a wide window for the kill
-        run_id = stack.trigger("welcome_emails", {"csv_path": str(path), "batch_size": 25})
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            tasks = stack.api("GET", f"/api/v2/dags/welcome_emails/dagRuns/{run_id}/taskInstances").json()
-            if any(t["task_id"] == "send_batch" and t["state"] == "running" for t in tasks["task_instances"]):
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("send_batch never started")
-        while not messages_for(stack, "crash") and time.monotonic() < deadline:  # the first messages are out
-            time.sleep(0.2)
-        try:
-            stack.stop("worker", sig=signal.SIGKILL)
-            sent_before_the_kill = len(messages_for(stack, "crash"))
-            time.sleep(2)
-        finally:
-            stack.start("worker")  # whatever happened: the tests after this one need a worker
-        assert 0 < sent_before_the_kill < len(expected_contacts(path)), "the kill must land mid-send"
-        state = stack.wait_for_run("welcome_emails", run_id, timeout=600)
-    assert state == "success"
-    assert_proven_from_outside(stack, "crash", path)
 
 
 def test_esp_faults_do_not_break_the_guarantees(stack):
