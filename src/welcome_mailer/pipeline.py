@@ -213,6 +213,7 @@ def send_batch(
     limiter: SendLimiter | None = None,
     quota_linger_seconds: float = 5.0,
     guard: ReputationGuard | None = None,
+    must_stop: Callable[[], bool] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict:
     """Send one batch: record the attempts, then send them in requests of ``request_size``.
@@ -235,7 +236,9 @@ def send_batch(
     the rolling quota is used up for longer than ``quota_linger_seconds``, the task stops: what it has not
     sent stays the run's, due (``Ledger.count_unsent``), for resend_blocked to send once the window frees
     (the result's ``quota_resumes_at``); it never becomes failed. Once the reputation ``guard`` stops the
-    run (this task's check or another's), no further request goes out."""
+    run (this task's check or another's), no further request goes out. ``must_stop``: the caller's own
+    ``guard_keeper`` instead of one of this batch's (resend_blocked sends many batches a poke: one count of
+    the run's outcomes every GUARD_CHECK_SECONDS, not one per batch)."""
     started = time.time()
     # The run's snapshot, compiled once per process; unsubscribe_url as the transports read it.
     message = templates.for_run(ledger.engine, run_id, unsubscribe or UnsubscribeSettings.from_env())
@@ -248,7 +251,7 @@ def send_batch(
     quota_held: list[OutgoingAttempt] = []  # not sent: the quota is used up (QuotaExhausted)
     quota: QuotaExhausted | None = None
 
-    must_stop = guard_keeper(ledger, run_id, guard)
+    must_stop = must_stop or guard_keeper(ledger, run_id, guard)
 
     def send(chunk: Sequence[OutgoingAttempt]) -> list[SendResult] | QuotaExhausted | None:
         if must_stop():
@@ -498,7 +501,7 @@ def resend_blocked(
             results = [
                 send_batch(
                     ledger, transport, run_id, b, batch_size, requests_in_flight,
-                    limiter=limiter, quota_linger_seconds=linger_seconds, guard=guard, sleep=sleep,
+                    limiter=limiter, quota_linger_seconds=linger_seconds, must_stop=must_stop, sleep=sleep,
                 )
                 for b in batches
             ]  # fmt: skip

@@ -4,6 +4,7 @@ releases every contact it has not sent to; the next run that lists them sends th
 from __future__ import annotations
 
 import json
+import time
 
 from tests.support.limits import claim_runs
 from welcome_mailer import pipeline
@@ -77,3 +78,28 @@ def test_the_report_shows_the_limits_and_the_guards_figures(ledger):
     assert "| seconds waiting for the send rate | 1.25 |" in text
     assert "| reputation guard: outcomes, bounce rate, complaint rate | 250, 40.0%, 0.00% |" in text
     assert "reputation guard STOPPED the run" in text and "bounce rate 40.0% > 20.0%" in text
+
+
+def test_a_resend_poke_counts_the_runs_outcomes_once_an_interval_not_per_batch(
+    ledger, start_esp, tmp_path, monkeypatch
+):
+    """The guard's count is over every message of the run (a million, at 1M contacts): resend_blocked's
+    batches share the poke's check (every GUARD_CHECK_SECONDS) instead of each making its own."""
+    esp = start_esp(hold_rate=0, delivered_rate=0, bounced_rate=0, blocked_rate=1)
+    [batches] = claim_runs(ledger, tmp_path, runs=1, contacts=200, batches=4).values()
+    counts, real_figures = [], ledger.outcome_figures
+    monkeypatch.setattr(ledger, "outcome_figures", lambda run_id: counts.append(run_id) or real_figures(run_id))
+    sent_batches, real_send = [], pipeline.send_batch
+    monkeypatch.setattr(pipeline, "send_batch", lambda *a, **k: sent_batches.append(a[3]) or real_send(*a, **k))
+    with HttpEmailProvider(esp.url, esp.api_key) as transport:
+        for batch in batches:
+            real_send(ledger, transport, "run0", batch, 50)
+        started = time.monotonic()
+        done = pipeline.resend_blocked(
+            ledger, transport, [HttpLookupSource(transport)], "run0", max_attempts=3, batch_size=50, max_batches=4,
+            backoff_seconds=0, linger_seconds=5, poll_seconds=0.05, guard=ReputationGuard(min_outcomes=100),
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    assert done and len(esp.messages()) == 600, "every contact blocked three times: three messages each"
+    assert len(sent_batches) >= 8, "two rounds of resends, four batches each"
+    assert len(counts) <= 1 + elapsed // pipeline.GUARD_CHECK_SECONDS, f"{len(counts)} counts in {elapsed:.1f} s"
