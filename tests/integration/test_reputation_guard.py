@@ -103,3 +103,57 @@ def test_a_resend_poke_counts_the_runs_outcomes_once_an_interval_not_per_batch(
     assert done and len(esp.messages()) == 600, "every contact blocked three times: three messages each"
     assert len(sent_batches) >= 8, "two rounds of resends, four batches each"
     assert len(counts) <= 1 + elapsed // pipeline.GUARD_CHECK_SECONDS, f"{len(counts)} counts in {elapsed:.1f} s"
+
+
+class CountingLedger:
+    """The guard keeper's side of the ledger, on a fake clock: each count of the run's outcomes takes
+    ``count_seconds``; ``stopped`` is the run's flag (another task may set it)."""
+
+    def __init__(self, clock: list[float], count_seconds: float) -> None:
+        self.clock, self.count_seconds = clock, count_seconds
+        self.counts: list[float] = []
+        self.flag_reads = 0
+        self.stopped = False
+
+    def outcome_figures(self, run_id: str) -> dict:
+        self.counts.append(self.clock[0])
+        self.clock[0] += self.count_seconds
+        return {"outcomes": 0, "bounced": 0, "complained": 0, "bounce_rate": 0.0, "complaint_rate": 0.0}
+
+    def guard_stopped(self, run_id: str) -> bool:
+        self.flag_reads += 1
+        return self.stopped
+
+
+def test_a_slow_count_is_made_less_often_but_a_stop_by_another_task_is_seen_within_the_check_interval(monkeypatch):
+    """A count over a large run's messages takes seconds: a task counts again only once
+    GUARD_COUNT_SPACING times that has passed, and in between reads the run's stop flag every
+    GUARD_CHECK_SECONDS, so a stop another task decided still ends its sending at once."""
+    clock = [0.0]
+    monkeypatch.setattr(pipeline.time, "monotonic", lambda: clock[0])
+    ledger = CountingLedger(clock, count_seconds=1.5)  # a 1M-message run on Postgres
+    must_stop = pipeline.guard_keeper(ledger, "run0", ReputationGuard())
+    for _ in range(200):  # a send task asking once a second for 200 s (the clock also moves while counting)
+        assert must_stop() is False
+        clock[0] += 1.0
+    spacing = pipeline.GUARD_COUNT_SPACING * 1.5
+    assert ledger.counts[0] == 0.0 and len(ledger.counts) >= 2, "the first call counts, and so does a later one"
+    assert all(spacing <= b - a <= spacing + 1.5 for a, b in zip(ledger.counts, ledger.counts[1:], strict=False))
+    assert ledger.flag_reads >= clock[0] // (pipeline.GUARD_CHECK_SECONDS + 1.5)
+
+    ledger.stopped = True  # another task's count stopped the run
+    counts_before, stopped_at = len(ledger.counts), clock[0]
+    while not must_stop():
+        clock[0] += 0.5
+    assert clock[0] - stopped_at <= pipeline.GUARD_CHECK_SECONDS and len(ledger.counts) == counts_before
+
+
+def test_a_quick_count_is_still_made_every_check_interval(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(pipeline.time, "monotonic", lambda: clock[0])
+    ledger = CountingLedger(clock, count_seconds=0.01)  # a small run
+    must_stop = pipeline.guard_keeper(ledger, "run0", ReputationGuard())
+    while clock[0] < 60:
+        must_stop()
+        clock[0] += 0.25
+    assert 10 <= len(ledger.counts) <= 13, ledger.counts  # one every GUARD_CHECK_SECONDS (5 s)
