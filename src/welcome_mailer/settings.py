@@ -8,7 +8,7 @@
 | WELCOME_MAILER_STORAGE_CONN_ID | connection of URIs naming none (``s3://conn@bucket/key``) | ``aws_default`` |
 | WELCOME_MAILER_LEASE_MINUTES | how long a silent run keeps its contacts before another run may take them | 30 |
 | WELCOME_MAILER_POKE_SECONDS | the sensors' poke interval (and the drop folder's, on its runs); a poke's linger | 2 |
-| WELCOME_MAILER_REQUESTS_IN_FLIGHT | provider requests under way at once in each send task | 4 |
+| WELCOME_MAILER_REQUESTS_IN_FLIGHT | provider requests under way at once in each send task and outcome poll | 4 |
 | WELCOME_MAILER_DROPZONE | the drop folder (incoming/, processing/, archive/, failed/) | ``<home>/data/dropzone`` |
 | WELCOME_MAILER_DROPZONE_SCHEDULE | how often contacts_dropzone looks for files (cron) | every minute |
 | WELCOME_MAILER_DROPZONE_SETTLE_SECONDS | a file unchanged this long is finished | 10 |

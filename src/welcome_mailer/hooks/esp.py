@@ -50,10 +50,11 @@ def _http_sources(transport: EmailProvider) -> list[OutcomeSource]:
     from airflow.sdk import Variable
 
     from welcome_mailer.outcomes.http_lookup import HttpLookupSource
+    from welcome_mailer.settings import Settings
 
     if Variable.get(OUTCOME_LOOKUPS_VARIABLE, default="on").strip().lower() == "off":
         return []
-    return [HttpLookupSource(transport)]
+    return [HttpLookupSource(transport, Settings.from_env().requests_in_flight)]
 
 
 def _smtp_transport(conn) -> EmailProvider:
