@@ -224,7 +224,8 @@ def test_after_a_crash_the_next_run_resumes_at_once_and_nobody_gets_two_emails(h
     crashed.wait(timeout=10)
     assert psutil.wait_procs(processes_of(crashed.pid), timeout=10)[1] == [], "SIGKILL of the group ends it all"
     sent_before = len(esp.messages())
-    assert 0 < sent_before < len(expected_contacts(csv)), "the crash happened mid-send"
+    contacts = expected_contacts(csv)
+    assert 0 < sent_before < len(contacts), "the crash happened mid-send"
 
     output = tmp_path / "resumed.txt"
     resumed = start_runner(home, env, csv, output)
@@ -233,7 +234,7 @@ def test_after_a_crash_the_next_run_resumes_at_once_and_nobody_gets_two_emails(h
     assert "resuming the interrupted run manual__" in text
     report = json.loads(next((tmp_path / "reports").glob("*/report.json")).read_text())
     assert report["taken_over"] > 0 and report["held_by_other_runs"] == 0
-    assert report["claimed"] == len(expected_contacts(csv))
+    assert report["claimed"] == len(contacts)
     messages = esp.messages()
-    assert_run_invariants(messages, expected_contacts(csv), max_attempts=5)
+    assert_run_invariants(messages, contacts, max_attempts=5)
     assert_ledger_matches(f"sqlite:///{tmp_path / 'ledger.db'}", messages)
