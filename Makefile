@@ -23,8 +23,14 @@ venv: $(BIN)/.installed  ## create .venv from requirements-dev.lock (runtime + t
 run: venv  ## run welcome_emails once on the embedded default: make run [CSV=path/to/file.csv] [TEMPLATE=name]
 	$(BIN)/python -m include.local.run_embedded $(CSV) $(if $(TEMPLATE),--template $(TEMPLATE))
 
+# Two parts: everything but the wall-clock tests on two processes (the stack tests together on one, sharing
+# one stack), then the wall-clock tests (marker `timing`) alone. Fails if either part fails.
+TEST_WORKERS ?= 2
 test: venv  ## the whole test suite (unit, DAG, integration, end-to-end); Postgres tests skip without a server unless CI=true
-	$(BIN)/python -m pytest tests
+	@status=0; \
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) -m "not timing" || status=$$?; \
+	$(BIN)/python -m pytest tests -m timing || status=$$?; \
+	exit $$status
 
 test-fast: venv  ## everything but the end-to-end runs (embedded and stack)
 	$(BIN)/python -m pytest tests -m "not slow"

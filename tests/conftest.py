@@ -117,3 +117,17 @@ def s3_denying_server(tmp_path_factory):
     server = launch_s3(tmp_path_factory.mktemp("s3-denying"), deny_all=True)
     yield server
     server.stop()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs on two processes (pytest-xdist): every test under tests/stack/ goes to one of them, as
+    one unit of work handed out first (the largest), so one stack serves them all. xdist's own
+    `--dist loadgroup` cannot do it on this pytest: it renames a private attribute pytest 9 no longer reads."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneStack(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/stack/" if nodeid.startswith("tests/stack/") else nodeid
+
+    return OneStack(config, log)

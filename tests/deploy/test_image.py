@@ -28,7 +28,10 @@ RUNTIME_LOCK = PROJECT_ROOT / "requirements.lock"
 DEV_LOCK = PROJECT_ROOT / "requirements-dev.lock"
 # uvloop: the mock SMTP relay's event loop (the runtime lock has it too, through uvicorn; the runtime code
 # does not import it).
-DEV_TOOLS = {"pytest", "pytest-timeout", "hypothesis", "ruff", "compose-spec", "selenium", "aiosmtpd", "moto", "uvloop"}
+DEV_TOOLS = {
+    "pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "ruff",
+    "compose-spec", "selenium", "aiosmtpd", "moto", "uvloop",
+}  # fmt: skip
 
 
 def names(lines) -> set[str]:

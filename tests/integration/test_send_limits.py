@@ -18,6 +18,8 @@ from welcome_mailer.ledger.limits import ProviderLimits, QuotaExhausted, SendLim
 from welcome_mailer.transports.http import HttpEmailProvider
 from welcome_mailer.transports.smtp import SmtpEmailProvider, SmtpSettings
 
+# Rates and quotas measured from wall clocks: alone, after the parallel part of `make test`.
+pytestmark = pytest.mark.timing
 ALL_DELIVERED = {"delivered_rate": 1.0, "bounced_rate": 0, "blocked_rate": 0}
 
 
