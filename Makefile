@@ -24,12 +24,12 @@ run: venv  ## run welcome_emails once on the embedded default: make run [CSV=pat
 	$(BIN)/python -m include.local.run_embedded $(CSV) $(if $(TEMPLATE),--template $(TEMPLATE))
 
 # Two parts: everything but the wall-clock tests on two processes (the stack tests together on one, sharing
-# one stack), then the wall-clock tests (marker `timing`) alone. Fails if either part fails.
+# one stack), then the tests marked `alone` (wall clocks, Postgres counters) alone. Fails if either part fails.
 TEST_WORKERS ?= 2
 test: venv  ## the whole test suite (unit, DAG, integration, end-to-end); Postgres tests skip without a server unless CI=true
 	@status=0; \
-	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) -m "not timing" || status=$$?; \
-	$(BIN)/python -m pytest tests -m timing || status=$$?; \
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) -m "not alone" || status=$$?; \
+	$(BIN)/python -m pytest tests -m alone || status=$$?; \
 	exit $$status
 
 test-fast: venv  ## everything but the end-to-end runs (embedded and stack)

@@ -102,7 +102,7 @@ def _sid(process: psutil.Process) -> int | None:
         return None
 
 
-@pytest.mark.timing
+@pytest.mark.alone
 def test_missing_csv_fails_in_a_second_with_the_reason(tmp_path):
     started = time.monotonic()
     completed = subprocess.run(

@@ -537,6 +537,8 @@ def test_a_claim_with_known_contacts_finds_what_is_due_by_primary_key_whatever_t
 
 
 @pytest.mark.postgres
+# Beside other tests' Postgres load, 148 of 2,000 were heap-only in one run of two: alone, as it always passed.
+@pytest.mark.alone
 def test_an_outcome_updates_its_attempt_without_writing_an_index_entry(postgres_url):
     """Issue 14: recording an outcome changes the attempt's state, which no index of send_attempts names
     (migration 0007), and its pages keep room for the new row version: an outcome's update of its attempt

@@ -19,7 +19,7 @@ from welcome_mailer.transports.http import HttpEmailProvider
 from welcome_mailer.transports.smtp import SmtpEmailProvider, SmtpSettings
 
 # Rates and quotas measured from wall clocks: alone, after the parallel part of `make test`.
-pytestmark = pytest.mark.timing
+pytestmark = pytest.mark.alone
 ALL_DELIVERED = {"delivered_rate": 1.0, "bounced_rate": 0, "blocked_rate": 0}
 
 

@@ -17,7 +17,7 @@ from tests.stack.conftest import _redis_available
 from tests.support.esp import launch_esp
 from tests.support.limits import busiest_window
 
-pytestmark = [pytest.mark.slow, pytest.mark.stack, pytest.mark.timing]
+pytestmark = [pytest.mark.slow, pytest.mark.stack, pytest.mark.alone]
 RATE = 150
 
 
