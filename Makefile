@@ -23,8 +23,8 @@ venv: $(BIN)/.installed  ## create .venv from requirements-dev.lock (runtime + t
 run: venv  ## run welcome_emails once on the embedded default: make run [CSV=path/to/file.csv] [TEMPLATE=name]
 	$(BIN)/python -m include.local.run_embedded $(CSV) $(if $(TEMPLATE),--template $(TEMPLATE))
 
-# Two parts: everything but the wall-clock tests on two processes (the stack tests together on one, sharing
-# one stack), then the tests marked `alone` (wall clocks, Postgres counters) alone. Fails if either part fails.
+# Two parts: every test but those marked `alone` on two processes (the stack tests together on one, sharing
+# one stack), then the `alone` ones (wall clocks, Postgres counters) one at a time. Fails if either part fails.
 TEST_WORKERS ?= 2
 test: venv  ## the whole test suite (unit, DAG, integration, end-to-end); Postgres tests skip without a server unless CI=true
 	@status=0; \
