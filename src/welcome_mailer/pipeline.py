@@ -269,6 +269,8 @@ def send_batch(
     def send(chunk: Sequence[OutgoingAttempt]) -> list[SendResult] | QuotaExhausted | None:
         if must_stop():
             return None  # released by the guard: a later run sends it
+        # Rendered before its send slot, so that the request leaves as the slot starts.
+        messages, unrendered = message.messages([(a.email, a.name, a.idempotency_key, a.fields) for a in chunk])
         if limiter is not None:
             try:
                 limiter.acquire(len(chunk))
@@ -276,7 +278,6 @@ def send_batch(
                 return exc
         if not transport.idempotent:
             ledger.mark_dispatched(run_id, chunk)  # a lost reply now parks the chunk as unconfirmed, never resent
-        messages, unrendered = message.messages([(a.email, a.name, a.idempotency_key, a.fields) for a in chunk])
         if not unrendered:
             return transport.send_batch(messages)
         # Never sent half-rendered: refused, like a provider's refusal (only a template whose need depends on
@@ -379,6 +380,8 @@ def send_batch(
     finally:
         requests.shutdown(cancel_futures=True)  # after a failure in recording too
         rate_wait = limiter.rate_wait_seconds if limiter is not None else 0.0
+        if limiter is not None and limiter.late_slots:
+            log.info("%s send slots let go: this task was late for them (a busy machine)", limiter.late_slots)
         ledger.add_limit_figures(
             run_id,
             throttled_requests=throttled_requests,

@@ -14,7 +14,7 @@ from tests.support.limits import busiest_window, claim_runs
 from tests.support.smtp_relay import FROM_EMAIL, launch_relay
 from welcome_mailer import pipeline
 from welcome_mailer.ledger import Ledger, connect
-from welcome_mailer.ledger.limits import ProviderLimits, QuotaExhausted, SendLimiter
+from welcome_mailer.ledger.limits import MAX_RETAKES, ProviderLimits, QuotaExhausted, SendLimiter
 from welcome_mailer.transports.http import HttpEmailProvider
 from welcome_mailer.transports.smtp import SmtpEmailProvider, SmtpSettings
 
@@ -37,6 +37,47 @@ def test_reservations_of_several_limiters_take_consecutive_slots(ledger):
     assert all(abs(gap - 0.1) < 1e-6 for gap in gaps), gaps
     other_account = SendLimiter(ledger.engine, ProviderLimits("other", max_messages_per_second=100))
     assert other_account.reserve(1)[1] < 0.01, "each provider account has its own slots"
+
+
+class _SlowReplies(SendLimiter):
+    """A sender whose first ``late`` reservations reach it 0.1 s after the database read its clock (its
+    process not scheduled on a busy machine), or, with ``lock_wait``, wait 0.1 s before it reads it (the
+    account's row lock held by another sender)."""
+
+    def __init__(self, *args, late: int, lock_wait: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.late, self.lock_wait, self.reservations = late, lock_wait, 0
+
+    def reserve(self, count: int) -> tuple[float, float]:
+        self.reservations += 1
+        delayed = self.reservations <= self.late
+        if delayed and self.lock_wait:
+            time.sleep(0.1)
+        reserved = super().reserve(count)
+        if delayed and not self.lock_wait:
+            time.sleep(0.1)
+        return reserved
+
+
+def test_a_sender_late_for_its_slot_takes_a_new_one_however_it_got_late(ledger):
+    """Late from the reservation's reply, not only from the sleep: a sender that would go more than
+    LATE_SECONDS after its slot started lets it go; after MAX_RETAKES it goes anyway. A wait for the
+    account's row lock, before the database reads its clock, makes no sender late."""
+    limits = ProviderLimits("esp", max_messages_per_second=50)
+    warmed = _SlowReplies(ledger.engine, limits, late=0)
+    warmed.acquire(2)  # its clock gaps: a reply on time
+    warmed.late = warmed.reservations + 1
+    warmed.acquire(2)
+    assert (warmed.reservations, warmed.late_slots) == (3, 1)
+    always = _SlowReplies(ledger.engine, limits, late=100)
+    always.acquire(2)
+    assert (always.reservations, always.late_slots) == (MAX_RETAKES + 1, MAX_RETAKES)
+    locked = _SlowReplies(ledger.engine, limits, late=100, lock_wait=True)
+    locked.acquire(2)
+    assert (locked.reservations, locked.late_slots) == (1, 0)
+    no_rate = _SlowReplies(ledger.engine, ProviderLimits("quota-only", max_messages_per_24h=100), late=100)
+    no_rate.acquire(2)
+    assert no_rate.reservations == 1, "with no rate there are no slots to be late for"
 
 
 def test_the_rolling_quota_refuses_what_would_pass_it_and_frees_with_the_window(ledger):

@@ -6,9 +6,10 @@ any process, any machine) honours them together, with no process of their own to
   n / rate in one atomic upsert (a row lock on Postgres, the write lock on SQLite), and the sender sleeps
   until its slot starts. No burst credit: slots never start before "now", so an idle account does not
   save up a burst. Reservations are small (``request_cap``: a 25th of a second's messages), and a
-  sender that wakes up more than LATE_SECONDS late (a busy machine) lets its slot go and takes the next
-  free one instead of crowding the next slots' messages: the messages of any one-second window stay within
-  the rate (measured: tests/integration/test_send_limits.py).
+  sender more than LATE_SECONDS past its slot's start when it would go (a busy machine: it woke late, or
+  the reservation's reply reached it late) lets its slot go and takes the next free one instead of
+  crowding the next slots' messages: the messages of any one-second window stay within the rate
+  (measured: tests/integration/test_send_limits.py, tests/stack/test_limits_stack.py).
 - **The rolling quota** (``max_messages_per_24h``, over ``quota_window_seconds``): in the same
   transaction, the messages reserved in the last window (plus QUOTA_MARGIN_SECONDS) are counted (time
   buckets, a 1440th of the window each); a reservation that would pass the quota is rolled back and
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -50,7 +52,9 @@ QUOTA_BUCKETS = 1440  # per window: a minute's buckets for a day's quota
 # slot is reserved before it reaches the provider, whose clock starts at its acceptance.
 QUOTA_MARGIN_SECONDS = 1.0
 SLOTS_PER_SECOND = 25  # a reservation holds at most a 25th of a second's messages
-LATE_SECONDS = 0.04  # a sender that wakes this much after its slot started takes a new one
+LATE_SECONDS = 0.04  # a sender this much past its slot's start when it would go takes a new one
+MAX_RETAKES = 3  # ...this many times at most, then it goes (a machine too busy to be on time still sends)
+CLOCK_SAMPLES = 64  # replies whose clock gap places a slot on a sender's own clock
 OUTCOME_STATES = (DELIVERED, BOUNCED, REFUSED, COMPLAINED, BLOCKED)  # an attempt's states once it has one
 FIGURES = ("throttled_requests", "throttle_wait_seconds", "rate_wait_seconds", "quota_wait_seconds")
 
@@ -137,6 +141,8 @@ class SendLimiter:
         self.limits = limits
         self.sleep = sleep
         self.rate_wait_seconds = 0.0  # slept for send slots, in all
+        self.late_slots = 0  # slots let go because the sender was late for them
+        self._clock_gaps: deque[float] = deque(maxlen=CLOCK_SAMPLES)  # this clock minus the database's, a reply
 
     @property
     def request_cap(self) -> int | None:
@@ -146,18 +152,33 @@ class SendLimiter:
 
     def acquire(self, count: int) -> float:
         """Reserve ``count`` messages and sleep until their slot starts (returns the seconds slept), or
-        raise QuotaExhausted (nothing reserved)."""
+        raise QuotaExhausted (nothing reserved).
+
+        A sender more than LATE_SECONDS past its slot's start when it would go lets the slot go and takes a
+        new one (at most MAX_RETAKES times, then it goes): sent late, its messages would crowd the next
+        slots'. Late is by the slot's start on this process's clock (``_local_slot_start``), so a
+        reservation's reply that reached it late (a busy machine: its process not scheduled, a slow commit)
+        counts, not only a late wake from the sleep; a wait for the account's row lock does not (the
+        database reads its clock once it holds the lock)."""
         waited = 0.0
-        while True:
-            _, wait = self.reserve(count)
+        for retake in range(MAX_RETAKES + 1):
+            start, wait = self.reserve(count)
             if wait > 0:
-                woke = time.monotonic() + wait
                 self.sleep(wait)
                 waited += wait
-                if self.limits.max_messages_per_second and time.monotonic() - woke > LATE_SECONDS:
-                    continue  # woke too late: sending now would crowd the next slots; take a new one
-            self.rate_wait_seconds += waited
-            return waited
+            late = time.monotonic() - self._local_slot_start(start)
+            if not self.limits.max_messages_per_second or late <= LATE_SECONDS or retake == MAX_RETAKES:
+                break
+            self.late_slots += 1
+        self.rate_wait_seconds += waited
+        return waited
+
+    def _local_slot_start(self, start: float) -> float:
+        """When a slot starting at ``start`` (the database's clock) starts on this process's monotonic
+        clock: by the smallest gap between the two clocks seen in the last CLOCK_SAMPLES replies (the
+        fastest reply's: a slow one's gap includes its delay). Clocks that differ between machines cancel
+        out; a stepped database clock is forgotten after CLOCK_SAMPLES reservations."""
+        return start + min(self._clock_gaps)
 
     def reserve(self, count: int) -> tuple[float, float]:
         """Reserve ``count`` messages; returns when their slot starts (the database's clock, seconds since
@@ -178,6 +199,7 @@ class SendLimiter:
                 set_={"next_slot_at": later(send_limits.c.next_slot_at, now) + span},
             ).returning(send_limits.c.next_slot_at, now)
             next_slot, database_now = conn.execute(upsert).one()  # the account's row is locked from here
+            self._clock_gaps.append(time.monotonic() - database_now)
             start = next_slot - span
             if limits.max_messages_per_24h is not None:
                 self._take_quota(conn, count, start, database_now)  # raises: the transaction rolls back
