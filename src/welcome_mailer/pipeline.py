@@ -406,12 +406,18 @@ def send_batch(
     }
 
 
-def collect_outcomes(ledger: Ledger, sources: Sequence[OutcomeSource], run_id: str) -> tuple[int, int]:
+def collect_outcomes(
+    ledger: Ledger, sources: Sequence[OutcomeSource], run_id: str, awaiting: int | None = None
+) -> tuple[int, int]:
     """Poll each source about the run's messages without an outcome and record what they know, then ask
-    the ledger (where pushed outcomes land too) how many are still waiting. Returns (recorded, left)."""
+    the ledger (where pushed outcomes land too) how many are still waiting. Returns (recorded, left).
+
+    ``awaiting``: the last call's ``left``, when the run has sent nothing since (it can only have fallen):
+    the first source is polled without counting again (a count reads an index entry per message of the
+    run). A source is not polled once nothing waits."""
     recorded = 0
-    for source in sources:
-        if not ledger.count_awaiting_outcome(run_id):
+    for n, source in enumerate(sources):
+        if not (awaiting if n == 0 and awaiting is not None else ledger.count_awaiting_outcome(run_id)):
             break
         # Streamed end to end: pending messages read a page at a time, outcomes recorded in bounded
         # transactions as the source yields them.
@@ -445,12 +451,12 @@ def await_delivery(
     for minutes, and were recorded a poke interval and a task start apart. The task log shows the count
     every PROGRESS_LOG_SECONDS and when the poke ends."""
     started = last_progress = last_log = time.monotonic()
-    recorded, polls, fewest_left = 0, 0, None
+    recorded, polls, fewest_left, left = 0, 0, None, None
     keep_lease = lease_keeper(ledger, run_id)
     must_stop = guard_keeper(ledger, run_id, guard)
     while True:
         keep_lease()
-        resolved, left = collect_outcomes(ledger, sources, run_id)
+        resolved, left = collect_outcomes(ledger, sources, run_id, awaiting=left)  # the run's sends are over
         must_stop()  # the reputation guard, on the outcomes known so far
         resendable = ledger.count_resendable(run_id, max_attempts)
         recorded, polls, now = recorded + resolved, polls + 1, time.monotonic()
@@ -497,9 +503,10 @@ def resend_blocked(
     """
     keep_lease = lease_keeper(ledger, run_id)
     must_stop = guard_keeper(ledger, run_id, guard)
+    left = None  # the last poll's count, while nothing was sent since
     while True:
         keep_lease()
-        collect_outcomes(ledger, sources, run_id)
+        _, left = collect_outcomes(ledger, sources, run_id, awaiting=left)
         must_stop()  # a stopped run has released what it has not sent: nothing is requeued below
         now = utcnow()
         batches = ledger.requeue_blocked(
@@ -521,6 +528,7 @@ def resend_blocked(
                 )
                 for b in batches
             ]  # fmt: skip
+            left = None  # sent: the next poll counts again
             log.info(
                 "sent %s messages (new emails to blocked contacts, or ones the quota held)",
                 sum(r["sent"] for r in results),

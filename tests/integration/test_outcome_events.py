@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import sqlalchemy
 
 from tests.support.ledger import attempt_statuses, contact_status, sent, stage_and_claim
 from welcome_mailer.ledger import AcceptedAttempt
@@ -26,6 +27,34 @@ def test_an_event_is_matched_by_message_id_or_by_idempotency_key(ledger):
         "delivered",
         "bounced",
     )
+
+
+def test_an_event_found_by_its_message_id_is_not_looked_up_by_its_key_too(ledger):
+    """Webhook events carry both: the key is looked up only for the events their ids did not find (a
+    stale or foreign id), so a poll of a million such events costs a million lookups, not two million."""
+    ids = sent(ledger, "run", "a@example.com", "b@example.com", "c@example.com")
+    by_key: list[str] = []
+
+    def note(conn, cursor, statement, parameters, context, executemany):
+        if "idempotency_key" in statement.split("WHERE", 1)[-1] and "send_attempts" in statement:
+            by_key.append(statement)
+
+    sqlalchemy.event.listen(ledger.engine, "before_cursor_execute", note)
+    try:
+        counts = ledger.record_outcomes(
+            [
+                OutcomeEvent("delivered", ids[email], idempotency_key(email, 1))
+                for email in ("a@example.com", "b@example.com")
+            ]
+        )
+        assert counts.applied == 2
+        assert by_key == [], "found by message id: no lookup by key"
+        stale = OutcomeEvent("bounced", "an-id-the-ledger-never-saw", idempotency_key("c@example.com", 1))
+        assert ledger.record_outcomes([stale]).applied == 1
+        assert len(by_key) == 1, "an id that found nothing: its key is looked up"
+    finally:
+        sqlalchemy.event.remove(ledger.engine, "before_cursor_execute", note)
+    assert [contact_status(ledger, f"{c}@example.com") for c in "abc"] == ["delivered", "delivered", "bounced"]
 
 
 def test_a_duplicate_event_changes_nothing(ledger):

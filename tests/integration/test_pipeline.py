@@ -73,6 +73,27 @@ def test_a_crash_between_recording_and_sending_is_recovered_by_the_next_run(
     assert_ledger_matches(ledger_url, messages)
 
 
+def test_a_delivery_poke_counts_the_awaited_messages_once_a_poll(ledger, start_esp, contact_file, tmp_path):
+    """A count of the messages without an outcome reads an index entry per message of the run: the poke
+    counts once after each poll, and polls again on the last count (the run sends nothing meanwhile)."""
+    esp = start_esp(hold_rate=1, hold_min_seconds=30, hold_max_seconds=30)
+    _, claimed = parse_and_claim(ledger, "run", contact_file, tmp_path)
+    counts, polls = [], []
+    counted = ledger.count_awaiting_outcome
+    ledger.count_awaiting_outcome = lambda run_id: counts.append(counted(run_id)) or counts[-1]
+    with HttpEmailProvider(esp.url, esp.api_key) as client:
+        for batch_no in claimed["batches"]:
+            pipeline.send_batch(ledger, client, "run", batch_no, 50)
+        source = HttpLookupSource(client)
+        polled = source.poll
+        source.poll = lambda pending: polls.append(1) or polled(pending)
+        done = pipeline.await_delivery(ledger, [source], "run", 5, linger_seconds=0.5, poll_seconds=0.05)
+    assert not done, "every message is still held"
+    assert len(polls) >= 5
+    assert len(counts) == len(polls) + 1, "one count before the first poll, one after each"
+    assert set(counts) == {120}
+
+
 def test_unresolved_messages_are_reconciled_never_resent(ledger, ledger_url, start_esp, contact_file, tmp_path):
     esp = start_esp(hold_rate=1, hold_min_seconds=1.5, hold_max_seconds=2)
     _, claimed = parse_and_claim(ledger, "timed-out", contact_file, tmp_path)

@@ -193,46 +193,52 @@ class Outcomes:
             sent_contacts.c.attempts.label("contact_attempts"),
         )
         joined = send_attempts.join(sent_contacts, sent_contacts.c.email == send_attempts.c.email)
-        lookups = (
-            ("provider_message_id", sorted({e.provider_message_id for e in events if e.provider_message_id})),
-            ("idempotency_key", sorted({e.idempotency_key for e in events if e.idempotency_key})),
-        )
-        rows = []
-        if bulk.is_postgres(conn):
-            # First which attempts (no locks; each id an index probe), then lock those that an event may
-            # change, and their contacts, through the primary keys in key order, and read their state under
-            # the locks. An event its attempt already has (a webhook's duplicate, a lookup after the push)
-            # locks nothing: an attempt's outcome only ever gets stronger, and its contact's effect was
-            # written with it, so it stays a no-op under the lock too.
-            probed = []
-            for column, values in lookups:
-                for chunk in chunks(values, MATCH_CHUNK):
-                    probe = bulk.probe(send_attempts, column, chunk, columns[:5])
-                    probed.extend(_FoundAttempt(*row) for row in conn.execute(probe).all())
-            keys, settled = set(), {}
-            probed_by = _by_message(probed)
-            for event in events:
-                row = _attempt_of(probed_by, event)
-                if row is None:
-                    continue
-                if already_applied(row.status, event.outcome):
-                    settled[row.email, row.attempt] = row
+        postgres = bulk.is_postgres(conn)
+
+        def look_up(column: str, values: set[str]) -> list[_FoundAttempt]:
+            """The attempts with these values of ``column``: on Postgres unlocked and without their contact's
+            state (each value an index probe); on SQLite with it (the write lock covers the read)."""
+            found = []
+            for chunk in chunks(sorted(values), MATCH_CHUNK):
+                if postgres:
+                    query = bulk.probe(send_attempts, column, chunk, columns[:5])
                 else:
-                    keys.add((row.email, row.attempt))
-            # Contacts first, then their attempts, as every other writer (claim, record_sent, the take-over)
-            # takes them: locking an attempt before its contact could close a cycle with one of those.
-            lock_contacts(conn, sorted({email for email, _ in keys}))
-            for chunk in chunks(sorted(keys), MATCH_CHUNK):
-                # Each attempt a lookup of its own, locked in the keys' order (joined as a whole, without
-                # fresh statistics the lock became a hash join over sequential scans of the ledger)
-                lock = bulk.probe(send_attempts, ("email", "attempt"), chunk, columns, source=joined, lock=True)
-                rows.extend(_FoundAttempt(*row) for row in conn.execute(lock).all())
-            rows.extend(row for key, row in settled.items() if key not in keys)
-        else:
-            for column, values in lookups:
-                for chunk in chunks(values, MATCH_CHUNK):
-                    found = conn.execute(select(*columns).select_from(joined).where(send_attempts.c[column].in_(chunk)))
-                    rows.extend(_FoundAttempt(*row) for row in found.all())
+                    query = select(*columns).select_from(joined).where(send_attempts.c[column].in_(chunk))
+                found.extend(_FoundAttempt(*row) for row in conn.execute(query).all())
+            return found
+
+        # By message id first; by idempotency key only the events those ids did not find (an event that
+        # carries both, as a status lookup's, is looked up once).
+        looked_up = look_up("provider_message_id", {e.provider_message_id for e in events if e.provider_message_id})
+        by_id = {row.provider_message_id for row in looked_up}
+        by_key = {e.idempotency_key for e in events if e.idempotency_key and e.provider_message_id not in by_id}
+        looked_up += look_up("idempotency_key", by_key)
+        if not postgres:
+            return _by_message(looked_up)
+        # Postgres: then lock those attempts that an event may change, and their contacts, through the
+        # primary keys in key order, and read their state under the locks. An event its attempt already has
+        # (a webhook's duplicate, a lookup after the push) locks nothing: an attempt's outcome only ever gets
+        # stronger, and its contact's effect was written with it, so it stays a no-op under the lock too.
+        keys, settled = set(), {}
+        probed_by = _by_message(looked_up)
+        for event in events:
+            row = _attempt_of(probed_by, event)
+            if row is None:
+                continue
+            if already_applied(row.status, event.outcome):
+                settled[row.email, row.attempt] = row
+            else:
+                keys.add((row.email, row.attempt))
+        # Contacts first, then their attempts, as every other writer (claim, record_sent, the take-over)
+        # takes them: locking an attempt before its contact could close a cycle with one of those.
+        lock_contacts(conn, sorted({email for email, _ in keys}))
+        rows = []
+        for chunk in chunks(sorted(keys), MATCH_CHUNK):
+            # Each attempt a lookup of its own, locked in the keys' order (joined as a whole, without
+            # fresh statistics the lock became a hash join over sequential scans of the ledger)
+            lock = bulk.probe(send_attempts, ("email", "attempt"), chunk, columns, source=joined, lock=True)
+            rows.extend(_FoundAttempt(*row) for row in conn.execute(lock).all())
+        rows.extend(row for key, row in settled.items() if key not in keys)
         return _by_message(rows)
 
 
