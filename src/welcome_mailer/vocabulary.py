@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 # -- outcomes -------------------------------------------------------------------------------------------
@@ -37,6 +37,9 @@ class OutcomeEvent:
     source: str = "unknown"  # http_lookup, smtp_reply, dsn, webhook:<provider>, ...
     detail: str | None = None  # the provider's words, for the audit trail
     occurred_at: datetime | None = None
+    # The pending message this event answers, when a source polled it from the ledger (a status lookup, a
+    # settle): its state as that poll read it, which the ledger may take instead of reading it again.
+    polled: PendingMessage | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy
 
 from tests.support.ledger import attempt_statuses, contact_status, sent, stage_and_claim
-from welcome_mailer.ledger import AcceptedAttempt
+from welcome_mailer.ledger import AcceptedAttempt, sent_contacts
 from welcome_mailer.vocabulary import OutcomeEvent, idempotency_key, utcnow
 
 
@@ -55,6 +55,62 @@ def test_an_event_found_by_its_message_id_is_not_looked_up_by_its_key_too(ledger
     finally:
         sqlalchemy.event.remove(ledger.engine, "before_cursor_execute", note)
     assert [contact_status(ledger, f"{c}@example.com") for c in "abc"] == ["delivered", "delivered", "bounced"]
+
+
+def _polled(ledger, run_id: str, outcome: str) -> dict[str, OutcomeEvent]:
+    """A status lookup's events: one per pending message of the run, each with the message as polled."""
+    return {
+        m.email: OutcomeEvent(outcome, m.message_id, source="http_lookup", polled=m)
+        for m in ledger.pending_messages(run_id)
+    }
+
+
+def test_a_polled_event_takes_its_attempt_as_the_poll_read_it(ledger):
+    """SQLite: a status lookup's outcomes are written guarded by the state the poll read, with no lookup
+    of their attempts (a third of recording an outcome), beside an event from elsewhere in the same
+    transaction (looked up); Postgres locks what it reads: it looks them all up."""
+    sent(ledger, "run", *(f"u{i}@example.com" for i in range(21)))
+    events = _polled(ledger, "run", "delivered")
+    events["u20@example.com"] = OutcomeEvent("delivered", idempotency_key=idempotency_key("u20@example.com", 1))
+    lookups: list[str] = []
+
+    def note(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().startswith("SELECT") and "send_attempts" in statement:
+            lookups.append(statement)
+
+    sqlalchemy.event.listen(ledger.engine, "before_cursor_execute", note)
+    try:
+        counts = ledger.record_outcomes(events.values())
+    finally:
+        sqlalchemy.event.remove(ledger.engine, "before_cursor_execute", note)
+    assert (counts.applied, counts.unchanged, counts.inboxed) == (21, 0, 0)
+    assert {contact_status(ledger, email) for email in events} == {"delivered"}
+    assert set(attempt_statuses(ledger).values()) == {"delivered"}
+    if ledger.engine.dialect.name == "sqlite":
+        assert len(lookups) == 1, f"only the webhook's event (not polled) is looked up: {lookups}"
+    else:
+        assert len(lookups) > 1, lookups
+
+
+def test_a_polled_event_whose_message_changed_since_the_poll_follows_the_rules(ledger):
+    """What the poll read is only trusted when every guarded write finds it still so: a bounce pushed in
+    between stays (a delivery never undoes it); a contact that moved on to a new attempt (a take-over)
+    is not blocked by its old attempt's report; the rest of the poll's events are applied."""
+    sent(ledger, "run", "a@example.com", "b@example.com", "c@example.com")
+    delivered = _polled(ledger, "run", "delivered")
+    blocked = _polled(ledger, "run", "blocked")
+    ledger.record_outcomes([OutcomeEvent("bounced", delivered["a@example.com"].provider_message_id)])
+    counts = ledger.record_outcomes([delivered["a@example.com"], delivered["c@example.com"]])
+    assert (counts.applied, counts.unchanged) == (1, 1)
+    assert contact_status(ledger, "a@example.com") == "bounced"
+    assert contact_status(ledger, "c@example.com") == "delivered"
+    with ledger.engine.begin() as conn:  # b@ moved on to a second attempt after the poll (a take-over)
+        conn.execute(
+            sqlalchemy.update(sent_contacts).where(sent_contacts.c.email == "b@example.com").values(attempts=2)
+        )
+    assert ledger.record_outcomes([blocked["b@example.com"]]).applied == 1
+    assert attempt_statuses(ledger)[("b@example.com", 1)] == "blocked"
+    assert contact_status(ledger, "b@example.com") == "sending", "blocked counts for the latest attempt only"
 
 
 def test_a_duplicate_event_changes_nothing(ledger):

@@ -83,7 +83,7 @@ class Outcomes:
         while chunk := list(itertools.islice(events, OUTCOME_CHUNK)):
             now = utcnow()
             with self.engine.begin() as conn:
-                chunk_applied, chunk_unchanged, chunk_unmatched = self._apply(conn, chunk, now)
+                chunk_applied, chunk_unchanged, chunk_unmatched = self._apply_polled(conn, chunk, now)
                 bulk.insert_rows(
                     conn,
                     outcome_inbox,
@@ -126,10 +126,39 @@ class Outcomes:
             applied = [r.id for r, event in zip(waiting, events, strict=True) if event not in still_waiting]
             conn.execute(delete(outcome_inbox).where(outcome_inbox.c.id.in_(applied)))
 
-    def _apply(self, conn, events: list[OutcomeEvent], now: datetime) -> tuple[int, int, list[OutcomeEvent]]:
+    def _apply_polled(self, conn, events: list[OutcomeEvent], now: datetime) -> tuple[int, int, list[OutcomeEvent]]:
+        """``_apply``; on SQLite, events a source polled from the ledger (``OutcomeEvent.polled``) take their
+        attempt's state as the poll read it (sent, its contact sending with it) instead of a lookup each,
+        and every write is guarded by that state: if one misses (an outcome, a take-over or an operator came
+        in between), none of them stands and the events are looked up. On Postgres the lookup locks what
+        it reads, in key order, as every writer does: it is never skipped."""
+        if bulk.is_postgres(conn) or not any(_polled_by_id(e) for e in events):
+            return self._apply(conn, events, now)
+        try:
+            with conn.begin_nested():
+                return self._apply(conn, events, now, trust_polled=True)
+        except _StalePoll:
+            return self._apply(conn, events, now)
+
+    def _apply(
+        self, conn, events: list[OutcomeEvent], now: datetime, trust_polled: bool = False
+    ) -> tuple[int, int, list[OutcomeEvent]]:
         """The rules of record_outcomes, inside the caller's transaction. Returns (applied, unchanged,
-        events that matched no recorded send)."""
-        found = self._find_attempts(conn, events)
+        events that matched no recorded send). ``trust_polled``: see ``_apply_polled``."""
+        if trust_polled:
+            polled, others = [], []
+            for event in events:
+                if _polled_by_id(event):
+                    polled.append(event.polled)
+                else:
+                    others.append(event)
+            found = self._find_attempts(conn, others)
+            found |= {  # found by their message ids: no key computed (a hash each)
+                ("id", m.message_id): _FoundAttempt(m.email, m.attempt, SENT, m.message_id, None, SENDING, m.attempt)
+                for m in polled
+            }
+        else:
+            found = self._find_attempts(conn, events)
         strongest: dict[tuple[str, int], str] = {}  # per attempt, the strongest outcome among the events
         unmatched = []
         for event in events:
@@ -153,11 +182,14 @@ class Outcomes:
             row = rows[email, attempt]
             current = contact_updates.get(email, {}).get("status", row.contact_status)
             if contact_follows(current, row.contact_attempts, attempt, outcome):
-                contact_updates[email] = {"email": email, "status": outcome, "old": row.contact_status}
+                contact_updates[email] = {
+                    "email": email, "attempts": row.contact_attempts, "status": outcome, "old": row.contact_status
+                }  # fmt: skip
         # Each update is guarded by the state read above (rows are locked on Postgres, the database on
-        # SQLite): nothing changes between the read and the write.
+        # SQLite): nothing changes between the read and the write, unless the state came from a poll.
+        written = 0
         for old_status in {u["old"] for u in attempt_updates}:
-            bulk.update_rows(
+            written += bulk.update_rows(
                 conn,
                 send_attempts,
                 [u for u in attempt_updates if u["old"] == old_status],
@@ -167,15 +199,17 @@ class Outcomes:
                 constants={"updated_at": now},
             )
         for old_status in {u["old"] for u in contact_updates.values()}:
-            bulk.update_rows(
+            written += bulk.update_rows(
                 conn,
                 sent_contacts,
                 [u for u in contact_updates.values() if u["old"] == old_status],
-                match={"email": "email"},
+                match={"email": "email", "attempts": "attempts"},
                 assign={"status": "status"},
                 guards={"status": old_status},
                 constants={"updated_at": now},
             )
+        if trust_polled and written != len(attempt_updates) + len(contact_updates):
+            raise _StalePoll
         matched = len(events) - len(unmatched)
         return len(attempt_updates), matched - len(attempt_updates), unmatched
 
@@ -242,6 +276,19 @@ class Outcomes:
         return _by_message(rows)
 
 
+def _polled_by_id(event: OutcomeEvent) -> bool:
+    """Whether the event answers a message a poll read, and names it by the message id read."""
+    return (
+        event.polled is not None
+        and bool(event.polled.message_id)
+        and event.provider_message_id == event.polled.message_id
+    )
+
+
+class _StalePoll(Exception):
+    """A write guarded by a poll's state missed: the state changed since the poll read it."""
+
+
 class _FoundAttempt(NamedTuple):
     """An attempt an outcome event names, as ``_find_attempts`` reads it: a plain tuple (reading a Row's
     attributes by name was a large share of recording outcomes on SQLite)."""
@@ -250,7 +297,7 @@ class _FoundAttempt(NamedTuple):
     attempt: int
     status: str
     provider_message_id: str | None
-    idempotency_key: str
+    idempotency_key: str | None  # None: a polled message's, found by its message id (``_apply``)
     contact_status: str | None = None  # not read by the unlocked probe
     contact_attempts: int | None = None
 

@@ -295,7 +295,7 @@ class DsnSource:
         reported = {e.idempotency_key for e in events}
         settled_before = utcnow() - self.settle
         yield from (
-            OutcomeEvent(DELIVERED, m.message_id, m.idempotency_key, source="settle", detail="no bounce report")
+            OutcomeEvent(DELIVERED, m.message_id, m.idempotency_key, "settle", "no bounce report", polled=m)
             for m in pending
             if m.sent_at is not None and m.sent_at <= settled_before and m.idempotency_key not in reported
         )

@@ -26,22 +26,22 @@ class HttpLookupSource:
         at once (the client's connection pool is shared by threads), answered in the order asked.
         ``pending`` is read here, in the caller's thread, a request's worth ahead of the answers."""
         pending = iter(pending)
-        in_flight: deque[Future[dict[str, str]]] = deque()
+        in_flight: deque[tuple[dict[str, PendingMessage], Future[dict[str, str]]]] = deque()
         with ThreadPoolExecutor(max_workers=self.lookups_in_flight, thread_name_prefix="esp-lookup") as lookups:
             try:
-                while message_ids := [m.message_id for m in itertools.islice(pending, MAX_BATCH)]:
-                    in_flight.append(lookups.submit(self.client.lookup, message_ids))
+                while asked := {m.message_id: m for m in itertools.islice(pending, MAX_BATCH)}:
+                    in_flight.append((asked, lookups.submit(self.client.lookup, list(asked))))
                     if len(in_flight) >= self.lookups_in_flight:
-                        yield from self._events(in_flight.popleft().result())
+                        yield from self._events(*in_flight.popleft())
                 while in_flight:
-                    yield from self._events(in_flight.popleft().result())
+                    yield from self._events(*in_flight.popleft())
             finally:
-                for request in in_flight:  # the caller stopped reading, or a lookup failed
+                for _, request in in_flight:  # the caller stopped reading, or a lookup failed
                     request.cancel()
 
-    def _events(self, statuses: dict[str, str]) -> Iterator[OutcomeEvent]:
+    def _events(self, asked: dict[str, PendingMessage], answer: Future[dict[str, str]]) -> Iterator[OutcomeEvent]:
         return (
-            OutcomeEvent(status, provider_message_id=message_id, source=self.name)
-            for message_id, status in statuses.items()
+            OutcomeEvent(status, provider_message_id=message_id, source=self.name, polled=asked.get(message_id))
+            for message_id, status in answer.result().items()
             if status in OUTCOMES  # "sent": no outcome yet
         )
