@@ -113,6 +113,22 @@ def test_a_polled_event_whose_message_changed_since_the_poll_follows_the_rules(l
     assert contact_status(ledger, "b@example.com") == "sending", "blocked counts for the latest attempt only"
 
 
+def test_a_contact_unsubscribed_after_the_poll_stays_so_whatever_else_the_transaction_holds(ledger):
+    """The poll read a@'s second message as sent; then a@ unsubscribed (its contact only changes). One
+    transaction holds the poll's delivery of that message and a bounce of a@'s first one (looked up): the
+    contact is read both ways, so it is decided from the lookup alone, and unsubscribed outranks both."""
+    ids = sent(ledger, "run", "a@example.com")
+    ledger.record_outcomes([OutcomeEvent("blocked", provider_message_id=ids["a@example.com"])])
+    [batch] = ledger.requeue_blocked("run", 5, utcnow() + timedelta(days=1), 500, 1024)
+    [second] = ledger.start_attempts("run", batch)
+    ledger.record_sent("run", [AcceptedAttempt(second.email, second.attempt, "m-second")])
+    delivered = _polled(ledger, "run", "delivered")["a@example.com"]
+    assert ledger.unsubscribe("a@example.com")
+    ledger.record_outcomes([delivered, OutcomeEvent("bounced", provider_message_id=ids["a@example.com"])])
+    assert contact_status(ledger, "a@example.com") == "unsubscribed"
+    assert attempt_statuses(ledger) == {("a@example.com", 1): "bounced", ("a@example.com", 2): "delivered"}
+
+
 def test_a_duplicate_event_changes_nothing(ledger):
     ids = sent(ledger, "run", "a@example.com")
     event = OutcomeEvent("delivered", provider_message_id=ids["a@example.com"], source="webhook")

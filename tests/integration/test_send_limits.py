@@ -48,12 +48,12 @@ class _SlowReplies(SendLimiter):
         super().__init__(*args, **kwargs)
         self.late, self.lock_wait, self.reservations = late, lock_wait, 0
 
-    def reserve(self, count: int) -> tuple[float, float]:
+    def reserve(self, count: int, **kwargs) -> tuple[float, float]:
         self.reservations += 1
         delayed = self.reservations <= self.late
         if delayed and self.lock_wait:
             time.sleep(0.1)
-        reserved = super().reserve(count)
+        reserved = super().reserve(count, **kwargs)
         if delayed and not self.lock_wait:
             time.sleep(0.1)
         return reserved
@@ -78,6 +78,14 @@ def test_a_sender_late_for_its_slot_takes_a_new_one_however_it_got_late(ledger):
     no_rate = _SlowReplies(ledger.engine, ProviderLimits("quota-only", max_messages_per_24h=100), late=100)
     no_rate.acquire(2)
     assert no_rate.reservations == 1, "with no rate there are no slots to be late for"
+    both = ProviderLimits("both", max_messages_per_second=50, max_messages_per_24h=10)
+    late_with_quota = _SlowReplies(ledger.engine, both, late=100)
+    late_with_quota.acquire(4)
+    assert late_with_quota.late_slots == MAX_RETAKES
+    late_with_quota.late = 0
+    late_with_quota.acquire(6)  # fits only if the retakes' slots were not counted against the quota
+    with pytest.raises(QuotaExhausted):
+        late_with_quota.acquire(1)
 
 
 def test_the_rolling_quota_refuses_what_would_pass_it_and_frees_with_the_window(ledger):

@@ -159,10 +159,11 @@ class SendLimiter:
         slots'. Late is by the slot's start on this process's clock (``_local_slot_start``), so a
         reservation's reply that reached it late (a busy machine: its process not scheduled, a slow commit)
         counts, not only a late wake from the sleep; a wait for the account's row lock does not (the
-        database reads its clock once it holds the lock)."""
+        database reads its clock once it holds the lock). The quota counts the messages once: a retake
+        reserves a slot of the rate only (its quota bucket is the first slot's, a few ms earlier)."""
         waited = 0.0
         for retake in range(MAX_RETAKES + 1):
-            start, wait = self.reserve(count)
+            start, wait = self.reserve(count, count_quota=retake == 0)
             if wait > 0:
                 self.sleep(wait)
                 waited += wait
@@ -180,9 +181,10 @@ class SendLimiter:
         out; a stepped database clock is forgotten after CLOCK_SAMPLES reservations."""
         return start + min(self._clock_gaps)
 
-    def reserve(self, count: int) -> tuple[float, float]:
+    def reserve(self, count: int, *, count_quota: bool = True) -> tuple[float, float]:
         """Reserve ``count`` messages; returns when their slot starts (the database's clock, seconds since
-        the epoch) and the seconds until then."""
+        the epoch) and the seconds until then. ``count_quota``: False for messages the quota already
+        counted (``acquire``'s retake)."""
         limits = self.limits
         rate = limits.max_messages_per_second
         span = count / rate if rate else 0.0
@@ -201,7 +203,7 @@ class SendLimiter:
             next_slot, database_now = conn.execute(upsert).one()  # the account's row is locked from here
             self._clock_gaps.append(time.monotonic() - database_now)
             start = next_slot - span
-            if limits.max_messages_per_24h is not None:
+            if limits.max_messages_per_24h is not None and count_quota:
                 self._take_quota(conn, count, start, database_now)  # raises: the transaction rolls back
         return start, start - database_now
 

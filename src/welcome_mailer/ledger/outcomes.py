@@ -153,6 +153,10 @@ class Outcomes:
                 else:
                     others.append(event)
             found = self._find_attempts(conn, others)
+            polled_contacts = {m.email for m in polled}
+            if any(row.email in polled_contacts for row in found.values()):
+                # A contact read both ways (the poll's and now): its rules must start from now's alone.
+                raise _StalePoll
             found |= {  # found by their message ids: no key computed (a hash each)
                 ("id", m.message_id): _FoundAttempt(m.email, m.attempt, SENT, m.message_id, None, SENDING, m.attempt)
                 for m in polled
