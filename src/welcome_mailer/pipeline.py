@@ -341,6 +341,8 @@ def send_batch(
         record(chunk, results)
 
     waited, quota_waited, backoff = 0.0, 0.0, THROTTLE_BACKOFF_SECONDS
+    # The limiter's figures so far: resend_blocked passes one limiter to each batch of its poke.
+    rate_waited_before, late_before = (limiter.rate_wait_seconds, limiter.late_slots) if limiter else (0.0, 0)
     request_size = min(request_size, transport.max_batch, (limiter and limiter.request_cap) or request_size)
     try:
         while attempts:
@@ -379,9 +381,11 @@ def send_batch(
                 waited, backoff, retry_after = waited + wait, min(backoff * 2, THROTTLE_MAX_WAIT_SECONDS), 0.0
     finally:
         requests.shutdown(cancel_futures=True)  # after a failure in recording too
-        rate_wait = limiter.rate_wait_seconds if limiter is not None else 0.0
-        if limiter is not None and limiter.late_slots:
-            log.info("%s send slots let go: this task was late for them (a busy machine)", limiter.late_slots)
+        rate_wait = limiter.rate_wait_seconds - rate_waited_before if limiter is not None else 0.0
+        if limiter is not None and limiter.late_slots > late_before:
+            log.info(
+                "%s send slots let go: this task was late for them (a busy machine)", limiter.late_slots - late_before
+            )
         ledger.add_limit_figures(
             run_id,
             throttled_requests=throttled_requests,

@@ -169,6 +169,19 @@ def test_the_rate_keeps_an_ses_like_relay_from_throttling(ledger, ledger_url, tm
     assert reached >= 45
 
 
+def test_a_limiter_shared_by_a_pokes_batches_counts_each_wait_once(ledger, start_esp, tmp_path):
+    """resend_blocked hands one limiter to every batch of its poke: each batch adds its own wait to the
+    run's figures, not the limiter's total so far."""
+    esp = start_esp(hold_rate=0, **ALL_DELIVERED)
+    [batches] = claim_runs(ledger, tmp_path, runs=1, contacts=60, batches=3).values()
+    limiter = SendLimiter(ledger.engine, ProviderLimits("esp_default", max_messages_per_second=100))
+    with HttpEmailProvider(esp.url, esp.api_key) as transport:
+        results = [pipeline.send_batch(ledger, transport, "run0", b, 20, limiter=limiter) for b in batches]
+    assert len(results) == 3 and sum(r["sent"] for r in results) == 60
+    assert sum(r["rate_wait_seconds"] for r in results) == pytest.approx(limiter.rate_wait_seconds, abs=0.01)
+    assert ledger.limit_figures("run0")["rate_wait_seconds"] == pytest.approx(limiter.rate_wait_seconds, abs=0.01)
+
+
 def test_the_limits_come_from_the_provider_connections_extras():
     limits = ProviderLimits.from_extra("esp_default", {"max_messages_per_second": "14", "max_messages_per_24h": 50000})
     assert (limits.max_messages_per_second, limits.max_messages_per_24h, limits.quota_window_seconds) == (
