@@ -386,6 +386,46 @@ def _scans(plan: dict) -> list[tuple[str, str, str | None]]:
     return found + [scan for child in plan.get("Plans", []) for scan in _scans(child)]
 
 
+@contextlib.contextmanager
+def sqlite_plans_of(engine, wanted: Callable[[str], bool]):
+    """SQLite: (statement, the steps of its EXPLAIN QUERY PLAN, e.g. 'SEARCH t USING INDEX ix (a=?)') of every
+    statement ``wanted`` picks, explained on its connection right before it runs."""
+    plans: list[tuple[str, list[str]]] = []
+
+    def explain(conn, cursor, statement, parameters, context, executemany):
+        if wanted(statement) and not executemany:
+            steps = cursor.connection.execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+            plans.append((statement, [step[-1] for step in steps]))
+
+    event.listen(engine, "before_cursor_execute", explain)
+    try:
+        yield plans
+    finally:
+        event.remove(engine, "before_cursor_execute", explain)
+
+
+def test_on_sqlite_a_pokes_counts_and_resends_read_what_they_need_not_the_whole_run(tmp_path):
+    """SQLite has no statistics on the ledger, and its planner took the run's whole index where a narrower
+    one serves: a count of the run's attempts not accepted yet read every attempt of the run through
+    ix_send_attempts_run (0.15 s a count at 1M contacts; a poke counts once a poll), and requeue_blocked
+    read every contact of the run changed before the backoff's end through ix_sent_contacts_run_updated
+    (0.33 s a poke). They must read the unaccepted attempts' partial index and the run's blocked contacts."""
+    ledger = Ledger(connect(f"sqlite:///{tmp_path / 'ledger.db'}"))
+    upgrade(ledger.engine)
+    claimed = stage_and_claim(ledger, "run-1", [f"u{i}@example.com" for i in range(20)], batch_size=10)
+    send_everything(ledger, "run-1", claimed.batches[:1], "blocked")
+    with sqlite_plans_of(ledger.engine, lambda s: "count(" in s or s.startswith("UPDATE sent_contacts")) as plans:
+        waiting, unsent = ledger.count_awaiting_outcome("run-1"), ledger.count_unsent("run-1")
+        requeued = ledger.requeue_blocked("run-1", 3, utcnow(), 500, 1024)
+    ledger.engine.dispose()
+    assert (waiting, unsent, requeued) == (0, 10, [0])
+    unaccepted = [step for _, plan in plans for step in plan if "send_attempts" in step]
+    assert len(unaccepted) >= 3, plans  # the two counts, and requeue_blocked's count of what is due
+    assert all("ix_send_attempts_unaccepted (run_id=? AND provider_message_id=?)" in s for s in unaccepted), plans
+    [requeue] = [plan for statement, plan in plans if statement.startswith("UPDATE sent_contacts SET status")]
+    assert requeue == ["SEARCH sent_contacts USING INDEX ix_sent_contacts_run_status_batch (run_id=? AND status=?)"]
+
+
 @pytest.mark.postgres
 def test_chunk_updates_are_driven_by_the_primary_key_whatever_the_statistics(postgres_url):
     """Issue 14: statistics taken before a bulk claim know nothing of the run, so the planner believed

@@ -313,7 +313,8 @@ def test_0007_no_index_of_the_attempts_names_their_state_and_a_run_still_finds_w
     check_at_head(engine)
     indexes = attempt_indexes(engine)
     assert not [name for name, columns in indexes.items() if "status" in columns]
-    assert indexes["ix_send_attempts_unaccepted"] == ["run_id"] and indexes["ix_send_attempts_run"] == ["run_id"]
+    assert indexes["ix_send_attempts_run"] == ["run_id"]
+    assert indexes["ix_send_attempts_unaccepted"] == ["run_id", "provider_message_id"]  # 0014's columns
     assert ledger.count_awaiting_outcome("run-1") == 1
     assert [a.email for a in ledger.start_attempts("run-1", batch)] == ["b@example.com", "c@example.com"]
     ledger.record_sent("run-1", [AcceptedAttempt("b@example.com", 1, "m-b")])
@@ -329,3 +330,22 @@ def test_0007_no_index_of_the_attempts_names_their_state_and_a_run_still_finds_w
     indexes = attempt_indexes(engine)
     assert indexes["ix_send_attempts_run_status"] == ["run_id", "status"]
     assert {"ix_send_attempts_unaccepted", "ix_send_attempts_run"}.isdisjoint(indexes)
+
+
+def test_0014_the_unaccepted_index_names_the_null_and_a_run_still_finds_what_it_owes(engine):
+    """0014: ix_send_attempts_unaccepted gets the message id (always NULL in it) as a second column, so that
+    SQLite's planner prefers it to ix_send_attempts_run. A run half sent at 0013 still finds its unsent
+    attempts and its awaiting messages at head; the downgrade restores the index on (run_id)."""
+    from tests.support.ledger import stage_and_claim
+    from welcome_mailer.ledger import AcceptedAttempt
+
+    upgrade(engine, "0013")
+    ledger = Ledger(engine)
+    [batch] = stage_and_claim(ledger, "run-1", ["a@example.com", "b@example.com", "c@example.com"]).batches
+    ledger.record_sent("run-1", [AcceptedAttempt("a@example.com", 1, "m-a")])
+    assert upgrade(engine) == ("0013", HEAD_REVISION)
+    assert attempt_indexes(engine)["ix_send_attempts_unaccepted"] == ["run_id", "provider_message_id"]
+    assert (ledger.count_awaiting_outcome("run-1"), ledger.count_unsent("run-1")) == (1, 2)
+    assert [a.email for a in ledger.start_attempts("run-1", batch)] == ["b@example.com", "c@example.com"]
+    assert downgrade(engine, "0013") == (HEAD_REVISION, "0013")
+    assert attempt_indexes(engine)["ix_send_attempts_unaccepted"] == ["run_id"]

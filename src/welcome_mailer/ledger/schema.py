@@ -67,7 +67,14 @@ send_attempts = Table(
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
     # No index names status: an outcome's update is then heap-only on Postgres (migration 0007 says why).
-    Index("ix_send_attempts_unaccepted", "run_id", postgresql_where=UNACCEPTED, sqlite_where=UNACCEPTED),
+    # Attempts not accepted yet; the NULL as a second column makes SQLite's planner pick it (migration 0014).
+    Index(
+        "ix_send_attempts_unaccepted",
+        "run_id",
+        "provider_message_id",
+        postgresql_where=UNACCEPTED,
+        sqlite_where=UNACCEPTED,
+    ),
     Index("ix_send_attempts_run", "run_id"),  # a run's messages, for its summary
     Index("ix_send_attempts_provider_message_id", "provider_message_id"),
     Index("ix_send_attempts_created_at", "created_at"),  # the UI's messages per day, over recent days only
