@@ -40,7 +40,7 @@ from airflow.sdk import Label, Param, PokeReturnValue, TriggerRule, dag, get_cur
 
 from welcome_mailer.run_failure import record_failure
 from welcome_mailer.settings import Settings
-from welcome_mailer.task_memory import push_peak_rss, start_measuring
+from welcome_mailer.task_memory import task_ended, task_started
 
 ESP_POOL = "email_provider"  # the provider's concurrency limit, shared by every run
 DELIVERY_TIMEOUT = timedelta(hours=1)  # then messages stay 'sent' for a later run to reconcile
@@ -69,9 +69,10 @@ def reputation_guard(params: dict):
         "retries": 3,
         "retry_delay": timedelta(seconds=5),
         "retry_exponential_backoff": True,
-        # every task's peak RSS, for the report (welcome_mailer.task_memory says what the figure means)
-        "pre_execute": start_measuring,
-        "post_execute": push_peak_rss,
+        # every task's peak RSS, for the report, and the collector kept off what the process held before
+        # the task (welcome_mailer.task_memory says what the figure means, and why)
+        "pre_execute": task_started,
+        "post_execute": task_ended,
         # a failed task's error, for whoever asks why the run failed (the drop folder's .reason.txt)
         "on_failure_callback": record_failure,
     },

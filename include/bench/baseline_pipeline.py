@@ -15,6 +15,7 @@ line: seconds per phase and the run's summary.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import tempfile
@@ -73,6 +74,7 @@ def run(csv_path: Path, ledger_url: str, esp_url: str, api_key: str, workdir: Pa
         raise SystemExit(f"--conf: welcome_emails has no Param {', '.join(sorted(unknown))}")
     params.update(conf)
     settings = dag.SETTINGS
+    gc.freeze()  # what the program holds now is never walked by the collector, as in every task of the DAG
     ledger = open_ledger(ledger_url)
     upgrade(ledger.engine)
     phases: dict[str, float] = {}

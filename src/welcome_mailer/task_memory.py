@@ -1,7 +1,18 @@
-"""Each task's peak resident memory (RSS), carried to the run's report (the goal: <= 500 MB a task at 1M rows).
+"""A task's process memory: its peak resident memory (RSS), carried to the run's report (the goal: <= 500 MB a
+task at 1M rows), and the garbage collector kept off what the process held before the task.
 
-The DAG sets ``start_measuring`` and ``push_peak_rss`` as every task's pre- and post-execute hooks. The
-peak is reset when a task starts (Linux: ``/proc/self/clear_refs``), so each figure is the peak of the
+The DAG sets ``task_started`` and ``task_ended`` as every task's pre- and post-execute hooks.
+
+The collector: a task's process holds Airflow, its API client and server (under ``dags test``), SQLAlchemy
+and the DAG, hundreds of thousands of objects, before the task makes one of its own. Python's full
+collections walk all of them, and a task that builds a million objects (a send task's attempts, a poll's
+outcomes) triggers many: a million small objects took 2.4x as long beside Airflow's objects as alone.
+``task_started`` freezes what the process holds (``gc.freeze``: never walked again); ``task_ended`` gives
+it back (``gc.unfreeze``), so whatever a task leaves behind is collected as usual afterwards (under
+``dags test`` the next task freezes the process again). A failed task ends without its post-execute hook:
+the next task that ends gives everything back.
+
+The peak is reset when a task starts (Linux: ``/proc/self/clear_refs``), so each figure is the peak of the
 task's process while the task ran, not since the process started:
 
 - on Celery every task runs in a process of its own (Airflow's supervisor forks one per task; on Linux a
@@ -16,6 +27,7 @@ Stdlib only: the DAG file imports this module at parse time.
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 from pathlib import Path
@@ -67,6 +79,18 @@ def current_figure() -> dict:
 def push_peak_rss(context, result=None) -> None:
     """Post-execute hook of every task: its figure, as an XCom for the report task."""
     context["ti"].xcom_push(key=PEAK_RSS_KEY, value=current_figure())
+
+
+def task_started(context) -> None:
+    """Pre-execute hook of every task: the peak RSS counts from now; what the process holds is frozen."""
+    start_measuring(context)
+    gc.freeze()
+
+
+def task_ended(context, result=None) -> None:
+    """Post-execute hook of every task: its figure for the report; the frozen objects collectable again."""
+    push_peak_rss(context, result)
+    gc.unfreeze()
 
 
 def summarize(figures: dict[str, list[dict | None]]) -> dict:

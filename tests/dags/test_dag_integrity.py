@@ -62,6 +62,17 @@ def test_welcome_emails_shape(welcome):
     assert welcome.catchup is False
 
 
+def test_every_task_measures_its_memory_and_freezes_what_its_process_held(welcome):
+    from welcome_mailer.task_memory import task_ended, task_started
+
+    for task in welcome.tasks:
+        if hasattr(task, "partial_kwargs"):  # a mapped task passes them on to each map index's operator
+            hooks = (task.partial_kwargs["pre_execute"], task.partial_kwargs["post_execute"])
+        else:  # where the Task SDK's operator keeps default_args' hooks
+            hooks = (task._pre_execute_hook, task._post_execute_hook)
+        assert hooks == (task_started, task_ended), task.task_id
+
+
 def test_send_batch_is_mapped_labelled_and_pooled(welcome):
     send = welcome.get_task("send_batch")
     assert send.__class__.__name__.endswith("MappedOperator")

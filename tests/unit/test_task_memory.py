@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
 import pytest
 
 from welcome_mailer.report import report_rows
-from welcome_mailer.task_memory import peak_rss_from_status, peak_rss_mb, reset_peak_rss, summarize
+from welcome_mailer.task_memory import (
+    PEAK_RSS_KEY,
+    peak_rss_from_status,
+    peak_rss_mb,
+    reset_peak_rss,
+    summarize,
+    task_ended,
+    task_started,
+)
 
 STATUS_EXCERPT = "Name:\tairflow\nVmPeak:\t 2097152 kB\nVmHWM:\t  524288 kB\nVmRSS:\t  262144 kB\n"
 
@@ -78,3 +87,32 @@ def test_the_report_table_shows_the_figures_and_older_reports_still_render():
     rows = dict(report_rows(report))
     assert rows["peak RSS MB: parse"] == 310
     assert rows["  peak RSS measured"] == "each task in a process of its own"
+
+
+class _TaskInstance:
+    def __init__(self) -> None:
+        self.pushed: dict = {}
+
+    def xcom_push(self, key: str, value) -> None:
+        self.pushed[key] = value
+
+
+def test_a_task_runs_with_what_its_process_held_frozen_and_gives_it_back_when_it_ends():
+    """The collector walks only what the task makes (a million objects took 2.4x as long beside Airflow's
+    objects, in a process that holds them as a task's does); what the process held is collectable again
+    once the task ends, so under `dags test` nothing a task left behind stays frozen."""
+    ti = _TaskInstance()
+    gc.unfreeze()
+    try:
+        task_started({"ti": ti})
+        assert gc.get_freeze_count() > 0, "what the process held is frozen"
+        made_by_the_task = [[] for _ in range(3)]
+        tracked_now = {id(o) for o in gc.get_objects()}  # the collector's generations: frozen ones are not
+        assert all(id(o) in tracked_now for o in made_by_the_task)
+        assert id(ti) not in tracked_now, "an object from before the task is frozen"
+        task_ended({"ti": ti})
+        assert gc.get_freeze_count() == 0
+        assert id(ti) in {id(o) for o in gc.get_objects()}, "given back to the collector"
+        assert ti.pushed[PEAK_RSS_KEY]["pid"] == os.getpid()
+    finally:
+        gc.unfreeze()
