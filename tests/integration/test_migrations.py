@@ -349,3 +349,18 @@ def test_0014_the_unaccepted_index_names_the_null_and_a_run_still_finds_what_it_
     assert [a.email for a in ledger.start_attempts("run-1", batch)] == ["b@example.com", "c@example.com"]
     assert downgrade(engine, "0013") == (HEAD_REVISION, "0013")
     assert attempt_indexes(engine)["ix_send_attempts_unaccepted"] == ["run_id"]
+
+
+def test_0015_a_runs_guard_figures_stay_and_its_next_count_is_due_now(engine):
+    """0015: run_limits gets guard_count_due_at (NULL: due now). A run's row from 0014 keeps its figures and
+    its guard stop; the downgrade drops the column and keeps the rest."""
+    upgrade(engine, "0014")
+    ledger = Ledger(engine)
+    ledger.add_limit_figures("run-1", throttled_requests=2, rate_wait_seconds=1.5)
+    ledger.stop_for_guard("run-1", "bounce rate 40.0% > 20.0%", {"outcomes": 300})
+    assert upgrade(engine) == ("0014", HEAD_REVISION)
+    assert ledger.guard_state("run-1") == (True, None)
+    figures = ledger.limit_figures("run-1")
+    assert (figures["throttled_requests"], figures["rate_wait_seconds"]) == (2, 1.5) and figures["guard_stopped_at"]
+    assert downgrade(engine, "0014") == (HEAD_REVISION, "0014")
+    assert "guard_count_due_at" not in {c["name"] for c in inspect(engine).get_columns("run_limits")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timedelta
 
 from tests.support.limits import claim_runs
 from welcome_mailer import pipeline
@@ -105,24 +106,37 @@ def test_a_resend_poke_counts_the_runs_outcomes_once_an_interval_not_per_batch(
     assert len(counts) <= 1 + elapsed // pipeline.GUARD_CHECK_SECONDS, f"{len(counts)} counts in {elapsed:.1f} s"
 
 
+EPOCH = datetime(2026, 12, 6)
+
+
 class CountingLedger:
     """The guard keeper's side of the ledger, on a fake clock: each count of the run's outcomes takes
-    ``count_seconds``; ``stopped`` is the run's flag (another task may set it)."""
+    ``count_seconds``; ``stopped`` is the run's flag (another task may set it); ``count_due_at`` the run's
+    next count, shared by every keeper of the run."""
 
     def __init__(self, clock: list[float], count_seconds: float) -> None:
         self.clock, self.count_seconds = clock, count_seconds
         self.counts: list[float] = []
         self.flag_reads = 0
         self.stopped = False
+        self.count_due_at: datetime | None = None
 
     def outcome_figures(self, run_id: str) -> dict:
         self.counts.append(self.clock[0])
         self.clock[0] += self.count_seconds
         return {"outcomes": 0, "bounced": 0, "complained": 0, "bounce_rate": 0.0, "complaint_rate": 0.0}
 
-    def guard_stopped(self, run_id: str) -> bool:
+    def guard_state(self, run_id: str) -> tuple[bool, datetime | None]:
         self.flag_reads += 1
-        return self.stopped
+        return self.stopped, self.count_due_at
+
+    def guard_count_due(self, run_id: str, due_at: datetime) -> None:
+        self.count_due_at = due_at
+
+
+def on_the_clock(monkeypatch, clock: list[float]) -> None:
+    monkeypatch.setattr(pipeline.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(pipeline, "utcnow", lambda: EPOCH + timedelta(seconds=clock[0]))
 
 
 def test_a_slow_count_is_made_less_often_but_a_stop_by_another_task_is_seen_within_the_check_interval(monkeypatch):
@@ -130,7 +144,7 @@ def test_a_slow_count_is_made_less_often_but_a_stop_by_another_task_is_seen_with
     GUARD_COUNT_SPACING times that has passed, and in between reads the run's stop flag every
     GUARD_CHECK_SECONDS, so a stop another task decided still ends its sending at once."""
     clock = [0.0]
-    monkeypatch.setattr(pipeline.time, "monotonic", lambda: clock[0])
+    on_the_clock(monkeypatch, clock)
     ledger = CountingLedger(clock, count_seconds=1.5)  # a 1M-message run on Postgres
     must_stop = pipeline.guard_keeper(ledger, "run0", ReputationGuard())
     for _ in range(200):  # a send task asking once a second for 200 s (the clock also moves while counting)
@@ -150,10 +164,55 @@ def test_a_slow_count_is_made_less_often_but_a_stop_by_another_task_is_seen_with
 
 def test_a_quick_count_is_still_made_every_check_interval(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(pipeline.time, "monotonic", lambda: clock[0])
+    on_the_clock(monkeypatch, clock)
     ledger = CountingLedger(clock, count_seconds=0.01)  # a small run
     must_stop = pipeline.guard_keeper(ledger, "run0", ReputationGuard())
     while clock[0] < 60:
         must_stop()
         clock[0] += 0.25
     assert 10 <= len(ledger.counts) <= 13, ledger.counts  # one every GUARD_CHECK_SECONDS (5 s)
+    # A quick count is not spaced per run: a task that starts now (a poke that just recorded a batch's
+    # bounces) judges at once, whoever counted last.
+    assert ledger.count_due_at is None
+    counts_before = len(ledger.counts)
+    pipeline.guard_keeper(ledger, "run0", ReputationGuard())()
+    assert len(ledger.counts) == counts_before + 1
+
+
+def test_the_counts_are_spaced_per_run_not_per_task(monkeypatch):
+    """Every send task and every sensor poke of a run used to count its outcomes as it started (0.4 s at 1M
+    messages on SQLite, 1-2 s on Postgres): the run's 8 send tasks and its pokes counted seconds apart.
+    A keeper that starts while the run's next count is not due yet only reads the run's row."""
+    clock = [0.0]
+    on_the_clock(monkeypatch, clock)
+    ledger = CountingLedger(clock, count_seconds=1.5)
+    keepers = []
+    for _ in range(8):  # send tasks starting one after another, 2 s apart
+        keepers.append(pipeline.guard_keeper(ledger, "run0", ReputationGuard()))
+        assert keepers[-1]() is False
+        clock[0] += 2.0
+    assert ledger.counts == [0.0], "the first task counted; the next seven found the run's count not due"
+    while clock[0] < pipeline.GUARD_COUNT_SPACING * 1.5 + 10:  # they all go on checking
+        for must_stop in keepers:
+            assert must_stop() is False
+        clock[0] += 1.0
+    assert len(ledger.counts) == 2, "one count more once the run's spacing passed, by one task"
+
+    ledger.stopped = True  # one task's count stopped the run: every other task sees it within the interval
+    stopped_at = clock[0]
+    while not all(must_stop() for must_stop in keepers):
+        clock[0] += 0.5
+    assert clock[0] - stopped_at <= pipeline.GUARD_CHECK_SECONDS
+
+
+def test_the_runs_next_count_is_kept_in_the_ledger_for_every_task(ledger):
+    """Over a real ledger (SQLite and Postgres): no row yet means due now; the time a count sets is read
+    back with the stop flag; a stop by the guard keeps it."""
+    assert ledger.guard_state("run0") == (False, None)
+    due = datetime(2026, 12, 6, 12, 0, 5)
+    ledger.guard_count_due("run0", due)
+    assert ledger.guard_state("run0") == (False, due)
+    ledger.guard_count_due("run0", due + timedelta(seconds=50))
+    ledger.stop_for_guard("run0", "bounce rate 40.0% > 20.0%", {"outcomes": 100})
+    assert ledger.guard_state("run0") == (True, due + timedelta(seconds=50))
+    assert ledger.limit_figures("run0")["throttled_requests"] == 0

@@ -266,11 +266,25 @@ class RunLimits:
             "complaint_rate": round(complained / outcomes, 4) if outcomes else 0.0,
         }
 
-    def guard_stopped(self, run_id: str) -> bool:
+    def guard_state(self, run_id: str) -> tuple[bool, datetime | None]:
+        """Whether the reputation guard stopped the run, and when the run's outcomes are next due to be
+        counted for it (naive UTC; None: now). One row."""
         with self.engine.connect() as conn:
-            return (
-                conn.execute(select(run_limits.c.guard_stopped_at).where(run_limits.c.run_id == run_id)).scalar()
-                is not None
+            row = conn.execute(
+                select(run_limits.c.guard_stopped_at, run_limits.c.guard_count_due_at).where(
+                    run_limits.c.run_id == run_id
+                )
+            ).one_or_none()
+        return (False, None) if row is None else (row.guard_stopped_at is not None, row.guard_count_due_at)
+
+    def guard_count_due(self, run_id: str, due_at: datetime) -> None:
+        """The run's outcomes were just counted: every task of the run counts again from ``due_at`` (naive UTC)."""
+        with self.engine.begin() as conn:
+            insert = bulk.dialect_insert(conn, run_limits).values(
+                run_id=run_id, **{name: 0 for name in FIGURES}, guard_count_due_at=due_at
+            )
+            conn.execute(
+                insert.on_conflict_do_update(index_elements=[run_limits.c.run_id], set_={"guard_count_due_at": due_at})
             )
 
     def stop_for_guard(self, run_id: str, reason: str, figures: dict) -> int:
@@ -391,10 +405,11 @@ class RunLimits:
         """The run's figures: ``FIGURES`` (0 when nothing was limited), the quota's resume time, the guard."""
         with self.engine.connect() as conn:
             row = conn.execute(select(run_limits).where(run_limits.c.run_id == run_id)).mappings().first()
-        figures = {name: 0 for name in FIGURES} | {"quota_resumes_at": None, "guard_stopped_at": None}
-        if row is not None:
-            figures |= {name: row[name] for name in (*FIGURES, "quota_resumes_at", "guard_stopped_at")}
-            figures["guard_detail"] = row["guard_detail"]
+        shown = (*FIGURES, "quota_resumes_at", "guard_stopped_at", "guard_detail")
+        if row is None:
+            figures = {name: 0 if name in FIGURES else None for name in shown}
+        else:
+            figures = {name: row[name] for name in shown}
         for name in FIGURES[1:]:
             figures[name] = round(figures[name], 3)
         for name in ("quota_resumes_at", "guard_stopped_at"):  # naive UTC, as text: the report is JSON

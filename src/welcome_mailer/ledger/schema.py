@@ -205,6 +205,7 @@ run_limits = Table(
     Column("quota_paused_at", DateTime),  # since when it waits
     Column("guard_stopped_at", DateTime),  # the reputation guard stopped the run's sending
     Column("guard_detail", Text),  # its figures, as JSON
+    Column("guard_count_due_at", DateTime),  # naive UTC: when the run's outcomes are next counted (NULL: now)
 )
 
 webhook_tokens = Table(
