@@ -172,6 +172,9 @@ GUARD_CHECK_SECONDS = 5.0  # how often a task asks whether the run was stopped, 
 # task and every sensor poke of a large run used to count as it started. A run whose count is quick is
 # counted by each task as it starts (a poke that just recorded a batch's bounces judges them at once).
 GUARD_COUNT_SPACING = 50
+# A count this slow is a large run's (0.4 s at 1M on SQLite; 100k: 0.04 s): it spaces the run's next count for
+# every task of the run. A quicker one leaves each task to count as it starts.
+GUARD_SHARED_COUNT_SECONDS = 0.25
 
 
 def guard_keeper(ledger: Ledger, run_id: str, guard: ReputationGuard | None) -> Callable[[], bool]:
@@ -180,10 +183,10 @@ def guard_keeper(ledger: Ledger, run_id: str, guard: ReputationGuard | None) -> 
     At its first call, then every GUARD_CHECK_SECONDS, it reads whether the run was stopped (by any task)
     and when the run's next count is due (one row: None, now, unless a large run's count set it). Then it
     works out the run's outcome shares (a count over the run's messages) if the count is due; a count that
-    took longer than GUARD_CHECK_SECONDS / GUARD_COUNT_SPACING sets the run's next one GUARD_COUNT_SPACING
-    times its duration later, for every task of the run. When the shares pass the guard's limits, it stops
-    the run (``Ledger.stop_for_guard``: every contact it has not sent to is released for a later run) and
-    says so in the task log."""
+    took GUARD_SHARED_COUNT_SECONDS or more sets the run's next one GUARD_COUNT_SPACING times its duration
+    later, for every task of the run (two tasks that find it due together both count). When the shares
+    pass the guard's limits, it stops the run (``Ledger.stop_for_guard``: every contact it has not sent to
+    is released for a later run) and says so in the task log."""
     checked: float | None = None
     stopped = False
 
@@ -199,7 +202,7 @@ def guard_keeper(ledger: Ledger, run_id: str, guard: ReputationGuard | None) -> 
             counting = time.monotonic()
             figures = ledger.outcome_figures(run_id)
             took = time.monotonic() - counting
-            if GUARD_COUNT_SPACING * took > GUARD_CHECK_SECONDS:  # a large run: its tasks share the spacing
+            if took >= GUARD_SHARED_COUNT_SECONDS:  # a large run: its tasks share the spacing
                 ledger.guard_count_due(run_id, now + timedelta(seconds=GUARD_COUNT_SPACING * took))
             reason = guard.verdict(figures)
             if reason is not None:

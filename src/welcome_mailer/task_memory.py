@@ -9,8 +9,12 @@ collections walk all of them, and a task that builds a million objects (a send t
 outcomes) triggers many: a million small objects took 2.4x as long beside Airflow's objects as alone.
 ``task_started`` freezes what the process holds (``gc.freeze``: never walked again); ``task_ended`` gives
 it back (``gc.unfreeze``), so whatever a task leaves behind is collected as usual afterwards (under
-``dags test`` the next task freezes the process again). A failed task ends without its post-execute hook:
-the next task that ends gives everything back.
+``dags test`` the next task freezes the process again). The Task SDK skips the post-execute hook when a
+task raises: a failure, a retry, and every poke of a sensor in reschedule mode that is not done yet. Under
+``dags test`` such a task's cyclic garbage (what reference counting does not free) is then frozen by the
+next task too, until a task ends well and gives everything back; on Celery each try and each poke is a
+process of its own. Celery's executor freezes its objects before it forks a task's process (no copy of
+their pages on write); a task's end hands those back too, just before its process exits.
 
 The peak is reset when a task starts (Linux: ``/proc/self/clear_refs``), so each figure is the peak of the
 task's process while the task ran, not since the process started:
@@ -89,8 +93,10 @@ def task_started(context) -> None:
 
 def task_ended(context, result=None) -> None:
     """Post-execute hook of every task: its figure for the report; the frozen objects collectable again."""
-    push_peak_rss(context, result)
-    gc.unfreeze()
+    try:
+        push_peak_rss(context, result)
+    finally:
+        gc.unfreeze()
 
 
 def summarize(figures: dict[str, list[dict | None]]) -> dict:

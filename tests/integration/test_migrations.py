@@ -364,3 +364,6 @@ def test_0015_a_runs_guard_figures_stay_and_its_next_count_is_due_now(engine):
     assert (figures["throttled_requests"], figures["rate_wait_seconds"]) == (2, 1.5) and figures["guard_stopped_at"]
     assert downgrade(engine, "0014") == (HEAD_REVISION, "0014")
     assert "guard_count_due_at" not in {c["name"] for c in inspect(engine).get_columns("run_limits")}
+    with engine.connect() as conn:  # SQLite's downgrade rebuilds the table: the row is still there
+        row = conn.execute(text("SELECT throttled_requests, guard_stopped_at FROM run_limits")).one()
+    assert row[0] == 2 and row[1] is not None

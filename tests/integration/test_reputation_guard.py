@@ -216,3 +216,23 @@ def test_the_runs_next_count_is_kept_in_the_ledger_for_every_task(ledger):
     ledger.stop_for_guard("run0", "bounce rate 40.0% > 20.0%", {"outcomes": 100})
     assert ledger.guard_state("run0") == (True, due + timedelta(seconds=50))
     assert ledger.limit_figures("run0")["throttled_requests"] == 0
+
+
+def test_on_sqlite_the_guards_count_reads_a_snapshot_without_waiting_for_a_writer(tmp_path):
+    """The keeper spaces a large run's counts by how long a count took: a count that waited for another
+    task's write lock would space a small run's counts as a large run's. It reads from a snapshot."""
+    from welcome_mailer.ledger import Ledger, connect
+    from welcome_mailer.ledger.migrate import upgrade
+
+    ledger = Ledger(connect(f"sqlite:///{tmp_path / 'ledger.db'}"))
+    upgrade(ledger.engine)
+    writer = ledger.engine.connect()
+    writer.begin()  # BEGIN IMMEDIATE: another task's write transaction, open
+    try:
+        started = time.monotonic()
+        assert ledger.outcome_figures("run0")["outcomes"] == 0
+        assert time.monotonic() - started < 1.0, "the count waited for the writer"
+    finally:
+        writer.rollback()
+        writer.close()
+        ledger.engine.dispose()

@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, Float, and_, cast, delete, func, literal, or_, select, text, update
 
 from welcome_mailer.ledger import bulk
+from welcome_mailer.ledger.engine import READ_SNAPSHOT
 from welcome_mailer.ledger.queries import due_contacts
 from welcome_mailer.ledger.rules import CLAIMED, PENDING, REFUSED, SENDING
 from welcome_mailer.ledger.schema import (
@@ -247,8 +248,10 @@ class RunLimits:
 
     def outcome_figures(self, run_id: str) -> dict:
         """The run's messages with an outcome, and the shares of them bounced (refused at once included)
-        and complained."""
+        and complained. A read snapshot (SQLite: no write lock held while it reads a large run's messages,
+        nor waited for: the keeper spaces the run's counts by how long this took)."""
         with self.engine.connect() as conn:
+            conn.execution_options(**{READ_SNAPSHOT: True})
             counts = dict(
                 conn.execute(
                     select(send_attempts.c.status, func.count())
