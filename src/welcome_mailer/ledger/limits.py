@@ -241,6 +241,13 @@ class SendLimiter:
         )
 
 
+def _upsert_run_limits(conn, run_id: str, values: dict, changes: dict, where=None):
+    """The run's row of ``run_limits``: inserted with ``values`` (its FIGURES 0 unless given), or, when it
+    exists, updated with ``changes`` (only where ``where`` holds). Returns the statement's result."""
+    insert = bulk.dialect_insert(conn, run_limits).values(run_id=run_id, **({name: 0 for name in FIGURES} | values))
+    return conn.execute(insert.on_conflict_do_update(index_elements=[run_limits.c.run_id], set_=changes, where=where))
+
+
 class RunLimits:
     """Each run's figures about the provider's limits, and its pauses for the quota (a part of ``Ledger``)."""
 
@@ -283,12 +290,7 @@ class RunLimits:
     def guard_count_due(self, run_id: str, due_at: datetime) -> None:
         """The run's outcomes were just counted: every task of the run counts again from ``due_at`` (naive UTC)."""
         with self.engine.begin() as conn:
-            insert = bulk.dialect_insert(conn, run_limits).values(
-                run_id=run_id, **{name: 0 for name in FIGURES}, guard_count_due_at=due_at
-            )
-            conn.execute(
-                insert.on_conflict_do_update(index_elements=[run_limits.c.run_id], set_={"guard_count_due_at": due_at})
-            )
+            _upsert_run_limits(conn, run_id, {"guard_count_due_at": due_at}, {"guard_count_due_at": due_at})
 
     def stop_for_guard(self, run_id: str, reason: str, figures: dict) -> int:
         """The reputation guard stops the run: every contact it has not sent to (claimed, blocked, or
@@ -299,16 +301,9 @@ class RunLimits:
         now = utcnow()
         released_run = f"{run_id}#released"[:250]
         with self.engine.begin() as conn:
-            insert = bulk.dialect_insert(conn, run_limits).values(
-                run_id=run_id, **{name: 0 for name in FIGURES}, guard_stopped_at=now,
-                guard_detail=json.dumps({"reason": reason, **figures}),
-            )  # fmt: skip
-            stopped = conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[run_limits.c.run_id],
-                    set_={"guard_stopped_at": now, "guard_detail": insert.excluded.guard_detail},
-                    where=run_limits.c.guard_stopped_at.is_(None),
-                )
+            stop = {"guard_stopped_at": now, "guard_detail": json.dumps({"reason": reason, **figures})}
+            stopped = _upsert_run_limits(
+                conn, run_id, stop, stop, where=run_limits.c.guard_stopped_at.is_(None)
             ).rowcount
             if not stopped:
                 return 0
@@ -349,19 +344,15 @@ class RunLimits:
         """The run waits for the quota until ``resumes_at`` (the latest any of its tasks was told)."""
         now = utcnow()
         with self.engine.begin() as conn:
-            values = {name: 0 for name in FIGURES} | {"quota_resumes_at": resumes_at, "quota_paused_at": now}
-            insert = bulk.dialect_insert(conn, run_limits).values(run_id=run_id, **values)
             latest = func.greatest if bulk.is_postgres(conn) else func.max
-            conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[run_limits.c.run_id],
-                    set_={
-                        "quota_resumes_at": latest(
-                            func.coalesce(run_limits.c.quota_resumes_at, resumes_at), resumes_at
-                        ),
-                        "quota_paused_at": func.coalesce(run_limits.c.quota_paused_at, now),
-                    },
-                )
+            _upsert_run_limits(
+                conn,
+                run_id,
+                {"quota_resumes_at": resumes_at, "quota_paused_at": now},
+                {
+                    "quota_resumes_at": latest(func.coalesce(run_limits.c.quota_resumes_at, resumes_at), resumes_at),
+                    "quota_paused_at": func.coalesce(run_limits.c.quota_paused_at, now),
+                },
             )
 
     def quota_pause(self, run_id: str) -> datetime | None:
@@ -396,13 +387,7 @@ class RunLimits:
         if not any(values.values()):
             return
         with self.engine.begin() as conn:
-            insert = bulk.dialect_insert(conn, run_limits).values(run_id=run_id, **values)
-            conn.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[run_limits.c.run_id],
-                    set_={name: run_limits.c[name] + insert.excluded[name] for name in FIGURES},
-                )
-            )
+            _upsert_run_limits(conn, run_id, values, {name: run_limits.c[name] + values[name] for name in FIGURES})
 
     def limit_figures(self, run_id: str) -> dict:
         """The run's figures: ``FIGURES`` (0 when nothing was limited), the quota's resume time, the guard."""

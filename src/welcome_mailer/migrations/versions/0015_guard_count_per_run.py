@@ -5,8 +5,9 @@ The guard's count reads every message of the run (no index names an attempt's st
 update stays heap-only): 0.4 s at a million messages on SQLite, 1-2 s on Postgres. Every task counted at
 its first check, then once GUARD_COUNT_SPACING times its own last count's duration had passed: each of a
 1M run's 8 send tasks, and every poke of its two sensors, counted as it started, a few seconds apart.
-Now the task that counts writes when the run's next count is due, and every task of the run reads that
-with the run's stop flag (the one row it read already) and counts only once it is due.
+Now a count that took 0.25 s or more (a large run's) writes when the run's next count is due, and every
+task of the run reads that with the run's stop flag (the one row it read already) and counts only once it
+is due. A quicker count writes nothing: each task still counts as it starts.
 
 Nullable, no default: on Postgres adding it rewrites nothing.
 
