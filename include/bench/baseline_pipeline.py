@@ -10,7 +10,8 @@ can be resent; pipeline.resend_blocked until it is done; close_out. Everything t
 recorded, so a DAG run's time over this one is Airflow's: scheduling, task start-up, its metadata database
 (and the DAG's report). include/bench/yardstick.py is the other: the lean durable program, the same job
 recorded in bulk without the package. ``--conf`` overrides Params as a trigger's conf does. Prints one JSON
-line: seconds per phase and the run's summary.
+line: seconds per phase, the run's summary, and the SQL statements that took longest, summed over its
+processes (include/bench/sql_time.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
+
+from include.bench import sql_time
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RUN_ID = "baseline_pipeline"
@@ -52,15 +55,18 @@ def open_transport(esp_url: str, api_key: str):
 
 
 def start_send_process(ledger_url: str, esp_url: str, api_key: str) -> None:
+    sql_time.taken()  # a forked process starts with its parent's figures: those are the parent's to report
+    sql_time.install()
     _worker["ledger"], _worker["transport"] = open_ledger(ledger_url), open_transport(esp_url, api_key)
 
 
-def send_in_process(batch_no: int, batch_size: int, requests_in_flight: int) -> dict:
+def send_in_process(batch_no: int, batch_size: int, requests_in_flight: int) -> tuple[dict, dict]:
+    """A send task's work, and the SQL figures of this process since its last batch."""
     from welcome_mailer import pipeline
 
-    return pipeline.send_batch(
-        _worker["ledger"], _worker["transport"], RUN_ID, batch_no, batch_size, requests_in_flight
-    )
+    ledger, transport = _worker["ledger"], _worker["transport"]
+    sent = pipeline.send_batch(ledger, transport, RUN_ID, batch_no, batch_size, requests_in_flight)
+    return sent, sql_time.taken()
 
 
 def run(csv_path: Path, ledger_url: str, esp_url: str, api_key: str, workdir: Path, conf: dict) -> dict:
@@ -74,6 +80,7 @@ def run(csv_path: Path, ledger_url: str, esp_url: str, api_key: str, workdir: Pa
         raise SystemExit(f"--conf: welcome_emails has no Param {', '.join(sorted(unknown))}")
     params.update(conf)
     settings = dag.SETTINGS
+    sql_time.install()
     gc.freeze()  # what the program holds now is never walked by the collector, as in every task of the DAG
     ledger = open_ledger(ledger_url)
     upgrade(ledger.engine)
@@ -100,7 +107,7 @@ def run(csv_path: Path, ledger_url: str, esp_url: str, api_key: str, workdir: Pa
     opened = {"initializer": start_send_process, "initargs": (ledger_url, esp_url, api_key)}
     with ProcessPoolExecutor(processes, **opened) as pool:
         sends = [pool.submit(send_in_process, b, params["batch_size"], settings.requests_in_flight) for b in batches]
-        sent = [send.result() for send in sends]
+        sent, send_sql = zip(*(send.result() for send in sends), strict=True) if sends else ((), ())
     phase("send")
     with open_transport(esp_url, api_key) as transport:
         sources = [HttpLookupSource(transport)]
@@ -132,6 +139,7 @@ def run(csv_path: Path, ledger_url: str, esp_url: str, api_key: str, workdir: Pa
         "closed_out_failed": failed,
         "summary": ledger.run_summary(RUN_ID),
         "pushed_event_posts": pushed_event_posts(ledger),
+        "sql_seconds": sql_time.merged(sql_time.taken(), *send_sql),
     }
 
 

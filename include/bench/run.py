@@ -821,6 +821,10 @@ def summary_lines(results: list[dict]) -> list[str]:
         if result.get("cpu_seconds"):
             used = " | ".join(f"{name} {cpu}" for name, cpu in result["cpu_seconds"].items())
             lines.append(f"  CPU s: {used} ({result['cpu_busy']:.0%} of {os.cpu_count()} cores busy)")
+        if result.get("sql_seconds"):  # the pipeline without Airflow: its costliest statements
+            sql = result["sql_seconds"]
+            lines.append(f"  SQL s: {sql['total']} in all ({sql['total'] / seconds:.0%} of the run); costliest:")
+            lines += [f"    {took} s, {calls}x: {statement}" for statement, calls, took in sql["statements"]]
         if result.get("esp_peak_rss_mb"):
             lines.append(f"  the stack's mock ESP: peak RSS {result['esp_peak_rss_mb']} MB (goal at 1M: <= 1 GB)")
     return lines
