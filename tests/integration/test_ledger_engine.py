@@ -1,15 +1,64 @@
-"""The ledger's Postgres engine: a pooled connection is pinged before use only after sitting idle, and
-one the server dropped meanwhile is replaced without the caller noticing."""
+"""The ledger's engines. SQLite: the claim writes with a larger page cache, and gives it back. Postgres: a
+pooled connection is pinged before use only after sitting idle, and one the server dropped meanwhile is
+replaced without the caller noticing."""
 
 from __future__ import annotations
 
 import pytest
 from sqlalchemy import text
 
-from welcome_mailer.ledger import connect
+from tests.support.ledger import contacts
+from welcome_mailer.ledger import Ledger, connect
 from welcome_mailer.ledger import engine as ledger_engine
+from welcome_mailer.ledger.claims import Claims
+from welcome_mailer.ledger.migrate import upgrade
 
-pytestmark = pytest.mark.postgres
+
+def cache_size(dbapi_connection) -> int:
+    return dbapi_connection.execute("PRAGMA cache_size").fetchone()[0]
+
+
+def test_the_claim_writes_with_the_bulk_page_cache_and_gives_it_back(tmp_path, monkeypatch):
+    """A claim writes every contact of a run and its first attempt, onto random pages of their indexes: in
+    SQLite's 2 MiB those were read again and spilled to the WAL (1M contacts: 17.5 -> 13-14 s). The
+    connection goes back to the pool with SQLite's default, so a task's pooled connections do not each
+    keep 64 MiB (680 MB in `make run`'s process at 1M)."""
+    engine = connect(f"sqlite:///{tmp_path / 'ledger.db'}")
+    upgrade(engine)
+    ledger = Ledger(engine)
+    seen = []
+    record_first_attempts = Claims._record_first_attempts
+
+    def recording(conn, run_id, now):
+        seen.append(cache_size(conn.connection.dbapi_connection))
+        assert conn.in_transaction()
+        record_first_attempts(conn, run_id, now)
+
+    monkeypatch.setattr(Claims, "_record_first_attempts", staticmethod(recording))
+    try:
+        ledger.stage("run-1", contacts("a@example.com", "b@example.com"))
+        assert ledger.claim("run-1", 500, 8).claimed_new == 2
+        assert seen == [-ledger_engine.SQLITE_BULK_CACHE_KIB]
+        with engine.connect() as conn:  # the pool's one connection, back to the default
+            assert cache_size(conn.connection.dbapi_connection) == -ledger_engine.SQLITE_DEFAULT_CACHE_KIB
+    finally:
+        engine.dispose()
+
+
+def test_the_bulk_cache_is_given_back_when_the_transaction_fails(tmp_path):
+    engine = connect(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        with pytest.raises(ZeroDivisionError), engine.connect() as conn:
+            dbapi_connection = conn.connection.dbapi_connection
+            with ledger_engine.bulk_write_cache(conn), conn.begin():
+                assert cache_size(dbapi_connection) == -ledger_engine.SQLITE_BULK_CACHE_KIB
+                conn.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+                raise ZeroDivisionError
+        assert cache_size(dbapi_connection) == -ledger_engine.SQLITE_DEFAULT_CACHE_KIB
+        with engine.connect() as conn:  # rolled back
+            assert conn.exec_driver_sql("SELECT count(*) FROM sqlite_master WHERE name = 't'").scalar_one() == 0
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
@@ -33,6 +82,7 @@ def backend_pid(engine) -> int:
         return conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
 
 
+@pytest.mark.postgres
 def test_back_to_back_transactions_are_not_pinged_and_an_idle_connection_is(pings, monkeypatch):
     """Issue 14: a ping at every checkout (pool_pre_ping) was a round trip per ledger transaction, 200 in a
     100k-contact send task."""
@@ -44,6 +94,7 @@ def test_back_to_back_transactions_are_not_pinged_and_an_idle_connection_is(ping
     assert counted == list(pids)
 
 
+@pytest.mark.postgres
 def test_a_connection_the_server_dropped_while_idle_is_replaced(pings, postgres_url, monkeypatch):
     """A restart, a failover or an idle timeout drops pooled connections: the next transaction gets a new
     one instead of failing."""

@@ -12,6 +12,7 @@ from sqlalchemy import and_, case, delete, exists, func, literal, or_, select, t
 
 from welcome_mailer.contacts import Contact, encode_fields
 from welcome_mailer.ledger import bulk
+from welcome_mailer.ledger.engine import bulk_write_cache
 from welcome_mailer.ledger.queries import MATCH_CHUNK, batch_no_of, batch_size_for, chunks, number_batches
 from welcome_mailer.ledger.rules import (
     CLAIMED,
@@ -127,7 +128,7 @@ class Claims:
         """
         now = utcnow()
         staged = select(staged_contacts.c.email).where(staged_contacts.c.run_id == run_id)
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn, bulk_write_cache(conn), conn.begin():
             staged_count = conn.execute(select(func.count()).select_from(staged.subquery())).scalar_one()
             self._drop_erased(conn, run_id)
             new_rows = (
