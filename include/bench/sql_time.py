@@ -1,8 +1,10 @@
 """Where the pipeline without Airflow spends its time in the ledger's database: seconds and calls per SQL
 statement, timed around each cursor execution by SQLAlchemy's engine events, and every commit as one line
-(``COMMIT``). Every process of the program keeps its own figures; the send processes return theirs with their
-result, and ``merged`` adds them up. The bench prints the costliest statements under the program's figure:
-the evidence of where the package's own per-message work goes (issue 34)."""
+(``COMMIT``). What it leaves out: fetching (on SQLite a SELECT's rows after its first are read as they
+are fetched), rollbacks, and statements that raised. Every process of the program keeps its own figures;
+the send processes return theirs with their result, and ``merged`` adds them up. The bench prints the
+costliest statements under the program's figure: the evidence of where the package's own per-message
+work goes (issue 34)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ COMMIT = "COMMIT"
 _seconds: Counter[str] = Counter()
 _calls: Counter[str] = Counter()
 _installed = False
+_undo: list = []  # what uninstall runs
 
 
 def label(statement: str) -> str:
@@ -37,11 +40,11 @@ def install() -> None:
 
     @event.listens_for(Engine, "before_cursor_execute")
     def _started(conn, _cursor, _statement, _parameters, _context, _executemany) -> None:
-        conn.info.setdefault("welcome_bench_started", []).append(time.perf_counter())
+        conn.info["welcome_bench_started"] = time.perf_counter()  # one statement at a time per connection
 
     @event.listens_for(Engine, "after_cursor_execute")
     def _ended(conn, _cursor, statement, _parameters, _context, _executemany) -> None:
-        _count(label(statement), time.perf_counter() - conn.info["welcome_bench_started"].pop())
+        _count(label(statement), time.perf_counter() - conn.info["welcome_bench_started"])
 
     # A commit has no event after it: the dialect's commit is timed instead (SQLite's checkpoints run in it).
     commit = DefaultDialect.do_commit
@@ -54,6 +57,22 @@ def install() -> None:
             _count(COMMIT, time.perf_counter() - started)
 
     DefaultDialect.do_commit = timed_commit
+    _undo.extend(
+        [
+            lambda: event.remove(Engine, "before_cursor_execute", _started),
+            lambda: event.remove(Engine, "after_cursor_execute", _ended),
+            lambda: setattr(DefaultDialect, "do_commit", commit),
+        ]
+    )
+
+
+def uninstall() -> None:
+    """Stop timing in this process (tests), and drop the figures."""
+    global _installed
+    while _undo:
+        _undo.pop()()
+    _installed = False
+    taken()
 
 
 def _count(name: str, seconds: float) -> None:

@@ -29,10 +29,10 @@ PING_AFTER_IDLE_SECONDS = 10.0
 # SQLite's page cache, in KiB, for a transaction that writes a whole run's rows at once (the claim: every
 # contact and its first attempt), and SQLite's default, which every connection has otherwise. The claim's
 # rows land on random pages of its indexes (an idempotency key is a hash): in 2 MiB, pages were read again
-# and dirty ones spilled to the WAL before the commit. The claim of 1M contacts: 17.5 -> 12.6-13.9 s (32 MiB:
-# 14.1 s). Not for every transaction: each of a task's pooled connections keeping 64 MiB took `make run`'s
-# process from 364 to 680 MB at 1M, and setting it around each of a run's thousands of small transactions
-# cost what it saved.
+# and dirty ones spilled to the WAL before the commit. The claim of 1M contacts: 17.4-17.5 -> 13.7-14.0 s
+# (32 MiB: 14.1 s). Not for every transaction: each of a task's pooled connections keeping 64 MiB took
+# `make run`'s process from 364 to 680 MB at 1M, and setting it around each of a run's thousands of small
+# transactions cost what it saved.
 SQLITE_BULK_CACHE_KIB = 65536
 SQLITE_DEFAULT_CACHE_KIB = 2000
 
@@ -132,7 +132,8 @@ def bulk_write_cache(conn: Connection) -> Iterator[None]:
     try:
         yield
     finally:
-        dbapi_connection.execute(f"PRAGMA cache_size=-{SQLITE_DEFAULT_CACHE_KIB}")
+        if not conn.invalidated:  # a connection SQLAlchemy dropped is closed: its error is the one to see
+            dbapi_connection.execute(f"PRAGMA cache_size=-{SQLITE_DEFAULT_CACHE_KIB}")
 
 
 def _ping_when_idle(engine: Engine) -> None:

@@ -45,9 +45,11 @@ def test_the_pipeline_without_airflow_emails_every_contact_once_and_records_it_a
     assert result["send_processes"] == (1 if ledger_url.startswith("sqlite") else 4)
     assert list(result["phase_seconds"]) == ["parse", "claim", "send", "awaiting outcomes", "resends", "close out"]
     # where its time in the ledger went (include/bench/sql_time.py): its costliest statements, all run
-    assert 0 < result["sql_seconds"]["total"] < result["seconds"]
-    assert len(result["sql_seconds"]["statements"]) == sql_time.SHOWN
-    assert all(calls >= 1 and seconds >= 0 for _, calls, seconds in result["sql_seconds"]["statements"])
+    assert result["sql_seconds"]["total"] > 0
+    if ledger_url.startswith("sqlite"):  # one process at a time: its statements fit in the run's time
+        assert result["sql_seconds"]["total"] < result["seconds"]
+    statements = [statement for statement, _, _ in result["sql_seconds"]["statements"]]
+    assert len(statements) == sql_time.SHOWN and sql_time.COMMIT in statements
 
 
 def test_a_conf_key_the_dag_does_not_have_is_refused(esp, tmp_path):
