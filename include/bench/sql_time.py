@@ -21,8 +21,7 @@ COMMIT = "COMMIT"
 
 _seconds: Counter[str] = Counter()
 _calls: Counter[str] = Counter()
-_installed = False
-_undo: list = []  # what uninstall runs
+_undo: list = []  # what uninstall runs; empty: not installed
 
 
 def label(statement: str) -> str:
@@ -33,10 +32,8 @@ def label(statement: str) -> str:
 def install() -> None:
     """Time every statement and every commit of every engine of this process from now on (once per
     process)."""
-    global _installed
-    if _installed:
+    if _undo:
         return
-    _installed = True
 
     @event.listens_for(Engine, "before_cursor_execute")
     def _started(conn, _cursor, _statement, _parameters, _context, _executemany) -> None:
@@ -68,10 +65,8 @@ def install() -> None:
 
 def uninstall() -> None:
     """Stop timing in this process (tests), and drop the figures."""
-    global _installed
     while _undo:
         _undo.pop()()
-    _installed = False
     taken()
 
 

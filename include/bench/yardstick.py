@@ -39,7 +39,7 @@ from sqlalchemy.engine import make_url
 
 from welcome_mailer.contacts import ContactReader
 from welcome_mailer.greeting import SUBJECT, welcome_text
-from welcome_mailer.ledger.engine import SQLITE_BULK_CACHE_KIB, SQLITE_DEFAULT_CACHE_KIB
+from welcome_mailer.ledger.engine import sqlite_bulk_cache
 from welcome_mailer.vocabulary import idempotency_key
 
 BATCH = 500
@@ -55,7 +55,7 @@ Recorded = tuple[str, int, str | None, str]
 class SqliteStore:
     """The tables in a SQLite file, in WAL with synchronous=NORMAL as the package's ledger is (a commit
     survives the process's crash); its writes of a whole round's rows at once (the claim, a round's
-    attempts) with the page cache the package's claim has (``SQLITE_BULK_CACHE_KIB``)."""
+    attempts) with the page cache the package's claim has (``sqlite_bulk_cache``)."""
 
     def __init__(self, path: str) -> None:
         self.db = sqlite3.connect(path, isolation_level=None)
@@ -71,21 +71,19 @@ class SqliteStore:
 
     def claim(self, contacts: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """The contacts no earlier run claimed, now claimed (one insert-or-skip)."""
-        self.db.execute(f"PRAGMA cache_size=-{SQLITE_BULK_CACHE_KIB}")
-        self.db.execute("BEGIN IMMEDIATE")
-        claimed = self.db.execute(
-            "INSERT INTO yardstick_contacts (email, name) SELECT value ->> 0, value ->> 1 FROM json_each(?)"
-            " WHERE true ON CONFLICT DO NOTHING RETURNING email, name",  # WHERE: SQLite's upsert after a SELECT
-            (json.dumps(contacts),),
-        ).fetchall()
-        self.db.execute("COMMIT")
-        self.db.execute(f"PRAGMA cache_size=-{SQLITE_DEFAULT_CACHE_KIB}")
+        with sqlite_bulk_cache(self.db):
+            self.db.execute("BEGIN IMMEDIATE")
+            claimed = self.db.execute(
+                "INSERT INTO yardstick_contacts (email, name) SELECT value ->> 0, value ->> 1 FROM json_each(?)"
+                " WHERE true ON CONFLICT DO NOTHING RETURNING email, name",  # WHERE: SQLite's upsert after a SELECT
+                (json.dumps(contacts),),
+            ).fetchall()
+            self.db.execute("COMMIT")
         return claimed
 
     def start_attempts(self, attempts: list[tuple[str, int]]) -> None:
-        self.db.execute(f"PRAGMA cache_size=-{SQLITE_BULK_CACHE_KIB}")
-        self._write("INSERT INTO yardstick_attempts (email, attempt, status) VALUES (?, ?, 'sending')", attempts)
-        self.db.execute(f"PRAGMA cache_size=-{SQLITE_DEFAULT_CACHE_KIB}")
+        with sqlite_bulk_cache(self.db):
+            self._write("INSERT INTO yardstick_attempts (email, attempt, status) VALUES (?, ?, 'sending')", attempts)
 
     def record(self, rows: list[Recorded]) -> None:
         self._write(

@@ -4,6 +4,8 @@ replaced without the caller noticing."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 from sqlalchemy import text
 
@@ -59,6 +61,15 @@ def test_the_bulk_cache_is_given_back_when_the_transaction_fails(tmp_path):
             assert conn.exec_driver_sql("SELECT count(*) FROM sqlite_master WHERE name = 't'").scalar_one() == 0
     finally:
         engine.dispose()
+
+
+def test_a_connection_closed_inside_the_block_lets_its_error_through(tmp_path):
+    """SQLAlchemy closes a connection it invalidates: the restore must not hide the error with its own."""
+    dbapi_connection = sqlite3.connect(tmp_path / "db.sqlite")
+    with pytest.raises(ZeroDivisionError), ledger_engine.sqlite_bulk_cache(dbapi_connection):
+        assert cache_size(dbapi_connection) == -ledger_engine.SQLITE_BULK_CACHE_KIB
+        dbapi_connection.close()
+        raise ZeroDivisionError
 
 
 @pytest.fixture

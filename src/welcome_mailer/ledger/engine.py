@@ -4,9 +4,10 @@ settings each backend needs for safe concurrency."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
@@ -122,17 +123,25 @@ def connect(url: str | URL) -> Engine:
 
 @contextmanager
 def bulk_write_cache(conn: Connection) -> Iterator[None]:
-    """On SQLite, the connection's page cache is SQLITE_BULK_CACHE_KIB while the block runs (begin its
-    transaction inside it), then the default again, which frees the pages; nothing on Postgres."""
+    """On SQLite, ``sqlite_bulk_cache`` for the connection (begin its transaction inside the block);
+    nothing on Postgres."""
     if conn.dialect.name != "sqlite":
         yield
         return
-    dbapi_connection = conn.connection.dbapi_connection  # not conn.execute: that would begin a transaction
+    with sqlite_bulk_cache(conn.connection.dbapi_connection):  # not conn.execute: it would begin a transaction
+        yield
+
+
+@contextmanager
+def sqlite_bulk_cache(dbapi_connection: sqlite3.Connection) -> Iterator[None]:
+    """The SQLite connection's page cache is SQLITE_BULK_CACHE_KIB while the block runs, then the default
+    again, which frees the pages."""
     dbapi_connection.execute(f"PRAGMA cache_size=-{SQLITE_BULK_CACHE_KIB}")
     try:
         yield
     finally:
-        if not conn.invalidated:  # a connection SQLAlchemy dropped is closed: its error is the one to see
+        # Closed meanwhile (SQLAlchemy closes a connection it invalidates): the block's error is the one to see.
+        with suppress(sqlite3.ProgrammingError):
             dbapi_connection.execute(f"PRAGMA cache_size=-{SQLITE_DEFAULT_CACHE_KIB}")
 
 
