@@ -7,9 +7,10 @@ the ledger), called in order by one program: parse; claim; every send batch at o
 its own as the DAG's mapped send tasks run on the stack (one after another on SQLite: one writer, as under
 `dags test`); then outcomes polled every POLL_SECONDS until each message has one or blocked contacts
 can be resent; pipeline.resend_blocked until it is done; close_out. Everything the DAG records is
-recorded, so a DAG run's time over this one is Airflow's: scheduling, task start-up, its metadata database
-(and the DAG's report). include/bench/yardstick.py is the other: the lean durable program, the same job
-recorded in bulk without the package. ``--conf`` overrides Params as a trigger's conf does. Prints one JSON
+recorded, and each send and poke checks the reputation guard as the DAG's do, so a DAG run's time over
+this one is Airflow's: scheduling, task start-up, its metadata database (and the DAG's report).
+include/bench/yardstick.py is the other: the lean durable program, the same job recorded in bulk without
+the package. ``--conf`` overrides Params as a trigger's conf does. Prints one JSON
 line: seconds per phase, the run's summary, and the SQL statements that took longest, summed over its
 processes (include/bench/sql_time.py).
 """
@@ -25,8 +26,12 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from include.bench import sql_time
+
+if TYPE_CHECKING:
+    from welcome_mailer.ledger.limits import ReputationGuard
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RUN_ID = "baseline_pipeline"
@@ -60,12 +65,14 @@ def start_send_process(ledger_url: str, esp_url: str, api_key: str) -> None:
     _worker["ledger"], _worker["transport"] = open_ledger(ledger_url), open_transport(esp_url, api_key)
 
 
-def send_in_process(batch_no: int, batch_size: int, requests_in_flight: int) -> tuple[dict, dict]:
+def send_in_process(
+    batch_no: int, batch_size: int, requests_in_flight: int, guard: ReputationGuard | None
+) -> tuple[dict, dict]:
     """A send task's work, and the SQL figures of this process since its last batch."""
     from welcome_mailer import pipeline
 
     ledger, transport = _worker["ledger"], _worker["transport"]
-    sent = pipeline.send_batch(ledger, transport, RUN_ID, batch_no, batch_size, requests_in_flight)
+    sent = pipeline.send_batch(ledger, transport, RUN_ID, batch_no, batch_size, requests_in_flight, guard=guard)
     return sent, sql_time.taken()
 
 
@@ -80,6 +87,7 @@ def run(csv_path: Path, ledger_url: str, esp_url: str, api_key: str, workdir: Pa
         raise SystemExit(f"--conf: welcome_emails has no Param {', '.join(sorted(unknown))}")
     params.update(conf)
     settings = dag.SETTINGS
+    guard = dag.reputation_guard(params)  # as every send task and sensor poke of the DAG checks it
     sql_time.install()
     gc.freeze()  # what the program holds now is never walked by the collector, as in every task of the DAG
     ledger = open_ledger(ledger_url)
@@ -107,14 +115,16 @@ def run(csv_path: Path, ledger_url: str, esp_url: str, api_key: str, workdir: Pa
     ledger.engine.dispose()  # the send processes open their own connections
     opened = {"initializer": start_send_process, "initargs": (ledger_url, esp_url, api_key)}
     with ProcessPoolExecutor(processes, **opened) as pool:
-        sends = [pool.submit(send_in_process, b, params["batch_size"], settings.requests_in_flight) for b in batches]
+        sends = [
+            pool.submit(send_in_process, b, params["batch_size"], settings.requests_in_flight, guard) for b in batches
+        ]
         sent, send_sql = zip(*(send.result() for send in sends), strict=True) if sends else ((), ())
     phase("send")
     with open_transport(esp_url, api_key) as transport:
         sources = [HttpLookupSource(transport)]
         while not pipeline.await_delivery(  # the sensor's pokes, each after the last without a wait
             ledger, sources, RUN_ID, params["max_attempts"],
-            linger_seconds=settings.poke_seconds, poll_seconds=dag.POLL_SECONDS,
+            linger_seconds=settings.poke_seconds, poll_seconds=dag.POLL_SECONDS, guard=guard,
         ):  # fmt: skip
             time.sleep(dag.POLL_SECONDS)
         phase("awaiting outcomes")
@@ -123,7 +133,7 @@ def run(csv_path: Path, ledger_url: str, esp_url: str, api_key: str, workdir: Pa
             max_attempts=params["max_attempts"], batch_size=params["batch_size"],
             max_batches=params["max_send_tasks"], backoff_seconds=params["resend_backoff_seconds"],
             linger_seconds=settings.poke_seconds, poll_seconds=dag.POLL_SECONDS,
-            requests_in_flight=settings.requests_in_flight,
+            requests_in_flight=settings.requests_in_flight, guard=guard,
         ):  # fmt: skip
             time.sleep(dag.POLL_SECONDS)
     phase("resends")
