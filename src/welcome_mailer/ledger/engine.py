@@ -32,8 +32,9 @@ PING_AFTER_IDLE_SECONDS = 10.0
 # rows land on random pages of its indexes (an idempotency key is a hash): in 2 MiB, pages were read again
 # and dirty ones spilled to the WAL before the commit. The claim of 1M contacts: 17.4-17.5 -> 13.7-14.0 s
 # (32 MiB: 14.1 s). Not for every transaction: each of a task's pooled connections keeping 64 MiB took
-# `make run`'s process from 364 to 680 MB at 1M, and setting it around each of a run's thousands of small
-# transactions cost what it saved.
+# `make run`'s process from 364 to 680 MB at 1M, setting it around each of a run's thousands of small
+# transactions cost what it saved, and one writing connection per process keeping it gained nothing beyond
+# the noise (docs/performance.md, 2026-12-07).
 SQLITE_BULK_CACHE_KIB = 65536
 SQLITE_DEFAULT_CACHE_KIB = 2000
 
