@@ -172,9 +172,16 @@ GUARD_CHECK_SECONDS = 5.0  # how often a task asks whether the run was stopped, 
 # task and every sensor poke of a large run used to count as it started. A run whose count is quick is
 # counted by each task as it starts (a poke that just recorded a batch's bounces judges them at once).
 GUARD_COUNT_SPACING = 50
-# A count this slow is a large run's (0.4 s at 1M on SQLite; 100k: 0.04 s): it spaces the run's next count for
-# every task of the run. A quicker one leaves each task to count as it starts.
+# A count this slow is a large run's (0.4 s at 1M on SQLite; 1-2 s on Postgres): it spaces the run's next
+# count for every task of the run. A quicker one leaves each task to count as it starts.
 GUARD_SHARED_COUNT_SECONDS = 0.25
+# Or a count that took this much of its thread's CPU: on SQLite the count runs in the task's own thread, and
+# a 100k-message run's takes 0.04-0.05 s (43 counts, 2 s of a 20 s run, each task counting as it started and
+# every GUARD_CHECK_SECONDS). Its CPU time, unlike its wall time, leaves out its waits for the GIL beside the
+# send threads and for the disk, so a small run's count (400 messages: well under 1 ms) never reaches it and
+# is never put off: its poke judges a batch's fresh bounces at once. On Postgres the server counts (the task's
+# CPU stays near 0): GUARD_SHARED_COUNT_SECONDS decides there.
+GUARD_SHARED_COUNT_CPU_SECONDS = 0.02
 
 
 def guard_keeper(ledger: Ledger, run_id: str, guard: ReputationGuard | None) -> Callable[[], bool]:
@@ -183,8 +190,9 @@ def guard_keeper(ledger: Ledger, run_id: str, guard: ReputationGuard | None) -> 
     At its first call, then every GUARD_CHECK_SECONDS, it reads whether the run was stopped (by any task)
     and when the run's next count is due (one row: None, now, unless a large run's count set it). Then it
     works out the run's outcome shares (a count over the run's messages) if the count is due; a count that
-    took GUARD_SHARED_COUNT_SECONDS or more sets the run's next one GUARD_COUNT_SPACING times its duration
-    later, for every task of the run (two tasks that find it due together both count). When the shares
+    took GUARD_SHARED_COUNT_SECONDS or more (or GUARD_SHARED_COUNT_CPU_SECONDS of the thread's CPU) sets the
+    run's next one GUARD_COUNT_SPACING times its duration later, for every task of the run (two tasks that
+    find it due together both count). When the shares
     pass the guard's limits, it stops the run (``Ledger.stop_for_guard``: every contact it has not sent to
     is released for a later run) and says so in the task log."""
     checked: float | None = None
@@ -199,10 +207,10 @@ def guard_keeper(ledger: Ledger, run_id: str, guard: ReputationGuard | None) -> 
         stopped, count_due_at = ledger.guard_state(run_id)
         now = utcnow()
         if not stopped and (count_due_at is None or now >= count_due_at):
-            counting = time.monotonic()
+            counting, counting_cpu = time.monotonic(), time.thread_time()
             figures = ledger.outcome_figures(run_id)
-            took = time.monotonic() - counting
-            if took >= GUARD_SHARED_COUNT_SECONDS:  # a large run: its tasks share the spacing
+            took, took_cpu = time.monotonic() - counting, time.thread_time() - counting_cpu
+            if took >= GUARD_SHARED_COUNT_SECONDS or took_cpu >= GUARD_SHARED_COUNT_CPU_SECONDS:  # a large run
                 ledger.guard_count_due(run_id, now + timedelta(seconds=GUARD_COUNT_SPACING * took))
             reason = guard.verdict(figures)
             if reason is not None:

@@ -9,9 +9,11 @@ from datetime import datetime, timedelta
 
 from tests.support.limits import claim_runs
 from welcome_mailer import pipeline
+from welcome_mailer.ledger import AcceptedAttempt
 from welcome_mailer.ledger.limits import ReputationGuard
 from welcome_mailer.outcomes.http_lookup import HttpLookupSource
 from welcome_mailer.transports.http import HttpEmailProvider
+from welcome_mailer.vocabulary import OutcomeEvent
 
 
 def test_the_guard_decides_from_the_shares_once_enough_outcomes_are_in():
@@ -203,6 +205,62 @@ def test_the_counts_are_spaced_per_run_not_per_task(monkeypatch):
     while not all(must_stop() for must_stop in keepers):
         clock[0] += 0.5
     assert clock[0] - stopped_at <= pipeline.GUARD_CHECK_SECONDS
+
+
+class CpuCountingLedger(CountingLedger):
+    """A count that also takes ``count_cpu_seconds`` of the thread's CPU (``cpu``: the fake thread_time)."""
+
+    def __init__(self, clock: list[float], count_seconds: float, cpu: list[float], count_cpu_seconds: float) -> None:
+        super().__init__(clock, count_seconds)
+        self.cpu, self.count_cpu_seconds = cpu, count_cpu_seconds
+
+    def outcome_figures(self, run_id: str) -> dict:
+        self.cpu[0] += self.count_cpu_seconds
+        return super().outcome_figures(run_id)
+
+
+def test_a_count_that_takes_the_threads_cpu_spaces_the_runs_counts_however_short(monkeypatch):
+    """On SQLite the count runs in the task's thread: a 100k-message run's takes 0.04-0.05 s, under
+    GUARD_SHARED_COUNT_SECONDS, and each of its 8 send tasks and its pokes counted as they started (43 counts,
+    2 s of a 20 s run). Its CPU time spaces the run's counts: the next task only reads the run's row."""
+    clock, cpu = [0.0], [0.0]
+    on_the_clock(monkeypatch, clock)
+    monkeypatch.setattr(pipeline.time, "thread_time", lambda: cpu[0])
+    ledger = CpuCountingLedger(clock, count_seconds=0.05, cpu=cpu, count_cpu_seconds=0.045)
+    for _ in range(8):  # send tasks one after another, 0.2 s apart
+        assert pipeline.guard_keeper(ledger, "run0", ReputationGuard())() is False
+        clock[0] += 0.2
+    assert ledger.counts == [0.0], "the first task counted; the next seven found the run's count not due"
+    assert ledger.count_due_at == EPOCH + timedelta(seconds=pipeline.GUARD_COUNT_SPACING * 0.05)
+
+
+def test_a_short_count_that_mostly_waited_is_still_made_by_every_task(monkeypatch):
+    """A small run's count that measured 0.05 s of wall time, nearly all of it waiting (for the GIL beside the
+    send threads, for the disk), took little CPU: every task still counts as it starts, so a poke that just
+    recorded a batch's bounces judges them at once."""
+    clock, cpu = [0.0], [0.0]
+    on_the_clock(monkeypatch, clock)
+    monkeypatch.setattr(pipeline.time, "thread_time", lambda: cpu[0])
+    ledger = CpuCountingLedger(clock, count_seconds=0.05, cpu=cpu, count_cpu_seconds=0.001)
+    for _ in range(3):
+        assert pipeline.guard_keeper(ledger, "run0", ReputationGuard())() is False
+        clock[0] += 0.2
+    assert len(ledger.counts) == 3 and ledger.count_due_at is None
+
+
+def test_a_small_runs_real_count_takes_far_less_cpu_than_spaces_it(ledger, tmp_path):
+    """The threshold against the real count: 600 messages with outcomes (the 40%-bounce runs' size), on
+    SQLite and Postgres, take a small part of GUARD_SHARED_COUNT_CPU_SECONDS of the counting thread's CPU."""
+    [batches] = claim_runs(ledger, tmp_path, runs=1, contacts=600, batches=1).values()
+    attempts = ledger.start_attempts("run0", batches[0])
+    ledger.record_sent("run0", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in attempts])
+    ledger.record_outcomes(OutcomeEvent("bounced", provider_message_id=f"id-{a.email}") for a in attempts)
+    ledger.outcome_figures("run0")  # the statement compiled and cached, as in a task's later counts
+    started = time.thread_time()
+    figures = ledger.outcome_figures("run0")
+    took = time.thread_time() - started
+    assert figures["outcomes"] == 600
+    assert took < pipeline.GUARD_SHARED_COUNT_CPU_SECONDS / 4, f"{took * 1000:.1f} ms of CPU"
 
 
 def test_the_runs_next_count_is_kept_in_the_ledger_for_every_task(ledger):
