@@ -175,12 +175,12 @@ GUARD_COUNT_SPACING = 50
 # A count this slow is a large run's (0.4 s at 1M on SQLite; 1-2 s on Postgres): it spaces the run's next
 # count for every task of the run. A quicker one leaves each task to count as it starts.
 GUARD_SHARED_COUNT_SECONDS = 0.25
-# Or a count that took this much of its thread's CPU: on SQLite the count runs in the task's own thread, and
-# a 100k-message run's takes 0.04-0.05 s (43 counts, 2 s of a 20 s run, each task counting as it started and
-# every GUARD_CHECK_SECONDS). Its CPU time, unlike its wall time, leaves out its waits for the GIL beside the
-# send threads and for the disk, so a small run's count (400 messages: well under 1 ms) never reaches it and
-# is never put off: its poke judges a batch's fresh bounces at once. On Postgres the server counts (the task's
-# CPU stays near 0): GUARD_SHARED_COUNT_SECONDS decides there.
+# Or a count that took this much of the counting thread's CPU (SQLite counts in that thread; from about 50k
+# messages: 100k take 0.045 s). Unlike wall time, CPU time leaves out the count's waits for the GIL and the
+# disk, so a small run's count (600 messages: under 1 ms) practically never reaches it (a full garbage
+# collection during the count could: the tasks freeze what they hold, task_memory.py) and its poke judges a
+# batch's fresh bounces at once. On Postgres the server counts: the wall-clock rule decides there.
+# Measured in docs/performance.md.
 GUARD_SHARED_COUNT_CPU_SECONDS = 0.02
 
 
@@ -192,9 +192,9 @@ def guard_keeper(ledger: Ledger, run_id: str, guard: ReputationGuard | None) -> 
     works out the run's outcome shares (a count over the run's messages) if the count is due; a count that
     took GUARD_SHARED_COUNT_SECONDS or more (or GUARD_SHARED_COUNT_CPU_SECONDS of the thread's CPU) sets the
     run's next one GUARD_COUNT_SPACING times its duration later, for every task of the run (two tasks that
-    find it due together both count). When the shares
-    pass the guard's limits, it stops the run (``Ledger.stop_for_guard``: every contact it has not sent to
-    is released for a later run) and says so in the task log."""
+    find it due together both count). When the shares pass the guard's limits, it stops the run
+    (``Ledger.stop_for_guard``: every contact it has not sent to is released for a later run) and says so
+    in the task log."""
     checked: float | None = None
     stopped = False
 

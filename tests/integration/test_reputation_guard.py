@@ -250,17 +250,19 @@ def test_a_short_count_that_mostly_waited_is_still_made_by_every_task(monkeypatc
 
 def test_a_small_runs_real_count_takes_far_less_cpu_than_spaces_it(ledger, tmp_path):
     """The threshold against the real count: 600 messages with outcomes (the 40%-bounce runs' size), on
-    SQLite and Postgres, take a small part of GUARD_SHARED_COUNT_CPU_SECONDS of the counting thread's CPU."""
+    SQLite and Postgres, take a small part of GUARD_SHARED_COUNT_CPU_SECONDS of the counting thread's CPU,
+    the first count (compiling its statement) as well."""
     [batches] = claim_runs(ledger, tmp_path, runs=1, contacts=600, batches=1).values()
     attempts = ledger.start_attempts("run0", batches[0])
     ledger.record_sent("run0", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}") for a in attempts])
     ledger.record_outcomes(OutcomeEvent("bounced", provider_message_id=f"id-{a.email}") for a in attempts)
-    ledger.outcome_figures("run0")  # the statement compiled and cached, as in a task's later counts
-    started = time.thread_time()
-    figures = ledger.outcome_figures("run0")
-    took = time.thread_time() - started
-    assert figures["outcomes"] == 600
-    assert took < pipeline.GUARD_SHARED_COUNT_CPU_SECONDS / 4, f"{took * 1000:.1f} ms of CPU"
+    took = []
+    for _ in range(2):  # a task's first count compiles the statement; its later ones find it cached
+        started = time.thread_time()
+        assert ledger.outcome_figures("run0")["outcomes"] == 600
+        took.append(time.thread_time() - started)
+    assert took[0] < pipeline.GUARD_SHARED_COUNT_CPU_SECONDS / 2, f"first count: {took[0] * 1000:.1f} ms of CPU"
+    assert took[1] < pipeline.GUARD_SHARED_COUNT_CPU_SECONDS / 4, f"next count: {took[1] * 1000:.1f} ms of CPU"
 
 
 def test_the_runs_next_count_is_kept_in_the_ledger_for_every_task(ledger):
