@@ -220,7 +220,7 @@ class CpuCountingLedger(CountingLedger):
 
 
 def test_a_count_that_takes_the_threads_cpu_spaces_the_runs_counts_however_short(monkeypatch):
-    """On SQLite the count runs in the task's thread: a 100k-message run's takes 0.04-0.05 s, under
+    """On SQLite the counting thread does the count's work: a 100k-message run's takes 0.04-0.05 s, under
     GUARD_SHARED_COUNT_SECONDS, and each of its 8 send tasks and its pokes counted as they started (43 counts,
     2 s of a 20 s run). Its CPU time spaces the run's counts: the next task only reads the run's row."""
     clock, cpu = [0.0], [0.0]

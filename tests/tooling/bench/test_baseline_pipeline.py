@@ -16,7 +16,6 @@ from include.bench.run import BENCH_DIR, baseline
 from tests.support import PROJECT_ROOT
 from tests.support.esp import API_KEY
 from tests.support.invariants import assert_ledger_matches, assert_run_invariants, expected_contacts
-from welcome_mailer.ledger import Ledger, connect
 
 
 def run_baseline(csv_path, esp, ledger_url, conf: dict) -> subprocess.CompletedProcess:
@@ -54,7 +53,7 @@ def test_the_pipeline_without_airflow_emails_every_contact_once_and_records_it_a
     assert len(statements) == sql_time.SHOWN and sql_time.COMMIT in statements
 
 
-def test_the_reputation_guard_checks_it_as_it_checks_the_dag(esp, ledger_url, tmp_path):
+def test_the_reputation_guard_checks_it_as_it_checks_the_dag(esp, ledger, ledger_url, tmp_path):
     """The DAG's send tasks and sensors check the reputation guard (a count of the run's outcomes): so does
     the pipeline without Airflow, or its figure would leave that cost to Airflow's share. A guard the mock's
     bounces trip at the first poll stops the run there: blocked contacts are released, none is resent."""
@@ -67,13 +66,8 @@ def test_the_reputation_guard_checks_it_as_it_checks_the_dag(esp, ledger_url, tm
     assert completed.returncode == 0, completed.stderr[-2000:]
     messages = esp.messages()
     assert sorted(m["to"] for m in messages) == sorted(f"user{i}@example.com" for i in range(400))  # no resend
-    ledger = Ledger(connect(ledger_url))
-    try:
-        stopped, _ = ledger.guard_state(RUN_ID)
-        released = ledger.run_summary(f"{RUN_ID}#released")["by_status"]
-    finally:
-        ledger.engine.dispose()
-    assert stopped
+    assert ledger.guard_state(RUN_ID)[0], "the guard stopped the run"
+    released = ledger.run_summary(f"{RUN_ID}#released")["by_status"]
     assert sum(released.values()) > 0  # the blocked contacts, for a later run
 
 
