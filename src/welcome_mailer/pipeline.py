@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from operator import attrgetter
 from pathlib import Path
 from typing import TypeVar
@@ -138,6 +138,8 @@ def claim_contacts(
     # The contacts keep the other columns the run's template uses, for its sends and resends.
     with_fields = bool(templates.for_run(ledger.engine, run_id, UnsubscribeSettings.from_env()).columns)
     result = ledger.claim(run_id, batch_size, max_batches, retry_failed_after, min_batch_contacts, with_fields)
+    if result.to_send >= GUARD_SHARED_COUNT_MESSAGES:  # a large run: its tasks share its counts from the first
+        ledger.share_guard_counts(run_id, utcnow())
     log.info(
         "claimed %s of %s contacts (%s new, %s taken over); %s already contacted (of them %s failed less than "
         "%s ago: retried by a later run); %s held by other runs in progress (lease until %s); %s to send in %s "
@@ -165,15 +167,20 @@ def claim_contacts(
 
 GUARD_CHECK_SECONDS = 5.0  # how often a task asks whether the run was stopped, and at most how often it counts
 # A count of the run's outcomes reads every message of the run (no index names an attempt's state: its
-# outcome's update stays heap-only), 0.4 s at a million on SQLite, 1-2 s on Postgres. The run is counted
-# again only once this many times the last count's duration has passed, so counting takes at most
-# 1/GUARD_COUNT_SPACING of the time: every 5 s, 8 send tasks of a 1M run counted nearly all the time and held
-# Postgres's two cores. That spacing is the run's (``Ledger.guard_count_due``), not each task's: every send
-# task and every sensor poke of a large run used to count as it started. A run whose count is quick is
-# counted by each task as it starts (a poke that just recorded a batch's bounces judges them at once).
+# outcome's update stays heap-only), 0.4 s at a million on SQLite, 1-2 s on Postgres. A large run's tasks
+# share its counts (``Ledger.guard_count_due``): the next is due once this many times the last count's
+# duration has passed, so counting takes at most 1/GUARD_COUNT_SPACING of the time (every 5 s, 8 send tasks
+# of a 1M run counted nearly all the time and held Postgres's two cores), and of the tasks that find it due,
+# the one that claims it makes it (``Ledger.claim_guard_count``: a run's 8 send tasks start together, and
+# on Postgres at 1M each made its own count of 2.2 s at once: 24-32 counts, 53-109 s of the server's time
+# in a run). A small run is counted by each task as it starts and then every GUARD_CHECK_SECONDS: a poke
+# that just recorded a batch's bounces judges them at once.
 GUARD_COUNT_SPACING = 50
-# A count this slow is a large run's (0.4 s at 1M on SQLite; 1-2 s on Postgres): it spaces the run's next
-# count for every task of the run. A quicker one leaves each task to count as it starts.
+# A large run: one of this many messages or more, from its claim on (a count over it takes about
+# GUARD_SHARED_COUNT_CPU_SECONDS on SQLite, 0.1 s on Postgres), or any run whose count took either below.
+GUARD_SHARED_COUNT_MESSAGES = 50_000
+# A count this slow is a large run's (0.4 s at 1M on SQLite; 1-2 s on Postgres). A small run's that was this
+# slow once (the database busy) has its next count spaced, then each task counts as it starts again.
 GUARD_SHARED_COUNT_SECONDS = 0.25
 # Or a count that took this much of the counting thread's CPU (SQLite counts in that thread; from about 50k
 # messages: 100k take 0.045 s). Unlike wall time, CPU time leaves out the count's waits for the GIL and the
@@ -182,19 +189,19 @@ GUARD_SHARED_COUNT_SECONDS = 0.25
 # batch's fresh bounces at once. On Postgres the server counts: the wall-clock rule decides there.
 # Measured in docs/performance.md.
 GUARD_SHARED_COUNT_CPU_SECONDS = 0.02
+# How long a claimed count keeps the run's other tasks from counting: far more than a count takes (2.2 s at a
+# million on a busy Postgres); a count that raised hands its claim back, one whose task was killed lapses.
+GUARD_COUNT_CLAIM_SECONDS = 60.0
 
 
 def guard_keeper(ledger: Ledger, run_id: str, guard: ReputationGuard | None) -> Callable[[], bool]:
     """A function to call as often as convenient: True once the run must not send any more.
 
     At its first call, then every GUARD_CHECK_SECONDS, it reads whether the run was stopped (by any task)
-    and when the run's next count is due (one row: None, now, unless a large run's count set it). Then it
-    works out the run's outcome shares (a count over the run's messages) if the count is due; a count that
-    took GUARD_SHARED_COUNT_SECONDS or more (or GUARD_SHARED_COUNT_CPU_SECONDS of the thread's CPU) sets the
-    run's next one GUARD_COUNT_SPACING times its duration later, for every task of the run (two tasks that
-    find it due together both count). When the shares pass the guard's limits, it stops the run
-    (``Ledger.stop_for_guard``: every contact it has not sent to is released for a later run) and says so
-    in the task log."""
+    and when the run's next count is due (one row: None, now, unless the run is large). Then it works out
+    the run's outcome shares (a count over the run's messages, ``count_if_due``) if the count is due. When
+    the shares pass the guard's limits, it stops the run (``Ledger.stop_for_guard``: every contact it has
+    not sent to is released for a later run) and says so in the task log."""
     checked: float | None = None
     stopped = False
 
@@ -205,26 +212,49 @@ def guard_keeper(ledger: Ledger, run_id: str, guard: ReputationGuard | None) -> 
         if checked is not None and time.monotonic() - checked < GUARD_CHECK_SECONDS:
             return False
         stopped, count_due_at = ledger.guard_state(run_id)
-        now = utcnow()
-        if not stopped and (count_due_at is None or now >= count_due_at):
-            counting, counting_cpu = time.monotonic(), time.thread_time()
-            figures = ledger.outcome_figures(run_id)
-            took, took_cpu = time.monotonic() - counting, time.thread_time() - counting_cpu
-            if took >= GUARD_SHARED_COUNT_SECONDS or took_cpu >= GUARD_SHARED_COUNT_CPU_SECONDS:  # a large run
-                ledger.guard_count_due(run_id, now + timedelta(seconds=GUARD_COUNT_SPACING * took))
-            reason = guard.verdict(figures)
-            if reason is not None:
-                released = ledger.stop_for_guard(run_id, reason, figures)
-                log.error(
-                    "reputation guard: %s after %s outcomes (%s bounced, %s complained): the run stops sending; "
-                    "%s contacts it had not sent to are released for a later run",
-                    reason, figures["outcomes"], figures["bounced"], figures["complained"], released,
-                )  # fmt: skip
-                stopped = True
+        figures = None if stopped else count_if_due(ledger, run_id, count_due_at)
+        reason = None if figures is None else guard.verdict(figures)
+        if reason is not None:
+            released = ledger.stop_for_guard(run_id, reason, figures)
+            log.error(
+                "reputation guard: %s after %s outcomes (%s bounced, %s complained): the run stops sending; "
+                "%s contacts it had not sent to are released for a later run",
+                reason, figures["outcomes"], figures["bounced"], figures["complained"], released,
+            )  # fmt: skip
+            stopped = True
         checked = time.monotonic()
         return stopped
 
     return must_stop
+
+
+def count_if_due(ledger: Ledger, run_id: str, count_due_at: datetime | None) -> dict | None:
+    """The run's outcome figures (``Ledger.outcome_figures``) when its count is due for this task: always
+    for a small run (``count_due_at`` None); for a large one, once due, if this task's claim takes it (None
+    otherwise). A large run's count sets the run's next one GUARD_COUNT_SPACING times its duration later; a
+    count that finds the run small leaves each task to count as it starts."""
+    now = utcnow()
+    shared = count_due_at is not None
+    claim_until = now + timedelta(seconds=GUARD_COUNT_CLAIM_SECONDS)
+    if shared and (now < count_due_at or not ledger.claim_guard_count(run_id, now, claim_until)):
+        return None  # not due yet, or another task of the run is making it
+    counting, counting_cpu = time.monotonic(), time.thread_time()
+    try:
+        figures = ledger.outcome_figures(run_id)
+    except Exception:
+        if shared:  # hand the claim back: the next task to look makes the count
+            ledger.guard_count_due(run_id, count_due_at)
+        raise
+    took, took_cpu = time.monotonic() - counting, time.thread_time() - counting_cpu
+    if (
+        figures["messages"] >= GUARD_SHARED_COUNT_MESSAGES
+        or took >= GUARD_SHARED_COUNT_SECONDS
+        or took_cpu >= GUARD_SHARED_COUNT_CPU_SECONDS
+    ):
+        ledger.guard_count_due(run_id, now + timedelta(seconds=GUARD_COUNT_SPACING * took))
+    elif shared:
+        ledger.guard_count_due(run_id, None)
+    return figures
 
 
 class StillThrottled(RuntimeError):

@@ -4,8 +4,13 @@ releases every contact it has not sent to; the next run that lists them sends th
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+
+import pytest
 
 from tests.support.limits import claim_runs
 from welcome_mailer import pipeline
@@ -113,27 +118,39 @@ EPOCH = datetime(2026, 12, 6)
 
 class CountingLedger:
     """The guard keeper's side of the ledger, on a fake clock: each count of the run's outcomes takes
-    ``count_seconds``; ``stopped`` is the run's flag (another task may set it); ``count_due_at`` the run's
-    next count, shared by every keeper of the run."""
+    ``count_seconds`` over ``messages``; ``stopped`` is the run's flag (another task may set it);
+    ``count_due_at`` the run's next count, shared by every keeper of the run; ``claims`` every claim made
+    (``before_claim``: what happens between a task's look at the row and its claim)."""
 
-    def __init__(self, clock: list[float], count_seconds: float) -> None:
-        self.clock, self.count_seconds = clock, count_seconds
+    def __init__(self, clock: list[float], count_seconds: float, messages: int = 600) -> None:
+        self.clock, self.count_seconds, self.messages = clock, count_seconds, messages
         self.counts: list[float] = []
+        self.claims: list[bool] = []
         self.flag_reads = 0
         self.stopped = False
         self.count_due_at: datetime | None = None
+        self.before_claim: Callable[[], None] = lambda: None
 
     def outcome_figures(self, run_id: str) -> dict:
         self.counts.append(self.clock[0])
         self.clock[0] += self.count_seconds
-        return {"outcomes": 0, "bounced": 0, "complained": 0, "bounce_rate": 0.0, "complaint_rate": 0.0}
+        figures = {"outcomes": 0, "bounced": 0, "complained": 0, "bounce_rate": 0.0, "complaint_rate": 0.0}
+        return {"messages": self.messages, **figures}
 
     def guard_state(self, run_id: str) -> tuple[bool, datetime | None]:
         self.flag_reads += 1
         return self.stopped, self.count_due_at
 
-    def guard_count_due(self, run_id: str, due_at: datetime) -> None:
+    def guard_count_due(self, run_id: str, due_at: datetime | None) -> None:
         self.count_due_at = due_at
+
+    def claim_guard_count(self, run_id: str, now: datetime, until: datetime) -> bool:
+        self.before_claim()
+        claimed = self.count_due_at is not None and self.count_due_at <= now
+        if claimed:
+            self.count_due_at = until
+        self.claims.append(claimed)
+        return claimed
 
 
 def on_the_clock(monkeypatch, clock: list[float]) -> None:
@@ -207,6 +224,90 @@ def test_the_counts_are_spaced_per_run_not_per_task(monkeypatch):
     assert clock[0] - stopped_at <= pipeline.GUARD_CHECK_SECONDS
 
 
+def test_the_tasks_that_find_a_large_runs_count_due_together_make_it_once(monkeypatch):
+    """A large run's 8 send tasks start together: each found its count due and counted at once (on Postgres at
+    1M, 24-32 counts of 2-3 s in a run). Each claims the count it found due: one claim takes it and that task
+    counts; the others go on without, and so at its next due time."""
+    clock = [0.0]
+    on_the_clock(monkeypatch, clock)
+    ledger = CountingLedger(clock, count_seconds=1.5, messages=1_000_000)
+    ledger.count_due_at = EPOCH  # its claim found it large: its tasks share its counts from the first
+    keepers = [pipeline.guard_keeper(ledger, "run0", ReputationGuard()) for _ in range(8)]
+
+    waiting = keepers[1:]
+
+    def the_next_one_looks_and_claims_too() -> None:  # between a task's look and its claim: all 8 look first
+        if waiting:
+            assert waiting.pop(0)() is False
+
+    ledger.before_claim = the_next_one_looks_and_claims_too
+    assert keepers[0]() is False
+    assert len(ledger.claims) == 8 and ledger.claims.count(True) == 1, ledger.claims
+    assert ledger.counts == [0.0], "one count: the claiming task's"
+    assert ledger.count_due_at == EPOCH + timedelta(seconds=pipeline.GUARD_COUNT_SPACING * 1.5)
+    while clock[0] < pipeline.GUARD_COUNT_SPACING * 1.5 + 10:
+        for must_stop in keepers:
+            assert must_stop() is False
+        clock[0] += 1.0
+    assert len(ledger.counts) == 2, "one count more once the run's spacing passed, by one task"
+
+
+def test_a_count_that_raised_hands_its_claim_back_and_a_killed_tasks_claim_lapses(monkeypatch):
+    clock = [0.0]
+    on_the_clock(monkeypatch, clock)
+    ledger = CountingLedger(clock, count_seconds=1.5, messages=1_000_000)
+    ledger.count_due_at = EPOCH
+    real_count = ledger.outcome_figures
+    ledger.outcome_figures = lambda run_id: (_ for _ in ()).throw(ConnectionError("the database went away"))
+    with pytest.raises(ConnectionError):
+        pipeline.guard_keeper(ledger, "run0", ReputationGuard())()
+    assert ledger.count_due_at == EPOCH, "handed back: still due"
+    ledger.outcome_figures = real_count
+    assert pipeline.guard_keeper(ledger, "run0", ReputationGuard())() is False
+    assert ledger.counts == [0.0], "the next task to look made the count at once"
+
+    clock[0] = 200.0  # past the spacing: a task claims the count, and is killed before it counts
+    assert ledger.claim_guard_count("run0", EPOCH + timedelta(seconds=200), EPOCH + timedelta(seconds=260))
+    others = [pipeline.guard_keeper(ledger, "run0", ReputationGuard()) for _ in range(3)]
+    while clock[0] < 200 + pipeline.GUARD_COUNT_CLAIM_SECONDS + pipeline.GUARD_CHECK_SECONDS + 1:
+        for must_stop in others:
+            assert must_stop() is False
+        clock[0] += 1.0
+    assert len(ledger.counts) == 2, "nobody counted while the claim held; one task did once it lapsed"
+    assert 200 + pipeline.GUARD_COUNT_CLAIM_SECONDS <= ledger.counts[1] <= 201 + pipeline.GUARD_COUNT_CLAIM_SECONDS
+
+
+def test_a_small_run_counted_slowly_once_is_counted_by_every_task_again_after_its_next_count(monkeypatch):
+    """A small run whose count was slow once (the database busy) has its next count spaced like a large
+    run's; when that one is quick, each task counts as it starts again (a poke judges fresh bounces at once)."""
+    clock = [0.0]
+    on_the_clock(monkeypatch, clock)
+    ledger = CountingLedger(clock, count_seconds=0.3)
+    assert pipeline.guard_keeper(ledger, "run0", ReputationGuard())() is False
+    assert ledger.count_due_at == EPOCH + timedelta(seconds=pipeline.GUARD_COUNT_SPACING * 0.3)
+    ledger.count_seconds = 0.01
+    clock[0] = pipeline.GUARD_COUNT_SPACING * 0.3 + 1
+    assert pipeline.guard_keeper(ledger, "run0", ReputationGuard())() is False
+    assert len(ledger.counts) == 2 and ledger.count_due_at is None
+    for _ in range(3):  # pokes that just recorded bounces, each judging them at once
+        assert pipeline.guard_keeper(ledger, "run0", ReputationGuard())() is False
+    assert len(ledger.counts) == 5
+
+
+def test_a_large_runs_quick_count_still_spaces_its_next_one(monkeypatch):
+    """A run of GUARD_SHARED_COUNT_MESSAGES or more is large whatever its count took (Postgres counts 50k
+    messages in about 0.1 s): its counts stay shared."""
+    clock = [0.0]
+    on_the_clock(monkeypatch, clock)
+    ledger = CountingLedger(clock, count_seconds=0.1, messages=pipeline.GUARD_SHARED_COUNT_MESSAGES)
+    ledger.count_due_at = EPOCH
+    for _ in range(3):
+        assert pipeline.guard_keeper(ledger, "run0", ReputationGuard())() is False
+        clock[0] += 1.0
+    assert ledger.counts == [0.0], "the first task counted; the next found the run's count not due"
+    assert ledger.count_due_at == EPOCH + timedelta(seconds=pipeline.GUARD_COUNT_SPACING * 0.1)
+
+
 class CpuCountingLedger(CountingLedger):
     """A count that also takes ``count_cpu_seconds`` of the thread's CPU (``cpu``: the fake thread_time)."""
 
@@ -259,7 +360,8 @@ def test_a_small_runs_real_count_takes_far_less_cpu_than_spaces_it(ledger, tmp_p
     took = []
     for _ in range(2):  # a task's first count compiles the statement; its later ones find it cached
         started = time.thread_time()
-        assert ledger.outcome_figures("run0")["outcomes"] == 600
+        figures = ledger.outcome_figures("run0")
+        assert (figures["messages"], figures["outcomes"], figures["bounced"]) == (600, 600, 600)
         took.append(time.thread_time() - started)
     assert took[0] < pipeline.GUARD_SHARED_COUNT_CPU_SECONDS / 2, f"first count: {took[0] * 1000:.1f} ms of CPU"
     assert took[1] < pipeline.GUARD_SHARED_COUNT_CPU_SECONDS / 4, f"next count: {took[1] * 1000:.1f} ms of CPU"
@@ -276,6 +378,42 @@ def test_the_runs_next_count_is_kept_in_the_ledger_for_every_task(ledger):
     ledger.stop_for_guard("run0", "bounce rate 40.0% > 20.0%", {"outcomes": 100})
     assert ledger.guard_state("run0") == (True, due + timedelta(seconds=50))
     assert ledger.limit_figures("run0")["throttled_requests"] == 0
+
+
+def test_of_the_tasks_claiming_a_due_count_at_once_one_gets_it(ledger):
+    """Over a real ledger (SQLite and Postgres), 8 threads claim the count they all found due: one claim moves
+    it on, and the others find it moved. A count not due yet, or of a run whose tasks do not share its
+    counts, is not claimed."""
+    due = datetime(2026, 12, 6, 12, 0, 5, 250000)
+    ledger.share_guard_counts("run0", due)
+    ledger.share_guard_counts("run0", due + timedelta(seconds=9))  # a retried claim: the due count is kept
+    stopped, seen = ledger.guard_state("run0")
+    assert (stopped, seen) == (False, due)
+    assert ledger.claim_guard_count("run0", seen - timedelta(milliseconds=1), seen + timedelta(minutes=1)) is False
+    start = threading.Barrier(8)
+
+    def claim(n: int) -> bool:
+        start.wait()
+        return ledger.claim_guard_count("run0", seen, seen + timedelta(minutes=1, seconds=n))
+
+    with ThreadPoolExecutor(8) as pool:
+        claimed = list(pool.map(claim, range(8)))
+    assert claimed.count(True) == 1, claimed
+    assert ledger.guard_state("run0") == (False, seen + timedelta(minutes=1, seconds=claimed.index(True)))
+    assert ledger.claim_guard_count("run1", seen, seen) is False, "a run without a due count has none to claim"
+
+
+def test_a_run_claiming_many_messages_shares_its_counts_from_its_claim(ledger, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "GUARD_SHARED_COUNT_MESSAGES", 100)
+    claim_runs(ledger, tmp_path, runs=1, contacts=100, batches=2)
+    assert ledger.guard_state("run0")[1] is not None, "100 messages: shared"
+    assert ledger.outcome_figures("run0")["messages"] == 100
+    path = tmp_path / "small.csv"
+    path.write_text("".join(f"User {i}, small{i}@example.com\n" for i in range(99)))
+    ledger.renew_lease("small")
+    pipeline.parse_file(ledger, "small", path, tmp_path / "small-rejected.csv")
+    assert pipeline.claim_contacts(ledger, "small", 50, 2)["to_send"] == 99
+    assert ledger.guard_state("small") == (False, None), "99 messages: each task counts as it starts"
 
 
 def test_on_sqlite_the_guards_count_reads_a_snapshot_without_waiting_for_a_writer(tmp_path):

@@ -254,21 +254,22 @@ class RunLimits:
     engine: Engine
 
     def outcome_figures(self, run_id: str) -> dict:
-        """The run's messages with an outcome, and the shares of them bounced (refused at once included)
-        and complained. A read snapshot (SQLite: no write lock held while it reads a large run's messages,
+        """The run's messages, those with an outcome, and the shares of these bounced (refused at once
+        included) and complained. A read snapshot (SQLite: no write lock held while it reads a large run's messages,
         nor waited for: the keeper spaces the run's counts by how long this took)."""
         with self.engine.connect() as conn:
             conn.execution_options(**{READ_SNAPSHOT: True})
             counts = dict(
                 conn.execute(
                     select(send_attempts.c.status, func.count())
-                    .where(send_attempts.c.run_id == run_id, send_attempts.c.status.in_(OUTCOME_STATES))
+                    .where(send_attempts.c.run_id == run_id)
                     .group_by(send_attempts.c.status)
                 ).all()
             )
-        outcomes = sum(counts.values())
+        outcomes = sum(n for status, n in counts.items() if status in OUTCOME_STATES)
         bounced, complained = counts.get(BOUNCED, 0) + counts.get(REFUSED, 0), counts.get(COMPLAINED, 0)
         return {
+            "messages": sum(counts.values()),
             "outcomes": outcomes,
             "bounced": bounced,
             "complained": complained,
@@ -287,10 +288,29 @@ class RunLimits:
             ).one_or_none()
         return (False, None) if row is None else (row.guard_stopped_at is not None, row.guard_count_due_at)
 
-    def guard_count_due(self, run_id: str, due_at: datetime) -> None:
-        """The run's outcomes were just counted: every task of the run counts again from ``due_at`` (naive UTC)."""
+    def guard_count_due(self, run_id: str, due_at: datetime | None) -> None:
+        """The run's next count is due at ``due_at`` (naive UTC), for every task of the run; None: each task
+        counts as it starts."""
         with self.engine.begin() as conn:
             _upsert_run_limits(conn, run_id, {"guard_count_due_at": due_at}, {"guard_count_due_at": due_at})
+
+    def share_guard_counts(self, run_id: str, now: datetime) -> None:
+        """The run's tasks share its counts from ``now`` on (a large run's claim), unless they already do."""
+        with self.engine.begin() as conn:
+            due = {"guard_count_due_at": now}
+            _upsert_run_limits(conn, run_id, due, due, where=run_limits.c.guard_count_due_at.is_(None))
+
+    def claim_guard_count(self, run_id: str, now: datetime, until: datetime) -> bool:
+        """Take the run's shared count, due by ``now``, for the calling task, moving it on to ``until``
+        (naive UTC): True for the one task whose claim moved it, False for every other (its count was
+        claimed first, or is not due). One conditional update of the run's row."""
+        with self.engine.begin() as conn:
+            claimed = conn.execute(
+                update(run_limits)
+                .where(run_limits.c.run_id == run_id, run_limits.c.guard_count_due_at <= now)
+                .values(guard_count_due_at=until)
+            )
+        return claimed.rowcount == 1
 
     def stop_for_guard(self, run_id: str, reason: str, figures: dict) -> int:
         """The reputation guard stops the run: every contact it has not sent to (claimed, blocked, or
