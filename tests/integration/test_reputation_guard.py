@@ -258,7 +258,11 @@ def test_a_count_that_raised_hands_its_claim_back_and_a_killed_tasks_claim_lapse
     ledger = CountingLedger(clock, count_seconds=1.5, messages=1_000_000)
     ledger.count_due_at = EPOCH
     real_count = ledger.outcome_figures
-    ledger.outcome_figures = lambda run_id: (_ for _ in ()).throw(ConnectionError("the database went away"))
+
+    def the_database_went_away(run_id: str) -> dict:
+        raise ConnectionError("the database went away")
+
+    ledger.outcome_figures = the_database_went_away
     with pytest.raises(ConnectionError):
         pipeline.guard_keeper(ledger, "run0", ReputationGuard())()
     assert ledger.count_due_at == EPOCH, "handed back: still due"

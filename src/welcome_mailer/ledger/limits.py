@@ -255,8 +255,8 @@ class RunLimits:
 
     def outcome_figures(self, run_id: str) -> dict:
         """The run's messages, those with an outcome, and the shares of these bounced (refused at once
-        included) and complained. A read snapshot (SQLite: no write lock held while it reads a large run's messages,
-        nor waited for: the keeper spaces the run's counts by how long this took)."""
+        included) and complained. A read snapshot (SQLite: no write lock held while it reads a large run's
+        messages, nor waited for: the keeper spaces the run's counts by how long this took)."""
         with self.engine.connect() as conn:
             conn.execution_options(**{READ_SNAPSHOT: True})
             counts = dict(
