@@ -1,6 +1,7 @@
 """The lean durable program, `make bench`'s yardstick (issue 34): the package's job without orchestration.
 
-    python -m include.bench.yardstick FILE --esp-url URL --api-key KEY [--ledger-url URL] [--records-nothing]
+    python -m include.bench.yardstick FILE --esp-url URL --api-key KEY [--ledger-url URL]
+        [--records-nothing | --ledger-schema [--contacts-written-once]]
 
 One asyncio process. It reads the file with the package's own parser (welcome_mailer.contacts: the same
 contacts, the same rejected rows, written to a CSV) and claims them with one insert-or-skip into a table of
@@ -10,13 +11,21 @@ provider's idempotency key is made of them) in one bulk statement committed befo
 0.3 s (the provider's lookup endpoint) and records each poll's in one bulk UPDATE; and resends blocked
 contacts at once as a new attempt, up to the DAG's 5 messages a contact. Bounced is never retried.
 
-Its tables are its own (yardstick_contacts, yardstick_attempts), in a SQLite file or in the Postgres
-database ``--ledger-url`` names. A bulk statement is, on Postgres, one statement over arrays (unnest); on
-SQLite, the claim one INSERT ... SELECT over a JSON array, the other writes one prepared statement executed
-over every row (executemany), which was as fast as a JSON array there (1M rows: 3-4 s each way).
+Its tables are its own (yardstick_contacts, yardstick_attempts; ``--ledger-schema``: the package's), in a
+SQLite file or in the Postgres database ``--ledger-url`` names. A bulk statement is, on Postgres, one
+statement over arrays (unnest); on SQLite, the claim one INSERT ... SELECT over a JSON array, the other
+writes one prepared statement executed over every row (executemany), which was as fast as a JSON array
+there (1M rows: 3-4 s each way).
 
 ``--records-nothing``: the same program, but nothing is recorded after the claim (attempts and outcomes
 stay in memory): the bench's no-ledger baseline; its time against the yardstick's is what durability costs.
+
+``--ledger-schema``: the same program writing the package's ledger tables instead of its own (made by the
+package's migrations, every index included), the rows the ledger writes per message, each step one bulk
+statement: the floor the ledger's schema sets. It leaves out two writes the DAG makes to a resent contact
+(blocked -> claimed with its batch renumbered, before it is sent again; blocked -> failed at close-out,
+here one write). ``--contacts-written-once``: with it, each contact's row written at its claim only (its
+state would be read from its attempts): what that schema change could gain at most.
 
 Prints one JSON line: seconds per phase, contacts, messages sent and final outcomes.
 """
@@ -31,7 +40,8 @@ import sqlite3
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -39,8 +49,9 @@ from sqlalchemy.engine import make_url
 
 from welcome_mailer.contacts import ContactReader
 from welcome_mailer.greeting import SUBJECT, welcome_text
+from welcome_mailer.ledger.bulk import sqlite_value
 from welcome_mailer.ledger.engine import sqlite_bulk_cache
-from welcome_mailer.vocabulary import idempotency_key
+from welcome_mailer.vocabulary import idempotency_key, utcnow
 
 BATCH = 500
 LOOKUP_BATCH = 1000  # the most ids the provider answers in one lookup
@@ -61,6 +72,9 @@ class SqliteStore:
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self.create_tables()
+
+    def create_tables(self) -> None:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS yardstick_contacts (email TEXT PRIMARY KEY, name TEXT NOT NULL) WITHOUT ROWID"
         )
@@ -111,6 +125,9 @@ class PostgresStore:
         self.db = psycopg2.connect(
             dbname=parts.database, user=parts.username, password=parts.password, host=parts.host, port=parts.port
         )
+        self.create_tables()
+
+    def create_tables(self) -> None:
         self._execute(
             "CREATE TABLE IF NOT EXISTS yardstick_contacts (email text PRIMARY KEY, name text NOT NULL);"
             " CREATE TABLE IF NOT EXISTS yardstick_attempts (email text NOT NULL, attempt integer NOT NULL,"
@@ -143,9 +160,18 @@ class PostgresStore:
         )
 
     def _execute(self, statement: str, parameters: tuple = ()) -> list[tuple]:
-        with self.db, self.db.cursor() as cursor:  # one transaction, committed on leaving
+        with self.transaction() as cursor:
             cursor.execute(statement, parameters)
             return cursor.fetchall() if cursor.description else []
+
+    @contextmanager
+    def transaction(self) -> Iterator:
+        """One transaction, committed on leaving, whose joins of given rows to a table go through the
+        table's key, as the ledger's bulk updates do (bulk.update_rows): on tables loaded in bulk moments
+        ago, with no statistics yet, the planner may otherwise read a whole table into a hash per chunk."""
+        with self.db, self.db.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+            yield cursor
 
     def close(self) -> None:
         self.db.close()
@@ -164,9 +190,231 @@ class RecordsNothing:
         pass
 
 
-def open_store(ledger_url: str) -> SqliteStore | PostgresStore:
+LEDGER_RUN = "yardstick"  # --ledger-schema: the run id of every row written into the ledger's tables
+SEND_TASKS = 8  # the DAG's max_send_tasks default: the claim numbers a large run's contacts into this many
+ATTEMPT_STATES = {"rejected": "refused"}  # the yardstick's word -> the ledger's, where they differ
+
+
+def ledger_tables(ledger_url: str) -> None:
+    """The package's ledger tables in this database, made by its own migrations: every index its pages,
+    webhooks, polls and claims read."""
+    from welcome_mailer.ledger import connect
+    from welcome_mailer.ledger.migrate import upgrade
+
+    engine = connect(ledger_url)
+    upgrade(engine)
+    engine.dispose()
+
+
+def contact_state(outcome: str, attempt: int) -> str:
+    """The contact's state after its attempt's outcome, as the ledger keeps it (rules.py): blocked on its last
+    allowed attempt is failed; refused by the provider is closed as bounced."""
+    if outcome == "rejected":
+        return "bounced"
+    return "failed" if outcome == "blocked" and attempt >= MAX_ATTEMPTS else outcome
+
+
+def ledger_now() -> str:
+    """Now as SQLAlchemy writes a DateTime into SQLite, which the ledger's columns hold."""
+    return sqlite_value(utcnow())
+
+
+def split_recorded(rows: list[Recorded], now) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """A record's rows as the ledger writes them: (message id, now, email, attempt) of the accepted
+    attempts; (state, now, email, attempt) of the attempts with an outcome; (state, now, email) of their
+    contacts."""
+    accepted = [(message_id, now, email, attempt) for email, attempt, message_id, _ in rows if message_id]
+    finished = [(email, attempt, status) for email, attempt, message_id, status in rows if not message_id]
+    attempts = [(ATTEMPT_STATES.get(status, status), now, email, attempt) for email, attempt, status in finished]
+    contacts = [(contact_state(status, attempt), now, email) for email, attempt, status in finished]
+    return accepted, attempts, contacts
+
+
+class SqliteLedgerStore(SqliteStore):
+    """``--ledger-schema`` on SQLite: the same program writing the package's own tables as the ledger does
+    per message (its row staged by the parse; the contact and its first attempt; the attempt's message id;
+    its outcome; the contact's state), each step one bulk statement as the yardstick's own writes.
+    ``contact_updates=False``: the contact's row is written once, at its claim (its state would be read
+    from its attempts)."""
+
+    def __init__(self, path: str, contact_updates: bool = True) -> None:
+        self.contact_updates = contact_updates
+        super().__init__(path)
+
+    def create_tables(self) -> None:
+        pass  # the package's migrations made them (ledger_tables)
+
+    def claim(self, contacts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        now = ledger_now()
+        staged = sorted((LEDGER_RUN, email, name, line) for line, (email, name) in enumerate(contacts, 1))
+        with sqlite_bulk_cache(self.db):
+            self._write("INSERT INTO staged_contacts (run_id, email, name, line_no) VALUES (?, ?, ?, ?)", staged)
+            self.db.execute("BEGIN IMMEDIATE")
+            claimed = self.db.execute(
+                "INSERT INTO sent_contacts (email, name, status, attempts, claim_attempts, run_id, created_at,"
+                " updated_at, source_line, batch_no) SELECT email, name, 'sending', 1, 1, ?1, ?2, ?2, line_no,"
+                " (row_number() OVER (ORDER BY email) - 1) / ?3 FROM staged_contacts WHERE run_id = ?1"
+                " ORDER BY email ON CONFLICT DO NOTHING RETURNING email, name",
+                (LEDGER_RUN, now, max(1, -(-len(contacts) // SEND_TASKS))),
+            ).fetchall()
+            # Their first attempts from the rows just inserted, the key made inside the database, as the
+            # ledger's claim makes them (in one statement, no million rows bound from Python).
+            self.db.create_function("welcome_idempotency_key", 2, idempotency_key, deterministic=True)
+            self.db.execute(
+                "INSERT INTO send_attempts (email, attempt, idempotency_key, run_id, status, created_at, updated_at)"
+                " SELECT email, 1, welcome_idempotency_key(email, 1), run_id, 'pending', ?2, ?2 FROM sent_contacts"
+                " WHERE run_id = ?1 AND status = 'sending' AND created_at = ?2",
+                (LEDGER_RUN, now),
+            )
+            self.db.execute("COMMIT")
+        return claimed
+
+    def start_attempts(self, attempts: list[tuple[str, int]]) -> None:
+        resent = [(email, attempt) for email, attempt in attempts if attempt > 1]  # the first: claimed with it
+        if not resent:
+            return
+        now = ledger_now()
+        with sqlite_bulk_cache(self.db):
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(
+                "INSERT INTO send_attempts (email, attempt, idempotency_key, run_id, status, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                [(email, attempt, idempotency_key(email, attempt), LEDGER_RUN, now, now) for email, attempt in resent],
+            )
+            if self.contact_updates:
+                self.db.executemany(
+                    "UPDATE sent_contacts SET status = 'sending', attempts = ?2, claim_attempts = ?2, updated_at = ?3"
+                    " WHERE email = ?1",
+                    [(email, attempt, now) for email, attempt in resent],
+                )
+            self.db.execute("COMMIT")
+
+    def record(self, rows: list[Recorded]) -> None:
+        accepted, attempts, contacts = split_recorded(rows, ledger_now())
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany(
+            "UPDATE send_attempts SET provider_message_id = ?, status = 'sent', updated_at = ?"
+            " WHERE email = ? AND attempt = ?",
+            accepted,
+        )
+        self.db.executemany(
+            "UPDATE send_attempts SET status = ?, updated_at = ? WHERE email = ? AND attempt = ?", attempts
+        )
+        if self.contact_updates:
+            self.db.executemany("UPDATE sent_contacts SET status = ?, updated_at = ? WHERE email = ?", contacts)
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        if not self.db.in_transaction:  # not after a write that raised: its error is the one to see
+            self._write("DELETE FROM staged_contacts WHERE run_id = ?", [(LEDGER_RUN,)])  # as the run's end does
+        super().close()
+
+
+class PostgresLedgerStore(PostgresStore):
+    """``--ledger-schema`` on Postgres: SqliteLedgerStore's writes, each one statement over arrays."""
+
+    def __init__(self, url: str, contact_updates: bool = True) -> None:
+        self.contact_updates = contact_updates
+        super().__init__(url)
+
+    def create_tables(self) -> None:
+        pass  # the package's migrations made them (ledger_tables)
+
+    def claim(self, contacts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        now = utcnow()
+        emails, names = (list(column) for column in zip(*contacts, strict=True)) if contacts else ([], [])
+        self._execute(
+            "INSERT INTO staged_contacts (run_id, email, name, line_no)"
+            " SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::integer[])",
+            (LEDGER_RUN, emails, names, list(range(1, len(contacts) + 1))),
+        )
+        with self.transaction() as cursor:  # the contacts and their first attempts: one transaction
+            cursor.execute(
+                "INSERT INTO sent_contacts (email, name, status, attempts, claim_attempts, run_id, created_at,"
+                " updated_at, source_line, batch_no) SELECT email, name, 'sending', 1, 1, %(run)s, %(now)s, %(now)s,"
+                " line_no, (row_number() OVER (ORDER BY email) - 1) / %(size)s FROM staged_contacts"
+                " WHERE run_id = %(run)s ORDER BY email ON CONFLICT DO NOTHING RETURNING email, name",
+                {"run": LEDGER_RUN, "now": now, "size": max(1, -(-len(contacts) // SEND_TASKS))},
+            )
+            claimed = cursor.fetchall()
+            cursor.execute(  # their first attempts, the key made by Postgres, as the ledger's claim makes them
+                "INSERT INTO send_attempts (email, attempt, idempotency_key, run_id, status, created_at, updated_at)"
+                " SELECT email, 1, 'welcome-' || left(encode(sha256(convert_to(email, 'UTF8')), 'hex'), 40) || '-1',"
+                " run_id, 'pending', %(now)s, %(now)s FROM sent_contacts"
+                " WHERE run_id = %(run)s AND status = 'sending' AND created_at = %(now)s",
+                {"run": LEDGER_RUN, "now": now},
+            )
+        return claimed
+
+    def start_attempts(self, attempts: list[tuple[str, int]]) -> None:
+        resent = [(email, attempt) for email, attempt in attempts if attempt > 1]  # the first: claimed with it
+        if not resent:
+            return
+        now = utcnow()
+        emails, numbers = (list(column) for column in zip(*resent, strict=True))
+        with self.transaction() as cursor:
+            cursor.execute(
+                "INSERT INTO send_attempts (email, attempt, idempotency_key, run_id, status, created_at, updated_at)"
+                " SELECT email, attempt, key, %s, 'pending', %s, %s"
+                " FROM unnest(%s::text[], %s::integer[], %s::text[]) AS a(email, attempt, key)",
+                (LEDGER_RUN, now, now, emails, numbers, [idempotency_key(e, n) for e, n in resent]),
+            )
+            if self.contact_updates:
+                cursor.execute(
+                    "UPDATE sent_contacts c SET status = 'sending', attempts = r.attempt, claim_attempts = r.attempt,"
+                    " updated_at = %s FROM unnest(%s::text[], %s::integer[]) AS r(email, attempt)"
+                    " WHERE c.email = r.email",
+                    (now, emails, numbers),
+                )
+
+    def record(self, rows: list[Recorded]) -> None:
+        now = utcnow()
+        accepted, attempts, contacts = split_recorded(rows, now)
+        with self.transaction() as cursor:
+            if accepted:
+                ids, _, emails, numbers = (list(column) for column in zip(*accepted, strict=True))
+                cursor.execute(
+                    "UPDATE send_attempts t SET provider_message_id = r.id, status = 'sent', updated_at = %s"
+                    " FROM unnest(%s::text[], %s::integer[], %s::text[]) AS r(email, attempt, id)"
+                    " WHERE t.email = r.email AND t.attempt = r.attempt",
+                    (now, emails, numbers, ids),
+                )
+            if attempts:
+                states, _, emails, numbers = (list(column) for column in zip(*attempts, strict=True))
+                cursor.execute(
+                    "UPDATE send_attempts t SET status = r.status, updated_at = %s"
+                    " FROM unnest(%s::text[], %s::integer[], %s::text[]) AS r(email, attempt, status)"
+                    " WHERE t.email = r.email AND t.attempt = r.attempt",
+                    (now, emails, numbers, states),
+                )
+            if attempts and self.contact_updates:
+                states, _, emails = (list(column) for column in zip(*contacts, strict=True))
+                cursor.execute(
+                    "UPDATE sent_contacts c SET status = r.status, updated_at = %s"
+                    " FROM unnest(%s::text[], %s::text[]) AS r(email, status) WHERE c.email = r.email",
+                    (now, emails, states),
+                )
+
+    def close(self) -> None:
+        self._execute("DELETE FROM staged_contacts WHERE run_id = %s", (LEDGER_RUN,))  # as the run's end does
+        super().close()
+
+
+def open_store(
+    ledger_url: str, ledger_schema: bool = False, contact_updates: bool = True
+) -> SqliteStore | PostgresStore:
+    """The program's tables in this database: its own, or with ``ledger_schema`` the package's (migrated
+    here first)."""
     parts = make_url(ledger_url)
-    return SqliteStore(parts.database) if parts.get_backend_name() == "sqlite" else PostgresStore(ledger_url)
+    sqlite = parts.get_backend_name() == "sqlite"
+    if not ledger_schema:
+        return SqliteStore(parts.database) if sqlite else PostgresStore(ledger_url)
+    ledger_tables(ledger_url)
+    return (
+        SqliteLedgerStore(parts.database, contact_updates)
+        if sqlite
+        else PostgresLedgerStore(ledger_url, contact_updates)
+    )
 
 
 def parse(csv_path: Path, rejected_csv: Path) -> list[tuple[str, str]]:
@@ -262,8 +510,22 @@ def provider_client(esp_url: str, api_key: str, **options) -> httpx.AsyncClient:
     )
 
 
-async def run(csv_path: Path, ledger_url: str, client: httpx.AsyncClient, workdir: Path, records_nothing: bool) -> dict:
-    store = open_store(ledger_url)
+def tables_written(ledger_schema: bool, contact_updates: bool) -> str:
+    if not ledger_schema:
+        return "its own"
+    return "the ledger's" if contact_updates else "the ledger's, each contact's row written at its claim only"
+
+
+async def run(
+    csv_path: Path,
+    ledger_url: str,
+    client: httpx.AsyncClient,
+    workdir: Path,
+    records_nothing: bool,
+    ledger_schema: bool = False,
+    contact_updates: bool = True,
+) -> dict:
+    store = open_store(ledger_url, ledger_schema, contact_updates)  # its tables made before the clock starts
     try:
         started = time.perf_counter()
         contacts = parse(csv_path, workdir / "rejected.csv")
@@ -280,6 +542,7 @@ async def run(csv_path: Path, ledger_url: str, client: httpx.AsyncClient, workdi
         "seconds": round(time.perf_counter() - started, 2),
         "phase_seconds": {phase: round(seconds, 2) for phase, seconds in phases.items()},
         "records": "nothing after the claim" if records_nothing else "every attempt and outcome",
+        "tables": tables_written(ledger_schema, contact_updates),
         "contacts": len(claimed),
         "messages": sent,
         "outcomes": dict(outcomes),
@@ -298,12 +561,27 @@ def arguments(doc: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     parser = arguments(__doc__)
-    parser.add_argument("--records-nothing", action="store_true", help="record nothing after the claim")
+    recording = parser.add_mutually_exclusive_group()
+    recording.add_argument("--records-nothing", action="store_true", help="record nothing after the claim")
+    recording.add_argument(
+        "--ledger-schema", action="store_true",
+        help="write the package's ledger tables (made by its migrations), every row the ledger writes per message",
+    )  # fmt: skip
+    parser.add_argument(
+        "--contacts-written-once", action="store_true",
+        help="with --ledger-schema: a contact's row written at its claim only, its state left to its attempts",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.contacts_written_once and not args.ledger_schema:
+        parser.error("--contacts-written-once needs --ledger-schema")
     with tempfile.TemporaryDirectory(prefix="yardstick-") as tmp:
         ledger_url = args.ledger_url or f"sqlite:///{Path(tmp) / 'yardstick.db'}"
         client = provider_client(args.esp_url, args.api_key)
-        print(json.dumps(asyncio.run(run(args.csv, ledger_url, client, Path(tmp), args.records_nothing))))
+        result = run(
+            args.csv, ledger_url, client, Path(tmp), args.records_nothing, args.ledger_schema,
+            contact_updates=not args.contacts_written_once,
+        )  # fmt: skip
+        print(json.dumps(asyncio.run(result)))
 
 
 if __name__ == "__main__":

@@ -255,6 +255,59 @@ def test_each_figure_is_a_ratio_to_the_yardstick_of_its_size_on_its_backend_and_
     ]
 
 
+def test_the_yardstick_on_the_ledgers_tables_is_a_ratio_to_the_yardstick_and_each_run_a_ratio_to_it():
+    """The same program writing the ledger's tables (the floor the ledger's writes set), on each backend:
+    a figure of its own against the yardstick, and the DAG runs and the pipeline without Airflow against it."""
+    results = with_ratios(
+        [
+            {"benchmark": "yardstick_1000000", "seconds": 60.0},
+            {"benchmark": "yardstick_ledger_tables_1000000", "seconds": 90.0},
+            {"benchmark": "yardstick_ledger_tables_written_once_1000000", "seconds": 75.0},
+            {"benchmark": "yardstick_postgres_1000000", "seconds": 100.0},
+            {"benchmark": "yardstick_ledger_tables_postgres_1000000", "seconds": 125.0},
+            {"benchmark": "baseline_pipeline_postgres_1000000", "seconds": 120.0},
+            {"benchmark": "baseline_pipeline_1000000", "seconds": 108.0},
+            {"benchmark": "end_to_end_1000000", "seconds": 135.0, "breakdown": {"airflow fixed cost": 9.0}},
+            {"benchmark": "stack_end_to_end_1000000", "seconds": 200.0, "breakdown": {"airflow fixed cost": 25.0}},
+        ]
+    )
+    figures = {r["benchmark"]: r for r in results}
+
+    assert figures["yardstick_ledger_tables_1000000"]["ratio_to_yardstick"] == 1.5
+    assert figures["yardstick_ledger_tables_written_once_1000000"]["ratio_to_yardstick"] == 1.25
+    assert figures["yardstick_ledger_tables_postgres_1000000"]["ratio_to_yardstick"] == 1.25  # Postgres's own
+    assert figures["baseline_pipeline_1000000"]["ratio_to_ledger_tables"] == 1.2
+    assert figures["baseline_pipeline_postgres_1000000"]["ratio_to_ledger_tables"] == 0.96  # against Postgres's
+    assert figures["end_to_end_1000000"]["ratio_to_ledger_tables"] == 1.5
+    assert figures["stack_end_to_end_1000000"]["ratio_to_ledger_tables"] == 1.6  # against Postgres's
+    assert "ratio_to_ledger_tables" not in figures["yardstick_ledger_tables_written_once_1000000"]
+    # A DAG run's floor: the quicker program without Airflow that writes its ledger's rows (here the
+    # yardstick on the ledger's tables on SQLite, the pipeline on Postgres), then Airflow's cost before any
+    # task works.
+    assert figures["end_to_end_1000000"]["floor_of_ledger_and_airflow_s"] == 99.0
+    assert figures["end_to_end_1000000"]["floor_ratio_to_yardstick"] == 1.65
+    assert figures["stack_end_to_end_1000000"]["floor_without_airflow_s"] == 120.0
+    assert figures["stack_end_to_end_1000000"]["floor_ratio_to_yardstick"] == 1.45
+    assert "floor_ratio_to_yardstick" not in figures["baseline_pipeline_1000000"]
+    assert yardstick_lines(results) == [
+        "the same program on the ledger's tables 1M: 90.0 s = 1.5x the lean durable program (60.0 s)",
+        "the same on the ledger's tables, each contact's row written once 1M: 75.0 s = 1.25x the lean durable"
+        " program (60.0 s)",
+        "the same program on the ledger's tables on Postgres 1M: 125.0 s = 1.25x the lean durable program"
+        " (100.0 s, Postgres)",
+        "the pipeline without Airflow on Postgres 1M: 120.0 s = 1.2x the lean durable program (100.0 s, Postgres);"
+        " 0.96x it on the ledger's tables (125.0 s)",
+        "the pipeline without Airflow 1M: 108.0 s = 1.8x the lean durable program (60.0 s); 1.2x it on the"
+        " ledger's tables (90.0 s)",
+        "make run 1M: 135.0 s = 2.25x the lean durable program (60.0 s); target <= 1.25x; 1.5x it on the"
+        " ledger's tables (90.0 s); floor: the quicker of it and the pipeline without Airflow (90.0 s) + Airflow's"
+        " fixed cost (9.0 s) = 99.0 s, 1.65x",
+        "the stack 1M: 200.0 s = 2.0x the lean durable program (100.0 s, Postgres); target <= 1.5x; 1.6x it on"
+        " the ledger's tables (125.0 s); floor: the quicker of it and the pipeline without Airflow (120.0 s) +"
+        " Airflow's fixed cost (25.0 s) = 145.0 s, 1.45x",
+    ]
+
+
 def test_the_template_cost_prints_both_runs_and_the_ratio(tmp_path, monkeypatch):
     """`make bench` with --template ROWS: the built-in text and an HTML template over the same file, the
     second with its ratio to the first (issue 31: at most 1.10)."""
