@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import io
 import json
 import sqlite3
 import tempfile
@@ -219,6 +220,12 @@ def ledger_now() -> str:
     return sqlite_value(utcnow())
 
 
+def staged_rows(contacts: list[tuple[str, str]]) -> list[tuple[str, str, str, int]]:
+    """The parse task's rows for staged_contacts, in key order as the ledger stages them (neighbouring index
+    pages); a contact's line number is its place in the file's valid contacts."""
+    return sorted((LEDGER_RUN, email, name, line) for line, (email, name) in enumerate(contacts, 1))
+
+
 def split_recorded(rows: list[Recorded], now) -> tuple[list[tuple], list[tuple], list[tuple]]:
     """A record's rows as the ledger writes them: (message id, now, email, attempt) of the accepted
     attempts; (state, now, email, attempt) of the attempts with an outcome; (state, now, email) of their
@@ -230,25 +237,30 @@ def split_recorded(rows: list[Recorded], now) -> tuple[list[tuple], list[tuple],
     return accepted, attempts, contacts
 
 
-class SqliteLedgerStore(SqliteStore):
-    """``--ledger-schema`` on SQLite: the same program writing the package's own tables as the ledger does
-    per message (its row staged by the parse; the contact and its first attempt; the attempt's message id;
-    its outcome; the contact's state), each step one bulk statement as the yardstick's own writes.
-    ``contact_updates=False``: the contact's row is written once, at its claim (its state would be read
+class OnLedgerTables:
+    """A store on the package's ledger tables, made by its migrations before it connects (ledger_tables).
+    ``contact_updates=False``: each contact's row is written once, at its claim (its state would be read
     from its attempts)."""
 
-    def __init__(self, path: str, contact_updates: bool = True) -> None:
+    def __init__(self, target: str, contact_updates: bool = True) -> None:
         self.contact_updates = contact_updates
-        super().__init__(path)
+        super().__init__(target)
 
     def create_tables(self) -> None:
-        pass  # the package's migrations made them (ledger_tables)
+        pass
+
+
+class SqliteLedgerStore(OnLedgerTables, SqliteStore):
+    """``--ledger-schema`` on SQLite: the same program writing the package's own tables as the ledger does
+    per message (its row staged by the parse; the contact and its first attempt; the attempt's message id;
+    its outcome; the contact's state), each step one bulk statement as the yardstick's own writes."""
 
     def claim(self, contacts: list[tuple[str, str]]) -> list[tuple[str, str]]:
         now = ledger_now()
-        staged = sorted((LEDGER_RUN, email, name, line) for line, (email, name) in enumerate(contacts, 1))
         with sqlite_bulk_cache(self.db):
-            self._write("INSERT INTO staged_contacts (run_id, email, name, line_no) VALUES (?, ?, ?, ?)", staged)
+            self._write(
+                "INSERT INTO staged_contacts (run_id, email, name, line_no) VALUES (?, ?, ?, ?)", staged_rows(contacts)
+            )
             self.db.execute("BEGIN IMMEDIATE")
             claimed = self.db.execute(
                 "INSERT INTO sent_contacts (email, name, status, attempts, claim_attempts, run_id, created_at,"
@@ -310,24 +322,21 @@ class SqliteLedgerStore(SqliteStore):
         super().close()
 
 
-class PostgresLedgerStore(PostgresStore):
-    """``--ledger-schema`` on Postgres: SqliteLedgerStore's writes, each one statement over arrays."""
-
-    def __init__(self, url: str, contact_updates: bool = True) -> None:
-        self.contact_updates = contact_updates
-        super().__init__(url)
-
-    def create_tables(self) -> None:
-        pass  # the package's migrations made them (ledger_tables)
+class PostgresLedgerStore(OnLedgerTables, PostgresStore):
+    """``--ledger-schema`` on Postgres: SqliteLedgerStore's writes, each one statement over arrays, the
+    staged rows loaded with COPY as the ledger loads them (bulk.load_rows)."""
 
     def claim(self, contacts: list[tuple[str, str]]) -> list[tuple[str, str]]:
         now = utcnow()
-        emails, names = (list(column) for column in zip(*contacts, strict=True)) if contacts else ([], [])
-        self._execute(
-            "INSERT INTO staged_contacts (run_id, email, name, line_no)"
-            " SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::integer[])",
-            (LEDGER_RUN, emails, names, list(range(1, len(contacts) + 1))),
-        )
+        staged = io.StringIO()
+        csv.writer(staged).writerows(staged_rows(contacts))
+        staged.seek(0)
+        with self.transaction() as cursor:  # a name may be empty: '' is not NULL
+            cursor.copy_expert(
+                "COPY staged_contacts (run_id, email, name, line_no)"
+                " FROM STDIN WITH (FORMAT csv, FORCE_NOT_NULL (name))",
+                staged,
+            )
         with self.transaction() as cursor:  # the contacts and their first attempts: one transaction
             cursor.execute(
                 "INSERT INTO sent_contacts (email, name, status, attempts, claim_attempts, run_id, created_at,"
