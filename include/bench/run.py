@@ -393,8 +393,9 @@ def with_ratios(results: list[dict]) -> list[dict]:
         if YARDSTICK_COMPARED.match(name) and seconds.get(f"yardstick{backend}_{rows}"):
             result["yardstick_seconds"] = seconds[f"yardstick{backend}_{rows}"]
             result["ratio_to_yardstick"] = round(result["seconds"] / result["yardstick_seconds"], 2)
-        if ON_LEDGER_TABLES.match(name) and seconds.get(f"yardstick_ledger_tables{backend}_{rows}"):
-            result["ledger_tables_seconds"] = seconds[f"yardstick_ledger_tables{backend}_{rows}"]
+        on_tables = f"yardstick_ledger_tables{backend}_{rows}"
+        if ON_LEDGER_TABLES.match(name) and seconds.get(on_tables):
+            result["ledger_tables_seconds"] = seconds[on_tables]
             result["ratio_to_ledger_tables"] = round(result["seconds"] / result["ledger_tables_seconds"], 2)
         if "end_to_end_" in name and seconds.get(f"baseline_{rows}"):
             result["ratio_to_baseline"] = round(result["seconds"] / seconds[f"baseline_{rows}"], 2)
@@ -406,7 +407,7 @@ def with_ratios(results: list[dict]) -> list[dict]:
         # it (the yardstick on the ledger's tables, the pipeline without Airflow), plus the run's own Airflow
         # fixed cost (before any task's work).
         fixed_cost = result.get("breakdown", {}).get("airflow fixed cost")
-        without_airflow = [seconds[k] for k in (pipeline, f"yardstick_ledger_tables{backend}_{rows}") if seconds.get(k)]
+        without_airflow = [seconds[k] for k in (pipeline, on_tables) if seconds.get(k)]
         if pipeline and fixed_cost is not None and without_airflow and "yardstick_seconds" in result:
             result["floor_without_airflow_s"] = min(without_airflow)
             result["floor_of_ledger_and_airflow_s"] = round(min(without_airflow) + fixed_cost, 2)

@@ -52,6 +52,7 @@ from welcome_mailer.contacts import ContactReader
 from welcome_mailer.greeting import SUBJECT, welcome_text
 from welcome_mailer.ledger.bulk import sqlite_value
 from welcome_mailer.ledger.engine import sqlite_bulk_cache
+from welcome_mailer.ledger.queries import batch_size_for
 from welcome_mailer.vocabulary import idempotency_key, utcnow
 
 BATCH = 500
@@ -192,7 +193,8 @@ class RecordsNothing:
 
 
 LEDGER_RUN = "yardstick"  # --ledger-schema: the run id of every row written into the ledger's tables
-SEND_TASKS = 8  # the DAG's max_send_tasks default: the claim numbers a large run's contacts into this many
+SEND_TASKS = 8  # the DAG's max_send_tasks default: a large run's contacts are numbered into this many batches
+MIN_CONTACTS_PER_SEND_TASK = 10_000  # the DAG's min_contacts_per_send_task default
 ATTEMPT_STATES = {"rejected": "refused"}  # the yardstick's word -> the ledger's, where they differ
 
 
@@ -213,6 +215,11 @@ def contact_state(outcome: str, attempt: int) -> str:
     if outcome == "rejected":
         return "bounced"
     return "failed" if outcome == "blocked" and attempt >= MAX_ATTEMPTS else outcome
+
+
+def claim_batch_size(contacts: int) -> int:
+    """Contacts per batch as the ledger's claim numbers them with the DAG's defaults (queries.batch_size_for)."""
+    return batch_size_for(contacts, BATCH, SEND_TASKS, MIN_CONTACTS_PER_SEND_TASK)
 
 
 def ledger_now() -> str:
@@ -249,6 +256,15 @@ class OnLedgerTables:
     def create_tables(self) -> None:
         pass
 
+    def start_attempts(self, attempts: list[tuple[str, int]]) -> None:
+        resent = [(email, attempt) for email, attempt in attempts if attempt > 1]  # the first: claimed with it
+        if resent:
+            self.resend(resent)
+
+    def resend(self, attempts: list[tuple[str, int]]) -> None:
+        """Blocked contacts' new attempts, and their contacts sending again (``contact_updates``)."""
+        raise NotImplementedError
+
 
 class SqliteLedgerStore(OnLedgerTables, SqliteStore):
     """``--ledger-schema`` on SQLite: the same program writing the package's own tables as the ledger does
@@ -267,7 +283,7 @@ class SqliteLedgerStore(OnLedgerTables, SqliteStore):
                 " updated_at, source_line, batch_no) SELECT email, name, 'sending', 1, 1, ?1, ?2, ?2, line_no,"
                 " (row_number() OVER (ORDER BY email) - 1) / ?3 FROM staged_contacts WHERE run_id = ?1"
                 " ORDER BY email ON CONFLICT DO NOTHING RETURNING email, name",
-                (LEDGER_RUN, now, max(1, -(-len(contacts) // SEND_TASKS))),
+                (LEDGER_RUN, now, claim_batch_size(len(contacts))),
             ).fetchall()
             # Their first attempts from the rows just inserted, the key made inside the database, as the
             # ledger's claim makes them (in one statement, no million rows bound from Python).
@@ -281,10 +297,7 @@ class SqliteLedgerStore(OnLedgerTables, SqliteStore):
             self.db.execute("COMMIT")
         return claimed
 
-    def start_attempts(self, attempts: list[tuple[str, int]]) -> None:
-        resent = [(email, attempt) for email, attempt in attempts if attempt > 1]  # the first: claimed with it
-        if not resent:
-            return
+    def resend(self, resent: list[tuple[str, int]]) -> None:
         now = ledger_now()
         with sqlite_bulk_cache(self.db):
             self.db.execute("BEGIN IMMEDIATE")
@@ -343,7 +356,7 @@ class PostgresLedgerStore(OnLedgerTables, PostgresStore):
                 " updated_at, source_line, batch_no) SELECT email, name, 'sending', 1, 1, %(run)s, %(now)s, %(now)s,"
                 " line_no, (row_number() OVER (ORDER BY email) - 1) / %(size)s FROM staged_contacts"
                 " WHERE run_id = %(run)s ORDER BY email ON CONFLICT DO NOTHING RETURNING email, name",
-                {"run": LEDGER_RUN, "now": now, "size": max(1, -(-len(contacts) // SEND_TASKS))},
+                {"run": LEDGER_RUN, "now": now, "size": claim_batch_size(len(contacts))},
             )
             claimed = cursor.fetchall()
             cursor.execute(  # their first attempts, the key made by Postgres, as the ledger's claim makes them
@@ -355,10 +368,7 @@ class PostgresLedgerStore(OnLedgerTables, PostgresStore):
             )
         return claimed
 
-    def start_attempts(self, attempts: list[tuple[str, int]]) -> None:
-        resent = [(email, attempt) for email, attempt in attempts if attempt > 1]  # the first: claimed with it
-        if not resent:
-            return
+    def resend(self, resent: list[tuple[str, int]]) -> None:
         now = utcnow()
         emails, numbers = (list(column) for column in zip(*resent, strict=True))
         with self.transaction() as cursor:
