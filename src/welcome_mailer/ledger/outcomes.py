@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, exists, func, or_, select
 
 from welcome_mailer.ledger import bulk
 from welcome_mailer.ledger.attempts import AcceptedAttempt
@@ -103,28 +103,36 @@ class Outcomes:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(outcome_inbox)).scalar_one()
 
-    def _apply_inbox(self, conn, accepted: Sequence[AcceptedAttempt], now: datetime) -> None:
-        """Apply the inbox's events for these attempts (by message id or by idempotency key), whose send
-        was just recorded, and remove those applied. An event whose attempt this run could not record (a
-        taker holds it now) stays, for the taker's record_sent."""
+    @staticmethod
+    def _inbox_events_for(conn, accepted: Sequence[AcceptedAttempt]) -> list[tuple[str, object]]:
+        """The inbox's events for these attempts (by message id or by idempotency key), whose send is being
+        recorded, each with the email of its contact: (email, inbox row)."""
+        if not conn.execute(select(exists().select_from(outcome_inbox))).scalar():
+            return []  # the usual case: one cheap read
+        waiting = []
         for chunk in chunks([a for a in accepted if a.message_id], MATCH_CHUNK):
-            waiting = conn.execute(
+            by_id = {a.message_id: a.email for a in chunk}
+            by_key = {idempotency_key(a.email, a.attempt): a.email for a in chunk}
+            rows = conn.execute(
                 select(outcome_inbox).where(
-                    or_(
-                        outcome_inbox.c.provider_message_id.in_([a.message_id for a in chunk]),
-                        outcome_inbox.c.idempotency_key.in_([idempotency_key(a.email, a.attempt) for a in chunk]),
-                    )
+                    or_(outcome_inbox.c.provider_message_id.in_(by_id), outcome_inbox.c.idempotency_key.in_(by_key))
                 )
             ).all()
-            if not waiting:
-                continue
-            events = [
-                OutcomeEvent(r.outcome, r.provider_message_id, r.idempotency_key, r.source, r.detail) for r in waiting
-            ]
-            _, _, unmatched = self._apply(conn, events, now)
-            still_waiting = set(unmatched)
-            applied = [r.id for r, event in zip(waiting, events, strict=True) if event not in still_waiting]
-            conn.execute(delete(outcome_inbox).where(outcome_inbox.c.id.in_(applied)))
+            waiting += [(by_id.get(r.provider_message_id) or by_key[r.idempotency_key], r) for r in rows]
+        return waiting
+
+    def _apply_inbox(self, conn, waiting: Sequence, now: datetime) -> None:
+        """Apply these inbox events (``_inbox_events_for``: their attempts' sends were just recorded, their
+        contacts locked) and remove those applied. An event whose attempt this run could not record (a
+        taker holds it now) stays, for the taker's record_sent."""
+        events = [
+            OutcomeEvent(r.outcome, r.provider_message_id, r.idempotency_key, r.source, r.detail) for r in waiting
+        ]
+        _, _, unmatched = self._apply(conn, events, now)
+        still_waiting = set(unmatched)
+        applied = [r.id for r, event in zip(waiting, events, strict=True) if event not in still_waiting]
+        for chunk in chunks(applied, MATCH_CHUNK):
+            conn.execute(delete(outcome_inbox).where(outcome_inbox.c.id.in_(chunk)))
 
     def _apply_polled(self, conn, events: list[OutcomeEvent], now: datetime) -> tuple[int, int, list[OutcomeEvent]]:
         """``_apply``; on SQLite, events a source polled from the ledger (``OutcomeEvent.polled``) take their
