@@ -197,6 +197,36 @@ def test_blocked_is_resent_with_a_new_attempt_until_max_attempts_then_failed(led
     assert len(set(keys)) == 3, "every attempt has its own idempotency key"
 
 
+def test_a_resend_round_is_numbered_after_every_batch_still_waiting_for_outcomes(ledger):
+    """A batch is read through (run_id, status, batch_no): a resend round numbered 0 again shared its
+    number with the first round's contacts still waiting for their outcome (and with earlier rounds'), and
+    start_attempts read every one of them to skip it, each round (0.2 s a round at 1M). Each round's
+    batches take numbers no sending contact holds, and hold only that round's contacts."""
+    claimed = stage_and_claim(ledger, "run-1", [f"u{i}@example.com" for i in range(6)], batch_size=2)
+    assert claimed.batches == [0, 1, 2]
+    for batch in claimed.batches:
+        attempts = ledger.start_attempts("run-1", batch)
+        ledger.record_sent("run-1", [AcceptedAttempt(a.email, a.attempt, f"id-{a.email}-1") for a in attempts])
+    ledger.record_outcomes([OutcomeEvent("blocked", provider_message_id="id-u0@example.com-1")])
+    assert ledger.requeue_blocked("run-1", 3, utcnow(), 2, 8) == [3], "after 0-2, whose contacts still wait"
+    assert [(a.email, a.attempt) for a in ledger.start_attempts("run-1", 3)] == [("u0@example.com", 2)]
+    ledger.record_sent("run-1", [AcceptedAttempt("u0@example.com", 2, "id-u0@example.com-2")])
+    ledger.record_outcomes([OutcomeEvent("blocked", provider_message_id=f"id-u{i}@example.com-1") for i in (1, 5)])
+    assert ledger.requeue_blocked("run-1", 3, utcnow(), 2, 8) == [4], "u0's round (3) still waits"
+    with ledger.engine.connect() as conn:
+        numbered = dict(
+            conn.execute(
+                select(sent_contacts.c.email, sent_contacts.c.batch_no).where(sent_contacts.c.status == "sending")
+            ).all()
+        )
+    # u1 and u5 are claimed again (batch 4); the rest keep the numbers they were sent under
+    assert numbered == {"u0@example.com": 3, "u2@example.com": 1, "u3@example.com": 1, "u4@example.com": 2}
+    assert sorted(a.email for a in ledger.start_attempts("run-1", 4)) == ["u1@example.com", "u5@example.com"]
+    ledger.record_outcomes([OutcomeEvent("delivered", provider_message_id=f"id-u{i}@example.com-1") for i in (2, 3, 4)])
+    ledger.record_outcomes([OutcomeEvent("delivered", provider_message_id="id-u0@example.com-2")])
+    assert ledger.count_in_flight("run-1") == 2, "u1 and u5, sent in batch 4"
+
+
 def test_backoff_holds_a_blocked_contact_back(ledger):
     claimed = stage_and_claim(ledger, "run-1", ["x@example.com"])
     send_everything(ledger, "run-1", claimed.batches, "blocked")
@@ -496,16 +526,27 @@ def test_on_sqlite_a_pokes_counts_and_resends_read_what_they_need_not_the_whole_
     upgrade(ledger.engine)
     claimed = stage_and_claim(ledger, "run-1", [f"u{i}@example.com" for i in range(20)], batch_size=10)
     send_everything(ledger, "run-1", claimed.batches[:1], "blocked")
-    with sqlite_plans_of(ledger.engine, lambda s: "count(" in s or s.startswith("UPDATE sent_contacts")) as plans:
+
+    def wanted(statement: str) -> bool:
+        return "count(" in statement or statement.startswith("UPDATE sent_contacts") or "batch_no DESC" in statement
+
+    with sqlite_plans_of(ledger.engine, wanted) as plans:
         waiting, unsent = ledger.count_awaiting_outcome("run-1"), ledger.count_unsent("run-1")
         requeued = ledger.requeue_blocked("run-1", 3, utcnow(), 500, 1024)
     ledger.engine.dispose()
-    assert (waiting, unsent, requeued) == (0, 10, [0])
+    # one batch of the 10 blocked and the 10 never sent, numbered after batch 1 (its 10 still sending)
+    assert (waiting, unsent, requeued) == (0, 10, [2])
     unaccepted = [step for _, plan in plans for step in plan if "send_attempts" in step]
     assert len(unaccepted) >= 3, plans  # the two counts, and requeue_blocked's count of what is due
     assert all("ix_send_attempts_unaccepted (run_id=? AND provider_message_id=?)" in s for s in unaccepted), plans
     [requeue] = [plan for statement, plan in plans if statement.startswith("UPDATE sent_contacts SET status")]
     assert requeue == ["SEARCH sent_contacts USING INDEX ix_sent_contacts_run_status_batch (run_id=? AND status=?)"]
+    # the round's first batch number: the end of the run's sending contacts in the index, no sort
+    [next_number] = [plan for statement, plan in plans if "batch_no DESC" in statement]
+    assert next_number == [
+        "SEARCH sent_contacts USING COVERING INDEX ix_sent_contacts_run_status_batch"
+        " (run_id=? AND status=? AND batch_no>?)"
+    ], next_number
 
 
 @pytest.mark.postgres

@@ -34,12 +34,14 @@ def number_batches(
     max_batches: int,
     min_batch_contacts: int = 1,
     numbered_by_insert: int | None = None,
+    first_batch_no: int = 0,
 ) -> tuple[int, int, list[int]]:
     """The run's contacts with a message due (``due_contacts``), numbered into batches of at least
     ``batch_size``, at most ``max_batches`` of them, and at most one per ``min_batch_contacts`` (a send
-    task costs Airflow more than sending a few thousand emails). ``numbered_by_insert``: how many
-    contacts claim inserted, numbered among themselves; when they are all the run holds in flight, their
-    numbers stand (they all have their first attempt due: nothing else is looked up)."""
+    task costs Airflow more than sending a few thousand emails), from ``first_batch_no`` on.
+    ``numbered_by_insert``: how many contacts claim inserted, numbered among themselves from 0; when they
+    are all the run holds in flight, their numbers stand (they all have their first attempt due: nothing
+    else is looked up)."""
     in_flight = select(func.count()).where(  # an index count; those due are among them
         sent_contacts.c.run_id == run_id, sent_contacts.c.status.in_((CLAIMED, SENDING))
     )
@@ -53,7 +55,7 @@ def number_batches(
     if count == numbered_by_insert:
         return count, size, list(range(math.ceil(count / size)))
     due = due_contacts(run_id).subquery()
-    numbered = select(due.c.email, batch_no_of(due.c.email, size).label("batch_no")).subquery()
+    numbered = select(due.c.email, (first_batch_no + batch_no_of(due.c.email, size)).label("batch_no")).subquery()
     # Only rows whose number changes are written: a first claim of a file's contacts numbered them as it
     # inserted them, and writes nothing here (rewriting every row makes a new version of each, under every
     # index of the table: a large share of a claim).
@@ -65,7 +67,20 @@ def number_batches(
         )
         .values(batch_no=numbered.c.batch_no)
     )
-    return count, size, list(range(math.ceil(count / size)))
+    return count, size, list(range(first_batch_no, first_batch_no + math.ceil(count / size)))
+
+
+def next_batch_no(conn, run_id: str) -> int:
+    """A batch number no sending contact of the run holds: one more than the highest (0 when none). One
+    index probe: the end of the run's sending contacts in (run_id, status, batch_no)."""
+    highest = conn.execute(
+        select(sent_contacts.c.batch_no)
+        .where(sent_contacts.c.run_id == run_id, sent_contacts.c.status == SENDING)
+        .where(sent_contacts.c.batch_no.is_not(None))
+        .order_by(sent_contacts.c.batch_no.desc())
+        .limit(1)
+    ).scalar()
+    return 0 if highest is None else highest + 1
 
 
 def latest_attempt():

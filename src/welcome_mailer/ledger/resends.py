@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, func, not_, select, update
 
-from welcome_mailer.ledger.queries import number_batches, sending_split
+from welcome_mailer.ledger.queries import next_batch_no, number_batches, sending_split
 from welcome_mailer.ledger.rules import CLAIMED, FAILED, PENDING, SENDING, SENT
 from welcome_mailer.ledger.schema import send_attempts, sent_contacts
 from welcome_mailer.vocabulary import BLOCKED, utcnow
@@ -48,7 +48,12 @@ class Resends:
         self, run_id: str, max_attempts: int, blocked_before: datetime, batch_size: int, max_batches: int
     ) -> list[int]:
         """blocked contacts with attempts left, blocked before ``blocked_before`` (their backoff is over)
-        -> claimed, numbered into batches for a new attempt."""
+        -> claimed, numbered into batches for a new attempt: numbers no sending contact of the run holds.
+
+        A batch is read through (run_id, status, batch_no) (``start_attempts``): numbered from 0, as they
+        were, every resend round's batch shared its number with the contacts of earlier rounds (and of the
+        first) still waiting for their outcome, and read them all to skip them (0.2 s a round at 1M, a
+        round every poll while outcomes come in)."""
         with self.engine.begin() as conn:
             # The backoff as NOT (blocked after it), not "blocked at or before it": the run's blocked
             # contacts are then found through (run_id, status), not through (run_id, updated_at), which
@@ -61,7 +66,9 @@ class Resends:
                 .where(self._resendable(run_id, max_attempts), backoff_over)
                 .values(status=CLAIMED, updated_at=utcnow())
             )
-            _, _, batches = number_batches(conn, run_id, batch_size, max_batches)
+            _, _, batches = number_batches(
+                conn, run_id, batch_size, max_batches, first_batch_no=next_batch_no(conn, run_id)
+            )
         return batches
 
     def close_out(self, run_id: str, max_attempts: int) -> int:
