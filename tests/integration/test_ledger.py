@@ -227,6 +227,32 @@ def test_a_resend_round_is_numbered_after_every_batch_still_waiting_for_outcomes
     assert ledger.count_in_flight("run-1") == 2, "u1 and u5, sent in batch 4"
 
 
+def test_a_poke_that_requeues_nothing_leaves_the_due_contacts_numbers_as_they_are(ledger):
+    """While the provider's quota is used up, every resend poke asks requeue_blocked again: contacts still
+    due (here: a batch never sent, as the quota leaves it) keep the numbers they got, and no row is
+    written. Numbered afresh at each poke, every held contact was rewritten every poke of the pause."""
+    claimed = stage_and_claim(ledger, "run-1", [f"u{i}@example.com" for i in range(4)], batch_size=2)
+    [attempt, _] = ledger.start_attempts("run-1", 0)
+    ledger.record_sent("run-1", [AcceptedAttempt(attempt.email, 1, "id-1")])  # batch 1 never sent
+    ledger.record_outcomes([OutcomeEvent("blocked", provider_message_id="id-1")])
+    assert claimed.batches == [0, 1]
+    first = ledger.requeue_blocked("run-1", 3, utcnow(), 2, 8)
+    assert first == [2, 3], "the blocked one and the three never sent, after the highest number held (1)"
+    writes = []
+
+    def count_writes(conn, cursor, statement, parameters, context, executemany):
+        writes.extend([statement] if statement.lstrip().upper().startswith("UPDATE") else [])
+
+    event.listen(ledger.engine, "before_cursor_execute", count_writes)
+    try:
+        assert ledger.requeue_blocked("run-1", 3, utcnow(), 2, 8) == first
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", count_writes)
+    assert len(writes) == 1 and "SET status" in writes[0], f"only the requeue (none due), no renumbering: {writes}"
+    sent = [(a.email, a.attempt) for batch in first for a in ledger.start_attempts("run-1", batch)]
+    assert sorted(sent) == [("u0@example.com", 2), ("u1@example.com", 1), ("u2@example.com", 1), ("u3@example.com", 1)]
+
+
 def test_backoff_holds_a_blocked_contact_back(ledger):
     claimed = stage_and_claim(ledger, "run-1", ["x@example.com"])
     send_everything(ledger, "run-1", claimed.batches, "blocked")
@@ -435,6 +461,39 @@ def test_an_outcome_pushed_while_its_send_is_recorded_waits_for_it_and_applies(p
         outcomes.shutdown()
         event.remove(engine, "after_cursor_execute", pause_after_the_attempts_update)
     assert (counts.applied, counts.inboxed) == (1, 0)
+    assert statuses(ledger)["a@example.com"][0] == "bounced" and ledger.inbox_size() == 0
+    engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(60)
+def test_an_outcome_kept_in_the_inbox_while_its_send_is_recorded_is_applied_right_after(postgres_url):
+    """An outcome by message id only (a bounce report) that comes while the send is being recorded finds
+    no recorded send and waits in the inbox; record_sent applies it right after its commit, in a
+    transaction of its own (inside its own, it would take the contact after the attempt it holds)."""
+    engine = engine_that_waits_for_locks_at_most(postgres_url, 10)
+    ledger = Ledger(engine)
+    claimed = stage_and_claim(ledger, "run-1", ["a@example.com"])
+    [attempt] = ledger.start_attempts("run-1", claimed.batches[0])
+    attempts_updated, go_on = threading.Event(), threading.Event()
+
+    def pause_after_the_attempts_update(conn, cursor, statement, parameters, context, executemany):
+        if "UPDATE send_attempts" in statement and threading.current_thread().name.startswith("record-sent"):
+            attempts_updated.set()
+            assert go_on.wait(20)
+
+    event.listen(engine, "after_cursor_execute", pause_after_the_attempts_update)
+    recording = ThreadPoolExecutor(1, thread_name_prefix="record-sent")
+    try:
+        recorded = recording.submit(ledger.record_sent, "run-1", [AcceptedAttempt(attempt.email, 1, "m1")])
+        assert attempts_updated.wait(20)
+        assert ledger.record_outcomes([OutcomeEvent("bounced", provider_message_id="m1")]).inboxed == 1
+        go_on.set()
+        recorded.result(timeout=20)
+    finally:
+        go_on.set()
+        recording.shutdown()
+        event.remove(engine, "after_cursor_execute", pause_after_the_attempts_update)
     assert statuses(ledger)["a@example.com"][0] == "bounced" and ledger.inbox_size() == 0
     engine.dispose()
 

@@ -39,9 +39,11 @@ def number_batches(
     """The run's contacts with a message due (``due_contacts``), numbered into batches of at least
     ``batch_size``, at most ``max_batches`` of them, and at most one per ``min_batch_contacts`` (a send
     task costs Airflow more than sending a few thousand emails), from ``first_batch_no`` on.
-    ``numbered_by_insert``: how many contacts claim inserted, numbered among themselves from 0; when they
-    are all the run holds in flight, their numbers stand (they all have their first attempt due: nothing
-    else is looked up)."""
+    ``numbered_by_insert``: how many contacts claim inserted, numbered among themselves from 0 (so
+    ``first_batch_no`` must be 0); when they are all the run holds in flight, their numbers stand (they all
+    have their first attempt due: nothing else is looked up)."""
+    if numbered_by_insert is not None and first_batch_no:
+        raise ValueError("contacts numbered by claim's insert are numbered from 0")
     in_flight = select(func.count()).where(  # an index count; those due are among them
         sent_contacts.c.run_id == run_id, sent_contacts.c.status.in_((CLAIMED, SENDING))
     )
@@ -68,6 +70,19 @@ def number_batches(
         .values(batch_no=numbered.c.batch_no)
     )
     return count, size, list(range(first_batch_no, first_batch_no + math.ceil(count / size)))
+
+
+def due_batches(conn, run_id: str) -> list[int]:
+    """The batch numbers the run's contacts with a message due hold now (``due_contacts``), in order."""
+    due = due_contacts(run_id).subquery()
+    return list(
+        conn.execute(
+            select(sent_contacts.c.batch_no)
+            .where(sent_contacts.c.email.in_(select(due.c.email)), sent_contacts.c.batch_no.is_not(None))
+            .distinct()
+            .order_by(sent_contacts.c.batch_no)
+        ).scalars()
+    )
 
 
 def next_batch_no(conn, run_id: str) -> int:

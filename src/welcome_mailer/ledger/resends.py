@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, func, not_, select, update
 
-from welcome_mailer.ledger.queries import next_batch_no, number_batches, sending_split
+from welcome_mailer.ledger.queries import due_batches, next_batch_no, number_batches, sending_split
 from welcome_mailer.ledger.rules import CLAIMED, FAILED, PENDING, SENDING, SENT
 from welcome_mailer.ledger.schema import send_attempts, sent_contacts
 from welcome_mailer.vocabulary import BLOCKED, utcnow
@@ -61,11 +61,15 @@ class Resends:
             # before the backoff's end, read one by one (0.33 s a poke at 1M contacts). Postgres reads the
             # NOT as the <= it is.
             backoff_over = not_((sent_contacts.c.updated_at > blocked_before).self_group())
-            conn.execute(
+            requeued = conn.execute(
                 update(sent_contacts)
                 .where(self._resendable(run_id, max_attempts), backoff_over)
                 .values(status=CLAIMED, updated_at=utcnow())
-            )
+            ).rowcount
+            if not requeued:
+                # Those still due (held back by the quota, or left by a failed send) keep their numbers: a
+                # new number at every poke of a quota pause rewrote every held contact each time.
+                return due_batches(conn, run_id)
             _, _, batches = number_batches(
                 conn, run_id, batch_size, max_batches, first_batch_no=next_batch_no(conn, run_id)
             )
