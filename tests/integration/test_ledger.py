@@ -423,12 +423,11 @@ def test_record_sent_locks_only_the_contacts_it_may_write(postgres_url, case):
     engine.dispose()
 
 
-@pytest.mark.postgres
-@pytest.mark.timeout(60)
-def test_an_outcome_pushed_while_its_send_is_recorded_waits_for_it_and_applies(postgres_url):
-    """record_sent does not lock an accepted send's contact: an outcome pushed while the send is being
-    recorded (found by its idempotency key, the attempt not yet committed as sent) takes the contact, waits
-    for the attempt, and applies to it once the send is committed: not kept in the inbox, no deadlock."""
+@contextlib.contextmanager
+def record_sent_paused_after_its_update(postgres_url: str):
+    """A Postgres ledger with one contact's first attempt, and record_sent of it (accepted as "m1") in a
+    thread of its own, paused right after its UPDATE of the attempt (not committed): yields the ledger,
+    the attempt, and a function that lets record_sent go on and returns once it is done."""
     engine = engine_that_waits_for_locks_at_most(postgres_url, 10)
     ledger = Ledger(engine)
     claimed = stage_and_claim(ledger, "run-1", ["a@example.com"])
@@ -442,27 +441,43 @@ def test_an_outcome_pushed_while_its_send_is_recorded_waits_for_it_and_applies(p
 
     event.listen(engine, "after_cursor_execute", pause_after_the_attempts_update)
     recording = ThreadPoolExecutor(1, thread_name_prefix="record-sent")
-    outcomes = ThreadPoolExecutor(1)
     try:
         recorded = recording.submit(ledger.record_sent, "run-1", [AcceptedAttempt(attempt.email, 1, "m1")])
         assert attempts_updated.wait(20)
-        pushed = outcomes.submit(
-            ledger.record_outcomes,
-            [OutcomeEvent("bounced", provider_message_id="m1", idempotency_key=attempt.idempotency_key)],
-        )
-        time.sleep(1)
-        assert not pushed.done(), "the outcome waits for the attempt being recorded"
-        go_on.set()
-        recorded.result(timeout=20)
-        counts = pushed.result(timeout=20)
+
+        def finish() -> None:
+            go_on.set()
+            recorded.result(timeout=20)
+
+        yield ledger, attempt, finish
     finally:
         go_on.set()
         recording.shutdown()
-        outcomes.shutdown()
         event.remove(engine, "after_cursor_execute", pause_after_the_attempts_update)
-    assert (counts.applied, counts.inboxed) == (1, 0)
-    assert statuses(ledger)["a@example.com"][0] == "bounced" and ledger.inbox_size() == 0
-    engine.dispose()
+        engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(60)
+def test_an_outcome_pushed_while_its_send_is_recorded_waits_for_it_and_applies(postgres_url):
+    """record_sent does not lock an accepted send's contact: an outcome pushed while the send is being
+    recorded (found by its idempotency key, the attempt not yet committed as sent) takes the contact, waits
+    for the attempt, and applies to it once the send is committed: not kept in the inbox, no deadlock."""
+    outcomes = ThreadPoolExecutor(1)
+    with record_sent_paused_after_its_update(postgres_url) as (ledger, attempt, finish):
+        try:
+            pushed = outcomes.submit(
+                ledger.record_outcomes,
+                [OutcomeEvent("bounced", provider_message_id="m1", idempotency_key=attempt.idempotency_key)],
+            )
+            time.sleep(1)
+            assert not pushed.done(), "the outcome waits for the attempt being recorded"
+            finish()
+            counts = pushed.result(timeout=20)
+        finally:
+            outcomes.shutdown()
+        assert (counts.applied, counts.inboxed) == (1, 0)
+        assert statuses(ledger)["a@example.com"][0] == "bounced" and ledger.inbox_size() == 0
 
 
 @pytest.mark.postgres
@@ -471,31 +486,10 @@ def test_an_outcome_kept_in_the_inbox_while_its_send_is_recorded_is_applied_righ
     """An outcome by message id only (a bounce report) that comes while the send is being recorded finds
     no recorded send and waits in the inbox; record_sent applies it right after its commit, in a
     transaction of its own (inside its own, it would take the contact after the attempt it holds)."""
-    engine = engine_that_waits_for_locks_at_most(postgres_url, 10)
-    ledger = Ledger(engine)
-    claimed = stage_and_claim(ledger, "run-1", ["a@example.com"])
-    [attempt] = ledger.start_attempts("run-1", claimed.batches[0])
-    attempts_updated, go_on = threading.Event(), threading.Event()
-
-    def pause_after_the_attempts_update(conn, cursor, statement, parameters, context, executemany):
-        if "UPDATE send_attempts" in statement and threading.current_thread().name.startswith("record-sent"):
-            attempts_updated.set()
-            assert go_on.wait(20)
-
-    event.listen(engine, "after_cursor_execute", pause_after_the_attempts_update)
-    recording = ThreadPoolExecutor(1, thread_name_prefix="record-sent")
-    try:
-        recorded = recording.submit(ledger.record_sent, "run-1", [AcceptedAttempt(attempt.email, 1, "m1")])
-        assert attempts_updated.wait(20)
+    with record_sent_paused_after_its_update(postgres_url) as (ledger, _, finish):
         assert ledger.record_outcomes([OutcomeEvent("bounced", provider_message_id="m1")]).inboxed == 1
-        go_on.set()
-        recorded.result(timeout=20)
-    finally:
-        go_on.set()
-        recording.shutdown()
-        event.remove(engine, "after_cursor_execute", pause_after_the_attempts_update)
-    assert statuses(ledger)["a@example.com"][0] == "bounced" and ledger.inbox_size() == 0
-    engine.dispose()
+        finish()
+        assert statuses(ledger)["a@example.com"][0] == "bounced" and ledger.inbox_size() == 0
 
 
 def _claim_in_process(url: str, run_id: str, emails: list[str], barrier, queue) -> None:
