@@ -403,6 +403,9 @@ def with_ratios(results: list[dict]) -> list[dict]:
                     f"stack_end_to_end_{rows}": f"baseline_pipeline_postgres_{rows}"}.get(name)  # fmt: skip
         if pipeline and seconds.get(pipeline):
             result["ratio_to_pipeline_without_airflow"] = round(result["seconds"] / seconds[pipeline], 2)
+            without = next(r for r in results if r["benchmark"] == pipeline)
+            if result.get("cpu_seconds") and without.get("cpu_seconds"):
+                result["cpu_over_pipeline_without_airflow"] = airflow_cpu(result["cpu_seconds"], without["cpu_seconds"])
         # A DAG run's floor: the quicker of two programs that write what its ledger writes and do less than
         # it (the yardstick on the ledger's tables, the pipeline without Airflow), plus the run's own Airflow
         # fixed cost (before any task's work).
@@ -819,6 +822,21 @@ def machine_speed() -> dict:
     return {"benchmark": "machine_speed", "python_loop_10M_s": round(time.perf_counter() - started, 2)}
 
 
+# Each component of a DAG run against the process that does its work in the pipeline without Airflow.
+CPU_COUNTERPART = {"worker": "program", "api-server": "events-app"}
+
+
+def airflow_cpu(run: dict[str, float], without_airflow: dict[str, float]) -> dict[str, float]:
+    """The CPU seconds a DAG run used beyond the same steps without Airflow, per component, most first: the
+    Celery worker (its tasks) against the program, the api-server (execution API and webhooks) against the
+    events app, Postgres and the mock ESP against theirs; the scheduler, DAG processor and triggerer whole.
+    On a machine whose cores are busy, that CPU is time: Airflow's share of the run, beyond its fixed cost."""
+    extra = {
+        name: round(cpu - without_airflow.get(CPU_COUNTERPART.get(name, name), 0.0), 1) for name, cpu in run.items()
+    }
+    return dict(sorted(extra.items(), key=lambda item: -item[1]))
+
+
 def summary_lines(results: list[dict]) -> list[str]:
     """The figures for a reader: each end-to-end figure with its ratios, its breakdown and its tasks' peak RSS."""
     lines = []
@@ -851,6 +869,9 @@ def summary_lines(results: list[dict]) -> list[str]:
         if result.get("cpu_seconds"):
             used = " | ".join(f"{name} {cpu}" for name, cpu in result["cpu_seconds"].items())
             lines.append(f"  CPU s: {used} ({result['cpu_busy']:.0%} of {os.cpu_count()} cores busy)")
+        if extra := result.get("cpu_over_pipeline_without_airflow"):
+            parts = " | ".join(f"{name} {cpu:+}" for name, cpu in extra.items())
+            lines.append(f"  CPU s over the pipeline without Airflow: {sum(extra.values()):+.1f} ({parts})")
         if result.get("sql_seconds"):  # the pipeline without Airflow: its costliest statements
             sql = result["sql_seconds"]
             share = f"{sql['total'] / seconds:.0%} of the run's time"

@@ -219,6 +219,34 @@ def test_each_figure_is_a_ratio_to_both_baselines_of_its_size_and_ledger_backend
     )
 
 
+def test_a_stack_run_prints_the_cpu_it_used_beyond_the_pipeline_without_airflow_per_component(monkeypatch):
+    """Airflow's share of a stack run beyond its fixed cost is CPU on the machine's cores: each component
+    against the process doing its work without Airflow (worker: the program; api-server: the events app)."""
+    monkeypatch.setattr("include.bench.run.os.cpu_count", lambda: 2)
+    pipeline_cpu = {"postgres": 109.3, "program": 61.6, "mock-esp": 46.9, "events-app": 31.8}
+    stack_cpu = {"postgres": 119.2, "worker": 66.8, "mock-esp": 49.5, "api-server": 40.4, "scheduler": 7.2}
+    results = with_ratios(
+        [
+            {"benchmark": "baseline_pipeline_postgres_1000000", "seconds": 157.0, "cpu_seconds": pipeline_cpu},
+            {"benchmark": "stack_end_to_end_1000000", "seconds": 184.7, "floor_s": 13.0, "floor_chain_messages": 5,
+             "cpu_seconds": stack_cpu, "cpu_busy": 0.78},
+            {"benchmark": "end_to_end_1000000", "seconds": 130.0},  # no CPU figures: nothing to compare
+            {"benchmark": "baseline_pipeline_1000000", "seconds": 110.0, "cpu_seconds": {"program": 60.0}},
+        ]
+    )  # fmt: skip
+    figures = {r["benchmark"]: r for r in results}
+
+    assert figures["stack_end_to_end_1000000"]["cpu_over_pipeline_without_airflow"] == {
+        "postgres": 9.9, "api-server": 8.6, "scheduler": 7.2, "worker": 5.2, "mock-esp": 2.6
+    }  # fmt: skip
+    assert "cpu_over_pipeline_without_airflow" not in figures["end_to_end_1000000"]
+    printed = "\n".join(summary_lines(results))
+    assert (
+        "  CPU s over the pipeline without Airflow: +33.5 "
+        "(postgres +9.9 | api-server +8.6 | scheduler +7.2 | worker +5.2 | mock-esp +2.6)"
+    ) in printed
+
+
 def test_each_figure_is_a_ratio_to_the_yardstick_of_its_size_on_its_backend_and_is_printed_so():
     results = with_ratios(
         [
