@@ -3,8 +3,11 @@ run of the DAG, one page of the filtered list, the whole filtered list as CSV, b
 
 Pages are found by keyset, never OFFSET: the list is sorted by last change, then address, and the next
 page starts after the last row's (updated_at, email), so the thousandth page of a 10M-contact ledger
-costs what the first does. Indexes on (updated_at, email), (status, updated_at, email) and (run_id,
-updated_at, email) (migration 0012) serve the sort alone, by state and by run (``make bench-ui``).
+costs what the first does. The list comes in parts, each read in order from an index: contacts at rest
+(any state a run is not moving them through), through indexes on (updated_at, email), (status,
+updated_at, email) and (run_id, updated_at, email); contacts in flight, state by state, through one on
+(status, updated_at, email) (migration 0016 says why). A page reads the next rows of each part its
+filters can show and merges them as it reads (``make bench-ui``).
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, or_, select, text, tuple_
+from sqlalchemy import and_, func, or_, select, text, tuple_, union_all
 from sqlalchemy.exc import OperationalError
 
 from welcome_mailer.ledger import Ledger
 from welcome_mailer.ledger.bulk import is_postgres
 from welcome_mailer.ledger.queries import shown_status, with_latest_attempt
-from welcome_mailer.ledger.rules import SENDING, SENT
-from welcome_mailer.ledger.schema import ledger_runs, operator_actions, sent_contacts
+from welcome_mailer.ledger.rules import IN_FLIGHT_STATES, SENDING, SENT
+from welcome_mailer.ledger.schema import contacts_in_flight, ledger_runs, operator_actions, sent_contacts
 from welcome_mailer.run_files import shown_path
 
 PAGE_SIZE = 50
@@ -38,6 +41,8 @@ class SearchTooBroad(ValueError):
 
 
 EXPORT_COLUMNS = ("email", "name", "state", "run_id", "attempts", "source_line", "last_change_utc")
+AT_REST = contacts_in_flight(at_rest=True, table=sent_contacts.name)
+IN_FLIGHT = contacts_in_flight(table=sent_contacts.name)
 
 
 def run_exists(ledger: Ledger, run_id: str) -> bool:
@@ -97,22 +102,49 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _query(filters: ContactFilter):
+def _parts(filters: ContactFilter) -> list:
+    """The parts of the list the filters can show, each read in order from an index of its own: contacts at
+    rest, and those in flight, one state at a time (each condition says which index)."""
+    if filters.state in (SENT, SENDING):  # one stored state, shown as two
+        return [and_(IN_FLIGHT, sent_contacts.c.status == SENDING)]
+    if filters.state in IN_FLIGHT_STATES:
+        return [and_(IN_FLIGHT, sent_contacts.c.status == filters.state)]
+    if filters.state:
+        return [AT_REST]
+    return [AT_REST, *(and_(IN_FLIGHT, sent_contacts.c.status == state) for state in IN_FLIGHT_STATES)]
+
+
+def _query(filters: ContactFilter, part, after: tuple[datetime, str] | None = None, limit: int | None = None):
+    """One part of the filtered list in the list's order, after a keyset: ``limit`` rows at most."""
     order = (sent_contacts.c.updated_at, sent_contacts.c.email)
-    return (
+    query = (
         select(
-            sent_contacts.c.email,
-            sent_contacts.c.name,
+            *(sent_contacts.c[name].label(name) for name in ("email", "name")),
             shown_status().label("state"),
-            sent_contacts.c.run_id,
-            sent_contacts.c.attempts,
-            sent_contacts.c.source_line,
-            sent_contacts.c.updated_at,
+            *(sent_contacts.c[name].label(name) for name in ("run_id", "attempts", "source_line", "updated_at")),
         )
         .select_from(with_latest_attempt())
-        .where(*filters.where())
+        .where(part, *filters.where())
         .order_by(*(c.desc() if filters.newest_first else c.asc() for c in order))
+        .limit(limit)
     )
+    if after:
+        position = tuple_(*order)
+        query = query.where(position < tuple_(*after) if filters.newest_first else position > tuple_(*after))
+    return query
+
+
+def _list(filters: ContactFilter, after: tuple[datetime, str] | None = None, limit: int | None = None):
+    """The filtered list in order, ``limit`` rows: the first ``limit`` of each part its filters can show
+    (each read in order from its index), merged. Each part a subquery with its own order and limit: so
+    Postgres plans each on its own (a UNION ALL's parts with joins are planned apart, and an order or limit
+    given only to the whole reaches none of them: the at-rest part was read whole and sorted)."""
+    parts = [_query(filters, part, after, limit) for part in _parts(filters)]
+    if len(parts) == 1:
+        return parts[0]
+    merged = union_all(*(select(part.subquery()) for part in parts)).subquery()
+    order = (merged.c.updated_at, merged.c.email)
+    return select(merged).order_by(*(c.desc() if filters.newest_first else c.asc() for c in order)).limit(limit)
 
 
 def parse_after(after: str) -> tuple[datetime, str] | None:
@@ -126,11 +158,7 @@ def parse_after(after: str) -> tuple[datetime, str] | None:
 
 def page(ledger: Ledger, filters: ContactFilter, after: str = "", size: int = PAGE_SIZE) -> ContactPage:
     """One page of the filtered list, after the keyset ``after`` (empty: the first page)."""
-    query = _query(filters).limit(size + 1)
-    keyset = parse_after(after)
-    if keyset:
-        position = tuple_(sent_contacts.c.updated_at, sent_contacts.c.email)
-        query = query.where(position < tuple_(*keyset) if filters.newest_first else position > tuple_(*keyset))
+    query = _list(filters, parse_after(after), size + 1)
     with ledger.engine.connect() as conn:
         if filters.search.strip() and is_postgres(conn):
             # A search is a scan of the contacts the other filters leave (no index serves "contains"):
@@ -159,7 +187,7 @@ def export_csv(ledger: Ledger, filters: ContactFilter) -> Iterator[str]:
     writer.writerow(EXPORT_COLUMNS)
     yield buffer.getvalue()
     with ledger.engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=EXPORT_FETCH_ROWS).execute(_query(filters))
+        result = conn.execution_options(stream_results=True, yield_per=EXPORT_FETCH_ROWS).execute(_list(filters))
         for rows in result.partitions():
             buffer.seek(0)
             buffer.truncate()
@@ -183,11 +211,15 @@ def changed_since_report(ledger: Ledger, run_id: str) -> int | None:
         ended = conn.execute(select(ledger_runs.c.finished_at).where(ledger_runs.c.run_id == run_id)).scalar()
         if ended is None:
             return None
-        # Two index range reads, not one scan of the run's contacts: those changed after the run ended
-        # (run_id, updated_at), and those acted on since then whose change left updated_at (a release).
-        changed = conn.execute(
-            select(func.count()).where(sent_contacts.c.run_id == run_id, sent_contacts.c.updated_at > ended)
-        ).scalar_one()
+        # Index range reads, not one scan of the run's contacts: those changed after the run ended, at
+        # rest (run_id, updated_at) and in flight (status, updated_at), and those acted on since then whose
+        # change left updated_at (a release).
+        changed = sum(
+            conn.execute(
+                select(func.count()).where(part, sent_contacts.c.run_id == run_id, sent_contacts.c.updated_at > ended)
+            ).scalar_one()
+            for part in (AT_REST, IN_FLIGHT)
+        )
         acted = select(operator_actions.c.email).where(operator_actions.c.at > ended).distinct().subquery()
         released = conn.execute(
             select(func.count())

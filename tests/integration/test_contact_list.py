@@ -15,13 +15,15 @@ from welcome_mailer.contact_list import ContactFilter
 from welcome_mailer.ledger.schema import ledger_runs, sent_contacts
 
 T0 = datetime(2026, 11, 1, 12, 0, 0)
-STATES = ["delivered", "bounced", "failed", "suppressed"]
+# at rest, then in flight: the list reads each from indexes of its own and merges them (migration 0016)
+STATES = ["delivered", "bounced", "failed", "suppressed", "sending", "blocked", "claimed"]
 
 
 @pytest.fixture
 def contacts(ledger):
-    """130 contacts over two runs: state by n % 4, last change one hour apart but in pairs (ties, split by
-    the address), Ann_<n> at example.org for every tenth, Person <n> at example.com otherwise."""
+    """130 contacts over two runs: state by n % 7, last change one hour apart but in pairs (ties, split by
+    the address, of two states: mostly one at rest and one in flight, or two in flight), Ann_<n> at
+    example.org for every tenth, Person <n> at example.com otherwise."""
     rows = []
     for n in range(130):
         domain = "example.org" if n % 10 == 0 else "example.com"
@@ -29,7 +31,7 @@ def contacts(ledger):
             {
                 "email": f"c{n:03d}@{domain}",
                 "name": f"Ann_{n}" if n % 10 == 0 else f"Person {n}",
-                "status": STATES[n % 4],
+                "status": STATES[n % len(STATES)],
                 "attempts": 1,
                 "claim_attempts": 1,
                 "run_id": "run-a" if n < 100 else "run-b",
@@ -78,6 +80,10 @@ def test_keyset_pages_visit_every_contact_once_in_order_of_last_change(ledger, c
     ("filters", "expected"),
     [
         (ContactFilter(state="failed"), lambda r: r["status"] == "failed"),
+        (ContactFilter(state="blocked"), lambda r: r["status"] == "blocked"),
+        (ContactFilter(state="sending"), lambda r: r["status"] == "sending"),  # no attempt sent: shown sending
+        (ContactFilter(state="sent"), lambda r: False),
+        (ContactFilter(state="claimed", run_id="run-b"), lambda r: r["status"] == "claimed" and r["run_id"] == "run-b"),
         (ContactFilter(run_id="run-b"), lambda r: r["run_id"] == "run-b"),
         (ContactFilter(runs=("run-b",)), lambda r: r["run_id"] == "run-b"),
         (ContactFilter(runs=()), lambda r: False),
@@ -157,3 +163,36 @@ def test_a_search_that_scans_too_long_on_postgres_asks_for_a_narrower_one(ledger
     with pytest.raises(contact_list.SearchTooBroad, match="narrow it"):
         contact_list.page(ledger, ContactFilter(search="zzz"))
     assert len(contact_list.page(ledger, ContactFilter(state="delivered")).rows) == 50, "no timeout without a search"
+
+
+def test_on_sqlite_a_page_and_the_export_read_each_part_of_the_list_in_order_from_its_index(tmp_path):
+    """The list's indexes hold contacts at rest, and one holds those in flight (migration 0016): a page reads
+    each part its filters can show from its own index (never the table, never the whole part sorted), and
+    the export merges them as it reads them, with no sort at all."""
+    from tests.support.ledger import sqlite_plans_of
+    from welcome_mailer.ledger import Ledger, connect
+    from welcome_mailer.ledger.migrate import upgrade
+
+    ledger = Ledger(connect(f"sqlite:///{tmp_path / 'ledger.db'}"))
+    upgrade(ledger.engine)
+    list_indexes = ("ix_sent_contacts_at_rest_", "ix_sent_contacts_in_flight_status_updated")
+    cases = {
+        ContactFilter(): 4,  # at rest, and each state in flight
+        ContactFilter(state="delivered"): 1,
+        ContactFilter(state="sent"): 1,
+        ContactFilter(run_id="run-a"): 4,
+        ContactFilter(state="blocked", run_id="run-a", changed_from=date(2026, 11, 1)): 1,
+    }
+    for filters, parts in cases.items():
+        with sqlite_plans_of(ledger.engine, lambda statement: "FROM sent_contacts" in statement) as plans:
+            contact_list.page(ledger, filters, after=f"{T0.isoformat()}|c050@example.com")
+        [(_, plan)] = plans
+        reads = [step for step in plan if " sent_contacts " in step]
+        assert len(reads) == parts and all(any(ix in step for ix in list_indexes) for step in reads), plan
+        assert all(step.startswith("SEARCH") for step in reads), plan  # a range of the index, from the keyset
+    with sqlite_plans_of(ledger.engine, lambda statement: "FROM sent_contacts" in statement) as plans:
+        "".join(contact_list.export_csv(ledger, ContactFilter()))
+    [(_, plan)] = plans
+    assert len([step for step in plan if " sent_contacts " in step]) == 4
+    assert not [step for step in plan if "TEMP B-TREE" in step], plan
+    ledger.engine.dispose()

@@ -24,8 +24,27 @@ module describes the current head, for the code's queries and for ``alembic chec
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, text
+from sqlalchemy.sql.elements import TextClause
+
+from welcome_mailer.ledger.rules import IN_FLIGHT_STATES
 
 metadata = MetaData()
+
+
+def contacts_in_flight(at_rest: bool = False, table: str = "") -> TextClause:
+    """The condition that splits the operator list's indexes of ``sent_contacts``: a contact in flight (a run
+    is sending it: ``rules.IN_FLIGHT_STATES``), or with ``at_rest`` any other. The at-rest indexes get a
+    contact's entry once, when it settles, instead of one at its claim, one at each resend and one when it
+    settles (a 1M run's contacts wrote about 2.2M entries in each). Text with its states written out: a query
+    that carries it word for word (``table``: qualified by the table's name) fits the index on SQLite, whose
+    planner proves nothing more general, and would not with the states as bound parameters."""
+    states = ", ".join(f"'{state}'" for state in IN_FLIGHT_STATES)
+    return text(f"{table + '.' if table else ''}status {'NOT IN' if at_rest else 'IN'} ({states})")
+
+
+AT_REST_ONLY = {"postgresql_where": contacts_in_flight(at_rest=True), "sqlite_where": contacts_in_flight(at_rest=True)}
+IN_FLIGHT_ONLY = {"postgresql_where": contacts_in_flight(), "sqlite_where": contacts_in_flight()}
+
 # A send_attempts row without a provider message id: not accepted yet (pending, dispatched), or refused or
 # unconfirmed (few).
 UNACCEPTED = text("provider_message_id IS NULL")
@@ -47,11 +66,14 @@ sent_contacts = Table(
     # sends and resends: NULL when the template uses none (migration 0013).
     Column("fields", Text),
     Index("ix_sent_contacts_run_status_batch", "run_id", "status", "batch_no"),  # a run's contacts by state
-    # The operator's list, paged by (updated_at, email): whole, by state, by run (migration 0012). The UI's
-    # contacts per state are an index-only count through ix_sent_contacts_run_status_batch.
-    Index("ix_sent_contacts_updated", "updated_at", "email"),
-    Index("ix_sent_contacts_status_updated", "status", "updated_at", "email"),
-    Index("ix_sent_contacts_run_updated", "run_id", "updated_at", "email"),
+    # The operator's list, paged by (updated_at, email) (migrations 0012, 0016): contacts at rest whole, by
+    # state and by run; those in flight (few but while a run goes on) in one index, whose list is merged
+    # with the at-rest one's (welcome_mailer.contact_list). The UI's contacts per state are an index-only
+    # count through ix_sent_contacts_run_status_batch.
+    Index("ix_sent_contacts_at_rest_updated", "updated_at", "email", **AT_REST_ONLY),
+    Index("ix_sent_contacts_at_rest_status_updated", "status", "updated_at", "email", **AT_REST_ONLY),
+    Index("ix_sent_contacts_at_rest_run_updated", "run_id", "updated_at", "email", **AT_REST_ONLY),
+    Index("ix_sent_contacts_in_flight_status_updated", "status", "updated_at", "email", **IN_FLIGHT_ONLY),
 )
 
 send_attempts = Table(
