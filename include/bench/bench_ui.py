@@ -34,8 +34,9 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results.jsonl"
 DATABASE = "wm_bench_ui"
 RUNS = 40  # the generated contacts are spread over this many runs
 
-# One row per contact: 80% delivered, 10% bounced, 9% failed after a block, 1% suppressed; a tenth of
-# them needed a second attempt. Addresses are c<n>@example.com, so the bench knows which exist.
+# One row per contact: 80% delivered, 10% bounced, 8% failed after a block, 1% still sending (in flight: the
+# list reads them through indexes of their own, migration 0016), 1% suppressed; a tenth of them needed a
+# second attempt. Addresses are c<n>@example.com, so the bench knows which exist.
 GENERATE = [
     """INSERT INTO ledger_runs (run_id, lease_expires_at, finished_at, created_at)
        SELECT 'bench-run-' || r, now() - (r || ' days')::interval, now() - (r || ' days')::interval,
@@ -45,7 +46,8 @@ GENERATE = [
                                  created_at, updated_at, source_line)
        SELECT 'c' || n || '@example.com', 'Contact ' || n,
               CASE WHEN n % 100 < 80 THEN 'delivered' WHEN n % 100 < 90 THEN 'bounced'
-                   WHEN n % 100 < 99 THEN 'failed' ELSE 'suppressed' END,
+                   WHEN n % 100 < 98 THEN 'failed' WHEN n % 100 = 98 THEN 'sending'
+                   ELSE 'suppressed' END,
               1 + (n % 10 = 0)::int, 1 + (n % 10 = 0)::int, 'bench-run-' || (1 + n % :runs), 0,
               now() - ((n % 90) || ' days')::interval, now() - ((n % 90) || ' days')::interval, n
        FROM generate_series(1, :contacts) AS n""",
@@ -82,6 +84,8 @@ def list_pages(ledger: Ledger, repeat: int = 40) -> dict[str, list[float]]:
         "all": ContactFilter(),
         "state": ContactFilter(state="failed"),
         "run": ContactFilter(run_id="bench-run-7"),
+        "run_with_contacts_in_flight": ContactFilter(run_id="bench-run-19"),  # half the contacts in flight
+        "state_in_flight": ContactFilter(state="sending"),
         "state_run": ContactFilter(state="bounced", run_id="bench-run-3"),
         "dates": ContactFilter(changed_from=today - timedelta(days=30), changed_to=today - timedelta(days=20)),
         "state_oldest": ContactFilter(state="suppressed", newest_first=False),

@@ -402,3 +402,30 @@ def test_0016_the_list_shows_a_run_in_flight_across_the_upgrade_and_0012s_indexe
     indexes = {ix["name"] for ix in inspect(engine).get_indexes("sent_contacts")}
     assert {"ix_sent_contacts_updated", "ix_sent_contacts_status_updated", "ix_sent_contacts_run_updated"} <= indexes
     assert not {name for name in indexes if "at_rest" in name or "in_flight" in name}
+
+
+def test_the_list_indexes_conditions_at_head_are_the_schemas(engine):
+    """Alembic compares an index's columns, not its condition: a condition the migrations wrote that differs
+    from the schema's (the states in flight changed in rules.py, say) would pass that check, and queries
+    carrying the schema's condition would no longer fit the index (on SQLite, a scan of the table)."""
+    from welcome_mailer.ledger.rules import IN_FLIGHT_STATES
+    from welcome_mailer.ledger.schema import contacts_at_rest, contacts_in_flight
+
+    upgrade(engine)
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            rows = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE tbl_name = 'sent_contacts'"))
+            conditions = {name: sql.partition(" WHERE ")[2] for name, sql in rows if sql}
+            expected = {"at_rest": str(contacts_at_rest()), "in_flight": str(contacts_in_flight())}
+        else:  # Postgres keeps its own form: (status)::text <> ALL (ARRAY['claimed'::character varying, ...])
+            rows = conn.execute(text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'sent_contacts'"))
+            conditions = {name: definition.partition(" WHERE ")[2] for name, definition in rows}
+            states = "ARRAY[" + ", ".join(f"'{state}'::character varying" for state in IN_FLIGHT_STATES) + "]"
+            expected = {
+                "at_rest": f"((status)::text <> ALL (({states})::text[]))",
+                "in_flight": f"((status)::text = ANY (({states})::text[]))",
+            }
+    listed = {name: condition for name, condition in conditions.items() if "_at_rest_" in name or "_in_flight_" in name}
+    assert len(listed) == 5, conditions
+    for name, condition in listed.items():
+        assert condition == expected["at_rest" if "_at_rest_" in name else "in_flight"], name
