@@ -34,9 +34,9 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results.jsonl"
 DATABASE = "wm_bench_ui"
 RUNS = 40  # the generated contacts are spread over this many runs
 
-# One row per contact: 80% delivered, 10% bounced, 8% failed after a block, 1% still sending (in flight: the
-# list reads them through indexes of their own, migration 0016), 1% suppressed; a tenth of them needed a
-# second attempt. Addresses are c<n>@example.com, so the bench knows which exist.
+# One row per contact: 80% delivered, 10% bounced, 8% failed after a block, 1% still sending (in flight, as
+# a run's contacts while it runs, or a stopped run's), 1% suppressed; a tenth of them needed a second
+# attempt. Addresses are c<n>@example.com, so the bench knows which exist.
 GENERATE = [
     """INSERT INTO ledger_runs (run_id, lease_expires_at, finished_at, created_at)
        SELECT 'bench-run-' || r, now() - (r || ' days')::interval, now() - (r || ' days')::interval,

@@ -3,12 +3,8 @@ run of the DAG, one page of the filtered list, the whole filtered list as CSV, b
 
 Pages are found by keyset, never OFFSET: the list is sorted by last change, then address, and the next
 page starts after the last row's (updated_at, email), so the thousandth page of a 10M-contact ledger
-costs what the first does. The list comes in parts, each read in order from an index: contacts at rest
-(in no state a run moves them through), through indexes on (updated_at, email), (status, updated_at,
-email) and (run_id, updated_at, email); contacts in flight, state by state through one on (status,
-updated_at, email), or by run through one on (run_id, updated_at, email) (migration 0016 says why). A
-page reads the next page's worth of each part its filters can show, and keeps the first of them
-(``make bench-ui``).
+costs what the first does. Indexes on (updated_at, email), (status, updated_at, email) and (run_id,
+updated_at, email) (migration 0012) serve the sort alone, by state and by run (``make bench-ui``).
 """
 
 from __future__ import annotations
@@ -20,20 +16,14 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
-from sqlalchemy import and_, func, or_, select, text, tuple_, union_all
+from sqlalchemy import func, or_, select, text, tuple_
 from sqlalchemy.exc import OperationalError
 
 from welcome_mailer.ledger import Ledger
 from welcome_mailer.ledger.bulk import is_postgres
 from welcome_mailer.ledger.queries import shown_status, with_latest_attempt
-from welcome_mailer.ledger.rules import IN_FLIGHT_STATES, SENDING, SENT
-from welcome_mailer.ledger.schema import (
-    contacts_at_rest,
-    contacts_in_flight,
-    ledger_runs,
-    operator_actions,
-    sent_contacts,
-)
+from welcome_mailer.ledger.rules import SENDING, SENT
+from welcome_mailer.ledger.schema import ledger_runs, operator_actions, sent_contacts
 from welcome_mailer.run_files import shown_path
 
 PAGE_SIZE = 50
@@ -48,8 +38,6 @@ class SearchTooBroad(ValueError):
 
 
 EXPORT_COLUMNS = ("email", "name", "state", "run_id", "attempts", "source_line", "last_change_utc")
-AT_REST = contacts_at_rest(sent_contacts.name)
-IN_FLIGHT = contacts_in_flight(sent_contacts.name)
 
 
 def run_exists(ledger: Ledger, run_id: str) -> bool:
@@ -109,29 +97,9 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _parts(filters: ContactFilter, postgres: bool) -> list:
-    """The parts of the list the filters can show, each read in order from an index of its own: contacts
-    at rest; those in flight by run, or else state by state. Each condition names its index's: SQLite
-    uses a partial index only for a query that carries its condition word for word. Postgres proves it
-    from a state, and a state's part there is the state alone: with the condition beside it, the
-    planner took the two as independent, expected a hundredth of the rows, and sorted the whole part."""
-    state = SENDING if filters.state == SENT else filters.state  # one stored state, shown as two
-    if state and state not in IN_FLIGHT_STATES:
-        return [sent_contacts.c.status == state] if postgres else [AT_REST]
-    if filters.run_id:
-        in_flight = [IN_FLIGHT]  # (run_id, updated_at, email); a state among them is a filter on it
-    else:
-        in_flight = [
-            sent_contacts.c.status == s if postgres else and_(IN_FLIGHT, sent_contacts.c.status == s)
-            for s in ([state] if state else IN_FLIGHT_STATES)
-        ]
-    return in_flight if state else [AT_REST, *in_flight]
-
-
-def _query(filters: ContactFilter, part, after: tuple[datetime, str] | None = None, limit: int | None = None):
-    """One part of the filtered list in the list's order, after a keyset: ``limit`` rows at most."""
+def _query(filters: ContactFilter):
     order = (sent_contacts.c.updated_at, sent_contacts.c.email)
-    query = (
+    return (
         select(
             sent_contacts.c.email,
             sent_contacts.c.name,
@@ -142,27 +110,9 @@ def _query(filters: ContactFilter, part, after: tuple[datetime, str] | None = No
             sent_contacts.c.updated_at,
         )
         .select_from(with_latest_attempt())
-        .where(part, *filters.where())
+        .where(*filters.where())
         .order_by(*(c.desc() if filters.newest_first else c.asc() for c in order))
-        .limit(limit)
     )
-    if after:
-        position = tuple_(*order)
-        query = query.where(position < tuple_(*after) if filters.newest_first else position > tuple_(*after))
-    return query
-
-
-def _list(filters: ContactFilter, postgres: bool, after: tuple[datetime, str] | None = None, limit: int | None = None):
-    """The filtered list in order, ``limit`` rows: the first ``limit`` of each part its filters can show,
-    each read in order from its index, then the first ``limit`` of them. Each part gets the order and the
-    limit itself: Postgres plans each part of a UNION ALL on its own, and given to the whole only, they
-    reached none (the part at rest was read whole and sorted)."""
-    parts = [_query(filters, part, after, limit) for part in _parts(filters, postgres)]
-    if len(parts) == 1:
-        return parts[0]
-    merged = union_all(*(select(part.subquery()) for part in parts)).subquery()
-    order = (merged.c.updated_at, merged.c.email)
-    return select(merged).order_by(*(c.desc() if filters.newest_first else c.asc() for c in order)).limit(limit)
 
 
 def parse_after(after: str) -> tuple[datetime, str] | None:
@@ -176,8 +126,12 @@ def parse_after(after: str) -> tuple[datetime, str] | None:
 
 def page(ledger: Ledger, filters: ContactFilter, after: str = "", size: int = PAGE_SIZE) -> ContactPage:
     """One page of the filtered list, after the keyset ``after`` (empty: the first page)."""
+    query = _query(filters).limit(size + 1)
+    keyset = parse_after(after)
+    if keyset:
+        position = tuple_(sent_contacts.c.updated_at, sent_contacts.c.email)
+        query = query.where(position < tuple_(*keyset) if filters.newest_first else position > tuple_(*keyset))
     with ledger.engine.connect() as conn:
-        query = _list(filters, is_postgres(conn), parse_after(after), size + 1)
         if filters.search.strip() and is_postgres(conn):
             # A search is a scan of the contacts the other filters leave (no index serves "contains"):
             # on a large ledger, bounded, and the page asks for a narrower one.
@@ -205,8 +159,7 @@ def export_csv(ledger: Ledger, filters: ContactFilter) -> Iterator[str]:
     writer.writerow(EXPORT_COLUMNS)
     yield buffer.getvalue()
     with ledger.engine.connect() as conn:
-        query = _list(filters, is_postgres(conn))
-        result = conn.execution_options(stream_results=True, yield_per=EXPORT_FETCH_ROWS).execute(query)
+        result = conn.execution_options(stream_results=True, yield_per=EXPORT_FETCH_ROWS).execute(_query(filters))
         for rows in result.partitions():
             buffer.seek(0)
             buffer.truncate()
@@ -230,15 +183,11 @@ def changed_since_report(ledger: Ledger, run_id: str) -> int | None:
         ended = conn.execute(select(ledger_runs.c.finished_at).where(ledger_runs.c.run_id == run_id)).scalar()
         if ended is None:
             return None
-        # Index range reads, not one scan of the run's contacts: those changed after the run ended, at rest
-        # and in flight (each (run_id, updated_at)), and those acted on since then whose change left
-        # updated_at (a release).
-        changed = sum(
-            conn.execute(
-                select(func.count()).where(part, sent_contacts.c.run_id == run_id, sent_contacts.c.updated_at > ended)
-            ).scalar_one()
-            for part in (AT_REST, IN_FLIGHT)
-        )
+        # Two index range reads, not one scan of the run's contacts: those changed after the run ended
+        # (run_id, updated_at), and those acted on since then whose change left updated_at (a release).
+        changed = conn.execute(
+            select(func.count()).where(sent_contacts.c.run_id == run_id, sent_contacts.c.updated_at > ended)
+        ).scalar_one()
         acted = select(operator_actions.c.email).where(operator_actions.c.at > ended).distinct().subquery()
         released = conn.execute(
             select(func.count())

@@ -30,7 +30,6 @@ from welcome_mailer.ledger.bulk import is_postgres
 from welcome_mailer.ledger.queries import shown_status, with_latest_attempt
 from welcome_mailer.ledger.rules import RELEASED_AT, SENDING, EraseKeyMissing, erased_hash
 from welcome_mailer.ledger.schema import (
-    contacts_in_flight,
     erased_contacts,
     ledger_runs,
     operator_actions,
@@ -151,8 +150,7 @@ def overview(
                 conn.execute(
                     select(shown, func.count())
                     .select_from(with_latest_attempt())
-                    # with the in-flight condition word for word: SQLite then reads its index, not the table
-                    .where(sent_contacts.c.status == SENDING, contacts_in_flight(sent_contacts.name))
+                    .where(sent_contacts.c.status == SENDING)
                     .group_by(shown)
                 ).all()
             )

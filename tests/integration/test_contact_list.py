@@ -15,7 +15,7 @@ from welcome_mailer.contact_list import ContactFilter
 from welcome_mailer.ledger.schema import ledger_runs, sent_contacts
 
 T0 = datetime(2026, 11, 1, 12, 0, 0)
-# at rest, then in flight: the list reads each from indexes of its own and merges them (migration 0016)
+# at rest, then in flight (a run's contacts while it runs)
 STATES = ["delivered", "bounced", "failed", "suppressed", "sending", "blocked", "claimed"]
 
 
@@ -163,37 +163,3 @@ def test_a_search_that_scans_too_long_on_postgres_asks_for_a_narrower_one(ledger
     with pytest.raises(contact_list.SearchTooBroad, match="narrow it"):
         contact_list.page(ledger, ContactFilter(search="zzz"))
     assert len(contact_list.page(ledger, ContactFilter(state="delivered")).rows) == 50, "no timeout without a search"
-
-
-def test_on_sqlite_a_page_and_the_export_read_each_part_of_the_list_in_order_from_its_index(tmp_path):
-    """The list's indexes hold contacts at rest, two hold those in flight (migration 0016): a page reads
-    each part its filters can show from its own index, a range from the keyset (never the table, never a
-    part sorted whole; by run through the indexes that name the run), and the export merges the parts as
-    it reads them, with no sort at all."""
-    from tests.support.ledger import sqlite_plans_of
-    from welcome_mailer.ledger import Ledger, connect
-    from welcome_mailer.ledger.migrate import upgrade
-
-    ledger = Ledger(connect(f"sqlite:///{tmp_path / 'ledger.db'}"))
-    upgrade(ledger.engine)
-    at_rest, in_flight = "ix_sent_contacts_at_rest_", "ix_sent_contacts_in_flight_"
-    cases = {  # the indexes each part is read from
-        ContactFilter(): [f"{at_rest}updated", *[f"{in_flight}status_updated"] * 3],  # each state in flight
-        ContactFilter(state="delivered"): [f"{at_rest}status_updated"],
-        ContactFilter(state="sent"): [f"{in_flight}status_updated"],
-        ContactFilter(run_id="run-a"): [f"{at_rest}run_updated", f"{in_flight}run_updated"],
-        ContactFilter(state="blocked", run_id="run-a", changed_from=date(2026, 11, 1)): [f"{in_flight}run_updated"],
-    }
-    for filters, indexes in cases.items():
-        with sqlite_plans_of(ledger.engine, lambda statement: "FROM sent_contacts" in statement) as plans:
-            contact_list.page(ledger, filters, after=f"{T0.isoformat()}|c050@example.com")
-        [(_, plan)] = plans
-        reads = [step for step in plan if " sent_contacts " in step]
-        assert [step.split(" USING INDEX ")[-1].split(" ")[0] for step in reads] == indexes, plan
-        assert all(step.startswith("SEARCH") for step in reads), plan  # a range of the index, from the keyset
-    with sqlite_plans_of(ledger.engine, lambda statement: "FROM sent_contacts" in statement) as plans:
-        "".join(contact_list.export_csv(ledger, ContactFilter()))
-    [(_, plan)] = plans
-    assert len([step for step in plan if " sent_contacts " in step]) == 4
-    assert not [step for step in plan if "TEMP B-TREE" in step], plan
-    ledger.engine.dispose()

@@ -15,7 +15,7 @@ from sqlalchemy import event, func, select, update
 from sqlalchemy.exc import OperationalError
 
 from include.bench.postgres import row_updates
-from tests.support.ledger import contacts, send_everything, sqlite_plans_of, stage_and_claim, statuses
+from tests.support.ledger import contacts, send_everything, stage_and_claim, statuses
 from welcome_mailer.ledger import (
     AcceptedAttempt,
     ContactsTakenOver,
@@ -549,6 +549,24 @@ def _scans(plan: dict) -> list[tuple[str, str, str | None]]:
     scans = ("Relation Name" in plan or "Index Name" in plan) and plan["Node Type"] != "ModifyTable"
     found = [(plan["Node Type"], plan.get("Relation Name"), plan.get("Index Name"))] if scans else []
     return found + [scan for child in plan.get("Plans", []) for scan in _scans(child)]
+
+
+@contextlib.contextmanager
+def sqlite_plans_of(engine, wanted: Callable[[str], bool]):
+    """SQLite: (statement, the steps of its EXPLAIN QUERY PLAN, e.g. 'SEARCH t USING INDEX ix (a=?)') of every
+    statement ``wanted`` picks, explained on its connection right before it runs."""
+    plans: list[tuple[str, list[str]]] = []
+
+    def explain(conn, cursor, statement, parameters, context, executemany):
+        if wanted(statement) and not executemany:
+            steps = cursor.connection.execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+            plans.append((statement, [step[-1] for step in steps]))
+
+    event.listen(engine, "before_cursor_execute", explain)
+    try:
+        yield plans
+    finally:
+        event.remove(engine, "before_cursor_execute", explain)
 
 
 def test_on_sqlite_a_pokes_counts_and_resends_read_what_they_need_not_the_whole_run(tmp_path):

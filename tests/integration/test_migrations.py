@@ -164,8 +164,7 @@ def test_0004_keeps_the_data_and_the_ledger_works_after_it(engine, tmp_path):
         ["m-old"],
     )
     indexes = {ix["name"] for ix in inspect(engine).get_indexes("sent_contacts")}
-    assert "ix_sent_contacts_at_rest_status_updated" in indexes  # 0016's successor of 0012's, which replaced
-    assert "ix_sent_contacts_status" not in indexes  # ix_sent_contacts_status
+    assert "ix_sent_contacts_status_updated" in indexes  # 0012's; it replaced ix_sent_contacts_status
     operator_actions.suppress(ledger, ["old@example.com"], "t", "why")
     assert operator_actions.erase(ledger, "old@example.com", "t", "gdpr", [])["sent_contacts"] == 1
 
@@ -369,63 +368,3 @@ def test_0015_a_runs_guard_figures_stay_and_its_next_count_is_due_now(engine):
     with engine.connect() as conn:  # SQLite's downgrade rebuilds the table: the row is still there
         row = conn.execute(text("SELECT throttled_requests, guard_stopped_at FROM run_limits")).one()
     assert row[0] == 2 and row[1] is not None
-
-
-def test_0016_the_list_shows_a_run_in_flight_across_the_upgrade_and_0012s_indexes_come_back(engine):
-    """0016: the list's three indexes hold contacts at rest, one more those in flight. A run claimed at
-    0015 and partly settled lists all its contacts at head, in order of last change, whole and by state;
-    the downgrade brings 0012's three back (and drops 0016's four)."""
-    from tests.support.ledger import stage_and_claim
-    from welcome_mailer import contact_list
-    from welcome_mailer.contact_list import ContactFilter
-    from welcome_mailer.ledger import AcceptedAttempt
-    from welcome_mailer.vocabulary import OutcomeEvent
-
-    upgrade(engine, "0015")
-    ledger = Ledger(engine)
-    stage_and_claim(ledger, "run-1", ["a@example.com", "b@example.com", "c@example.com"])
-    ledger.record_sent(
-        "run-1", [AcceptedAttempt("a@example.com", 1, "m-a"), AcceptedAttempt("b@example.com", 1, "m-b")]
-    )
-    ledger.record_outcomes([OutcomeEvent("delivered", "m-a")])
-    assert upgrade(engine) == ("0015", HEAD_REVISION)
-
-    def listed(**filters) -> list[tuple[str, str]]:
-        return [(row["email"], row["state"]) for row in contact_list.page(ledger, ContactFilter(**filters)).rows]
-
-    # a changed last (its outcome); b and c at their claim (a recorded send leaves its contact): by address
-    assert listed() == [("a@example.com", "delivered"), ("c@example.com", "sending"), ("b@example.com", "sent")]
-    assert listed(state="delivered") == [("a@example.com", "delivered")]
-    assert listed(state="sent", run_id="run-1") == [("b@example.com", "sent")]
-    assert listed(newest_first=False) == listed()[::-1]
-    assert downgrade(engine, "0015") == (HEAD_REVISION, "0015")
-    indexes = {ix["name"] for ix in inspect(engine).get_indexes("sent_contacts")}
-    assert {"ix_sent_contacts_updated", "ix_sent_contacts_status_updated", "ix_sent_contacts_run_updated"} <= indexes
-    assert not {name for name in indexes if "at_rest" in name or "in_flight" in name}
-
-
-def test_the_list_indexes_conditions_at_head_are_the_schemas(engine):
-    """Alembic compares an index's columns, not its condition: a condition the migrations wrote that differs
-    from the schema's (the states in flight changed in rules.py, say) would pass that check, and queries
-    carrying the schema's condition would no longer fit the index (on SQLite, a scan of the table)."""
-    from welcome_mailer.ledger.rules import IN_FLIGHT_STATES
-    from welcome_mailer.ledger.schema import contacts_at_rest, contacts_in_flight
-
-    upgrade(engine)
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            rows = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE tbl_name = 'sent_contacts'"))
-            conditions = {name: sql.partition(" WHERE ")[2] for name, sql in rows if sql}
-            expected = {"at_rest": str(contacts_at_rest()), "in_flight": str(contacts_in_flight())}
-        else:  # Postgres keeps its own form: (status)::text <> ALL (ARRAY['claimed'::character varying, ...])
-            rows = conn.execute(text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'sent_contacts'"))
-            conditions = {name: definition.partition(" WHERE ")[2] for name, definition in rows}
-            states = "ARRAY[" + ", ".join(f"'{state}'::character varying" for state in IN_FLIGHT_STATES) + "]"
-            expected = {
-                "at_rest": f"((status)::text <> ALL (({states})::text[]))",
-                "in_flight": f"((status)::text = ANY (({states})::text[]))",
-            }
-    listed = {name: condition for name, condition in conditions.items() if "_at_rest_" in name or "_in_flight_" in name}
-    assert len(listed) == 5, conditions
-    for name, condition in listed.items():
-        assert condition == expected["at_rest" if "_at_rest_" in name else "in_flight"], name

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from welcome_mailer.contacts import Contact
 from welcome_mailer.ledger import (
@@ -72,21 +69,3 @@ def attempt_statuses(ledger) -> dict[tuple[str, int], str]:
 
 def contact_status(ledger, email: str) -> str:
     return statuses(ledger)[email][0]
-
-
-@contextlib.contextmanager
-def sqlite_plans_of(engine, wanted: Callable[[str], bool]):
-    """SQLite: (statement, the steps of its EXPLAIN QUERY PLAN, e.g. 'SEARCH t USING INDEX ix (a=?)') of every
-    statement ``wanted`` picks, explained on its connection right before it runs."""
-    plans: list[tuple[str, list[str]]] = []
-
-    def explain(conn, cursor, statement, parameters, context, executemany):
-        if wanted(statement) and not executemany:
-            steps = cursor.connection.execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
-            plans.append((statement, [step[-1] for step in steps]))
-
-    event.listen(engine, "before_cursor_execute", explain)
-    try:
-        yield plans
-    finally:
-        event.remove(engine, "before_cursor_execute", explain)

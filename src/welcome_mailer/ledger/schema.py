@@ -24,36 +24,8 @@ module describes the current head, for the code's queries and for ``alembic chec
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, text
-from sqlalchemy.sql.elements import TextClause
-
-from welcome_mailer.ledger.rules import IN_FLIGHT_STATES
 
 metadata = MetaData()
-
-
-def contacts_in_flight(table: str = "") -> TextClause:
-    """A contact a run is moving (``rules.IN_FLIGHT_STATES``), as the condition of the operator list's
-    indexes for such contacts. Text with the states written out: a query that carries it word for word
-    (``table``: qualified by the table's name) fits the index on SQLite, whose planner proves nothing more
-    general, and would not with the states as bound parameters."""
-    return _in_flight(table, "IN")
-
-
-def contacts_at_rest(table: str = "") -> TextClause:
-    """A contact in any other state: the condition of the list's indexes for contacts at rest. They get a
-    contact's entry once, when it settles, instead of one at its claim, one at each resend and one when it
-    settles (a 1M run's contacts wrote about 2.2M entries in each of them)."""
-    return _in_flight(table, "NOT IN")
-
-
-def _in_flight(table: str, test: str) -> TextClause:
-    states = ", ".join(f"'{state}'" for state in IN_FLIGHT_STATES)
-    return text(f"{table + '.' if table else ''}status {test} ({states})")
-
-
-AT_REST_ONLY = {"postgresql_where": contacts_at_rest(), "sqlite_where": contacts_at_rest()}
-IN_FLIGHT_ONLY = {"postgresql_where": contacts_in_flight(), "sqlite_where": contacts_in_flight()}
-
 # A send_attempts row without a provider message id: not accepted yet (pending, dispatched), or refused or
 # unconfirmed (few).
 UNACCEPTED = text("provider_message_id IS NULL")
@@ -75,15 +47,11 @@ sent_contacts = Table(
     # sends and resends: NULL when the template uses none (migration 0013).
     Column("fields", Text),
     Index("ix_sent_contacts_run_status_batch", "run_id", "status", "batch_no"),  # a run's contacts by state
-    # The operator's list, paged by (updated_at, email) (migrations 0012, 0016): contacts at rest whole, by
-    # state and by run; those in flight (a run's while it runs, or a stopped run's) by state and by run. The
-    # list merges the parts (welcome_mailer.contact_list). The UI's contacts per state are an index-only
-    # count through ix_sent_contacts_run_status_batch.
-    Index("ix_sent_contacts_at_rest_updated", "updated_at", "email", **AT_REST_ONLY),
-    Index("ix_sent_contacts_at_rest_status_updated", "status", "updated_at", "email", **AT_REST_ONLY),
-    Index("ix_sent_contacts_at_rest_run_updated", "run_id", "updated_at", "email", **AT_REST_ONLY),
-    Index("ix_sent_contacts_in_flight_status_updated", "status", "updated_at", "email", **IN_FLIGHT_ONLY),
-    Index("ix_sent_contacts_in_flight_run_updated", "run_id", "updated_at", "email", **IN_FLIGHT_ONLY),
+    # The operator's list, paged by (updated_at, email): whole, by state, by run (migration 0012). The UI's
+    # contacts per state are an index-only count through ix_sent_contacts_run_status_batch.
+    Index("ix_sent_contacts_updated", "updated_at", "email"),
+    Index("ix_sent_contacts_status_updated", "status", "updated_at", "email"),
+    Index("ix_sent_contacts_run_updated", "run_id", "updated_at", "email"),
 )
 
 send_attempts = Table(
