@@ -35,8 +35,8 @@ DATABASE = "wm_bench_ui"
 RUNS = 40  # the generated contacts are spread over this many runs
 
 # One row per contact: 80% delivered, 10% bounced, 8% failed after a block, 1% still sending (in flight, as
-# a run's contacts while it runs, or a stopped run's), 1% suppressed; a tenth of them needed a second
-# attempt. Addresses are c<n>@example.com, so the bench knows which exist.
+# a run's contacts while it runs, or a stopped run's: their message accepted, no outcome yet, shown sent), 1%
+# suppressed; a tenth of them needed a second attempt. Addresses are c<n>@example.com, so the bench knows which exist.
 GENERATE = [
     """INSERT INTO ledger_runs (run_id, lease_expires_at, finished_at, created_at)
        SELECT 'bench-run-' || r, now() - (r || ' days')::interval, now() - (r || ' days')::interval,
@@ -55,7 +55,7 @@ GENERATE = [
                                  error, created_at, updated_at)
        SELECT 'c' || n || '@example.com', a, 'welcome-' || md5(n::text) || '-' || a, 'bench-run-' || (1 + n % :runs),
               CASE WHEN a = 1 AND n % 10 = 0 THEN 'blocked' WHEN n % 100 < 80 THEN 'delivered'
-                   WHEN n % 100 < 90 THEN 'bounced' ELSE 'blocked' END,
+                   WHEN n % 100 < 90 THEN 'bounced' WHEN n % 100 = 98 THEN 'sent' ELSE 'blocked' END,
               'm-' || n || '-' || a, NULL,
               now() - ((n % 90) || ' days')::interval + (a || ' minutes')::interval,
               now() - ((n % 90) || ' days')::interval + (a || ' minutes')::interval
@@ -85,7 +85,7 @@ def list_pages(ledger: Ledger, repeat: int = 40) -> dict[str, list[float]]:
         "state": ContactFilter(state="failed"),
         "run": ContactFilter(run_id="bench-run-7"),
         "run_with_contacts_in_flight": ContactFilter(run_id="bench-run-19"),  # half the contacts in flight
-        "state_in_flight": ContactFilter(state="sending"),
+        "state_in_flight": ContactFilter(state="sent"),  # sending, its message accepted: the latest attempt read
         "state_run": ContactFilter(state="bounced", run_id="bench-run-3"),
         "dates": ContactFilter(changed_from=today - timedelta(days=30), changed_to=today - timedelta(days=20)),
         "state_oldest": ContactFilter(state="suppressed", newest_first=False),
