@@ -84,7 +84,8 @@ def list_pages(ledger: Ledger, repeat: int = 40) -> dict[str, list[float]]:
         "all": ContactFilter(),
         "state": ContactFilter(state="failed"),
         "run": ContactFilter(run_id="bench-run-7"),
-        "run_with_contacts_in_flight": ContactFilter(run_id="bench-run-19"),  # half of those in flight, a fifth of its
+        # bench-run-19 holds half of the contacts in flight (GENERATE), and they are a fifth of its own contacts
+        "run_with_contacts_in_flight": ContactFilter(run_id="bench-run-19"),
         "state_in_flight": ContactFilter(state="sent"),  # sending, its message accepted: the latest attempt read
         "state_run": ContactFilter(state="bounced", run_id="bench-run-3"),
         "dates": ContactFilter(changed_from=today - timedelta(days=30), changed_to=today - timedelta(days=20)),
