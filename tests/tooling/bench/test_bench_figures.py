@@ -3,6 +3,7 @@ used the CPU."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sqlite3
 import subprocess
@@ -13,11 +14,13 @@ import psutil
 import pytest
 
 from include.bench.run import (
+    count_lines,
     cpu_figures,
     hold_chain_floor,
     journal_messages,
     phase_breakdown,
     process_tree_cpu,
+    sizes_to_run,
     summary_lines,
     task_instances,
     with_ratios,
@@ -356,3 +359,42 @@ def test_the_template_cost_prints_both_runs_and_the_ratio(tmp_path, monkeypatch)
     assert template.html is not None and compile_template(template).render("a@example.com", "Ann").html
     assert html["ratio_to_builtin"] == 1.05 and "ratio_to_builtin" not in builtin
     assert "1.05x the built-in text (target <= 1.10)" in "\n".join(summary_lines([builtin, html]))
+
+
+def flags(sizes, stack=False, stack_sizes=None, million=False, rated=0) -> argparse.Namespace:
+    return argparse.Namespace(sizes=sizes, stack=stack, stack_sizes=stack_sizes, million=million, rated=rated)
+
+
+def test_each_size_runs_once_embedded_and_once_on_the_stack_however_often_the_flags_name_it():
+    """--sizes ... 1000000 with --million ran 1M twice on the stack: the second run met a mock that
+    remembered the first's idempotency keys and answered from them, and was printed as a figure."""
+    assert sizes_to_run(flags([10_000, 1_000_000], stack=True, million=True)) == (
+        [10_000, 1_000_000],
+        [10_000, 1_000_000],
+    )
+    assert sizes_to_run(flags([100_000, 10_000, 10_000])) == ([10_000, 100_000], [])
+    assert sizes_to_run(flags([10_000], stack_sizes=[1_000_000, 1_000_000], million=True)) == (
+        [10_000, 1_000_000],
+        [1_000_000],
+    )
+    # the rated size's unlimited run beside it, on the stack too with --stack
+    assert sizes_to_run(flags([10_000], stack=True, rated=100_000)) == ([10_000, 100_000], [10_000, 100_000])
+
+
+def test_the_stack_mocks_peak_rss_is_printed_with_the_messages_it_holds_since_the_stack_came_up(tmp_path):
+    """The stack's mock keeps every message since the stack came up, one journal line each: after a second
+    1M run its peak is over 2M messages, not the 1M the goal names."""
+    journal = tmp_path / "esp.jsonl"
+    journal.write_text("".join(json.dumps({"to": f"c{n}@example.com"}) + "\n" for n in range(3)))
+    assert count_lines(journal) == 3
+    assert count_lines(tmp_path / "none.jsonl") == 0
+    printed = "\n".join(
+        summary_lines(
+            [{"benchmark": "stack_one_file_1000000", "seconds": 211.3, "floor_s": 13.08, "floor_chain_messages": 3,
+              "esp_peak_rss_mb": 1850, "esp_messages_held": 1_995_633}]
+        )
+    )  # fmt: skip
+    assert (
+        "  the stack's mock ESP: peak RSS 1850 MB, holding 1,995,633 messages since the stack came up "
+        "(goal after 1M: <= 1 GB)"
+    ) in printed
