@@ -187,7 +187,7 @@ GUARD_SHARED_COUNT_SECONDS = 0.25
 # disk, so a small run's count (600 messages: under 1 ms) practically never reaches it (a full garbage
 # collection during the count could: the tasks freeze what they hold, task_memory.py) and its poke judges a
 # batch's fresh bounces at once. On Postgres the server counts: the wall-clock rule decides there.
-# Measured in docs/performance.md.
+# Measured in docs/performance-history.md ("The guard's count spaced by its CPU time too").
 GUARD_SHARED_COUNT_CPU_SECONDS = 0.02
 # How long a claimed count keeps the run's other tasks from counting: far more than a count takes (2.2 s at a
 # million on a busy Postgres); a count that raised hands its claim back, one whose task was killed lapses.

@@ -34,7 +34,7 @@ PING_AFTER_IDLE_SECONDS = 10.0
 # (32 MiB: 14.1 s). Not for every transaction: each of a task's pooled connections keeping 64 MiB took
 # `make run`'s process from 364 to 680 MB at 1M, setting it around each of a run's thousands of small
 # transactions cost what it saved, and one writing connection per process keeping it gained nothing beyond
-# the noise (docs/performance.md, 2026-12-07).
+# the noise (docs/performance-history.md, 2026-12-07).
 SQLITE_BULK_CACHE_KIB = 65536
 SQLITE_DEFAULT_CACHE_KIB = 2000
 
