@@ -51,7 +51,10 @@ class OutcomeSettings:
 @dataclass(slots=True)
 class Message:
     seq: int
-    id: str
+    # The text its id starts with, one object shared by the messages of a process: the id is this and the
+    # message's position in the log (``<prefix><seq:09d>``), built when asked for (~70 B a message less than
+    # keeping each id). A journaled id of another form keeps it whole (``UnnumberedMessage``).
+    id_prefix: str
     to: str
     subject: str
     text: str
@@ -63,6 +66,10 @@ class Message:
     # dict of strings (~250 B a message less; every message of the stack has them).
     headers_json: str | None = None
     html: str | None = None  # the HTML body, when the sender gave one
+
+    @property
+    def id(self) -> str:
+        return f"{self.id_prefix}{self.seq:09d}"
 
     def status(self, now: float) -> str:
         return self.outcome if now >= self.resolve_at else "sent"
@@ -86,6 +93,31 @@ class Message:
             **({"headers": json.loads(self.headers_json)} if self.headers_json else {}),  # only when given
             **({"html": self.html} if self.html is not None else {}),
         }
+
+
+@dataclass(slots=True)
+class UnnumberedMessage(Message):
+    """A journaled message whose id does not end in its position in the log (the id is kept whole)."""
+
+    whole_id: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.whole_id
+
+
+# A journal line: "id", these, then "headers" (and "html" when given).
+JOURNALED_FIELDS = ("to", "subject", "text", "idempotency_key", "created_at", "resolve_at", "outcome")
+
+
+def _journaled(seq: int, fields: dict) -> Message:
+    """A message as read back from its journal line (its fields as ``MessageStore.accept`` wrote them)."""
+    message_id = fields.pop("id")
+    fields["subject"] = sys.intern(fields["subject"])
+    fields["headers_json"] = _compact_json(fields.pop("headers", None))
+    if _position(message_id) != seq:
+        return UnnumberedMessage(seq=seq, id_prefix="", whole_id=message_id, **fields)
+    return Message(seq=seq, id_prefix=sys.intern(message_id[:-9]), **fields)
 
 
 class IdempotencyConflict(Exception):
@@ -113,8 +145,9 @@ class MessageStore:
     real provider would. Without it the memory dies with the process.
 
     Memory: a million messages must fit in well under 1 GB (issue 14), so nothing is indexed twice: an id
-    ends in its message's position in the log (no index by id), a recipient with one message maps to its
-    position (a list only for repeats), and the subject, the same for every message, is interned."""
+    ends in its message's position in the log (no index by id, and no id kept: it is built from the
+    process's prefix when asked for), a recipient with one message maps to its position (a list only for
+    repeats), and the subject, the same for every message, is interned."""
 
     def __init__(self, settings: OutcomeSettings, clock=time.time, journal: Path | None = None) -> None:
         self.settings = settings
@@ -135,11 +168,7 @@ class MessageStore:
                         if not line.endswith(b"\n"):  # cut short by a crash: never acknowledged
                             break
                         complete += len(line)
-                        fields = json.loads(line)
-                        fields["subject"] = sys.intern(fields["subject"])
-                        headers = fields.pop("headers", None)
-                        fields["headers_json"] = _compact_json(headers)
-                        self._remember(Message(seq=len(self._log), **fields))
+                        self._remember(_journaled(len(self._log), json.loads(line)))
                 os.truncate(journal, complete)  # the next line must not continue the cut one
             self._journal = journal.open("a", encoding="utf-8")
 
@@ -173,7 +202,8 @@ class MessageStore:
         message.html = html
         self._remember(message)
         if self._journal is not None:
-            fields = {f: getattr(message, f) for f in Message.__slots__ if f not in ("seq", "headers_json", "html")}
+            fields = {"id": message.id}
+            fields.update((f, getattr(message, f)) for f in JOURNALED_FIELDS)
             if html is not None:  # only when given: a journal of text-only messages stays as it was
                 fields["html"] = html
             self._journal.write(json.dumps({**fields, "headers": headers or None}) + "\n")
@@ -186,7 +216,7 @@ class MessageStore:
 
     def _remember(self, message: Message) -> None:
         self._log.append(message)
-        if _position(message.id) != message.seq:
+        if isinstance(message, UnnumberedMessage):
             self._by_unnumbered_id[message.id] = message
         earlier = self._by_recipient.setdefault(message.to, message.seq)
         if earlier != message.seq:
@@ -210,7 +240,7 @@ class MessageStore:
         now = self.now()
         seq = len(self._log)
         resolve_at = now + hold if held else now  # the same float object when not held: 24 B a message
-        return Message(seq, f"{self._id_prefix}{seq:09d}", to, subject, text, idempotency_key, now, resolve_at, outcome)
+        return Message(seq, self._id_prefix, to, subject, text, idempotency_key, now, resolve_at, outcome)
 
     def get(self, message_id: str) -> Message | None:
         position = _position(message_id)

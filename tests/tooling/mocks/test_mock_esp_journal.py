@@ -63,3 +63,30 @@ def test_a_restarted_store_still_shows_the_headers_it_was_given(tmp_path):
     again = MessageStore(OutcomeSettings(), journal=journal)
     assert again.get(sent.id).full(0)["headers"] == headers
     assert "headers" not in again.get(plain.id).full(0)
+
+
+def test_ids_are_built_from_one_shared_prefix_and_journaled_whole(tmp_path):
+    """A million messages must fit in the mock's memory goal: a message keeps no id string of its own, only
+    the process's prefix (one object) and its position; its journal line still holds the whole id."""
+    journal = tmp_path / "messages.jsonl"
+    store = MessageStore(OutcomeSettings(), journal=journal)
+    ann, _ = store.accept("ann@example.com", "Welcome!", "Hi Ann", "k1")
+    bob, _ = store.accept("bob@example.com", "Welcome!", "Hi Bob", "k2")
+    assert ann.id_prefix is bob.id_prefix and ann.id.startswith(ann.id_prefix) and ann.id != bob.id
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [line["id"] for line in lines] == [ann.id, bob.id]
+    assert list(lines[0]) == [
+        "id",
+        "to",
+        "subject",
+        "text",
+        "idempotency_key",
+        "created_at",
+        "resolve_at",
+        "outcome",
+        "headers",
+    ]
+
+    again = MessageStore(OutcomeSettings(), journal=journal)
+    assert again.get(ann.id).id == ann.id and again.get(bob.id).to == "bob@example.com"
+    assert again.get(ann.id).id_prefix is again.get(bob.id).id_prefix
