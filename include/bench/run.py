@@ -564,7 +564,7 @@ def fresh_stack_mock(stack, journal: Path) -> None:
     stack.stop("mock-esp")
     journal.unlink(missing_ok=True)
     stack.start("mock-esp")
-    wait_healthy(f"{stack.config.esp_url}/healthz")
+    stack.wait_healthy()
 
 
 def stack_runs(stack, journal: Path, benchmark: str, csv_paths: list[Path]) -> dict:
@@ -960,9 +960,9 @@ def yardstick_lines(results: list[dict]) -> list[str]:
 
 def sizes_to_run(args: argparse.Namespace) -> tuple[list[int], list[int]]:
     """The end-to-end sizes embedded and on the stack, from the flags, each once and smallest first. A size
-    named twice (``--sizes ... 1000000 --million``) ran twice on the stack, the second time against a mock
-    that remembered the first run's idempotency keys and answered from them: a figure without a message
-    sent, printed as if it were one."""
+    named twice (``--sizes ... 1000000 --million``) ran twice on the stack: minutes for the same figure (and,
+    before each stack measurement had a fresh mock, a second run answered from the first's idempotency keys,
+    printed as if it had sent)."""
     sizes = set(args.sizes)
     if args.rated:
         sizes.add(args.rated)  # the unlimited run of the same file, beside it
